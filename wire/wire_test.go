@@ -1,0 +1,260 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func fixedKey(b byte) Key {
+	var k Key
+	for i := range k {
+		k[i] = b
+	}
+	return k
+}
+
+var oidA = strings.Repeat("ab", 20)
+var oidB = strings.Repeat("cd", 20)
+
+func sampleMessages() []Message {
+	return []Message{
+		&Keepalive{Counter: 7, Subs: []Sub{{RepoID: "chat.git", Known: true, LastSeq: 42}, {RepoID: "team/x", LastSeq: 0}}},
+		&Pong{Counter: 7, Observed: netip.MustParseAddrPort("198.18.0.5:40001"), Advice: 25, Statuses: []SubStatus{{StatusOK, 42}, {StatusNotAuthorised, 0}}},
+		&Pong{Counter: 1, Observed: netip.MustParseAddrPort("[2001:db8::1]:9"), Statuses: []SubStatus{}},
+		&Notify{Seq: 3, TimeMilli: 1700000000123, Recipient: fixedKey(9), RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB},
+		&Notify{Seq: 1, TimeMilli: -1, Recipient: fixedKey(1), RepoID: "r", Ref: "refs/tags/v1", Old: strings.Repeat("0", 64), New: strings.Repeat("f", 64)},
+		&Ack{RepoID: "chat.git", Seq: 99},
+		&Resync{HeadSeq: 5000, FirstSeq: 904, TimeMilli: 1, Recipient: fixedKey(2), RepoID: "chat.git"},
+		&Ping{Counter: 12},
+	}
+}
+
+// Golden plaintexts, written out field by field from the layout comments.
+func TestGoldenPlaintext(t *testing.T) {
+	cases := []struct {
+		m    Message
+		want string
+	}{
+		{&Ack{RepoID: "ab", Seq: 258}, "04" + "02" + "6162" + "0000000000000102"},
+		{&Ping{Counter: 1}, "06" + "0000000000000001"},
+		{&Pong{Counter: 2, Observed: netip.MustParseAddrPort("198.18.0.1:4660"), Advice: 25, Statuses: []SubStatus{{0, 7}}},
+			"02" + "0000000000000002" + "04" + "c6120001" + "1234" + "00000019" + "01" + "00" + "0000000000000007"},
+		{&Notify{Seq: 1, TimeMilli: 2, Recipient: fixedKey(0xee), RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB},
+			"03" + "0000000000000001" + "0000000000000002" + strings.Repeat("ee", 32) + "01" + "72" +
+				"000c" + hex.EncodeToString([]byte("refs/heads/m")) + "14" + oidA + oidB},
+		{&Resync{HeadSeq: 9, FirstSeq: 3, TimeMilli: 4, Recipient: fixedKey(1), RepoID: "r"},
+			"05" + "0000000000000009" + "0000000000000003" + "0000000000000004" + strings.Repeat("01", 32) + "01" + "72"},
+		{&Keepalive{Counter: 5, Subs: []Sub{{RepoID: "r", Known: true, LastSeq: 3}}},
+			"01" + "0000000000000005" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-21)},
+	}
+	for _, c := range cases {
+		got := hex.EncodeToString(c.m.AppendPlaintext(nil))
+		if got != c.want {
+			t.Errorf("%T:\n got %s\nwant %s", c.m, got, c.want)
+		}
+	}
+}
+
+// A sealed datagram with fixed keys and nonce. box is deterministic, so the
+// bytes are fixed. The public key and the box were computed independently:
+// the key with OpenSSL's X25519, the box with tweetnacl-js (nacl.box).
+func TestGoldenSealed(t *testing.T) {
+	senderPriv, peerPriv := fixedKey(1), fixedKey(2)
+	senderPub := publicOf(senderPriv)
+	peerPub := publicOf(peerPriv)
+	var nonce [NonceLen]byte
+	for i := range nonce {
+		nonce[i] = byte(i)
+	}
+	shared := SharedKey(peerPub, senderPriv)
+	got, err := SealWithNonce(nil, &Ping{Counter: 1}, senderPub, &nonce, &shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "67636e01" + // magic "gcn", version 1
+		"a4e09292b651c278b9772c569f5fa9bb13d906b46ab68c9df9dc2b4409f8a209" + // sender public key
+		"000102030405060708090a0b0c0d0e0f1011121314151617" + // nonce
+		"b91b62ac243eab87183ab797774d54fae4cf83c39a31e636b8" // box: 16-byte tag, 9-byte ciphertext
+	if h := hex.EncodeToString(got); h != want {
+		t.Fatalf("sealed ping:\n got %s\nwant %s", h, want)
+	}
+	// The recipient opens it with its own shared key.
+	recvShared := SharedKey(senderPub, peerPriv)
+	from, m, err := Open(got, &recvShared)
+	if err != nil || from != senderPub || !reflect.DeepEqual(m, &Ping{Counter: 1}) {
+		t.Fatalf("open: %v %v %#v", err, from, m)
+	}
+}
+
+func publicOf(priv Key) Key { return PublicKey(priv) }
+
+func TestRoundTrip(t *testing.T) {
+	pubA, privA, _ := GenerateKey()
+	pubB, privB, _ := GenerateKey()
+	sAB, sBA := SharedKey(pubB, privA), SharedKey(pubA, privB)
+	for _, m := range sampleMessages() {
+		plain := m.AppendPlaintext(nil)
+		back, err := ParsePlaintext(plain)
+		if err != nil {
+			t.Fatalf("%T: %v", m, err)
+		}
+		if !reflect.DeepEqual(normalise(back), normalise(m)) {
+			t.Fatalf("%T round trip:\n got %#v\nwant %#v", m, back, m)
+		}
+		d, err := Seal(nil, m, pubA, &sAB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d) != len(plain)+Overhead {
+			t.Fatalf("%T: datagram %d bytes, want %d", m, len(d), len(plain)+Overhead)
+		}
+		from, back2, err := Open(d, &sBA)
+		if err != nil || from != pubA || !reflect.DeepEqual(normalise(back2), normalise(m)) {
+			t.Fatalf("%T sealed round trip: %v", m, err)
+		}
+	}
+}
+
+// normalise makes an empty and a nil status slice compare equal.
+func normalise(m Message) Message {
+	if p, ok := m.(*Pong); ok && len(p.Statuses) == 0 {
+		c := *p
+		c.Statuses = nil
+		return &c
+	}
+	return m
+}
+
+func TestAppendOntoPrefix(t *testing.T) {
+	prefix := []byte("prefix-bytes")
+	pub, priv, _ := GenerateKey()
+	shared := SharedKey(pub, priv)
+	for _, m := range sampleMessages() {
+		alone := m.AppendPlaintext(nil)
+		withPrefix := m.AppendPlaintext(append([]byte(nil), prefix...))
+		if !bytes.HasPrefix(withPrefix, prefix) || !bytes.Equal(withPrefix[len(prefix):], alone) {
+			t.Fatalf("%T: AppendPlaintext clobbered or misplaced the prefix", m)
+		}
+		d, err := Seal(append([]byte(nil), prefix...), m, pub, &shared)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(d, prefix) {
+			t.Fatalf("%T: Seal lost the prefix", m)
+		}
+		if _, back, err := Open(d[len(prefix):], &shared); err != nil || !reflect.DeepEqual(normalise(back), normalise(m)) {
+			t.Fatalf("%T: open after prefix: %v", m, err)
+		}
+	}
+}
+
+func TestRejects(t *testing.T) {
+	pub, priv, _ := GenerateKey()
+	shared := SharedKey(pub, priv)
+	good, _ := Seal(nil, &Ack{RepoID: "r", Seq: 1}, pub, &shared)
+
+	tamper := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
+	cases := []struct {
+		name string
+		b    []byte
+		want error
+	}{
+		{"empty", nil, ErrNotGCN},
+		{"stun", []byte{0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42}, ErrNotGCN},
+		{"truncated header", good[:40], ErrShort},
+		{"truncated box", good[:len(good)-1], ErrAuth},
+		{"version", tamper(func(b []byte) []byte { b[3] = 2; return b }), ErrVersion},
+		{"forged", tamper(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), ErrAuth},
+		{"oversized", append(append([]byte(nil), good...), make([]byte, MaxDatagram)...), ErrTooLarge},
+	}
+	for _, c := range cases {
+		if _, _, err := Open(c.b, &shared); !errors.Is(err, c.want) {
+			t.Errorf("%s: got %v, want %v", c.name, err, c.want)
+		}
+	}
+
+	plain := []struct {
+		name string
+		p    []byte
+		want error
+	}{
+		{"no type", nil, ErrShort},
+		{"unknown type", []byte{0x7f}, ErrUnknownType},
+		{"trailing", append((&Ack{RepoID: "r", Seq: 1}).AppendPlaintext(nil), 0), ErrTrailing},
+		{"truncated ack", (&Ack{RepoID: "r", Seq: 1}).AppendPlaintext(nil)[:5], ErrShort},
+		{"bad repo", (&Ack{RepoID: "../x", Seq: 1}).AppendPlaintext(nil), ErrRepoID},
+		{"bad ref", (&Notify{Seq: 1, RepoID: "r", Ref: "HEAD", Old: oidA, New: oidB}).AppendPlaintext(nil), ErrRef},
+		{"seq zero", (&Notify{Seq: 0, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB}).AppendPlaintext(nil), ErrField},
+		{"no subs", (&Keepalive{Counter: 1}).AppendPlaintext(nil), ErrField},
+		{"non-zero padding", func() []byte {
+			b := (&Keepalive{Counter: 1, Subs: []Sub{{RepoID: "r"}}}).AppendPlaintext(nil)
+			b[len(b)-1] = 1
+			return b
+		}(), ErrTrailing},
+	}
+	for _, c := range plain {
+		if _, err := ParsePlaintext(c.p); !errors.Is(err, c.want) {
+			t.Errorf("%s: got %v, want %v", c.name, err, c.want)
+		}
+	}
+}
+
+func TestNotifyValidate(t *testing.T) {
+	ok := Notify{Seq: 1, RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	long := ok
+	long.RepoID = strings.Repeat("r", MaxRepoID)
+	long.Old, long.New = strings.Repeat("a", 64), strings.Repeat("b", 64)
+	long.Ref = "refs/heads/" + strings.Repeat("x", MaxRef-len("refs/heads/"))
+	if err := long.Validate(); !errors.Is(err, ErrMessageLarge) {
+		t.Fatalf("a %d-byte ref: got %v, want ErrMessageLarge", len(long.Ref), err)
+	}
+	fits := ok
+	fits.Ref = "refs/heads/" + strings.Repeat("x", 900)
+	if err := fits.Validate(); err != nil {
+		t.Fatalf("a 911-byte ref should fit: %v", err)
+	}
+	for _, bad := range []Notify{
+		{Seq: 1, RepoID: "", Ref: ok.Ref, Old: oidA, New: oidB},
+		{Seq: 1, RepoID: "a", Ref: "refs/heads/a b", Old: oidA, New: oidB},
+		{Seq: 1, RepoID: "a", Ref: ok.Ref, Old: "xyz", New: oidB},
+		{Seq: 1, RepoID: "a", Ref: ok.Ref, Old: oidA, New: strings.Repeat("0", 64)},
+	} {
+		if err := bad.Validate(); err == nil {
+			t.Errorf("Validate accepted %+v", bad)
+		}
+	}
+}
+
+// The largest Pong is no larger than the smallest keepalive: the rendezvous
+// never amplifies.
+func TestPongNeverLargerThanKeepalive(t *testing.T) {
+	small := (&Keepalive{Counter: 1, Subs: []Sub{{RepoID: "r"}}}).AppendPlaintext(nil)
+	big := &Pong{Counter: 1, Observed: netip.MustParseAddrPort("[2001:db8::1]:1"), Advice: 1}
+	for range MaxSubs {
+		big.Statuses = append(big.Statuses, SubStatus{})
+	}
+	if p := big.AppendPlaintext(nil); len(p) > len(small) {
+		t.Fatalf("largest pong %d bytes > smallest keepalive %d bytes", len(p), len(small))
+	}
+}
+
+func TestValidRepoID(t *testing.T) {
+	for _, ok := range []string{"chat.git", "team/chat.git", "a", "A-b_c.9"} {
+		if err := ValidRepoID(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "/abs", "a//b", "a/../b", "..", ".", "a b", "a\x00", strings.Repeat("a", 101), "é"} {
+		if err := ValidRepoID(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
