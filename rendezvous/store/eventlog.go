@@ -1,0 +1,264 @@
+package store
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// DefaultRetain is how many events a log keeps after compaction. At about
+// 150 bytes a line that is 1.5 MB, and ten thousand pushes is weeks of a busy
+// chat: a client offline longer than that gets a resync notice.
+const DefaultRetain = 10000
+
+// Event is one ref update in a repository's log.
+type Event struct {
+	Seq       uint64
+	TimeMilli int64
+	Old, New  string // lowercase hex object ids
+	Ref       string
+}
+
+// Update is a ref update as post-receive reads it: "<old> <new> <ref>".
+type Update struct{ Old, New, Ref string }
+
+// ErrBadEvent reports a log line that does not parse.
+var ErrBadEvent = errors.New("store: malformed event line")
+
+// Log line layout, one event a line, fields separated by one space:
+//
+//	<seq> <unix-ms> <old> <new> <ref>\n
+//
+// A line without its newline is a torn write: readers ignore it and the next
+// append truncates it away.
+func appendEventLine(b []byte, e Event) []byte {
+	return fmt.Appendf(b, "%d %d %s %s %s\n", e.Seq, e.TimeMilli, e.Old, e.New, e.Ref)
+}
+
+func parseEventLine(line []byte) (Event, error) {
+	f := strings.Split(string(line), " ")
+	if len(f) != 5 {
+		return Event{}, fmt.Errorf("%w: %d fields", ErrBadEvent, len(f))
+	}
+	seq, err1 := strconv.ParseUint(f[0], 10, 64)
+	ms, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err1 != nil || err2 != nil || seq == 0 || !hexOK(f[2]) || !hexOK(f[3]) || len(f[2]) != len(f[3]) || wire.ValidRef(f[4]) != nil {
+		return Event{}, fmt.Errorf("%w: %q", ErrBadEvent, line)
+	}
+	return Event{Seq: seq, TimeMilli: ms, Old: f[2], New: f[3], Ref: f[4]}, nil
+}
+
+func (s *Store) repoDir(repoID string) string {
+	return filepath.Join(s.Dir, "repos", repoDirName(repoID))
+}
+
+// LogPath is the event log of a repository.
+func (s *Store) LogPath(repoID string) string { return filepath.Join(s.repoDir(repoID), "events.log") }
+
+func (s *Store) retain() int {
+	if s.Retain > 0 {
+		return s.Retain
+	}
+	return DefaultRetain
+}
+
+// Append gives each update the next sequence number, appends them to the
+// repository's log and fsyncs it before returning. Concurrent appenders are
+// serialised with flock. It compacts the log when it holds twice Retain.
+func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, error) {
+	if err := wire.ValidRepoID(repoID); err != nil {
+		return nil, err
+	}
+	for _, u := range ups {
+		n := wire.Notify{Seq: 1, RepoID: repoID, Ref: u.Ref, Old: u.Old, New: u.New}
+		if err := n.Validate(); err != nil {
+			return nil, fmt.Errorf("ref update %s: %w", u.Ref, err)
+		}
+	}
+	dir := s.repoDir(repoID)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(s.LogPath(repoID), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	first, last, end, err := logBounds(f)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Truncate(end); err != nil { // drop a torn tail
+		return nil, err
+	}
+	if _, err := f.Seek(end, io.SeekStart); err != nil {
+		return nil, err
+	}
+	evs := make([]Event, 0, len(ups))
+	var buf []byte
+	for i, u := range ups {
+		e := Event{Seq: last + uint64(i) + 1, TimeMilli: now.UnixMilli(), Old: u.Old, New: u.New, Ref: u.Ref}
+		buf = appendEventLine(buf, e)
+		evs = append(evs, e)
+	}
+	if _, err := f.Write(buf); err != nil {
+		return nil, err
+	}
+	if err := f.Sync(); err != nil {
+		return nil, err
+	}
+	head := last + uint64(len(ups))
+	if first != 0 && head-first+1 >= uint64(2*s.retain()) {
+		if err := s.compact(repoID, head); err != nil {
+			return evs, fmt.Errorf("store: compaction: %w", err)
+		}
+	}
+	return evs, nil
+}
+
+// logBounds finds the first and last sequence numbers of a log and the
+// offset just past its last complete line.
+func logBounds(f *os.File) (first, last uint64, end int64, err error) {
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil || size == 0 {
+		return 0, 0, 0, err
+	}
+	// Lines are at most about 1.2 KB, so the last complete one lies in the
+	// final 4 KiB even behind a torn one.
+	off := max(size-4096, 0)
+	tail := make([]byte, size-off)
+	if _, err := f.ReadAt(tail, off); err != nil && err != io.EOF {
+		return 0, 0, 0, err
+	}
+	nl := bytes.LastIndexByte(tail, '\n')
+	if nl < 0 {
+		if off == 0 {
+			return 0, 0, 0, nil // only a torn first line
+		}
+		return 0, 0, 0, fmt.Errorf("%w: no line end in the last 4 KiB", ErrBadEvent)
+	}
+	end = off + int64(nl) + 1
+	prev := bytes.LastIndexByte(tail[:nl], '\n')
+	if prev < 0 && off != 0 {
+		return 0, 0, 0, fmt.Errorf("%w: line longer than 4 KiB", ErrBadEvent)
+	}
+	e, err := parseEventLine(tail[prev+1 : nl])
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	head := make([]byte, min(4096, size))
+	if _, err := f.ReadAt(head, 0); err != nil && err != io.EOF {
+		return 0, 0, 0, err
+	}
+	firstLine, _, _ := bytes.Cut(head, []byte{'\n'})
+	fe, err := parseEventLine(firstLine)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return fe.Seq, e.Seq, end, nil
+}
+
+// compact rewrites the log keeping the last Retain events. Called with the lock held.
+func (s *Store) compact(repoID string, head uint64) error {
+	evs, err := s.ReadLog(repoID, head-uint64(s.retain()))
+	if err != nil {
+		return err
+	}
+	var buf []byte
+	for _, e := range evs {
+		buf = appendEventLine(buf, e)
+	}
+	return WriteFileAtomic(s.LogPath(repoID), buf, 0o640)
+}
+
+// ReadLog returns the events of a repository with Seq > after, in order.
+// A torn last line is ignored; any other malformed line is an error.
+func (s *Store) ReadLog(repoID string, after uint64) ([]Event, error) {
+	f, err := os.Open(s.LogPath(repoID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	evs, _, err := ReadEvents(f, after)
+	return evs, err
+}
+
+// ReadEvents reads complete event lines from r, keeping those with Seq > after,
+// and returns how many bytes of complete lines it consumed.
+func ReadEvents(r io.Reader, after uint64) (evs []Event, consumed int64, err error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var prev uint64
+	for {
+		line, err := br.ReadSlice('\n')
+		if err == io.EOF {
+			return evs, consumed, nil // a torn tail, or none
+		}
+		if err != nil {
+			return evs, consumed, err
+		}
+		e, perr := parseEventLine(line[:len(line)-1])
+		if perr != nil {
+			return evs, consumed, perr
+		}
+		if prev != 0 && e.Seq != prev+1 {
+			return evs, consumed, fmt.Errorf("%w: sequence %d follows %d", ErrBadEvent, e.Seq, prev)
+		}
+		prev = e.Seq
+		consumed += int64(len(line))
+		if e.Seq > after {
+			evs = append(evs, e)
+		}
+	}
+}
+
+// Repos lists the repository ids that have a log.
+func (s *Store) Repos() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(s.Dir, "repos"))
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range ents {
+		id := repoIDFromDir(e.Name())
+		if e.IsDir() && wire.ValidRepoID(id) == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+// Head returns the last sequence number of a repository's log (0 if empty).
+func (s *Store) Head(repoID string) (uint64, error) {
+	f, err := os.Open(s.LogPath(repoID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	_, last, _, err := logBounds(f)
+	return last, err
+}

@@ -1,0 +1,267 @@
+// Package store keeps the rendezvous's on-disk state: server keys, client records, authorisations and event logs.
+package store
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// DefaultDir is the seed's store location.
+const DefaultDir = "/var/git-chat-notif-db"
+
+// Errors.
+var (
+	ErrBadRecord = errors.New("store: malformed record")
+	ErrNoClient  = errors.New("store: no such client")
+)
+
+// Store is the one type through which everything on disk is reached.
+type Store struct {
+	Dir string
+	// Retain is how many events a log keeps after compaction; it compacts
+	// when it holds twice as many. Zero means DefaultRetain.
+	Retain int
+}
+
+// Open makes sure the store's directories exist and returns it.
+func Open(dir string) (*Store, error) {
+	for _, d := range []string{dir, filepath.Join(dir, "clients"), filepath.Join(dir, "repos"), filepath.Join(dir, "auth")} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+	}
+	return &Store{Dir: dir}, nil
+}
+
+// SocketPath is the unix socket where the rendezvous takes pokes from the hook.
+func (s *Store) SocketPath() string { return filepath.Join(s.Dir, "rendezvous.sock") }
+
+// AddrPath holds the rendezvous's bound UDP address, written at start-up.
+func (s *Store) AddrPath() string { return filepath.Join(s.Dir, "rendezvous.addr") }
+
+// ServerKeys loads the server key pair, creating it on first use:
+// server.key (mode 0600) and server.pub each hold 64 hex characters and a newline.
+func (s *Store) ServerKeys() (pub, priv wire.Key, err error) {
+	keyPath := filepath.Join(s.Dir, "server.key")
+	b, err := os.ReadFile(keyPath)
+	switch {
+	case err == nil:
+		priv, err = wire.ParseKey(string(b))
+		if err != nil {
+			return pub, priv, fmt.Errorf("store: %s: %w", keyPath, err)
+		}
+		pub = wire.PublicKey(priv)
+	case errors.Is(err, fs.ErrNotExist):
+		pub, priv, err = wire.GenerateKey()
+		if err != nil {
+			return pub, priv, err
+		}
+		if err := WriteFileAtomic(keyPath, []byte(priv.String()+"\n"), 0o600); err != nil {
+			return pub, priv, err
+		}
+	default:
+		return pub, priv, fmt.Errorf("store: %w", err)
+	}
+	pubPath := filepath.Join(s.Dir, "server.pub")
+	if old, err := os.ReadFile(pubPath); err != nil || strings.TrimSpace(string(old)) != pub.String() {
+		if err := WriteFileAtomic(pubPath, []byte(pub.String()+"\n"), 0o644); err != nil {
+			return pub, priv, err
+		}
+	}
+	return pub, priv, nil
+}
+
+// ClientRecord is the seed's per-client record: last heartbeat and address.
+type ClientRecord struct {
+	ID        wire.Key
+	Heartbeat time.Time // second precision on disk
+	Addr      netip.AddrPort
+}
+
+func (s *Store) clientPath(id wire.Key) string {
+	h := id.String()
+	return filepath.Join(s.Dir, "clients", h[:2], h[2:])
+}
+
+// EncodeRecord renders the seed's format: "<epoch>\0<IP>\0<PORT>", no newline.
+func EncodeRecord(heartbeat time.Time, addr netip.AddrPort) []byte {
+	return fmt.Appendf(nil, "%d\x00%s\x00%d", heartbeat.Unix(), addr.Addr().Unmap(), addr.Port())
+}
+
+// DecodeRecord parses a client record strictly.
+func DecodeRecord(b []byte) (heartbeat time.Time, addr netip.AddrPort, err error) {
+	parts := bytes.Split(b, []byte{0})
+	if len(parts) != 3 {
+		return heartbeat, addr, fmt.Errorf("%w: want 3 NUL-separated fields, got %d", ErrBadRecord, len(parts))
+	}
+	epoch, err := strconv.ParseInt(string(parts[0]), 10, 64)
+	if err != nil || epoch < 0 {
+		return heartbeat, addr, fmt.Errorf("%w: epoch %q", ErrBadRecord, parts[0])
+	}
+	ip, err := netip.ParseAddr(string(parts[1]))
+	if err != nil {
+		return heartbeat, addr, fmt.Errorf("%w: ip %q", ErrBadRecord, parts[1])
+	}
+	port, err := strconv.ParseUint(string(parts[2]), 10, 16)
+	if err != nil || port == 0 {
+		return heartbeat, addr, fmt.Errorf("%w: port %q", ErrBadRecord, parts[2])
+	}
+	return time.Unix(epoch, 0), netip.AddrPortFrom(ip, uint16(port)), nil
+}
+
+// WriteClient writes a client's record atomically.
+func (s *Store) WriteClient(r ClientRecord) error {
+	p := s.clientPath(r.ID)
+	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+		return err
+	}
+	return WriteFileAtomic(p, EncodeRecord(r.Heartbeat, r.Addr), 0o640)
+}
+
+// ReadClient reads one client's record.
+func (s *Store) ReadClient(id wire.Key) (ClientRecord, error) {
+	b, err := os.ReadFile(s.clientPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return ClientRecord{}, ErrNoClient
+	}
+	if err != nil {
+		return ClientRecord{}, err
+	}
+	hb, addr, err := DecodeRecord(b)
+	return ClientRecord{ID: id, Heartbeat: hb, Addr: addr}, err
+}
+
+// Clients lists every well-formed client record. Malformed ones are
+// returned by name in bad so the caller can log them.
+func (s *Store) Clients() (recs []ClientRecord, bad []string, err error) {
+	root := filepath.Join(s.Dir, "clients")
+	prefixes, err := os.ReadDir(root)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, p := range prefixes {
+		if !p.IsDir() || len(p.Name()) != 2 {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(root, p.Name()))
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, f := range files {
+			name := p.Name() + f.Name()
+			if strings.HasPrefix(f.Name(), ".tmp") {
+				continue // an interrupted atomic write
+			}
+			id, err := wire.ParseKey(name)
+			if err != nil {
+				bad = append(bad, name)
+				continue
+			}
+			r, err := s.ReadClient(id)
+			if err != nil {
+				bad = append(bad, name)
+				continue
+			}
+			recs = append(recs, r)
+		}
+	}
+	return recs, bad, nil
+}
+
+// repoDirName maps a repository id to one flat directory name: '/' is not
+// allowed in a name and '%' is not allowed in an id, so "team/chat.git"
+// becomes "team%chat.git" and no two ids collide.
+func repoDirName(repoID string) string { return strings.ReplaceAll(repoID, "/", "%") }
+
+func repoIDFromDir(name string) string { return strings.ReplaceAll(name, "%", "/") }
+
+// Authorise records that a client may follow a repository until expiry:
+// auth/<repo>/<64 hex id> holds the expiry as a decimal Unix epoch and a newline.
+func (s *Store) Authorise(repoID string, id wire.Key, expiry time.Time) error {
+	if err := wire.ValidRepoID(repoID); err != nil {
+		return err
+	}
+	dir := filepath.Join(s.Dir, "auth", repoDirName(repoID))
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(dir, id.String()), fmt.Appendf(nil, "%d\n", expiry.Unix()), 0o640)
+}
+
+// Authorised reports whether a client may follow a repository at time now.
+func (s *Store) Authorised(repoID string, id wire.Key, now time.Time) bool {
+	if wire.ValidRepoID(repoID) != nil {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(s.Dir, "auth", repoDirName(repoID), id.String()))
+	if err != nil {
+		return false
+	}
+	exp, err := strconv.ParseInt(strings.TrimSuffix(string(b), "\n"), 10, 64)
+	return err == nil && now.Unix() < exp
+}
+
+// WriteFileAtomic writes data to a temporary file beside path, fsyncs it,
+// renames it over path and fsyncs the directory: readers see the old or the
+// new content, never a torn mix, even if the writer is killed.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// hexOK reports whether s is lowercase hex of a git object id.
+func hexOK(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil && strings.ToLower(s) == s
+}

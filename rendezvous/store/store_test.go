@@ -1,0 +1,272 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+var zero40 = strings.Repeat("0", 40)
+
+func oid(i int) string { return fmt.Sprintf("%040x", i) }
+
+func TestServerKeysCreatedOnceWithModes(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	pub, priv, err := s.ServerKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wire.PublicKey(priv) != pub {
+		t.Fatal("public key does not match private key")
+	}
+	fi, _ := os.Stat(filepath.Join(s.Dir, "server.key"))
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("server.key mode %v, want 0600", fi.Mode().Perm())
+	}
+	b, _ := os.ReadFile(filepath.Join(s.Dir, "server.pub"))
+	if string(b) != pub.String()+"\n" || len(b) != 65 {
+		t.Fatalf("server.pub = %q", b)
+	}
+	pub2, _, _ := s.ServerKeys()
+	if pub2 != pub {
+		t.Fatal("second start made a new key")
+	}
+}
+
+func TestClientRecordSeedFormat(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	id, _, _ := wire.GenerateKey()
+	r := ClientRecord{ID: id, Heartbeat: time.Unix(1700000000, 0), Addr: netip.MustParseAddrPort("198.18.0.9:40000")}
+	if err := s.WriteClient(r); err != nil {
+		t.Fatal(err)
+	}
+	h := id.String()
+	b, err := os.ReadFile(filepath.Join(s.Dir, "clients", h[:2], h[2:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != "1700000000\x00198.18.0.9\x0040000" {
+		t.Fatalf("record = %q", b)
+	}
+	got, err := s.ReadClient(id)
+	if err != nil || got != r {
+		t.Fatalf("read back %+v, %v", got, err)
+	}
+	recs, bad, err := s.Clients()
+	if err != nil || len(recs) != 1 || len(bad) != 0 {
+		t.Fatalf("Clients: %v %v %v", recs, bad, err)
+	}
+}
+
+func TestDecodeRecordRejects(t *testing.T) {
+	for _, b := range []string{"", "1\x002\x00", "x\x00198.18.0.1\x001", "1\x00nope\x001", "1\x00198.18.0.1\x000", "1\x00198.18.0.1\x0070000", "1\x00198.18.0.1\x001\x00", "-1\x00198.18.0.1\x001", "1\x00198.18.0.1\x001\n"} {
+		if _, _, err := DecodeRecord([]byte(b)); !errors.Is(err, ErrBadRecord) {
+			t.Errorf("%q: got %v", b, err)
+		}
+	}
+}
+
+func TestAuthorisation(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	id, _, _ := wire.GenerateKey()
+	now := time.Unix(1000, 0)
+	if s.Authorised("chat.git", id, now) {
+		t.Fatal("authorised before registration")
+	}
+	if err := s.Authorise("team/chat.git", id, now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Authorised("team/chat.git", id, now) || s.Authorised("team/chat.git", id, now.Add(2*time.Hour)) || s.Authorised("chat.git", id, now) {
+		t.Fatal("authorisation scope or expiry wrong")
+	}
+}
+
+func TestAppendAssignsSequence(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	now := time.UnixMilli(1700000000000)
+	evs, err := s.Append("chat.git", []Update{{zero40, oid(1), "refs/heads/main"}, {oid(1), oid(2), "refs/heads/dev"}}, now)
+	if err != nil || len(evs) != 2 || evs[0].Seq != 1 || evs[1].Seq != 2 {
+		t.Fatalf("%v %v", evs, err)
+	}
+	evs, _ = s.Append("chat.git", []Update{{oid(2), oid(3), "refs/heads/main"}}, now)
+	if evs[0].Seq != 3 {
+		t.Fatalf("third event got seq %d", evs[0].Seq)
+	}
+	b, _ := os.ReadFile(s.LogPath("chat.git"))
+	want := fmt.Sprintf("1 1700000000000 %s %s refs/heads/main\n", zero40, oid(1))
+	if !strings.HasPrefix(string(b), want) {
+		t.Fatalf("log starts %q, want %q", b, want)
+	}
+	all, _ := s.ReadLog("chat.git", 1)
+	if len(all) != 2 || all[0].Seq != 2 {
+		t.Fatalf("ReadLog after 1: %v", all)
+	}
+	if h, _ := s.Head("chat.git"); h != 3 {
+		t.Fatalf("head %d", h)
+	}
+	if _, err := s.Append("chat.git", []Update{{oid(1), oid(2), "HEAD"}}, now); err == nil {
+		t.Fatal("accepted a ref outside refs/")
+	}
+}
+
+func TestConcurrentAppendersNeverShareASequence(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 25 {
+				if _, err := s.Append("r", []Update{{oid(w), oid(i + 1), "refs/heads/main"}}, time.Now()); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	evs, err := s.ReadLog("r", 0)
+	if err != nil || len(evs) != 100 {
+		t.Fatalf("%d events, %v", len(evs), err)
+	}
+	for i, e := range evs {
+		if e.Seq != uint64(i+1) {
+			t.Fatalf("event %d has seq %d", i, e.Seq)
+		}
+	}
+}
+
+func TestTornTailIsIgnoredThenTruncated(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	s.Append("r", []Update{{zero40, oid(1), "refs/heads/main"}}, time.Now())
+	f, _ := os.OpenFile(s.LogPath("r"), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("2 17000 " + zero40[:10]) // killed mid-write
+	f.Close()
+	if evs, err := s.ReadLog("r", 0); err != nil || len(evs) != 1 {
+		t.Fatalf("torn tail: %v %v", evs, err)
+	}
+	evs, err := s.Append("r", []Update{{oid(1), oid(2), "refs/heads/main"}}, time.Now())
+	if err != nil || evs[0].Seq != 2 {
+		t.Fatalf("append after torn tail: %v %v", evs, err)
+	}
+	all, err := s.ReadLog("r", 0)
+	if err != nil || len(all) != 2 {
+		t.Fatalf("%v %v", all, err)
+	}
+}
+
+func TestCompactionKeepsRetainedTail(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	s.Retain = 5
+	for i := range 23 {
+		if _, err := s.Append("r", []Update{{zero40, oid(i + 1), "refs/heads/main"}}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, _ := s.ReadLog("r", 0)
+	if len(evs) < 5 || len(evs) >= 10 || evs[len(evs)-1].Seq != 23 {
+		t.Fatalf("after compaction: %d events, last %d", len(evs), evs[len(evs)-1].Seq)
+	}
+	if h, _ := s.Head("r"); h != 23 {
+		t.Fatalf("head %d", h)
+	}
+}
+
+// The child half of TestCrashSafety: write records and append events until killed.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("GCN_STORE_CRASH_CHILD"); dir != "" {
+		crashChild(dir)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func crashChild(dir string) {
+	s, _ := Open(dir)
+	id := wire.Key{1}
+	for i := 1; ; i++ {
+		port := uint16(1000 + i%60000)
+		// A long IP makes a torn write more likely to be visible.
+		s.WriteClient(ClientRecord{ID: id, Heartbeat: time.Unix(int64(i), 0), Addr: netip.AddrPortFrom(netip.MustParseAddr("2001:db8::1234:5678"), port)})
+		s.Append("r", []Update{{zero40, oid(i), "refs/heads/" + strings.Repeat("x", i%200+1)}}, time.Now())
+	}
+}
+
+// A writer killed with SIGKILL at arbitrary moments never leaves a torn
+// record or an unreadable log.
+func TestCrashSafety(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	var lastHead uint64
+	for round := range 12 {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "GCN_STORE_CRASH_CHILD="+dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(30+round*7) * time.Millisecond) // let it get mid-write; not a timing assertion
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+
+		r, err := s.ReadClient(wire.Key{1})
+		if err != nil && !errors.Is(err, ErrNoClient) {
+			t.Fatalf("round %d: torn client record: %v", round, err)
+		}
+		_ = r
+		evs, err := s.ReadLog("r", 0)
+		if err != nil {
+			t.Fatalf("round %d: log unreadable: %v", round, err)
+		}
+		if len(evs) > 0 && evs[len(evs)-1].Seq < lastHead {
+			t.Fatalf("round %d: head went back from %d to %d", round, lastHead, evs[len(evs)-1].Seq)
+		}
+		if len(evs) > 0 {
+			lastHead = evs[len(evs)-1].Seq
+		}
+	}
+	// After all that, an append still continues the sequence.
+	evs, err := s.Append("r", []Update{{zero40, oid(1), "refs/heads/main"}}, time.Now())
+	if err != nil || evs[0].Seq != lastHead+1 {
+		t.Fatalf("append after crashes: %v %v (head was %d)", evs, err, lastHead)
+	}
+	if lastHead == 0 {
+		t.Fatal("the child never appended: the test exercised nothing")
+	}
+}
+
+func FuzzDecodeRecord(f *testing.F) {
+	f.Add([]byte("1700000000\x00198.18.0.9\x0040000"))
+	f.Add([]byte("1\x00::1\x001"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		hb, addr, err := DecodeRecord(b)
+		if err != nil {
+			return
+		}
+		hb2, addr2, err := DecodeRecord(EncodeRecord(hb, addr))
+		if err != nil || !hb2.Equal(hb) || addr2 != netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port()) {
+			t.Fatalf("record round trip: %v %v %v", err, hb2, addr2)
+		}
+	})
+}
+
+func FuzzParseEventLine(f *testing.F) {
+	f.Add([]byte("1 1700000000000 " + zero40 + " " + oid(1) + " refs/heads/main"))
+	f.Add([]byte("2 -5 " + strings.Repeat("a", 64) + " " + strings.Repeat("b", 64) + " refs/tags/v1"))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		e, err := parseEventLine(line)
+		if err != nil {
+			return
+		}
+		back := appendEventLine(nil, e)
+		if e2, err := parseEventLine(back[:len(back)-1]); err != nil || e2 != e {
+			t.Fatalf("event line round trip: %v %+v %+v", err, e, e2)
+		}
+	})
+}
