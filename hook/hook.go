@@ -1,0 +1,205 @@
+// Package hook records a push's ref updates in the event log and hands them to the rendezvous without ever failing the push.
+package hook
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gitchat/gcn-punch/rendezvous"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// Budgets keep the push fast: the hook must return in well under 50 ms.
+const (
+	// PokeTimeout bounds the hand-over to the rendezvous on the local socket;
+	// a healthy rendezvous answers in well under a millisecond.
+	PokeTimeout = 30 * time.Millisecond
+	// DirectBudget bounds the best-effort direct send when the rendezvous is
+	// down; each recipient costs one Curve25519 precomputation (~50 µs).
+	DirectBudget = 15 * time.Millisecond
+	// gitConfigTimeout bounds the one `git config` call for the repository id.
+	gitConfigTimeout = 200 * time.Millisecond
+	// maxLines and maxLine bound what is read from post-receive's stdin.
+	maxLines = 10000
+	maxLine  = 4096
+)
+
+// Options configure one run.
+type Options struct {
+	StoreDir string
+	RepoID   string // "" : git config gcnpunch.repoid, else the directory's name
+	GitDir   string // "" : $GIT_DIR, else the working directory
+	Stdin    io.Reader
+	Stderr   io.Writer
+	Now      func() time.Time
+}
+
+// Result says what happened, for tests and logs.
+type Result struct {
+	RepoID string
+	Events []store.Event
+	Poked  bool
+	Direct int // datagrams sent directly because the rendezvous was down
+}
+
+// Run appends the updates read from Stdin and notifies. Every problem is
+// reported on Stderr in one line; the caller exits 0 regardless.
+func Run(o Options) (Result, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	var res Result
+	ups, err := ParseUpdates(o.Stdin, o.Stderr)
+	if err != nil {
+		return res, err
+	}
+	if len(ups) == 0 {
+		return res, nil
+	}
+	id := o.RepoID
+	if id == "" {
+		if id, err = RepoID(o.GitDir); err != nil {
+			return res, err
+		}
+	}
+	if err := wire.ValidRepoID(id); err != nil {
+		return res, err
+	}
+	res.RepoID = id
+	st, err := store.Open(o.StoreDir)
+	if err != nil {
+		return res, err
+	}
+	res.Events, err = st.Append(id, ups, o.Now())
+	if err != nil {
+		return res, err
+	}
+	reply, err := rendezvous.Dial(st.SocketPath(), "poke "+id, PokeTimeout)
+	if err == nil && reply == "ok\n" {
+		res.Poked = true
+		return res, nil
+	}
+	if err == nil {
+		err = errors.New(strings.TrimSpace(reply))
+	}
+	fmt.Fprintf(o.Stderr, "gcn-punch: rendezvous not reachable (%v); event logged, sent directly as a best effort, catch-up delivers the rest\n", err)
+	res.Direct = sendDirect(st, id, res.Events, o.Now())
+	return res, nil
+}
+
+// ParseUpdates reads post-receive's "<old> <new> <ref>" lines. Malformed
+// lines are reported and skipped.
+func ParseUpdates(r io.Reader, stderr io.Writer) ([]store.Update, error) {
+	var ups []store.Update
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, maxLine), maxLine)
+	for n := 0; sc.Scan(); n++ {
+		if n >= maxLines {
+			return ups, fmt.Errorf("more than %d ref updates in one push", maxLines)
+		}
+		f := strings.Fields(sc.Text())
+		if len(f) != 3 {
+			fmt.Fprintf(stderr, "gcn-punch: skipping malformed post-receive line %q\n", sc.Text())
+			continue
+		}
+		u := store.Update{Old: strings.ToLower(f[0]), New: strings.ToLower(f[1]), Ref: f[2]}
+		if err := (&wire.Notify{Seq: 1, RepoID: "r", Ref: u.Ref, Old: u.Old, New: u.New}).Validate(); err != nil {
+			fmt.Fprintf(stderr, "gcn-punch: skipping ref update: %v\n", err)
+			continue
+		}
+		ups = append(ups, u)
+	}
+	return ups, sc.Err()
+}
+
+// RepoID is `git config gcnpunch.repoid` of the repository, or, if that is
+// unset, the repository directory's base name (e.g. "chat.git"; for a
+// non-bare ".git" directory, its parent's name).
+func RepoID(gitDir string) (string, error) {
+	if gitDir == "" {
+		gitDir = os.Getenv("GIT_DIR")
+	}
+	if gitDir == "" {
+		gitDir = "."
+	}
+	abs, err := filepath.Abs(gitDir)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), gitConfigTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "git", "config", "--get", "gcnpunch.repoid")
+	cmd.Env = append(os.Environ(), "GIT_DIR="+abs)
+	if out, err := cmd.Output(); err == nil {
+		if id := strings.TrimSpace(string(out)); id != "" {
+			return id, nil
+		}
+	}
+	base := filepath.Base(abs)
+	if base == ".git" {
+		base = filepath.Base(filepath.Dir(abs))
+	}
+	return base, nil
+}
+
+// sendDirect sends the new events from the rendezvous's own address (free,
+// since the rendezvous is down), which the clients' NATs let through. In
+// registered mode only clients authorised for the repository get them; in
+// open mode every recently seen client does. It stops at DirectBudget.
+func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time) int {
+	deadline := time.Now().Add(DirectBudget)
+	keyText, err := os.ReadFile(filepath.Join(st.Dir, "server.key"))
+	if err != nil {
+		return 0
+	}
+	priv, err := wire.ParseKey(string(keyText))
+	if err != nil {
+		return 0
+	}
+	pub := wire.PublicKey(priv)
+	addr, _ := os.ReadFile(st.AddrPath())
+	conn, err := net.ListenPacket("udp", strings.TrimSpace(string(addr)))
+	if err != nil {
+		conn, err = net.ListenPacket("udp", ":0")
+		if err != nil {
+			return 0
+		}
+	}
+	defer conn.Close()
+	open := rendezvous.ReadMode(st) == rendezvous.ModeOpen
+	recs, _, _ := st.Clients()
+	sent := 0
+	for _, r := range recs {
+		if time.Now().After(deadline) {
+			break
+		}
+		if now.Sub(r.Heartbeat) > rendezvous.RecordRefresh+rendezvous.ClientTimeout {
+			continue
+		}
+		if !open && !st.Authorised(repoID, r.ID, now) {
+			continue
+		}
+		shared := wire.SharedKey(r.ID, priv)
+		to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.Addr.Addr(), r.Addr.Port()))
+		for _, e := range evs {
+			b, err := wire.Seal(nil, &wire.Notify{Seq: e.Seq, TimeMilli: e.TimeMilli, Recipient: r.ID, RepoID: repoID, Ref: e.Ref, Old: e.Old, New: e.New}, pub, &shared)
+			if err == nil {
+				if _, err := conn.WriteTo(b, to); err == nil {
+					sent++
+				}
+			}
+		}
+	}
+	return sent
+}

@@ -1,0 +1,169 @@
+// Package action runs what a daemon does on a notification: exec a program, fast-forward a clone, show a desktop notification.
+package action
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gitchat/gcn-punch/punch"
+)
+
+// ExecTimeout bounds a user's --exec program, so that a hung program cannot
+// stall every later notification forever.
+const ExecTimeout = 10 * time.Minute
+
+// gitTimeout bounds each git command; a fetch over a slow link is the longest.
+const gitTimeout = 5 * time.Minute
+
+// Runner holds the actions chosen on the command line.
+type Runner struct {
+	Exec    string   // program to run, or ""
+	Clones  []string // clones to fast-forward (a clone per followed repository)
+	Desktop *Desktop // nil: no desktop notifications
+	// CloneFor maps a repository id to the clone that follows it; when nil,
+	// every clone is updated for every event.
+	CloneFor func(repo string) []string
+	Logger   *slog.Logger
+}
+
+// Handle runs every chosen action for one event, in order: pull first, so
+// that the program and the notification see the new commits.
+func (r *Runner) Handle(ctx context.Context, ev punch.Event) {
+	log := r.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	clones := r.Clones
+	if r.CloneFor != nil {
+		clones = r.CloneFor(ev.Repo)
+	}
+	for _, c := range clones {
+		if err := FastForward(ctx, c, ev, log); err != nil {
+			log.Warn("fast-forward", "clone", c, "err", err)
+		}
+	}
+	if r.Exec != "" {
+		if err := Exec(ctx, r.Exec, ev); err != nil {
+			log.Warn("exec", "program", r.Exec, "seq", ev.Seq, "err", err)
+		}
+	}
+	if r.Desktop != nil {
+		if err := r.Desktop.Notify(ev); err != nil {
+			log.Debug("desktop notification", "err", err)
+		}
+	}
+	log.Info("notified", "repo", ev.Repo, "ref", ev.Ref, "seq", ev.Seq, "resync", ev.Resync)
+}
+
+// Env is the environment a program sees for an event.
+func Env(ev punch.Event) []string {
+	kind := "push"
+	if ev.Resync {
+		kind = "resync"
+	}
+	return []string{
+		"GCN_REPO=" + ev.Repo,
+		"GCN_REF=" + ev.Ref,
+		"GCN_OLD=" + ev.Old,
+		"GCN_NEW=" + ev.New,
+		"GCN_SEQ=" + strconv.FormatUint(ev.Seq, 10),
+		"GCN_TIME_MS=" + strconv.FormatInt(ev.TimeMilli, 10),
+		"GCN_EVENT=" + kind,
+	}
+}
+
+// Exec runs program directly, never through a shell, with the event in
+// GCN_* environment variables. Its output goes to the daemon's stderr.
+func Exec(ctx context.Context, program string, ev punch.Event) error {
+	ctx, cancel := context.WithTimeout(ctx, ExecTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, program)
+	cmd.Env = append(os.Environ(), Env(ev)...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	return cmd.Run()
+}
+
+func git(ctx context.Context, clone string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, gitTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", clone}, args...)...)
+	// Never prompt: the daemon has no terminal.
+	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("git %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+// FastForward fetches, then fast-forwards every local branch that tracks the
+// pushed ref (all tracking branches on a resync). It never touches a dirty
+// or diverged branch beyond the fetch, and says why.
+func FastForward(ctx context.Context, clone string, ev punch.Event, log *slog.Logger) error {
+	if _, err := git(ctx, clone, "fetch", "--quiet", "origin"); err != nil {
+		return err
+	}
+	if !ev.Resync && !strings.HasPrefix(ev.Ref, "refs/heads/") {
+		return nil // tags and other refs: the fetch is all there is to do
+	}
+	out, err := git(ctx, clone, "for-each-ref", "--format=%(refname)%00%(upstream)", "refs/heads/")
+	if err != nil {
+		return err
+	}
+	head, _ := git(ctx, clone, "symbolic-ref", "--quiet", "HEAD")
+	want := "refs/remotes/origin/" + strings.TrimPrefix(ev.Ref, "refs/heads/")
+	for _, line := range strings.Split(out, "\n") {
+		local, upstream, ok := strings.Cut(line, "\x00")
+		if !ok || upstream == "" || (!ev.Resync && upstream != want) {
+			continue
+		}
+		if !ev.Resync && !strings.HasPrefix(upstream, "refs/remotes/origin/") {
+			continue
+		}
+		if err := fastForwardBranch(ctx, clone, local, upstream, local == head, log); err != nil {
+			log.Warn("not fast-forwarded", "clone", clone, "branch", local, "reason", err)
+		}
+	}
+	return nil
+}
+
+func fastForwardBranch(ctx context.Context, clone, local, upstream string, checkedOut bool, log *slog.Logger) error {
+	oldRev, err := git(ctx, clone, "rev-parse", "--verify", "--end-of-options", local)
+	if err != nil {
+		return err
+	}
+	newRev, err := git(ctx, clone, "rev-parse", "--verify", "--end-of-options", upstream)
+	if err != nil {
+		return err
+	}
+	if oldRev == newRev {
+		return nil
+	}
+	if _, err := git(ctx, clone, "merge-base", "--is-ancestor", oldRev, newRev); err != nil {
+		return fmt.Errorf("diverged from %s: left as it is (only fetched)", upstream)
+	}
+	if !checkedOut {
+		_, err := git(ctx, clone, "update-ref", "-m", "gcn-punch: fast-forward", local, newRev, oldRev)
+		return err
+	}
+	dirty, err := git(ctx, clone, "status", "--porcelain", "--untracked-files=no")
+	if err != nil {
+		return err
+	}
+	if dirty != "" {
+		return fmt.Errorf("work tree has uncommitted changes: left as it is (only fetched)")
+	}
+	if _, err := git(ctx, clone, "merge", "--ff-only", "--quiet", newRev); err != nil {
+		return err
+	}
+	log.Info("fast-forwarded", "clone", clone, "branch", local, "to", newRev)
+	return nil
+}

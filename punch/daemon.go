@@ -1,0 +1,546 @@
+// Package punch is the client's network side: one UDP socket, keepalives, STUN, and in-order exactly-once notification handling.
+package punch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// Timing. Each constant says why it has its value.
+const (
+	// DefaultKeepalive is below the 30 s after which many NATs (and Linux
+	// conntrack's default nf_conntrack_udp_timeout) drop an idle UDP mapping.
+	DefaultKeepalive = 25 * time.Second
+	// firstRetry is how soon an unanswered keepalive is repeated: a lost
+	// keepalive at start-up should not cost a whole interval.
+	firstRetry = time.Second
+	// DeniedRetry is how often a daemon the rendezvous refuses tries again:
+	// slowly, because only a new registration over SSH can change the answer.
+	DeniedRetry = time.Minute
+	// minPingGap stops a burst of pings (e.g. forged replays) from turning
+	// into a burst of keepalives.
+	minPingGap = time.Second
+	// reorderWindow bounds how many out-of-order notifications are held
+	// while waiting for a gap to fill; the server sends at most 32 at once.
+	reorderWindow = 64
+)
+
+// Server is one rendezvous the daemon follows repositories on.
+type Server struct {
+	Addr  netip.AddrPort
+	Key   wire.Key
+	Repos []string
+}
+
+// Config is what a Daemon needs. Conn is the seam in front of the network.
+type Config struct {
+	Conn      net.PacketConn
+	Servers   []Server
+	StateDir  string
+	Keepalive time.Duration
+	// Handle runs the user's actions for one event. It is called from one
+	// goroutine, in order; an event stays pending until it returns.
+	Handle func(context.Context, Event)
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Stats counts what the daemon saw; every dropped datagram is counted.
+type Stats struct {
+	Notifications, Duplicates, Reordered, Resyncs uint64
+	Pongs, Pings, KeepalivesSent                  uint64
+	Malformed, Forged, Unexpected                 uint64
+}
+
+// Daemon follows repositories and handles their notifications.
+type Daemon struct {
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	pub   wire.Key
+	priv  wire.Key
+	peers map[wire.Key]*peer
+	stun  *stunClient
+	work  chan struct{}
+
+	mu    sync.Mutex
+	state *State
+	stats Stats
+}
+
+type peer struct {
+	Server
+	shared   [32]byte
+	pong     chan struct{} // the last keepalive was answered
+	ping     chan struct{} // the server asked for a keepalive now
+	mu       sync.Mutex
+	counter  uint64
+	lastSent time.Time
+	denied   bool
+	observed netip.AddrPort
+	held     map[string]map[uint64]*wire.Notify // out-of-order notifications by repo
+}
+
+// New loads the client key and state.
+func New(cfg Config) (*Daemon, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Keepalive <= 0 {
+		cfg.Keepalive = DefaultKeepalive
+	}
+	if cfg.Handle == nil {
+		cfg.Handle = func(context.Context, Event) {}
+	}
+	pub, priv, err := LoadOrCreateKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := loadState(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, now: cfg.Now, pub: pub, priv: priv, state: st,
+		peers: make(map[wire.Key]*peer), stun: newSTUNClient(), work: make(chan struct{}, 1)}
+	for _, s := range cfg.Servers {
+		if len(s.Repos) == 0 || len(s.Repos) > wire.MaxSubs {
+			return nil, fmt.Errorf("punch: server %s: follow 1 to %d repositories", s.Addr, wire.MaxSubs)
+		}
+		for _, r := range s.Repos {
+			if err := wire.ValidRepoID(r); err != nil {
+				return nil, err
+			}
+		}
+		if _, dup := d.peers[s.Key]; dup {
+			return nil, fmt.Errorf("punch: server key %s given twice", s.Key)
+		}
+		d.peers[s.Key] = &peer{Server: s, shared: wire.SharedKey(s.Key, priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1),
+			held: map[string]map[uint64]*wire.Notify{}}
+	}
+	return d, nil
+}
+
+// PublicKey is the client's identity.
+func (d *Daemon) PublicKey() wire.Key { return d.pub }
+
+// Stats returns a snapshot of the counters.
+func (d *Daemon) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stats
+}
+
+// LastSeq reports the position in one repository of one server.
+func (d *Daemon) LastSeq(server wire.Key, repo string) (uint64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := d.state.repo(server, repo)
+	return r.LastSeq, r.Known
+}
+
+// Run serves until ctx is done.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	errc := make(chan error, 1)
+	wg.Go(func() { errc <- d.readLoop(ctx) })
+	wg.Go(func() { d.actionWorker(ctx) })
+	d.wakeWorker() // pending actions from before a restart
+	for _, p := range d.peers {
+		wg.Go(func() { d.keepaliveLoop(ctx, p) })
+		wg.Go(func() { d.learnReflexive(ctx, p) })
+	}
+	select {
+	case <-ctx.Done():
+		d.cfg.Conn.SetReadDeadline(time.Unix(1, 0))
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+func (d *Daemon) learnReflexive(ctx context.Context, p *peer) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	addr, err := d.stun.bind(ctx, d.cfg.Conn, p.Addr)
+	if err != nil {
+		d.log.Info("STUN: no reflexive address yet", "server", p.Addr, "err", err)
+		return
+	}
+	d.log.Info("STUN: reflexive address", "server", p.Addr, "reflexive", addr)
+}
+
+// keepaliveLoop keeps the NAT mapping open and reports the daemon's position.
+// An unanswered keepalive is repeated after 1 s, 2 s, 4 s ... up to the interval.
+func (d *Daemon) keepaliveLoop(ctx context.Context, p *peer) {
+	retry := firstRetry
+	for {
+		d.sendKeepalive(p)
+		if !sleepUntil(ctx, p.pong, retry) {
+			if ctx.Err() != nil {
+				return
+			}
+			retry = min(2*retry, d.cfg.Keepalive)
+			continue
+		}
+		retry = firstRetry
+		wait := d.cfg.Keepalive
+		p.mu.Lock()
+		if p.denied {
+			wait = DeniedRetry
+		}
+		p.mu.Unlock()
+		// Sleep until the next keepalive is due, or a ping asks for one now.
+		sleepUntil(ctx, p.ping, wait)
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// sleepUntil waits for dur, for a signal on c, or for ctx to end; it reports
+// whether the signal came.
+func sleepUntil(ctx context.Context, c <-chan struct{}, dur time.Duration) bool {
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return false
+	case <-c:
+		return true
+	}
+}
+
+func (d *Daemon) sendKeepalive(p *peer) {
+	d.mu.Lock()
+	subs := make([]wire.Sub, 0, len(p.Repos))
+	for _, r := range p.Repos {
+		rs := d.state.repo(p.Key, r)
+		subs = append(subs, wire.Sub{RepoID: r, Known: rs.Known, LastSeq: rs.LastSeq})
+	}
+	d.stats.KeepalivesSent++
+	d.mu.Unlock()
+	p.mu.Lock()
+	now := d.now()
+	// The counter only grows, across restarts too: it starts from the clock.
+	p.counter = max(p.counter+1, uint64(now.UnixNano()))
+	p.lastSent = now
+	m := &wire.Keepalive{Counter: p.counter, Subs: subs}
+	p.mu.Unlock()
+	d.send(p, m)
+}
+
+func (d *Daemon) send(p *peer, m wire.Message) {
+	b, err := wire.Seal(nil, m, d.pub, &p.shared)
+	if err != nil {
+		d.log.Error("cannot seal", "err", err)
+		return
+	}
+	if _, err := d.cfg.Conn.WriteTo(b, net.UDPAddrFromAddrPort(p.Addr)); err != nil {
+		d.log.Debug("send failed", "server", p.Addr, "err", err)
+	}
+}
+
+func (d *Daemon) readLoop(ctx context.Context) error {
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := d.cfg.Conn.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("punch: read: %w", err)
+		}
+		b := buf[:n]
+		switch {
+		case isSTUN(b):
+			d.stun.handle(b)
+		case wire.LooksLikeGCN(b):
+			d.handleGCN(b, from)
+		default:
+			// Room here for ICE and DTLS on the same port.
+			d.count(func(s *Stats) { s.Malformed++ })
+		}
+	}
+}
+
+func (d *Daemon) count(f func(*Stats)) {
+	d.mu.Lock()
+	f(&d.stats)
+	d.mu.Unlock()
+}
+
+func (d *Daemon) handleGCN(b []byte, from net.Addr) {
+	sender, _, _, err := wire.ParseHeader(b)
+	if err != nil {
+		d.count(func(s *Stats) { s.Malformed++ })
+		return
+	}
+	p := d.peers[sender]
+	if p == nil {
+		d.count(func(s *Stats) { s.Unexpected++ })
+		return
+	}
+	_, msg, err := wire.Open(b, &p.shared)
+	if err != nil {
+		d.count(func(s *Stats) {
+			if errors.Is(err, wire.ErrAuth) {
+				s.Forged++
+			} else {
+				s.Malformed++
+			}
+		})
+		return
+	}
+	switch m := msg.(type) {
+	case *wire.Pong:
+		d.onPong(p, m)
+	case *wire.Notify:
+		if m.Recipient != d.pub {
+			d.count(func(s *Stats) { s.Forged++ })
+			return
+		}
+		d.onNotify(p, m)
+	case *wire.Resync:
+		if m.Recipient != d.pub {
+			d.count(func(s *Stats) { s.Forged++ })
+			return
+		}
+		d.onResync(p, m)
+	case *wire.Ping:
+		d.count(func(s *Stats) { s.Pings++ })
+		p.mu.Lock()
+		due := d.now().Sub(p.lastSent) >= minPingGap
+		p.mu.Unlock()
+		if due {
+			kick(p.ping)
+		}
+	default:
+		d.count(func(s *Stats) { s.Unexpected++ })
+	}
+}
+
+func kick(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Daemon) onPong(p *peer, m *wire.Pong) {
+	p.mu.Lock()
+	if m.Counter != p.counter || len(m.Statuses) != len(p.Repos) {
+		p.mu.Unlock()
+		d.count(func(s *Stats) { s.Unexpected++ })
+		return
+	}
+	changed := p.observed != m.Observed
+	p.observed = m.Observed
+	wasDenied := p.denied
+	p.denied = false
+	p.mu.Unlock()
+	if changed {
+		d.log.Info("rendezvous sees this daemon at", "server", p.Addr, "public", m.Observed)
+	}
+	d.mu.Lock()
+	d.stats.Pongs++
+	dirty := false
+	denied := 0
+	for i, st := range m.Statuses {
+		repo := p.Repos[i]
+		switch st.Status {
+		case wire.StatusOK:
+			rs := d.state.repo(p.Key, repo)
+			if !rs.Known {
+				rs.Known, rs.LastSeq = true, st.HeadSeq // a new follower starts at the head
+				dirty = true
+			}
+		case wire.StatusNotAuthorised:
+			denied++
+			d.log.Warn("rendezvous refuses this repository: this key is not registered for it (register over SSH with gcn-heartbeat, or run the rendezvous with --open)",
+				"server", p.Addr, "repo", repo, "client", d.pub.String())
+		default:
+			denied++
+			d.log.Warn("rendezvous does not know this repository", "server", p.Addr, "repo", repo)
+		}
+	}
+	if dirty {
+		d.saveLocked()
+	}
+	d.mu.Unlock()
+	if denied == len(m.Statuses) {
+		p.mu.Lock()
+		p.denied = true
+		p.mu.Unlock()
+		if !wasDenied {
+			d.log.Warn("every repository was refused; retrying slowly", "every", DeniedRetry)
+		}
+	}
+	kick(p.pong)
+}
+
+func (d *Daemon) saveLocked() {
+	if err := d.state.save(d.cfg.StateDir); err != nil {
+		d.log.Error("cannot save state; acknowledgements withheld", "err", err)
+	}
+}
+
+func (d *Daemon) follows(p *peer, repo string) bool {
+	for _, r := range p.Repos {
+		if r == repo {
+			return true
+		}
+	}
+	return false
+}
+
+// onNotify handles notifications in order, exactly once: the position and
+// the pending action are saved before the ack leaves.
+func (d *Daemon) onNotify(p *peer, n *wire.Notify) {
+	if !d.follows(p, n.RepoID) {
+		d.count(func(s *Stats) { s.Unexpected++ })
+		return
+	}
+	d.mu.Lock()
+	rs := d.state.repo(p.Key, n.RepoID)
+	if !rs.Known {
+		// The pong that would tell us the head was lost; this is the start.
+		rs.Known, rs.LastSeq = true, n.Seq-1
+	}
+	switch {
+	case n.Seq <= rs.LastSeq:
+		d.stats.Duplicates++
+		last := rs.LastSeq
+		d.mu.Unlock()
+		d.send(p, &wire.Ack{RepoID: n.RepoID, Seq: last})
+		return
+	case n.Seq > rs.LastSeq+1:
+		d.stats.Reordered++
+		d.mu.Unlock()
+		p.mu.Lock()
+		h := p.held[n.RepoID]
+		if h == nil {
+			h = map[uint64]*wire.Notify{}
+			p.held[n.RepoID] = h
+		}
+		if len(h) < reorderWindow {
+			h[n.Seq] = n
+		}
+		p.mu.Unlock()
+		return
+	}
+	// In order: take it and whatever held notifications now follow it.
+	p.mu.Lock()
+	h := p.held[n.RepoID]
+	for next := n; next != nil; {
+		rs.LastSeq = next.Seq
+		d.stats.Notifications++
+		d.state.Pending = append(d.state.Pending, Event{ServerKey: p.Key.String(), Repo: next.RepoID, Ref: next.Ref,
+			Old: next.Old, New: next.New, Seq: next.Seq, TimeMilli: next.TimeMilli})
+		delete(h, next.Seq)
+		next = h[next.Seq+1]
+	}
+	for seq := range h {
+		if seq <= rs.LastSeq {
+			delete(h, seq)
+		}
+	}
+	p.mu.Unlock()
+	last := rs.LastSeq
+	err := d.state.save(d.cfg.StateDir)
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("cannot save state; not acknowledging", "err", err)
+		return
+	}
+	d.send(p, &wire.Ack{RepoID: n.RepoID, Seq: last})
+	d.wakeWorker()
+}
+
+func (d *Daemon) onResync(p *peer, m *wire.Resync) {
+	if !d.follows(p, m.RepoID) {
+		d.count(func(s *Stats) { s.Unexpected++ })
+		return
+	}
+	d.mu.Lock()
+	rs := d.state.repo(p.Key, m.RepoID)
+	if rs.Known && m.HeadSeq <= rs.LastSeq {
+		last := rs.LastSeq
+		d.stats.Duplicates++
+		d.mu.Unlock()
+		d.send(p, &wire.Ack{RepoID: m.RepoID, Seq: last})
+		return
+	}
+	d.log.Warn("missed events: they fell out of the server's retention; resyncing with a full pull",
+		"repo", m.RepoID, "had", rs.LastSeq, "oldest_kept", m.FirstSeq, "head", m.HeadSeq)
+	rs.Known, rs.LastSeq = true, m.HeadSeq
+	d.stats.Resyncs++
+	d.state.Pending = append(d.state.Pending, Event{ServerKey: p.Key.String(), Repo: m.RepoID, Seq: m.HeadSeq, TimeMilli: m.TimeMilli, Resync: true})
+	err := d.state.save(d.cfg.StateDir)
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("cannot save state; not acknowledging", "err", err)
+		return
+	}
+	d.send(p, &wire.Ack{RepoID: m.RepoID, Seq: m.HeadSeq})
+	d.wakeWorker()
+}
+
+func (d *Daemon) wakeWorker() { kick(d.work) }
+
+// actionWorker runs pending events' actions one at a time, in order, and
+// removes each from the saved state when its actions finish.
+func (d *Daemon) actionWorker(ctx context.Context) {
+	for {
+		d.mu.Lock()
+		if len(d.state.Pending) == 0 {
+			d.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.work:
+			}
+			continue
+		}
+		ev := d.state.Pending[0]
+		d.mu.Unlock()
+		d.cfg.Handle(ctx, ev)
+		if ctx.Err() != nil {
+			return // interrupted: it stays pending and runs again after restart
+		}
+		d.mu.Lock()
+		d.state.Pending = d.state.Pending[1:]
+		d.saveLocked()
+		d.mu.Unlock()
+	}
+}
+
+// Observed is the public address the rendezvous last saw this daemon at.
+func (d *Daemon) Observed(server wire.Key) netip.AddrPort {
+	p := d.peers[server]
+	if p == nil {
+		return netip.AddrPort{}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.observed
+}

@@ -1,0 +1,644 @@
+// Package rendezvous is the server daemon: STUN, registry, and reliable fan-out of notifications over UDP.
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// Timing. Each constant says why it has its value.
+const (
+	// InitialRTO is the first retransmission timeout: above most Internet
+	// round trips, so a healthy path never retransmits, yet a lost
+	// notification costs at most a quarter of a second.
+	InitialRTO = 250 * time.Millisecond
+	// MaxRTO caps the exponential backoff: a client that is briefly
+	// unreachable is retried at least this often until it lapses.
+	MaxRTO = 8 * time.Second
+	// ClientTimeout is how long a client stays live without an authenticated
+	// packet. It is well above the longest keepalive interval a daemon picks
+	// (120 s, the RFC 4787 REQ-5 minimum mapping lifetime), so a live client
+	// never lapses; after it, retransmission stops and catch-up waits for
+	// the client's next keepalive.
+	ClientTimeout = 5 * time.Minute
+	// RecordRefresh is how often an unchanged client record is rewritten to
+	// refresh its heartbeat epoch: rare enough that 100k clients cost about
+	// 170 small writes a second, often enough for `status` to be useful.
+	// An address change is written at once.
+	RecordRefresh = 10 * time.Minute
+	// tick drives retransmissions; 10 ms is fine-grained next to InitialRTO.
+	tick = 10 * time.Millisecond
+	// Window is how many events may be in flight to one client: enough to
+	// catch up quickly after an absence, small enough not to flood its NAT.
+	Window = 32
+	// stunRate and stunBurst limit STUN responses per source IP.
+	stunRate, stunBurst = 10, 20
+	// unknownRate and unknownBurst limit, per source IP, how often a packet
+	// from a key not yet seen may cost a Curve25519 precomputation.
+	unknownRate, unknownBurst = 20, 40
+)
+
+// Config is what a Server needs. Conn is the seam in front of the network.
+type Config struct {
+	Conn    net.PacketConn
+	AltConn net.PacketConn // optional second address (RFC 5780 comes later)
+	Store   *store.Store
+	Open    bool // any key may follow any repository
+	Logger  *slog.Logger
+	Now     func() time.Time // nil: time.Now
+}
+
+// Stats counts what the server did; every dropped datagram is counted.
+type Stats struct {
+	STUN, STUNLimited                       uint64
+	Keepalives, Acks, Notifies, Retransmits uint64
+	Resyncs, Pings                          uint64
+	Malformed, Forged, Replayed, Unexpected uint64
+	Denied, Limited, Amplification          uint64
+	Rebinds                                 uint64
+}
+
+// Server is a running rendezvous.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	now      func() time.Time
+	pub      wire.Key
+	priv     wire.Key
+	kick     chan struct{}
+	records  chan store.ClientRecord
+	mu       sync.Mutex
+	clients  map[wire.Key]*client
+	repos    map[string]*repo
+	pending  map[*sub]struct{}
+	stunRL   *rateLimiter
+	unkRL    *rateLimiter
+	stats    Stats
+	pingSeq  uint64
+	closed   bool
+	closeErr error
+}
+
+type client struct {
+	key      wire.Key
+	shared   [32]byte
+	addr     netip.AddrPort
+	conn     net.PacketConn // the socket the client talks to
+	lastSeen time.Time
+	counter  uint64
+	written  time.Time // when its record was last written
+	subs     map[string]*sub
+}
+
+type sub struct {
+	c        *client
+	r        *repo
+	acked    uint64 // the client handled every event up to here
+	sent     uint64 // highest seq sent in the current window
+	nextSend time.Time
+	rto      time.Duration
+}
+
+type repo struct {
+	id     string
+	events []store.Event // the log's events, in order; events[i].Seq == first+i
+	head   uint64
+	offset int64 // bytes of the log file read so far
+	ino    uint64
+	subs   map[wire.Key]*sub
+}
+
+// New loads the server keys and the event logs.
+func New(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	pub, priv, err := cfg.Store.ServerKeys()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger, now: cfg.Now, pub: pub, priv: priv,
+		kick:    make(chan struct{}, 1),
+		records: make(chan store.ClientRecord, 4096),
+		clients: make(map[wire.Key]*client),
+		repos:   make(map[string]*repo),
+		pending: make(map[*sub]struct{}),
+		stunRL:  newRateLimiter(stunRate, stunBurst),
+		unkRL:   newRateLimiter(unknownRate, unknownBurst),
+	}
+	ids, err := cfg.Store.Repos()
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		if _, err := s.loadRepo(id); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// PublicKey is the server's public key.
+func (s *Server) PublicKey() wire.Key { return s.pub }
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// Run serves until ctx is done. It pings recently seen clients first, so a
+// restarted rendezvous resumes delivery without waiting for keepalives.
+func (s *Server) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	conns := []net.PacketConn{s.cfg.Conn}
+	if s.cfg.AltConn != nil {
+		conns = append(conns, s.cfg.AltConn)
+	}
+	errc := make(chan error, len(conns))
+	for _, c := range conns {
+		wg.Go(func() { errc <- s.readLoop(c) })
+	}
+	wg.Go(func() { s.recordWriter(ctx) })
+	wg.Go(func() { s.pingKnownClients() })
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			s.closed = true
+			s.mu.Unlock()
+			for _, c := range conns {
+				c.SetReadDeadline(time.Unix(1, 0))
+			}
+			return nil
+		case err := <-errc:
+			return err
+		case <-t.C:
+		case <-s.kick:
+		}
+		s.sendDue()
+	}
+}
+
+func (s *Server) readLoop(conn net.PacketConn) error {
+	buf := make([]byte, 2048)
+	for {
+		n, addr, err := conn.ReadFrom(buf)
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("rendezvous: read: %w", err)
+		}
+		src, ok := addrPort(addr)
+		if !ok {
+			continue
+		}
+		if reply := s.handle(conn, buf[:n], src); reply != nil {
+			conn.WriteTo(reply, net.UDPAddrFromAddrPort(src))
+		}
+	}
+}
+
+func addrPort(a net.Addr) (netip.AddrPort, bool) {
+	if u, ok := a.(*net.UDPAddr); ok {
+		ap := u.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	return ap, err == nil
+}
+
+// handle processes one datagram and returns the reply, if any.
+func (s *Server) handle(conn net.PacketConn, b []byte, src netip.AddrPort) []byte {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(b) >= 20 && b[0] < 4 { // STUN: first two bits zero (RFC 5389 §6)
+		if !s.stunRL.allow(src.Addr(), now) {
+			s.stats.STUNLimited++
+			return nil
+		}
+		resp := stunResponse(b, src)
+		if resp == nil {
+			s.stats.Malformed++
+			return nil
+		}
+		s.stats.STUN++
+		return resp
+	}
+	sender, _, _, err := wire.ParseHeader(b)
+	if err != nil {
+		s.stats.Malformed++
+		return nil
+	}
+	c := s.clients[sender]
+	var shared [32]byte
+	if c != nil {
+		shared = c.shared
+	} else {
+		// Precomputing a key for an unseen sender is the expensive step:
+		// limit it per source so a flood of random keys cannot burn the CPU.
+		if !s.unkRL.allow(src.Addr(), now) {
+			s.stats.Limited++
+			return nil
+		}
+		shared = wire.SharedKey(sender, s.priv)
+	}
+	_, msg, err := wire.Open(b, &shared)
+	switch {
+	case errors.Is(err, wire.ErrAuth):
+		s.stats.Forged++
+		return nil
+	case err != nil:
+		s.stats.Malformed++
+		return nil
+	}
+	switch m := msg.(type) {
+	case *wire.Keepalive:
+		return s.onKeepalive(conn, c, sender, shared, m, src, len(b), now)
+	case *wire.Ack:
+		if c == nil {
+			s.stats.Unexpected++ // acks only make sense from a live client
+			return nil
+		}
+		s.onAck(c, m, now)
+	default:
+		s.stats.Unexpected++
+	}
+	return nil
+}
+
+func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, shared [32]byte, m *wire.Keepalive, src netip.AddrPort, reqLen int, now time.Time) []byte {
+	if c != nil && m.Counter <= c.counter {
+		s.stats.Replayed++ // a replayed keepalive must never move the client's address
+		return nil
+	}
+	statuses := make([]wire.SubStatus, len(m.Subs))
+	allowed := 0
+	for i, sb := range m.Subs {
+		if !s.cfg.Open && !s.cfg.Store.Authorised(sb.RepoID, key, now) {
+			statuses[i] = wire.SubStatus{Status: wire.StatusNotAuthorised}
+			continue
+		}
+		allowed++
+	}
+	if allowed == 0 && c == nil {
+		// Not registered for anything: keep no state, answer with the
+		// (smaller) pong so the daemon can log why.
+		s.stats.Denied++
+		return s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
+	}
+	s.stats.Keepalives++
+	if c == nil {
+		c = &client{key: key, shared: shared, addr: src, conn: conn, subs: make(map[string]*sub)}
+		s.clients[key] = c
+		s.log.Info("client up", "client", key.String()[:16], "addr", src)
+		s.queueRecord(c, now)
+	} else if c.addr != src {
+		s.stats.Rebinds++
+		s.log.Info("client address changed (NAT rebinding)", "client", key.String()[:16], "from", c.addr, "to", src)
+		c.addr = src
+		c.conn = conn
+		s.queueRecord(c, now)
+	} else if now.Sub(c.written) >= RecordRefresh {
+		s.queueRecord(c, now)
+	}
+	c.counter = m.Counter
+	c.lastSeen = now
+	for i, sb := range m.Subs {
+		if statuses[i].Status != wire.StatusOK {
+			continue
+		}
+		r := s.repo(sb.RepoID)
+		su := c.subs[sb.RepoID]
+		if su == nil {
+			su = &sub{c: c, r: r, rto: InitialRTO}
+			c.subs[sb.RepoID] = su
+			r.subs[key] = su
+		}
+		// The client's own report is the truth about what it handled.
+		if sb.Known {
+			su.acked = min(sb.LastSeq, r.head)
+		} else {
+			su.acked = r.head // a new follower starts now; no history replay
+		}
+		su.sent = su.acked
+		statuses[i] = wire.SubStatus{Status: wire.StatusOK, HeadSeq: r.head}
+		if su.acked < r.head {
+			su.rto = InitialRTO
+			s.pending[su] = struct{}{}
+			s.kickSender()
+		}
+	}
+	return s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
+}
+
+func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
+	su := c.subs[m.RepoID]
+	if su == nil {
+		s.stats.Unexpected++
+		return
+	}
+	s.stats.Acks++
+	c.lastSeen = now
+	if m.Seq <= su.acked || m.Seq > su.r.head {
+		return // duplicate or stale ack
+	}
+	su.acked = m.Seq
+	su.sent = max(su.sent, su.acked)
+	// Progress: restart the timer for whatever is still in flight.
+	su.rto = InitialRTO
+	su.nextSend = now.Add(su.rto)
+	if su.acked < su.r.head {
+		s.pending[su] = struct{}{}
+		s.kickSender()
+	} else {
+		delete(s.pending, su)
+	}
+}
+
+// seal encodes a reply, refusing (and counting) any that would be larger
+// than the request that caused it.
+func (s *Server) seal(m wire.Message, to wire.Key, shared *[32]byte, reqLen int) []byte {
+	b, err := wire.Seal(nil, m, s.pub, shared)
+	if err != nil {
+		return nil
+	}
+	if len(b) > reqLen {
+		s.stats.Amplification++
+		return nil
+	}
+	return b
+}
+
+func (s *Server) kickSender() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Server) repo(id string) *repo {
+	r := s.repos[id]
+	if r == nil {
+		r = &repo{id: id, subs: make(map[wire.Key]*sub)}
+		s.repos[id] = r
+	}
+	return r
+}
+
+type outgoing struct {
+	conn net.PacketConn
+	to   netip.AddrPort
+	b    []byte
+}
+
+// sendDue sends new events while a subscription's window has room, and
+// retransmits the whole window when its timer expires.
+func (s *Server) sendDue() {
+	now := s.now()
+	var out []outgoing
+	s.mu.Lock()
+	for su := range s.pending {
+		if su.acked >= su.r.head {
+			delete(s.pending, su)
+			continue
+		}
+		if now.Sub(su.c.lastSeen) > ClientTimeout {
+			// Lapsed: stop retransmitting; its next keepalive resumes catch-up.
+			delete(s.pending, su)
+			continue
+		}
+		out = s.appendDue(out, su, now)
+	}
+	s.mu.Unlock()
+	for _, o := range out {
+		o.conn.WriteTo(o.b, net.UDPAddrFromAddrPort(o.to))
+	}
+}
+
+// appendDue seals what one subscription owes now: a resync notice if what
+// the client needs fell out of retention, new events that fit the window,
+// or, when the timer has expired, the whole window again.
+func (s *Server) appendDue(out []outgoing, su *sub, now time.Time) []outgoing {
+	r, c := su.r, su.c
+	first := r.head + 1
+	if len(r.events) > 0 {
+		first = r.events[0].Seq
+	}
+	inFlight := su.sent > su.acked
+	expired := inFlight && !now.Before(su.nextSend)
+	if su.acked+1 < first {
+		if inFlight && !expired {
+			return out
+		}
+		b, err := wire.Seal(nil, &wire.Resync{HeadSeq: r.head, FirstSeq: first, TimeMilli: now.UnixMilli(), Recipient: c.key, RepoID: r.id}, s.pub, &c.shared)
+		if err == nil {
+			out = append(out, outgoing{c.conn, c.addr, b})
+		}
+		s.stats.Resyncs++
+		su.sent = r.head
+		s.armTimer(su, now, expired)
+		return out
+	}
+	from := su.sent + 1
+	if expired {
+		from = su.acked + 1
+	}
+	end := min(su.acked+Window, r.head)
+	if from > end {
+		return out
+	}
+	for seq := from; seq <= end; seq++ {
+		e := r.events[seq-first]
+		n := &wire.Notify{Seq: e.Seq, TimeMilli: e.TimeMilli, Recipient: c.key, RepoID: r.id, Ref: e.Ref, Old: e.Old, New: e.New}
+		b, err := wire.Seal(nil, n, s.pub, &c.shared)
+		if err != nil {
+			s.log.Error("cannot seal notification", "repo", r.id, "seq", e.Seq, "err", err)
+			continue
+		}
+		out = append(out, outgoing{c.conn, c.addr, b})
+		if seq <= su.sent {
+			s.stats.Retransmits++
+		} else {
+			s.stats.Notifies++
+		}
+	}
+	su.sent = max(su.sent, end)
+	if expired || !inFlight {
+		s.armTimer(su, now, expired)
+	}
+	return out
+}
+
+// armTimer starts the retransmission timer; after an expiry it backs off.
+func (s *Server) armTimer(su *sub, now time.Time, backoff bool) {
+	if backoff {
+		su.rto = min(2*su.rto, MaxRTO)
+	}
+	su.nextSend = now.Add(su.rto)
+}
+
+// Poke tells the server that a repository's log has grown. The hook calls it
+// through the control socket.
+func (s *Server) Poke(repoID string) error {
+	if err := wire.ValidRepoID(repoID); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, err := s.loadRepo(repoID)
+	if err != nil {
+		return err
+	}
+	for _, su := range r.subs {
+		if su.acked < r.head {
+			s.pending[su] = struct{}{}
+		}
+	}
+	s.kickSender()
+	return nil
+}
+
+// loadRepo reads what is new in a repository's log; it re-reads the whole
+// log when the file was replaced by compaction. Called with mu held, or
+// before Run.
+func (s *Server) loadRepo(id string) (*repo, error) {
+	r := s.repo(id)
+	f, err := os.Open(s.cfg.Store.LogPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return r, nil
+	}
+	if err != nil {
+		return r, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return r, err
+	}
+	ino := inode(fi)
+	if ino != r.ino || fi.Size() < r.offset {
+		r.ino, r.offset, r.events = ino, 0, nil
+	}
+	if _, err := f.Seek(r.offset, 0); err != nil {
+		return r, err
+	}
+	evs, n, err := store.ReadEvents(f, r.head)
+	if err != nil {
+		return r, fmt.Errorf("rendezvous: log of %s: %w", id, err)
+	}
+	r.offset += n
+	for _, e := range evs {
+		if len(r.events) > 0 && e.Seq != r.events[len(r.events)-1].Seq+1 {
+			r.events = nil // a gap: keep only what is contiguous
+		}
+		r.events = append(r.events, e)
+	}
+	if len(r.events) > 0 {
+		r.head = r.events[len(r.events)-1].Seq
+	}
+	return r, nil
+}
+
+func (s *Server) queueRecord(c *client, now time.Time) {
+	c.written = now
+	select {
+	case s.records <- store.ClientRecord{ID: c.key, Heartbeat: now, Addr: c.addr}:
+	default:
+		s.log.Warn("record writer is behind; a client record update was skipped", "client", c.key.String()[:16])
+	}
+}
+
+// recordWriter writes client records off the packet path.
+func (s *Server) recordWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-s.records:
+			if err := s.cfg.Store.WriteClient(r); err != nil {
+				s.log.Error("cannot write client record", "err", err)
+			}
+		}
+	}
+}
+
+// pingKnownClients asks every client whose record is recent to send a
+// keepalive now, so that after a restart delivery resumes at once.
+func (s *Server) pingKnownClients() {
+	recs, bad, err := s.cfg.Store.Clients()
+	if err != nil {
+		s.log.Warn("cannot list client records", "err", err)
+		return
+	}
+	for _, name := range bad {
+		s.log.Warn("malformed client record", "file", name)
+	}
+	now := s.now()
+	for _, r := range recs {
+		// A record older than this is behind a NAT mapping that is long gone.
+		if now.Sub(r.Heartbeat) > RecordRefresh+ClientTimeout {
+			continue
+		}
+		shared := wire.SharedKey(r.ID, s.priv)
+		s.mu.Lock()
+		s.pingSeq++
+		b, err := wire.Seal(nil, &wire.Ping{Counter: s.pingSeq}, s.pub, &shared)
+		s.stats.Pings++
+		s.mu.Unlock()
+		if err == nil {
+			s.cfg.Conn.WriteTo(b, net.UDPAddrFromAddrPort(r.Addr))
+		}
+	}
+}
+
+// ClientStatus is one row of `gcn-punch status`.
+type ClientStatus struct {
+	ID       string            `json:"id"`
+	Addr     string            `json:"address"`
+	LastSeen time.Time         `json:"last_seen"`
+	Acked    map[string]uint64 `json:"last_acked_seq"`
+}
+
+// Clients reports the live registry.
+func (s *Server) Clients() []ClientStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ClientStatus, 0, len(s.clients))
+	for _, c := range s.clients {
+		cs := ClientStatus{ID: c.key.String(), Addr: c.addr.String(), LastSeen: c.lastSeen, Acked: map[string]uint64{}}
+		for id, su := range c.subs {
+			cs.Acked[id] = su.acked
+		}
+		out = append(out, cs)
+	}
+	return out
+}

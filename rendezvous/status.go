@@ -1,0 +1,72 @@
+package rendezvous
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+)
+
+// statusTimeout bounds the status query on the control socket.
+const statusTimeout = 2 * time.Second
+
+// WriteStatus prints the registered clients: id, address, last seen, last
+// acked sequence per repository. The live view comes from the running
+// rendezvous; when it is down, the records on disk are shown without acks.
+func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
+	st, err := store.Open(storeDir)
+	if err != nil {
+		return err
+	}
+	rows, live := []ClientStatus(nil), false
+	if reply, err := Dial(st.SocketPath(), "status", statusTimeout); err == nil && json.Unmarshal([]byte(reply), &rows) == nil {
+		live = true
+	}
+	seen := map[string]bool{}
+	for _, r := range rows {
+		seen[r.ID] = true
+	}
+	recs, bad, err := st.Clients()
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if !seen[r.ID.String()] {
+			rows = append(rows, ClientStatus{ID: r.ID.String(), Addr: r.Addr.String(), LastSeen: r.Heartbeat})
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].ID < rows[j].ID })
+	if asJSON {
+		return json.NewEncoder(w).Encode(struct {
+			Live    bool           `json:"live"`
+			Clients []ClientStatus `json:"clients"`
+			Bad     []string       `json:"malformed_records,omitempty"`
+		}{live, rows, bad})
+	}
+	if !live {
+		fmt.Fprintln(w, "rendezvous not running: showing records on disk (no ack positions)")
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLIENT\tADDRESS\tLAST SEEN\tLAST ACKED SEQ")
+	for _, r := range rows {
+		var acks []string
+		for repo, seq := range r.Acked {
+			acks = append(acks, fmt.Sprintf("%s=%d", repo, seq))
+		}
+		sort.Strings(acks)
+		a := strings.Join(acks, ",")
+		if a == "" {
+			a = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.ID, r.Addr, r.LastSeen.UTC().Format(time.RFC3339), a)
+	}
+	for _, b := range bad {
+		fmt.Fprintf(tw, "%s\t(malformed record)\t\t\n", b)
+	}
+	return tw.Flush()
+}
