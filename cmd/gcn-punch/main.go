@@ -205,4 +205,3 @@ func readKey(s string) (wire.Key, error) {
 	}
 	return wire.ParseKey(s)
 }
-
