@@ -1,0 +1,39 @@
+# gcn-punch. `make demo` runs the loop on loopback; `make test` runs the tests.
+GO      ?= go
+BIN     := bin/gcn-punch
+GOFLAGS ?=
+
+.PHONY: all build demo test test-short race fuzz bench netns-test vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/gcn-punch
+
+demo: build
+	./scripts/demo.sh
+
+# The full suite: race detector on, every package, integration tests with
+# the real binary. Network-namespace tests run when root, else skip saying so.
+test: vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+vet:
+	$(GO) vet ./...
+
+test-short:
+	$(GO) test -count=1 -short ./...
+
+# Each native fuzzer for a while (FUZZTIME each).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test ./wire -run '^$$' -fuzz '^FuzzParsePlaintext$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./wire -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./rendezvous/store -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./rendezvous/store -run '^$$' -fuzz '^FuzzParseEventLine$$' -fuzztime $(FUZZTIME)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin
