@@ -56,6 +56,7 @@ type Config struct {
 // Stats counts what the daemon saw; every dropped datagram is counted.
 type Stats struct {
 	Notifications, Duplicates, Reordered, Resyncs uint64
+	Early                                         uint64 // notifications before the first pong
 	Pongs, Pings, KeepalivesSent                  uint64
 	Malformed, Forged, Unexpected                 uint64
 }
@@ -371,7 +372,7 @@ func (d *Daemon) onPong(p *peer, m *wire.Pong) {
 		case wire.StatusOK:
 			rs := d.state.repo(p.Key, repo)
 			if !rs.Known {
-				rs.Known, rs.LastSeq = true, st.HeadSeq // a new follower starts at the head
+				rs.Known, rs.LastSeq = true, st.Position // a new follower starts where the server says
 				dirty = true
 			}
 		case wire.StatusNotAuthorised:
@@ -423,8 +424,13 @@ func (d *Daemon) onNotify(p *peer, n *wire.Notify) {
 	d.mu.Lock()
 	rs := d.state.repo(p.Key, n.RepoID)
 	if !rs.Known {
-		// The pong that would tell us the head was lost; this is the start.
-		rs.Known, rs.LastSeq = true, n.Seq-1
+		// No pong has told us where we start, so we cannot tell whether
+		// earlier events were lost: leave it unacked (the server sends it
+		// again) and ask for a pong now.
+		d.stats.Early++
+		d.mu.Unlock()
+		kick(p.ping)
+		return
 	}
 	switch {
 	case n.Seq <= rs.LastSeq:

@@ -339,18 +339,18 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 		r := s.repo(sb.RepoID)
 		su := c.subs[sb.RepoID]
 		if su == nil {
-			su = &sub{c: c, r: r, rto: InitialRTO}
+			// A new follower starts at the head: no history replay. A fresh
+			// client whose earlier pong was lost keeps the start it was given.
+			su = &sub{c: c, r: r, rto: InitialRTO, acked: r.head}
 			c.subs[sb.RepoID] = su
 			r.subs[key] = su
 		}
-		// The client's own report is the truth about what it handled.
 		if sb.Known {
+			// The client's own report is the truth about what it handled.
 			su.acked = min(sb.LastSeq, r.head)
-		} else {
-			su.acked = r.head // a new follower starts now; no history replay
 		}
 		su.sent = su.acked
-		statuses[i] = wire.SubStatus{Status: wire.StatusOK, HeadSeq: r.head}
+		statuses[i] = wire.SubStatus{Status: wire.StatusOK, Position: su.acked}
 		if su.acked < r.head {
 			su.rto = InitialRTO
 			s.pending[su] = struct{}{}

@@ -87,15 +87,18 @@ func parseKeepalive(r *reader) *Keepalive {
 
 // Subscription status codes carried in a Pong.
 const (
-	StatusOK            byte = 0 // served; HeadSeq is the log's head
+	StatusOK            byte = 0 // served; Position says from where
 	StatusNotAuthorised byte = 1 // this key is not registered for this repository
 	StatusUnknownRepo   byte = 2 // the rendezvous has no such repository
 )
 
 // SubStatus answers one subscription of a keepalive.
 type SubStatus struct {
-	Status  byte
-	HeadSeq uint64
+	Status byte
+	// Position is the sequence number after which the rendezvous delivers
+	// to this client. For a fresh subscription it is where the client
+	// starts: the head of the log when it first subscribed.
+	Position uint64
 }
 
 // Pong answers a keepalive.
@@ -110,7 +113,7 @@ type SubStatus struct {
 //	..      1     number of statuses, as many as the keepalive's subscriptions, in order
 //	then, per status:
 //	        1     status: 0 ok, 1 not authorised, 2 unknown repository
-//	        8     head sequence number of the repository's log
+//	        8     position: the rendezvous delivers the events after it
 type Pong struct {
 	Counter  uint64
 	Observed netip.AddrPort
@@ -127,7 +130,7 @@ func (m *Pong) AppendPlaintext(b []byte) []byte {
 	b = append(b, byte(len(m.Statuses)))
 	for _, s := range m.Statuses {
 		b = append(b, s.Status)
-		b = binary.BigEndian.AppendUint64(b, s.HeadSeq)
+		b = binary.BigEndian.AppendUint64(b, s.Position)
 	}
 	return b
 }
@@ -141,7 +144,7 @@ func parsePong(r *reader) *Pong {
 		r.fail(fmt.Errorf("%w: pong with %d statuses", ErrField, n))
 	}
 	for i := 0; i < n && r.err == nil; i++ {
-		s := SubStatus{Status: r.u8(), HeadSeq: r.u64()}
+		s := SubStatus{Status: r.u8(), Position: r.u64()}
 		if s.Status > StatusUnknownRepo {
 			r.fail(fmt.Errorf("%w: status %d", ErrField, s.Status))
 		}

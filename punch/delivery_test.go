@@ -1,0 +1,196 @@
+package punch_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/gitchat/gcn-punch/netsim"
+	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/rendezvous"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+)
+
+// recorder collects the events a daemon's actions saw.
+type recorder struct {
+	mu   sync.Mutex
+	seqs []uint64
+}
+
+func (r *recorder) handle(_ context.Context, ev punch.Event) {
+	r.mu.Lock()
+	r.seqs = append(r.seqs, ev.Seq)
+	r.mu.Unlock()
+}
+
+func (r *recorder) snapshot() []uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]uint64(nil), r.seqs...)
+}
+
+type lab struct {
+	net   *netsim.MemNet
+	store *store.Store
+	srv   *rendezvous.Server
+	addr  string
+}
+
+func newLab(t *testing.T, loss int, open bool) *lab {
+	mn := netsim.NewMemNet(42)
+	mn.LossPercent = loss
+	conn, err := mn.Listen("198.18.0.1:3478")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: st, Open: open})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); conn.Close(); <-done })
+	return &lab{net: mn, store: st, srv: srv, addr: "198.18.0.1:3478"}
+}
+
+func (l *lab) daemon(t *testing.T, addr string, rec *recorder) *punch.Daemon {
+	conn, err := l.net.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := punch.New(punch.Config{
+		Conn:     conn,
+		Servers:  []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}},
+		StateDir: filepath.Join(t.TempDir(), "state"),
+		Handle:   rec.handle,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); conn.Close(); <-done })
+	return d
+}
+
+func (l *lab) push(t *testing.T, n int) {
+	for i := range n {
+		if _, err := l.store.Append("chat.git", []store.Update{{Old: fmt.Sprintf("%040x", i), New: fmt.Sprintf("%040x", i+1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.srv.Poke("chat.git"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitFor advances fake time until cond holds, at most limit.
+func waitFor(limit time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+func wantExactlyInOrder(t *testing.T, name string, got []uint64, n int) {
+	t.Helper()
+	if len(got) != n {
+		t.Fatalf("%s handled %d events, want exactly %d: %v", name, len(got), n, got)
+	}
+	for i, s := range got {
+		if s != uint64(i+1) {
+			t.Fatalf("%s: event %d has seq %d: not exactly once in order: %v", name, i, s, got)
+		}
+	}
+}
+
+// With 25% of datagrams lost in both directions, two daemons still handle
+// 100 pushes exactly once each, in order. Runs on fake time.
+func TestDeliveryUnder25PercentLoss(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 25, true)
+		var a, b recorder
+		l.daemon(t, "198.19.1.2:40000", &a)
+		l.daemon(t, "198.19.2.2:40000", &b)
+		// Registration survives lost keepalives and pongs (retries 1 s, 2 s, 4 s ...).
+		if !waitFor(2*time.Minute, func() bool { return len(l.srv.Clients()) == 2 }) {
+			t.Fatalf("daemons did not register under loss: %d clients", len(l.srv.Clients()))
+		}
+		time.Sleep(30 * time.Second) // let both learn their start position
+		l.push(t, 100)
+		waitFor(5*time.Minute, func() bool { return len(a.snapshot()) >= 100 && len(b.snapshot()) >= 100 })
+		synctest.Wait()
+		wantExactlyInOrder(t, "daemon a", a.snapshot(), 100)
+		wantExactlyInOrder(t, "daemon b", b.snapshot(), 100)
+		if st := l.srv.Stats(); st.Retransmits == 0 || l.net.Dropped == 0 {
+			t.Fatalf("loss was not exercised: %d retransmits, %d dropped", st.Retransmits, l.net.Dropped)
+		}
+	})
+}
+
+// A new follower starts at the head: it does not replay history.
+func TestNewFollowerStartsAtHead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		l.push(t, 5)
+		var a recorder
+		d := l.daemon(t, "198.19.1.2:40000", &a)
+		waitFor(10*time.Second, func() bool { _, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); return known })
+		if seq, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); !known || seq != 5 {
+			t.Fatalf("new follower at %d (known %v), want 5", seq, known)
+		}
+		l.push(t, 2)
+		waitFor(10*time.Second, func() bool { return len(a.snapshot()) >= 2 })
+		synctest.Wait()
+		if got := a.snapshot(); len(got) != 2 || got[0] != 6 || got[1] != 7 {
+			t.Fatalf("got %v, want [6 7]", got)
+		}
+	})
+}
+
+// Without --open, a key that is not registered gets nothing, and its daemon
+// keeps retrying slowly; once registered, it is served.
+func TestUnregisteredKeyGetsNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, false)
+		var a recorder
+		d := l.daemon(t, "198.19.1.2:40000", &a)
+		time.Sleep(5 * time.Second)
+		l.push(t, 3)
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		if got := a.snapshot(); len(got) != 0 {
+			t.Fatalf("unregistered daemon handled %v", got)
+		}
+		if st := l.srv.Stats(); st.Denied == 0 || st.Notifies != 0 {
+			t.Fatalf("denied %d, notifies %d", st.Denied, st.Notifies)
+		}
+		if err := l.store.Authorise("chat.git", d.PublicKey(), time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		// It retries every DeniedRetry; after that it is served from the head.
+		waitFor(2*punch.DeniedRetry, func() bool { _, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); return known })
+		l.push(t, 1)
+		waitFor(10*time.Second, func() bool { return len(a.snapshot()) == 1 })
+		synctest.Wait()
+		if got := a.snapshot(); len(got) != 1 || got[0] != 4 {
+			t.Fatalf("after registration got %v, want [4]", got)
+		}
+	})
+}
+
+func mustAddr(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
