@@ -1,0 +1,127 @@
+package hook
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+var z = strings.Repeat("0", 40)
+var a = strings.Repeat("a", 40)
+
+func TestParseUpdates(t *testing.T) {
+	in := z + " " + a + " refs/heads/main\n" +
+		"garbage\n" +
+		a + " " + z + " HEAD\n" + // not under refs/
+		strings.ToUpper(a) + " " + z + " refs/tags/v1\n"
+	var errb bytes.Buffer
+	ups, err := ParseUpdates(strings.NewReader(in), &errb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ups) != 2 || ups[0].Ref != "refs/heads/main" || ups[1].Old != a {
+		t.Fatalf("updates %+v", ups)
+	}
+	if n := strings.Count(errb.String(), "\n"); n != 2 {
+		t.Fatalf("want one line per skipped update, got %q", errb.String())
+	}
+}
+
+func TestRepoIDFromConfigOrDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "chat.git")
+	if out, err := exec.Command("git", "init", "-q", "--bare", dir).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if id, err := RepoID(dir); err != nil || id != "chat.git" {
+		t.Fatalf("default id %q %v", id, err)
+	}
+	exec.Command("git", "--git-dir", dir, "config", "gcnpunch.repoid", "team/chat").Run()
+	if id, _ := RepoID(dir); id != "team/chat" {
+		t.Fatalf("configured id %q", id)
+	}
+	work := filepath.Join(t.TempDir(), "project")
+	exec.Command("git", "init", "-q", work).Run()
+	if id, _ := RepoID(filepath.Join(work, ".git")); id != "project" {
+		t.Fatalf("non-bare id %q", id)
+	}
+}
+
+// With no rendezvous, the hook still logs the event, says so in one line,
+// and sends directly from the rendezvous's address to recent clients.
+func TestRendezvousDownSendsDirectly(t *testing.T) {
+	st, _ := store.Open(t.TempDir())
+	pub, _, err := st.ServerKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	cpub, cpriv, _ := wire.GenerateKey()
+	caddr := client.LocalAddr().(*net.UDPAddr).AddrPort()
+	st.WriteClient(store.ClientRecord{ID: cpub, Heartbeat: time.Now(), Addr: caddr})
+	st.Authorise("chat.git", cpub, time.Now().Add(time.Hour))
+	other, _, _ := wire.GenerateKey() // registered for another repository only
+	st.WriteClient(store.ClientRecord{ID: other, Heartbeat: time.Now(), Addr: caddr})
+	store.WriteFileAtomic(st.AddrPath(), []byte("127.0.0.1:0\n"), 0o644)
+
+	var errb bytes.Buffer
+	res, err := Run(Options{StoreDir: st.Dir, RepoID: "chat.git", Stdin: strings.NewReader(z + " " + a + " refs/heads/main\n"), Stderr: &errb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Poked || res.Direct != 1 || len(res.Events) != 1 || res.Events[0].Seq != 1 {
+		t.Fatalf("result %+v", res)
+	}
+	if !strings.Contains(errb.String(), "rendezvous not reachable") || strings.Count(errb.String(), "\n") != 1 {
+		t.Fatalf("stderr %q", errb.String())
+	}
+	buf := make([]byte, 2048)
+	client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, _, err := client.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := wire.SharedKey(pub, cpriv)
+	_, m, err := wire.Open(buf[:n], &shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nt, ok := m.(*wire.Notify); !ok || nt.Seq != 1 || nt.New != a || nt.Recipient != cpub {
+		t.Fatalf("direct message %+v", m)
+	}
+	if evs, _ := st.ReadLog("chat.git", 0); len(evs) != 1 {
+		t.Fatal("event not logged")
+	}
+}
+
+func FuzzParseUpdates(f *testing.F) {
+	f.Add([]byte(z + " " + a + " refs/heads/main\n"))
+	f.Add([]byte(a + " " + z + " refs/tags/v1\n" + z + " " + a))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ups, err := ParseUpdates(bytes.NewReader(in), &bytes.Buffer{})
+		if err != nil {
+			return
+		}
+		for _, u := range ups {
+			if wire.ValidRef(u.Ref) != nil || len(u.Old) != len(u.New) {
+				t.Fatalf("accepted an invalid update %+v", u)
+			}
+		}
+	})
+}
+
+func TestMain(m *testing.M) {
+	os.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	os.Exit(m.Run())
+}

@@ -1,0 +1,229 @@
+package rendezvous
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v2"
+
+	"github.com/gitchat/gcn-punch/netsim"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+var t0 = time.Unix(1_800_000_000, 0)
+
+func testServer(t *testing.T, open bool) (*Server, *netsim.MemConn, *time.Time) {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
+	now := t0
+	s, err := New(Config{Conn: conn, Store: st, Open: open, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, conn, &now
+}
+
+type testClient struct {
+	pub, priv wire.Key
+	shared    [32]byte
+	counter   uint64
+}
+
+func newTestClient(s *Server) *testClient {
+	pub, priv, _ := wire.GenerateKey()
+	return &testClient{pub: pub, priv: priv, shared: wire.SharedKey(s.PublicKey(), priv)}
+}
+
+func (c *testClient) keepalive(t *testing.T, subs ...wire.Sub) []byte {
+	c.counter++
+	b, err := wire.Seal(nil, &wire.Keepalive{Counter: c.counter, Subs: subs}, c.pub, &c.shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (c *testClient) open(t *testing.T, b []byte) wire.Message {
+	t.Helper()
+	_, m, err := wire.Open(b, &c.shared)
+	if err != nil {
+		t.Fatalf("client cannot open reply: %v", err)
+	}
+	return m
+}
+
+var srcA = netip.MustParseAddrPort("198.18.0.10:40000")
+var srcB = netip.MustParseAddrPort("198.18.0.11:41000")
+
+func TestSTUNBindingResponse(t *testing.T) {
+	s, conn, _ := testServer(t, true)
+	for _, withFP := range []bool{false, true} {
+		setters := []stun.Setter{stun.TransactionID, stun.BindingRequest}
+		if withFP {
+			setters = append(setters, stun.Fingerprint)
+		}
+		req := stun.MustBuild(setters...)
+		resp := s.handle(conn, req.Raw, srcA)
+		m := &stun.Message{Raw: resp}
+		if err := m.Decode(); err != nil {
+			t.Fatal(err)
+		}
+		var xa stun.XORMappedAddress
+		if err := xa.GetFrom(m); err != nil {
+			t.Fatal(err)
+		}
+		if m.Type != stun.BindingSuccess || m.TransactionID != req.TransactionID || xa.Port != int(srcA.Port()) || !xa.IP.Equal(srcA.Addr().AsSlice()) {
+			t.Fatalf("response %v, mapped %v", m, xa)
+		}
+		// Only what was asked for: XOR-MAPPED-ADDRESS, and FINGERPRINT if the request had one.
+		wantAttrs := 1
+		if withFP {
+			wantAttrs = 2
+			if err := stun.Fingerprint.Check(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(m.Attributes) != wantAttrs {
+			t.Fatalf("response has %d attributes, want %d: %v", len(m.Attributes), wantAttrs, m.Attributes)
+		}
+	}
+	// Anything that is not a Binding request gets nothing.
+	ind := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodBinding, stun.ClassIndication))
+	if r := s.handle(conn, ind.Raw, srcA); r != nil {
+		t.Fatal("answered a Binding indication")
+	}
+}
+
+func TestSTUNRateLimitedPerSource(t *testing.T) {
+	s, conn, now := testServer(t, true)
+	answered := 0
+	for range 100 {
+		if s.handle(conn, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
+			answered++
+		}
+	}
+	if answered != stunBurst {
+		t.Fatalf("answered %d of 100 requests at one instant, want the burst %d", answered, stunBurst)
+	}
+	if s.handle(conn, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcB) == nil {
+		t.Fatal("another source was refused")
+	}
+	*now = now.Add(time.Second)
+	answered = 0
+	for range 100 {
+		if s.handle(conn, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
+			answered++
+		}
+	}
+	if answered != stunRate {
+		t.Fatalf("after 1 s answered %d, want the refill %d", answered, stunRate)
+	}
+	if s.Stats().STUNLimited == 0 {
+		t.Fatal("limited responses not counted")
+	}
+}
+
+func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
+	s, conn, now := testServer(t, true)
+	c := newTestClient(s)
+	ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
+	reply := s.handle(conn, ka, srcA)
+	if reply == nil || len(reply) > len(ka) {
+		t.Fatalf("reply %d bytes to a %d-byte keepalive", len(reply), len(ka))
+	}
+	pong, ok := c.open(t, reply).(*wire.Pong)
+	if !ok || pong.Observed != srcA || pong.Statuses[0].Status != wire.StatusOK {
+		t.Fatalf("pong %+v", pong)
+	}
+	rec := <-s.records
+	if rec.Addr != srcA || rec.ID != c.pub {
+		t.Fatalf("record %+v", rec)
+	}
+	// The same datagram replayed from elsewhere is dropped; the address stays.
+	*now = now.Add(time.Second)
+	if s.handle(conn, ka, srcB) != nil {
+		t.Fatal("answered a replayed keepalive")
+	}
+	if got := s.Clients()[0].Addr; got != srcA.String() || s.Stats().Replayed != 1 {
+		t.Fatalf("after replay: address %s, replayed %d", got, s.Stats().Replayed)
+	}
+	// A fresh keepalive from a new address is NAT rebinding: the record moves.
+	if s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
+		t.Fatal("no pong after rebinding")
+	}
+	rec = <-s.records
+	if rec.Addr != srcB || s.Stats().Rebinds != 1 {
+		t.Fatalf("after rebinding: record %+v, rebinds %d", rec, s.Stats().Rebinds)
+	}
+}
+
+func TestForgedAndMalformedAreCountedNotAnswered(t *testing.T) {
+	s, conn, _ := testServer(t, true)
+	c := newTestClient(s)
+	ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
+	forged := append([]byte(nil), ka...)
+	forged[len(forged)-1] ^= 1
+	if s.handle(conn, forged, srcA) != nil || s.Stats().Forged != 1 {
+		t.Fatal("forged keepalive answered or not counted")
+	}
+	for _, b := range [][]byte{[]byte("gcn"), []byte("hello world, not ours"), ka[:70]} {
+		if s.handle(conn, b, srcA) != nil {
+			t.Fatalf("answered %q", b)
+		}
+	}
+	if st := s.Stats(); st.Malformed != 3 || st.Keepalives != 0 {
+		t.Fatalf("malformed %d keepalives %d", st.Malformed, st.Keepalives)
+	}
+}
+
+func TestRegisteredModeRefusesUnknownKeys(t *testing.T) {
+	s, conn, now := testServer(t, false)
+	c := newTestClient(s)
+	reply := s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+	pong := c.open(t, reply).(*wire.Pong)
+	if pong.Statuses[0].Status != wire.StatusNotAuthorised || len(s.Clients()) != 0 {
+		t.Fatalf("unregistered key: status %d, %d clients kept", pong.Statuses[0].Status, len(s.Clients()))
+	}
+	s.cfg.Store.Authorise("chat.git", c.pub, now.Add(time.Hour))
+	pong = c.open(t, s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)).(*wire.Pong)
+	if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
+		t.Fatal("registered key refused")
+	}
+	// Registration lapses.
+	*now = now.Add(2 * time.Hour)
+	pong = c.open(t, s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}, wire.Sub{RepoID: "other.git"}), srcA)).(*wire.Pong)
+	if pong.Statuses[0].Status != wire.StatusNotAuthorised || pong.Statuses[1].Status != wire.StatusNotAuthorised {
+		t.Fatalf("expired registration still served: %+v", pong.Statuses)
+	}
+}
+
+// Whatever arrives, the server never answers with more bytes than it got,
+// except STUN, whose responses are rate-limited instead. It never panics.
+func FuzzHandle(f *testing.F) {
+	st, _ := store.Open(f.TempDir())
+	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
+	s, err := New(Config{Conn: conn, Store: st, Open: true, Now: func() time.Time { return t0 }})
+	if err != nil {
+		f.Fatal(err)
+	}
+	c := newTestClient(s)
+	c.counter = 1 << 40
+	ka, _ := wire.Seal(nil, &wire.Keepalive{Counter: 1, Subs: []wire.Sub{{RepoID: "r"}}}, c.pub, &c.shared)
+	ack, _ := wire.Seal(nil, &wire.Ack{RepoID: "r", Seq: 1}, c.pub, &c.shared)
+	f.Add(ka)
+	f.Add(ack)
+	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw)
+	f.Add([]byte("gcn\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		reply := s.handle(conn, b, srcA)
+		if reply != nil && len(reply) > len(b) && !(len(b) >= 20 && b[0] < 4) {
+			t.Fatalf("amplification: %d-byte reply to %d bytes", len(reply), len(b))
+		}
+	})
+}
