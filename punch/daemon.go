@@ -25,8 +25,8 @@ const (
 	// DeniedRetry is how often a daemon the rendezvous refuses tries again:
 	// slowly, because only a new registration over SSH can change the answer.
 	DeniedRetry = time.Minute
-	// minPingGap stops a burst of pings (e.g. forged replays) from turning
-	// into a burst of keepalives.
+	// minPingGap stops a burst of pings (e.g. replays of a captured one)
+	// from turning into a burst of keepalives: one answered ping a second.
 	minPingGap = time.Second
 	// reorderWindow bounds how many out-of-order notifications are held
 	// while waiting for a gap to fill; the server sends at most 32 at once.
@@ -85,9 +85,11 @@ type peer struct {
 	mu       sync.Mutex
 	counter  uint64
 	lastSent time.Time
-	denied   bool
-	observed netip.AddrPort
-	held     map[string]map[uint64]*wire.Notify // out-of-order notifications by repo
+	// lastPinged is when a ping last made us send a keepalive.
+	lastPinged time.Time
+	denied     bool
+	observed   netip.AddrPort
+	held       map[string]map[uint64]*wire.Notify // out-of-order notifications by repo
 }
 
 // New loads the client key and state.
@@ -330,7 +332,11 @@ func (d *Daemon) handleGCN(b []byte, from net.Addr) {
 	case *wire.Ping:
 		d.count(func(s *Stats) { s.Pings++ })
 		p.mu.Lock()
-		due := d.now().Sub(p.lastSent) >= minPingGap
+		now := d.now()
+		due := now.Sub(p.lastPinged) >= minPingGap
+		if due {
+			p.lastPinged = now
+		}
 		p.mu.Unlock()
 		if due {
 			kick(p.ping)
@@ -529,10 +535,10 @@ func (d *Daemon) actionWorker(ctx context.Context) {
 		}
 		ev := d.state.Pending[0]
 		d.mu.Unlock()
-		d.cfg.Handle(ctx, ev)
-		if ctx.Err() != nil {
-			return // interrupted: it stays pending and runs again after restart
-		}
+		// A stop (SIGTERM) lets the running action finish rather than kill
+		// the user's program half-way; only SIGKILL can interrupt it, and
+		// then it runs again after restart (GCN_SEQ lets a program notice).
+		d.cfg.Handle(context.WithoutCancel(ctx), ev)
 		d.mu.Lock()
 		d.state.Pending = d.state.Pending[1:]
 		d.saveLocked()

@@ -1,0 +1,436 @@
+package main
+
+// Integration tests: the real gcn-punch binary (built with -race) in separate
+// processes, real git pushes through the real post-receive hook, on loopback.
+
+import (
+	"bufio"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "gcn-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "gcn-punch")
+	args := []string{"build", "-o", binary}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building gcn-punch: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	// The race runtime sleeps a second at exit by default: every hook would
+	// cost a second. Races in the children are caught from their logs.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
+	for k, v := range map[string]string{"GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+		"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"} {
+		os.Setenv(k, v)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a gcn-punch process whose stderr is kept in a file.
+type proc struct {
+	cmd *exec.Cmd
+	log string
+}
+
+func start(t *testing.T, logPath string, env []string, args ...string) *proc {
+	t.Helper()
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	p := &proc{cmd: cmd, log: logPath}
+	t.Cleanup(func() {
+		p.kill(syscall.SIGKILL)
+		if strings.Contains(p.logText(), "WARNING: DATA RACE") {
+			t.Errorf("data race in %v:\n%s", args, p.logText())
+		}
+	})
+	return p
+}
+
+func (p *proc) kill(sig syscall.Signal) {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.cmd.Process.Signal(sig)
+	p.cmd.Wait()
+}
+
+func (p *proc) logText() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+// world is a git server (bare repo with the hook), its store, a rendezvous,
+// and a clone to push from.
+type world struct {
+	t      *testing.T
+	dir    string
+	store  string
+	bare   string
+	clone  string
+	listen string
+	rv     *proc
+	pushes atomic.Int64
+	open   bool
+}
+
+func newWorld(t *testing.T, open bool) *world {
+	w := &world{t: t, dir: t.TempDir(), open: open}
+	w.store = filepath.Join(w.dir, "store")
+	w.bare = filepath.Join(w.dir, "chat.git")
+	w.clone = filepath.Join(w.dir, "clone")
+	run(t, "", "git", "init", "-q", "--bare", w.bare)
+	hook := fmt.Sprintf("#!/bin/sh\nexec %q hook --store %q\n", binary, w.store)
+	if err := os.WriteFile(filepath.Join(w.bare, "hooks", "post-receive"), []byte(hook), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "", "git", "clone", "-q", w.bare, w.clone)
+	w.listen = "127.0.0.1:0"
+	w.startRendezvous()
+	w.listen = w.addr() // restarts reuse the port
+	return w
+}
+
+func run(t *testing.T, dir string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+func (w *world) startRendezvous() {
+	os.Remove(filepath.Join(w.store, "rendezvous.addr"))
+	args := []string{"rendezvous", "--listen", w.listen, "--store", w.store}
+	if w.open {
+		args = append(args, "--open")
+	}
+	w.rv = start(w.t, filepath.Join(w.dir, fmt.Sprintf("rendezvous-%d.log", time.Now().UnixNano())), nil, args...)
+	if !poll(10*time.Second, func() bool { _, err := os.Stat(filepath.Join(w.store, "rendezvous.addr")); return err == nil }) {
+		w.t.Fatalf("rendezvous did not start:\n%s", w.rv.logText())
+	}
+}
+
+func (w *world) addr() string {
+	b, err := os.ReadFile(filepath.Join(w.store, "rendezvous.addr"))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// push makes one commit and pushes it through the real hook.
+func (w *world) push() {
+	w.t.Helper()
+	n := w.pushes.Add(1)
+	run(w.t, w.clone, "git", "commit", "-q", "--allow-empty", "-m", fmt.Sprintf("message %d", n))
+	run(w.t, w.clone, "git", "push", "-q", "origin", "HEAD:refs/heads/main")
+}
+
+// daemon is a client daemon whose --exec program appends GCN_SEQ to a file.
+type daemon struct {
+	*proc
+	name, state, out string
+	server           string
+}
+
+func (w *world) startDaemon(name, server string) *daemon {
+	d := &daemon{name: name, state: filepath.Join(w.dir, name), out: filepath.Join(w.dir, name+".seqs"), server: server}
+	prog := filepath.Join(w.dir, name+".sh")
+	os.WriteFile(prog, []byte(fmt.Sprintf("#!/bin/sh\necho \"$GCN_SEQ $GCN_REF\" >> %q\n", d.out)), 0o755)
+	d.proc = start(w.t, filepath.Join(w.dir, fmt.Sprintf("%s-%d.log", name, time.Now().UnixNano())), nil,
+		"daemon", "--server", server, "--server-key", "@"+filepath.Join(w.store, "server.pub"),
+		"--repo-id", "chat.git", "--state", d.state, "--exec", prog, "--no-desktop", "-v")
+	return d
+}
+
+// ready waits until the daemon has its position (its state file says known).
+func (d *daemon) ready(t *testing.T) {
+	t.Helper()
+	if !poll(20*time.Second, func() bool {
+		b, _ := os.ReadFile(filepath.Join(d.state, "state.json"))
+		return strings.Contains(string(b), `"known": true`)
+	}) {
+		t.Fatalf("%s never got its position:\n%s", d.name, d.logText())
+	}
+}
+
+func (d *daemon) seqs() []int {
+	f, err := os.Open(d.out)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var s []int
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		n, _ := strconv.Atoi(strings.Fields(sc.Text())[0])
+		s = append(s, n)
+	}
+	return s
+}
+
+// wantExactly waits until the daemon handled n events, then checks they are
+// exactly 1..n, once each, in order.
+func (d *daemon) wantExactly(t *testing.T, n int) {
+	t.Helper()
+	poll(30*time.Second, func() bool { return len(d.seqs()) >= n })
+	time.Sleep(300 * time.Millisecond) // a late duplicate would show up now
+	got := d.seqs()
+	ok := len(got) == n
+	for i := 0; ok && i < n; i++ {
+		ok = got[i] == i+1
+	}
+	if !ok {
+		t.Fatalf("%s handled %v, want exactly 1..%d once each in order\n%s", d.name, got, n, d.logText())
+	}
+}
+
+// poll checks cond every 20 ms until it holds or limit passes.
+func poll(limit time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+func TestE2EHundredPushesTwoDaemons(t *testing.T) {
+	w := newWorld(t, true)
+	a, b := w.startDaemon("alice", w.listen), w.startDaemon("bob", w.listen)
+	a.ready(t)
+	b.ready(t)
+	for range 100 {
+		w.push()
+	}
+	a.wantExactly(t, 100)
+	b.wantExactly(t, 100)
+	st := run(t, "", binary, "status", "--store", w.store)
+	if strings.Count(st, "chat.git=100") != 2 {
+		t.Fatalf("status does not show both clients at 100:\n%s", st)
+	}
+}
+
+// A daemon that is down while pushes happen gets exactly those after restart,
+// both after SIGKILL and after a graceful stop in the middle of a stream.
+func TestE2EDaemonRestartCatchesUp(t *testing.T) {
+	w := newWorld(t, true)
+	d := w.startDaemon("alice", w.listen)
+	d.ready(t)
+	w.push()
+	w.push()
+	d.wantExactly(t, 2)
+	d.kill(syscall.SIGKILL)
+	for range 10 {
+		w.push()
+	}
+	d = w.startDaemon("alice", w.listen)
+	d.wantExactly(t, 12)
+
+	// SIGTERM while pushes are streaming in: nothing lost, nothing twice.
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 10 {
+			w.push()
+		}
+	})
+	poll(10*time.Second, func() bool { return len(d.seqs()) >= 15 })
+	d.kill(syscall.SIGTERM)
+	wg.Wait()
+	d = w.startDaemon("alice", w.listen)
+	d.wantExactly(t, 22)
+}
+
+// kill -9 of the rendezvous in the middle of a fan-out, then a restart on
+// the same port: nothing is lost or duplicated.
+func TestE2ERendezvousKilledMidFanOut(t *testing.T) {
+	w := newWorld(t, true)
+	a, b := w.startDaemon("alice", w.listen), w.startDaemon("bob", w.listen)
+	a.ready(t)
+	b.ready(t)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 30 {
+			w.push()
+		}
+	})
+	// Kill it while the stream is flowing; pushes meanwhile find it down
+	// (logged, sent directly); then restart it on the same port.
+	poll(20*time.Second, func() bool { return len(a.seqs()) >= 8 })
+	w.rv.kill(syscall.SIGKILL)
+	poll(20*time.Second, func() bool { return w.pushes.Load() >= 18 })
+	w.startRendezvous()
+	wg.Wait()
+	a.wantExactly(t, 30)
+	b.wantExactly(t, 30)
+}
+
+// lossyRelay forwards UDP between clients and the rendezvous and drops
+// lossPercent of datagrams in each direction: the test seam for loss.
+type lossyRelay struct {
+	conn    net.PacketConn
+	target  *net.UDPAddr
+	loss    int
+	mu      sync.Mutex
+	rng     *rand.Rand
+	up      map[string]net.PacketConn
+	dropped int
+	wg      sync.WaitGroup
+}
+
+func newLossyRelay(t *testing.T, target string, loss int) *lossyRelay {
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta, _ := net.ResolveUDPAddr("udp", target)
+	r := &lossyRelay{conn: conn, target: ta, loss: loss, rng: rand.New(rand.NewPCG(7, 11)), up: map[string]net.PacketConn{}}
+	r.wg.Go(r.downstreamToUp)
+	t.Cleanup(func() {
+		conn.Close()
+		r.mu.Lock()
+		for _, u := range r.up {
+			u.Close()
+		}
+		r.mu.Unlock()
+		r.wg.Wait()
+	})
+	return r
+}
+
+func (r *lossyRelay) drop() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.rng.IntN(100) < r.loss {
+		r.dropped++
+		return true
+	}
+	return false
+}
+
+func (r *lossyRelay) downstreamToUp() {
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := r.conn.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		u := r.up[from.String()]
+		if u == nil {
+			u, err = net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				r.mu.Unlock()
+				continue
+			}
+			r.up[from.String()] = u
+			r.wg.Go(func() { r.upToDownstream(u, from) })
+		}
+		r.mu.Unlock()
+		if !r.drop() {
+			u.WriteTo(buf[:n], r.target)
+		}
+	}
+}
+
+func (r *lossyRelay) upToDownstream(u net.PacketConn, client net.Addr) {
+	buf := make([]byte, 2048)
+	for {
+		n, _, err := u.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		if !r.drop() {
+			r.conn.WriteTo(buf[:n], client)
+		}
+	}
+}
+
+func TestE2ETwentyFivePercentLoss(t *testing.T) {
+	w := newWorld(t, true)
+	relay := newLossyRelay(t, w.listen, 25)
+	via := relay.conn.LocalAddr().String()
+	a, b := w.startDaemon("alice", via), w.startDaemon("bob", via)
+	a.ready(t)
+	b.ready(t)
+	for range 50 {
+		w.push()
+	}
+	a.wantExactly(t, 50)
+	b.wantExactly(t, 50)
+	relay.mu.Lock()
+	dropped := relay.dropped
+	relay.mu.Unlock()
+	if dropped == 0 {
+		t.Fatal("the relay dropped nothing: loss was not exercised")
+	}
+}
+
+// Without --open, a daemon whose key is not registered gets nothing, and its
+// log says why.
+func TestE2EUnregisteredDaemonGetsNothing(t *testing.T) {
+	w := newWorld(t, false)
+	d := w.startDaemon("mallory", w.listen)
+	if !poll(20*time.Second, func() bool { return strings.Contains(d.logText(), "not registered") }) {
+		t.Fatalf("daemon log does not say why it is refused:\n%s", d.logText())
+	}
+	for range 3 {
+		w.push()
+	}
+	time.Sleep(time.Second)
+	if got := d.seqs(); len(got) != 0 {
+		t.Fatalf("unregistered daemon handled %v", got)
+	}
+}
+
+// The hook never fails a push: with the rendezvous down it exits 0 and says
+// so in one line.
+func TestE2EHookWithRendezvousDown(t *testing.T) {
+	w := newWorld(t, true)
+	w.rv.kill(syscall.SIGKILL)
+	cmd := exec.Command("git", "push", "origin", "HEAD:refs/heads/main")
+	run(t, w.clone, "git", "commit", "-q", "--allow-empty", "-m", "x")
+	cmd.Dir = w.clone
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("push failed with the rendezvous down: %v\n%s", err, out)
+	}
+	if strings.Count(string(out), "rendezvous not reachable") != 1 {
+		t.Fatalf("want one clear line about the rendezvous:\n%s", out)
+	}
+}
