@@ -3,8 +3,11 @@ package punch_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -14,6 +17,7 @@ import (
 	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/rendezvous"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
 )
 
 // recorder collects the events a daemon's actions saw.
@@ -194,3 +198,22 @@ func TestUnregisteredKeyGetsNothing(t *testing.T) {
 }
 
 func mustAddr(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+var discard = slog.New(slog.DiscardHandler)
+
+func mustKey(t *testing.T, s string) wire.Key {
+	k, err := wire.ParseKey(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func readRendezvous(storeDir string) (key, addr string, ok bool) {
+	k, err1 := os.ReadFile(filepath.Join(storeDir, "server.pub"))
+	a, err2 := os.ReadFile(filepath.Join(storeDir, "rendezvous.addr"))
+	if err1 != nil || err2 != nil {
+		return "", "", false
+	}
+	return strings.TrimSpace(string(k)), strings.TrimSpace(string(a)), true
+}
