@@ -162,7 +162,11 @@ func runDaemon(ctx context.Context, args []string) error {
 	ids := *repoIDs
 	if len(ids) == 0 {
 		for _, c := range *clones {
-			ids = append(ids, filepath.Base(strings.TrimSuffix(c, "/")))
+			id, err := action.OriginRepoID(ctx, c)
+			if err != nil {
+				return fmt.Errorf("--repo: %w (or give --repo-id)", err)
+			}
+			ids = append(ids, id)
 		}
 	}
 	if len(ids) == 0 {
@@ -173,7 +177,7 @@ func runDaemon(ctx context.Context, args []string) error {
 		return err
 	}
 	defer conn.Close()
-	runner := &action.Runner{Exec: *program, Clones: *clones, Logger: log}
+	runner := &action.Runner{Exec: *program, Clones: *clones, CloneFor: action.ClonesByRepo(ctx, *clones), Logger: log}
 	if !*noDesktop && action.SessionBusAvailable() {
 		runner.Desktop = &action.Desktop{}
 		defer runner.Desktop.Close()

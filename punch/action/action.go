@@ -167,3 +167,38 @@ func fastForwardBranch(ctx context.Context, clone, local, upstream string, check
 	log.Info("fast-forwarded", "clone", clone, "branch", local, "to", newRev)
 	return nil
 }
+
+// OriginRepoID is the repository id a clone follows by default: the last
+// path element of its origin URL ("git@host:team/chat.git" → "chat.git").
+func OriginRepoID(ctx context.Context, clone string) (string, error) {
+	url, err := git(ctx, clone, "config", "--get", "remote.origin.url")
+	if err != nil {
+		return "", fmt.Errorf("%s has no origin remote: %w", clone, err)
+	}
+	url = strings.TrimRight(url, "/")
+	if i := strings.LastIndexAny(url, "/:"); i >= 0 {
+		url = url[i+1:]
+	}
+	if url == "" {
+		return "", fmt.Errorf("%s: cannot take a repository id from its origin URL", clone)
+	}
+	return url, nil
+}
+
+// ClonesByRepo returns a CloneFor function: the clones whose origin names a
+// repository, or every clone when none does (an explicit --repo-id that
+// differs from the URL's last element).
+func ClonesByRepo(ctx context.Context, clones []string) func(string) []string {
+	byRepo := map[string][]string{}
+	for _, c := range clones {
+		if id, err := OriginRepoID(ctx, c); err == nil {
+			byRepo[id] = append(byRepo[id], c)
+		}
+	}
+	return func(repo string) []string {
+		if cs := byRepo[repo]; len(cs) > 0 {
+			return cs
+		}
+		return clones
+	}
+}

@@ -140,3 +140,17 @@ func TestFastForwardBranchNotCheckedOut(t *testing.T) {
 		t.Fatal("checked-out branch changed")
 	}
 }
+
+func TestOriginRepoID(t *testing.T) {
+	_, clone, _ := setupRepos(t)
+	for url, want := range map[string]string{
+		"git@example.invalid:team/chat.git":            "chat.git",
+		"ssh://git@example.invalid:2222/srv/chat.git/": "chat.git",
+		"/srv/git/chat": "chat",
+	} {
+		tgit(t, clone, "remote", "set-url", "origin", url)
+		if got, err := OriginRepoID(context.Background(), clone); err != nil || got != want {
+			t.Errorf("%s: got %q %v, want %q", url, got, err, want)
+		}
+	}
+}
