@@ -22,13 +22,18 @@ import (
 
 // recorder collects the events a daemon's actions saw.
 type recorder struct {
-	mu   sync.Mutex
-	seqs []uint64
+	mu      sync.Mutex
+	seqs    []uint64
+	resyncs []punch.Event
 }
 
 func (r *recorder) handle(_ context.Context, ev punch.Event) {
 	r.mu.Lock()
-	r.seqs = append(r.seqs, ev.Seq)
+	if ev.Resync {
+		r.resyncs = append(r.resyncs, ev)
+	} else {
+		r.seqs = append(r.seqs, ev.Seq)
+	}
 	r.mu.Unlock()
 }
 
@@ -68,14 +73,20 @@ func newLab(t *testing.T, loss int, open bool) *lab {
 }
 
 func (l *lab) daemon(t *testing.T, addr string, rec *recorder) *punch.Daemon {
+	d, _ := l.daemonIn(t, addr, filepath.Join(t.TempDir(), "state"), rec)
+	return d
+}
+
+// daemonIn starts a daemon with a given state directory; stop ends it.
+func (l *lab) daemonIn(t *testing.T, addr, stateDir string, rec *recorder) (d *punch.Daemon, stop func()) {
 	conn, err := l.net.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := punch.New(punch.Config{
+	d, err = punch.New(punch.Config{
 		Conn:     conn,
 		Servers:  []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}},
-		StateDir: filepath.Join(t.TempDir(), "state"),
+		StateDir: stateDir,
 		Handle:   rec.handle,
 	})
 	if err != nil {
@@ -84,8 +95,10 @@ func (l *lab) daemon(t *testing.T, addr string, rec *recorder) *punch.Daemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); conn.Close(); <-done })
-	return d
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); conn.Close(); <-done }) }
+	t.Cleanup(stop)
+	return d, stop
 }
 
 func (l *lab) push(t *testing.T, n int) {
@@ -216,4 +229,37 @@ func readRendezvous(storeDir string) (key, addr string, ok bool) {
 		return "", "", false
 	}
 	return strings.TrimSpace(string(k)), strings.TrimSpace(string(a)), true
+}
+
+// A client that fell behind retention gets one explicit resync notice, never
+// silence, and then goes on from the head.
+func TestFallingBehindRetentionGivesResync(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		l.store.Retain = 5
+		var a recorder
+		state := filepath.Join(t.TempDir(), "state")
+		_, stop := l.daemonIn(t, "198.19.1.2:40000", state, &a)
+		time.Sleep(5 * time.Second)
+		l.push(t, 2)
+		waitFor(10*time.Second, func() bool { return len(a.snapshot()) == 2 })
+		stop()
+		l.push(t, 20) // compaction keeps between 5 and 9 of them: 3.. are gone
+		if evs, _ := l.store.ReadLog("chat.git", 0); len(evs) == 0 || evs[0].Seq <= 3 {
+			t.Fatalf("log was not compacted: first kept %d", evs[0].Seq)
+		}
+		l.daemonIn(t, "198.19.1.2:40001", state, &a)
+		waitFor(20*time.Second, func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.resyncs) > 0 })
+		l.push(t, 1)
+		waitFor(10*time.Second, func() bool { return len(a.snapshot()) == 3 })
+		synctest.Wait()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if len(a.resyncs) != 1 || a.resyncs[0].Seq != 22 {
+			t.Fatalf("resync notices %+v, want exactly one at head 22", a.resyncs)
+		}
+		if got := a.seqs; len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 23 {
+			t.Fatalf("events %v, want [1 2 23]", got)
+		}
+	})
 }

@@ -113,6 +113,6 @@ func LoadOrCreateKey(dir string) (pub, priv wire.Key, err error) {
 	default:
 		return pub, priv, err
 	}
-	err = store.WriteFileAtomic(filepath.Join(dir, "client.pub"), []byte(pub.String()+"\n"), 0o644)
+	err = store.WriteFileAtomic(filepath.Join(dir, "client.pub"), []byte(pub.String()+"\n"), 0o600)
 	return pub, priv, err
 }
