@@ -109,6 +109,9 @@ func ParseUpdates(r io.Reader, stderr io.Writer) ([]store.Update, error) {
 			return ups, fmt.Errorf("more than %d ref updates in one push", maxLines)
 		}
 		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue // a chaining wrapper may add a blank line
+		}
 		if len(f) != 3 {
 			fmt.Fprintf(stderr, "gcn-punch: skipping malformed post-receive line %q\n", sc.Text())
 			continue
@@ -139,7 +142,8 @@ func RepoID(gitDir string) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), gitConfigTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "git", "config", "--get", "gcnpunch.repoid")
+	// safe.directory: install runs this as root on the git user's repository.
+	cmd := exec.CommandContext(ctx, "git", "-c", "safe.directory=*", "config", "--get", "gcnpunch.repoid")
 	cmd.Env = append(os.Environ(), "GIT_DIR="+abs)
 	if out, err := cmd.Output(); err == nil {
 		if id := strings.TrimSpace(string(out)); id != "" {

@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gitchat/gcn-punch/wire"
@@ -63,14 +66,18 @@ type Stats struct {
 
 // Daemon follows repositories and handles their notifications.
 type Daemon struct {
-	cfg   Config
-	log   *slog.Logger
-	now   func() time.Time
-	pub   wire.Key
-	priv  wire.Key
-	peers map[wire.Key]*peer
-	stun  *stunClient
-	work  chan struct{}
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	pub  wire.Key
+	priv wire.Key
+	stun *stunClient
+	work chan struct{}
+
+	peersMu sync.RWMutex
+	peers   map[wire.Key]*peer
+	runCtx  context.Context // set while Run runs, so Follow can start loops
+	runWG   *sync.WaitGroup
 
 	mu    sync.Mutex
 	state *State
@@ -78,12 +85,14 @@ type Daemon struct {
 }
 
 type peer struct {
-	Server
+	key      wire.Key
+	srv      atomic.Pointer[Server] // replaced whole by Follow
 	shared   [32]byte
 	pong     chan struct{} // the last keepalive was answered
 	ping     chan struct{} // the server asked for a keepalive now
 	mu       sync.Mutex
 	counter  uint64
+	sentFor  []string // the repositories of the last keepalive, in order
 	lastSent time.Time
 	// lastPinged is when a ping last made us send a keepalive.
 	lastPinged time.Time
@@ -117,21 +126,77 @@ func New(cfg Config) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, log: cfg.Logger, now: cfg.Now, pub: pub, priv: priv, state: st,
 		peers: make(map[wire.Key]*peer), stun: newSTUNClient(), work: make(chan struct{}, 1)}
 	for _, s := range cfg.Servers {
-		if len(s.Repos) == 0 || len(s.Repos) > wire.MaxSubs {
-			return nil, fmt.Errorf("punch: server %s: follow 1 to %d repositories", s.Addr, wire.MaxSubs)
-		}
-		for _, r := range s.Repos {
-			if err := wire.ValidRepoID(r); err != nil {
-				return nil, err
-			}
-		}
 		if _, dup := d.peers[s.Key]; dup {
 			return nil, fmt.Errorf("punch: server key %s given twice", s.Key)
 		}
-		d.peers[s.Key] = &peer{Server: s, shared: wire.SharedKey(s.Key, priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1),
-			held: map[string]map[uint64]*wire.Notify{}}
+		if err := d.Follow(s); err != nil {
+			return nil, err
+		}
 	}
 	return d, nil
+}
+
+func validServer(s Server) error {
+	if len(s.Repos) == 0 || len(s.Repos) > wire.MaxSubs {
+		return fmt.Errorf("punch: server %s: follow 1 to %d repositories", s.Addr, wire.MaxSubs)
+	}
+	for _, r := range s.Repos {
+		if err := wire.ValidRepoID(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Follow adds a server, or merges repositories into one already followed
+// (same key; the address is updated). It may be called while running: the
+// new subscriptions go out in a keepalive at once.
+func (d *Daemon) Follow(s Server) error {
+	if err := validServer(s); err != nil {
+		return err
+	}
+	d.peersMu.Lock()
+	defer d.peersMu.Unlock()
+	if p := d.peers[s.Key]; p != nil {
+		cur := p.server()
+		merged := Server{Addr: s.Addr, Key: s.Key, Repos: append([]string(nil), cur.Repos...)}
+		for _, r := range s.Repos {
+			if !slices.Contains(merged.Repos, r) {
+				merged.Repos = append(merged.Repos, r)
+			}
+		}
+		if err := validServer(merged); err != nil {
+			return err
+		}
+		p.srv.Store(&merged)
+		kick(p.ping)
+		return nil
+	}
+	p := &peer{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1),
+		held: map[string]map[uint64]*wire.Notify{}}
+	cp := s
+	cp.Repos = append([]string(nil), s.Repos...)
+	p.srv.Store(&cp)
+	d.peers[s.Key] = p
+	if d.runCtx != nil {
+		d.startPeer(p)
+	}
+	return nil
+}
+
+func (p *peer) server() Server { return *p.srv.Load() }
+
+func (d *Daemon) peer(key wire.Key) *peer {
+	d.peersMu.RLock()
+	defer d.peersMu.RUnlock()
+	return d.peers[key]
+}
+
+// startPeer runs a peer's loops; called with peersMu held while running.
+func (d *Daemon) startPeer(p *peer) {
+	ctx := d.runCtx
+	d.runWG.Go(func() { d.keepaliveLoop(ctx, p) })
+	d.runWG.Go(func() { d.learnReflexive(ctx, p) })
 }
 
 // PublicKey is the client's identity.
@@ -162,10 +227,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	wg.Go(func() { errc <- d.readLoop(ctx) })
 	wg.Go(func() { d.actionWorker(ctx) })
 	d.wakeWorker() // pending actions from before a restart
+	d.peersMu.Lock()
+	d.runCtx, d.runWG = ctx, &wg
 	for _, p := range d.peers {
-		wg.Go(func() { d.keepaliveLoop(ctx, p) })
-		wg.Go(func() { d.learnReflexive(ctx, p) })
+		d.startPeer(p)
 	}
+	d.peersMu.Unlock()
+	defer func() {
+		d.peersMu.Lock()
+		d.runCtx, d.runWG = nil, nil
+		d.peersMu.Unlock()
+	}()
 	select {
 	case <-ctx.Done():
 		d.cfg.Conn.SetReadDeadline(time.Unix(1, 0))
@@ -178,12 +250,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) learnReflexive(ctx context.Context, p *peer) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	addr, err := d.stun.bind(ctx, d.cfg.Conn, p.Addr)
+	srv := p.server()
+	addr, err := d.stun.bind(ctx, d.cfg.Conn, srv.Addr)
 	if err != nil {
-		d.log.Info("STUN: no reflexive address yet", "server", p.Addr, "err", err)
+		d.log.Info("STUN: no reflexive address yet", "server", srv.Addr, "err", err)
 		return
 	}
-	d.log.Info("STUN: reflexive address", "server", p.Addr, "reflexive", addr)
+	d.log.Info("STUN: reflexive address", "server", srv.Addr, "reflexive", addr)
 }
 
 // keepaliveLoop keeps the NAT mapping open and reports the daemon's position.
@@ -230,10 +303,11 @@ func sleepUntil(ctx context.Context, c <-chan struct{}, dur time.Duration) bool 
 }
 
 func (d *Daemon) sendKeepalive(p *peer) {
+	srv := p.server()
 	d.mu.Lock()
-	subs := make([]wire.Sub, 0, len(p.Repos))
-	for _, r := range p.Repos {
-		rs := d.state.repo(p.Key, r)
+	subs := make([]wire.Sub, 0, len(srv.Repos))
+	for _, r := range srv.Repos {
+		rs := d.state.repo(p.key, r)
 		subs = append(subs, wire.Sub{RepoID: r, Known: rs.Known, LastSeq: rs.LastSeq})
 	}
 	d.stats.KeepalivesSent++
@@ -243,6 +317,7 @@ func (d *Daemon) sendKeepalive(p *peer) {
 	// The counter only grows, across restarts too: it starts from the clock.
 	p.counter = max(p.counter+1, uint64(now.UnixNano()))
 	p.lastSent = now
+	p.sentFor = srv.Repos
 	m := &wire.Keepalive{Counter: p.counter, Subs: subs}
 	p.mu.Unlock()
 	d.send(p, m)
@@ -254,8 +329,9 @@ func (d *Daemon) send(p *peer, m wire.Message) {
 		d.log.Error("cannot seal", "err", err)
 		return
 	}
-	if _, err := d.cfg.Conn.WriteTo(b, net.UDPAddrFromAddrPort(p.Addr)); err != nil {
-		d.log.Debug("send failed", "server", p.Addr, "err", err)
+	addr := p.server().Addr
+	if _, err := d.cfg.Conn.WriteTo(b, net.UDPAddrFromAddrPort(addr)); err != nil {
+		d.log.Debug("send failed", "server", addr, "err", err)
 	}
 }
 
@@ -298,7 +374,7 @@ func (d *Daemon) handleGCN(b []byte, from net.Addr) {
 		d.count(func(s *Stats) { s.Malformed++ })
 		return
 	}
-	p := d.peers[sender]
+	p := d.peer(sender)
 	if p == nil {
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
@@ -355,7 +431,8 @@ func kick(c chan struct{}) {
 
 func (d *Daemon) onPong(p *peer, m *wire.Pong) {
 	p.mu.Lock()
-	if m.Counter != p.counter || len(m.Statuses) != len(p.Repos) {
+	repos := p.sentFor
+	if m.Counter != p.counter || len(m.Statuses) != len(repos) {
 		p.mu.Unlock()
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
@@ -366,17 +443,17 @@ func (d *Daemon) onPong(p *peer, m *wire.Pong) {
 	p.denied = false
 	p.mu.Unlock()
 	if changed {
-		d.log.Info("rendezvous sees this daemon at", "server", p.Addr, "public", m.Observed)
+		d.log.Info("rendezvous sees this daemon at", "server", p.server().Addr, "public", m.Observed)
 	}
 	d.mu.Lock()
 	d.stats.Pongs++
 	dirty := false
 	denied := 0
 	for i, st := range m.Statuses {
-		repo := p.Repos[i]
+		repo := repos[i]
 		switch st.Status {
 		case wire.StatusOK:
-			rs := d.state.repo(p.Key, repo)
+			rs := d.state.repo(p.key, repo)
 			if !rs.Known {
 				rs.Known, rs.LastSeq = true, st.Position // a new follower starts where the server says
 				dirty = true
@@ -384,10 +461,10 @@ func (d *Daemon) onPong(p *peer, m *wire.Pong) {
 		case wire.StatusNotAuthorised:
 			denied++
 			d.log.Warn("rendezvous refuses this repository: this key is not registered for it (register over SSH with gcn-heartbeat, or run the rendezvous with --open)",
-				"server", p.Addr, "repo", repo, "client", d.pub.String())
+				"server", p.server().Addr, "repo", repo, "client", d.pub.String())
 		default:
 			denied++
-			d.log.Warn("rendezvous does not know this repository", "server", p.Addr, "repo", repo)
+			d.log.Warn("rendezvous does not know this repository", "server", p.server().Addr, "repo", repo)
 		}
 	}
 	if dirty {
@@ -412,12 +489,7 @@ func (d *Daemon) saveLocked() {
 }
 
 func (d *Daemon) follows(p *peer, repo string) bool {
-	for _, r := range p.Repos {
-		if r == repo {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(p.server().Repos, repo)
 }
 
 // onNotify handles notifications in order, exactly once: the position and
@@ -428,7 +500,7 @@ func (d *Daemon) onNotify(p *peer, n *wire.Notify) {
 		return
 	}
 	d.mu.Lock()
-	rs := d.state.repo(p.Key, n.RepoID)
+	rs := d.state.repo(p.key, n.RepoID)
 	if !rs.Known {
 		// No pong has told us where we start, so we cannot tell whether
 		// earlier events were lost: leave it unacked (the server sends it
@@ -466,7 +538,7 @@ func (d *Daemon) onNotify(p *peer, n *wire.Notify) {
 	for next := n; next != nil; {
 		rs.LastSeq = next.Seq
 		d.stats.Notifications++
-		d.state.Pending = append(d.state.Pending, Event{ServerKey: p.Key.String(), Repo: next.RepoID, Ref: next.Ref,
+		d.state.Pending = append(d.state.Pending, Event{ServerKey: p.key.String(), Repo: next.RepoID, Ref: next.Ref,
 			Old: next.Old, New: next.New, Seq: next.Seq, TimeMilli: next.TimeMilli})
 		delete(h, next.Seq)
 		next = h[next.Seq+1]
@@ -494,7 +566,7 @@ func (d *Daemon) onResync(p *peer, m *wire.Resync) {
 		return
 	}
 	d.mu.Lock()
-	rs := d.state.repo(p.Key, m.RepoID)
+	rs := d.state.repo(p.key, m.RepoID)
 	if rs.Known && m.HeadSeq <= rs.LastSeq {
 		last := rs.LastSeq
 		d.stats.Duplicates++
@@ -506,7 +578,7 @@ func (d *Daemon) onResync(p *peer, m *wire.Resync) {
 		"repo", m.RepoID, "had", rs.LastSeq, "oldest_kept", m.FirstSeq, "head", m.HeadSeq)
 	rs.Known, rs.LastSeq = true, m.HeadSeq
 	d.stats.Resyncs++
-	d.state.Pending = append(d.state.Pending, Event{ServerKey: p.Key.String(), Repo: m.RepoID, Seq: m.HeadSeq, TimeMilli: m.TimeMilli, Resync: true})
+	d.state.Pending = append(d.state.Pending, Event{ServerKey: p.key.String(), Repo: m.RepoID, Seq: m.HeadSeq, TimeMilli: m.TimeMilli, Resync: true})
 	err := d.state.save(d.cfg.StateDir)
 	d.mu.Unlock()
 	if err != nil {
@@ -548,11 +620,44 @@ func (d *Daemon) actionWorker(ctx context.Context) {
 
 // Observed is the public address the rendezvous last saw this daemon at.
 func (d *Daemon) Observed(server wire.Key) netip.AddrPort {
-	p := d.peers[server]
+	p := d.peer(server)
 	if p == nil {
 		return netip.AddrPort{}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.observed
+}
+
+// ErrServerKeyChanged is returned when a server offers a key other than the
+// one pinned at first registration.
+var ErrServerKeyChanged = errors.New("punch: SERVER KEY CHANGED")
+
+// Pin checks key against the key pinned for server, pinning it on first
+// use. A different key is refused, loudly, as ssh refuses a changed host key.
+func (d *Daemon) Pin(server string, key wire.Key) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state.Pins == nil {
+		d.state.Pins = map[string]string{}
+	}
+	old, ok := d.state.Pins[server]
+	if ok && old != key.String() {
+		return fmt.Errorf("%w for %s: pinned %s, now offered %s. Someone may be impersonating the server, or its key was replaced. If the change is expected, delete the pin for %s from %s and restart",
+			ErrServerKeyChanged, server, old, key, server, filepath.Join(d.cfg.StateDir, "state.json"))
+	}
+	if ok {
+		return nil
+	}
+	d.state.Pins[server] = key.String()
+	return d.state.save(d.cfg.StateDir)
+}
+
+// LocalPort is the daemon's UDP port.
+func (d *Daemon) LocalPort() uint16 {
+	if ua, ok := d.cfg.Conn.LocalAddr().(*net.UDPAddr); ok {
+		return uint16(ua.Port)
+	}
+	ap, _ := netip.ParseAddrPort(d.cfg.Conn.LocalAddr().String())
+	return ap.Port()
 }

@@ -41,6 +41,9 @@ type State struct {
 	// Pending holds handled events whose actions have not finished; they run
 	// again after a crash.
 	Pending []Event `json:"pending"`
+	// Pins maps an SSH server ("user@host:port") to the rendezvous key it
+	// gave at first registration, as ssh's known_hosts does for host keys.
+	Pins map[string]string `json:"pins,omitempty"`
 }
 
 const stateVersion = 1

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func fixedKey(b byte) Key {
@@ -257,4 +258,44 @@ func TestValidRepoID(t *testing.T) {
 			t.Errorf("%q accepted", bad)
 		}
 	}
+}
+
+func TestHeartbeatReply(t *testing.T) {
+	r := HeartbeatReply{RepoID: "chat.git", Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.1:3478"), netip.MustParseAddrPort("[2001:db8::1]:3479")}, ServerKey: fixedKey(0xab)}
+	r.Expiry = time.Unix(1800000000, 0)
+	line := r.String()
+	if want := "gcn1 chat.git 198.18.0.1:3478,[2001:db8::1]:3479 " + strings.Repeat("ab", 32) + " 1800000000\n"; line != want {
+		t.Fatalf("got %q want %q", line, want)
+	}
+	back, err := ParseHeartbeatReply(line)
+	if err != nil || !reflect.DeepEqual(back, r) {
+		t.Fatalf("round trip: %v %+v", err, back)
+	}
+	for _, bad := range []string{
+		"", "gcn1 chat.git 198.18.0.1:3478 " + strings.Repeat("ab", 32) + " 1800000000", // no newline
+		strings.Replace(line, "gcn1", "gcn2", 1),
+		line + "extra\n",
+		strings.Replace(line, "chat.git", "../x", 1),
+		strings.Replace(line, "198.18.0.1:3478", "198.18.0.1:0", 1),
+		strings.Replace(line, " 1800000000", " -5", 1),
+		strings.Replace(line, "ab", "zz", 1),
+		"gcn1 a 198.18.0.1:1,198.18.0.1:2,198.18.0.1:3 " + strings.Repeat("ab", 32) + " 1\n",
+	} {
+		if _, err := ParseHeartbeatReply(bad); !errors.Is(err, ErrReply) {
+			t.Errorf("%q: got %v", bad, err)
+		}
+	}
+}
+
+func FuzzParseHeartbeatReply(f *testing.F) {
+	f.Add("gcn1 chat.git 198.18.0.1:3478 " + strings.Repeat("ab", 32) + " 1800000000\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParseHeartbeatReply(s)
+		if err != nil {
+			return
+		}
+		if back, err := ParseHeartbeatReply(r.String()); err != nil || !reflect.DeepEqual(back, r) {
+			t.Fatalf("reply does not survive a round trip: %v", err)
+		}
+	})
 }

@@ -4,6 +4,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -11,7 +12,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	flag "github.com/spf13/pflag"
 
@@ -31,11 +34,21 @@ usage:
   gcn-punch daemon --server HOST:PORT --server-key HEX|@FILE --repo-id ID --state DIR
                    [--repo CLONE] [--exec PROGRAM] [--keepalive DURATION]
   gcn-punch status --store DIR [--json]
+  gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
+  gcn-punch install client --repo CLONE [--exec PROGRAM]
+  gcn-punch uninstall server|client --repo PATH   (removes only what install added)
+  gcn-punch heartbeat --repo PATH --id HEX --port N [--reflexive IP:PORT]   (store: $GCN_STORE)
+                   (as ~/git-shell-commands/gcn-heartbeat, run by clients over SSH)
 
 Run "gcn-punch COMMAND --help" for a command's flags.
 `
 
 func main() {
+	// Under git-shell the command is ~/git-shell-commands/gcn-heartbeat,
+	// possibly a link to this binary.
+	if filepath.Base(os.Args[0]) == "gcn-heartbeat" {
+		os.Exit(runHeartbeat(os.Args[1:]))
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -53,6 +66,10 @@ func main() {
 		err = runDaemon(ctx, args)
 	case "status":
 		err = runStatus(args)
+	case "heartbeat":
+		os.Exit(runHeartbeat(args))
+	case "install", "uninstall":
+		err = runInstall(cmd, args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -117,6 +134,87 @@ func runHook(args []string) {
 	}
 }
 
+// runHeartbeat registers a client over SSH. Every refusal is one line on
+// stderr and exit status 1; the store is then unchanged.
+func runHeartbeat(args []string) int {
+	fs := newFlags("heartbeat")
+	fs.SetOutput(io.Discard)
+	// The store comes from the git-shell wrapper's environment, never from
+	// the client: over SSH a client chooses the arguments but not GCN_STORE.
+	storeDir := store.DefaultDir
+	if d := os.Getenv("GCN_STORE"); d != "" {
+		storeDir = d
+	}
+	var req rendezvous.HeartbeatRequest
+	fs.StringVar(&req.RepoPath, "repo", "", "repository path, as in the clone's URL")
+	fs.StringVar(&req.ID, "id", "", "client public key, 64 hex characters")
+	fs.StringVar(&req.Port, "port", "", "client UDP port")
+	fs.StringVar(&req.Reflexive, "reflexive", "-", "client public address as STUN saw it, or -")
+	fail := func(err error) int {
+		fmt.Fprintf(os.Stderr, "gcn-heartbeat: %s\n", strings.ReplaceAll(strings.TrimPrefix(err.Error(), "gcn-heartbeat: "), "\n", " "))
+		return 1
+	}
+	if err := fs.Parse(args); err != nil {
+		return fail(err)
+	}
+	if fs.NArg() > 0 {
+		return fail(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	// Opened without creating anything: a refusal leaves the store as it was.
+	if fi, err := os.Stat(storeDir); err != nil || !fi.IsDir() {
+		return fail(fmt.Errorf("no store at %s", storeDir))
+	}
+	st := &store.Store{Dir: storeDir}
+	home, _ := os.UserHomeDir()
+	reply, err := rendezvous.Heartbeat(st, req, os.Getenv("SSH_CONNECTION"), home, time.Now())
+	if err != nil {
+		return fail(err)
+	}
+	fmt.Print(reply.String())
+	return 0
+}
+
+func runInstall(cmd string, args []string) error {
+	if len(args) == 0 || (args[0] != "server" && args[0] != "client") {
+		return fmt.Errorf("usage: gcn-punch %s server|client --repo PATH ...", cmd)
+	}
+	side := args[0]
+	fs := newFlags(cmd + " " + side)
+	repo := fs.String("repo", "", "repository (server) or clone (client)")
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	binary := fs.String("binary", bin, "path of gcn-punch that units and hooks run")
+	var srv hook.ServerInstall
+	var cli punch.ClientInstall
+	if side == "server" {
+		fs.StringVar(&srv.Store, "store", store.DefaultDir, "store directory")
+		fs.StringVar(&srv.Listen, "listen", ":3478", "UDP address for the rendezvous unit")
+		fs.StringVar(&srv.User, "user", "", "the git user (required as root)")
+		fs.StringVar(&srv.RepoID, "repo-id", "", "repository id (default: git config gcnpunch.repoid, else the directory name)")
+		fs.StringVar(&srv.UnitPath, "unit", hook.UnitPath, "where root writes the rendezvous's systemd unit")
+	} else {
+		fs.StringVar(&cli.Exec, "exec", "", "program the daemon runs on each notification")
+	}
+	parse(fs, args[1:])
+	if *repo == "" {
+		return fmt.Errorf("--repo is required")
+	}
+	if side == "server" {
+		srv.Repo, srv.Binary, srv.Out = *repo, *binary, os.Stdout
+		if cmd == "install" {
+			return srv.Install()
+		}
+		return srv.Uninstall()
+	}
+	cli.Repo, cli.Binary, cli.Out = *repo, *binary, os.Stdout
+	if cmd == "install" {
+		return cli.Install()
+	}
+	return cli.Uninstall()
+}
+
 func runStatus(args []string) error {
 	fs := newFlags("status")
 	dir := fs.String("store", store.DefaultDir, "store directory")
@@ -148,53 +246,66 @@ func runDaemon(ctx context.Context, args []string) error {
 	parse(fs, args)
 	log := logger(*verbose)
 
-	if *server == "" || *serverKey == "" {
-		return fmt.Errorf("--server and --server-key are required")
+	sshMode := *server == "" && *serverKey == "" && len(*repoIDs) == 0
+	if sshMode && len(*clones) == 0 {
+		return fmt.Errorf("give --repo CLONE (registers over SSH), or --server, --server-key and --repo-id")
 	}
-	key, err := readKey(*serverKey)
-	if err != nil {
-		return fmt.Errorf("--server-key: %w", err)
-	}
-	ua, err := net.ResolveUDPAddr("udp", *server)
-	if err != nil {
-		return fmt.Errorf("--server: %w", err)
-	}
-	ids := *repoIDs
-	if len(ids) == 0 {
+	var servers []punch.Server
+	if !sshMode {
+		if *server == "" || *serverKey == "" {
+			return fmt.Errorf("--server and --server-key go together (or give only --repo CLONE to register over SSH)")
+		}
+		key, err := readKey(*serverKey)
+		if err != nil {
+			return fmt.Errorf("--server-key: %w", err)
+		}
+		ua, err := net.ResolveUDPAddr("udp", *server)
+		if err != nil {
+			return fmt.Errorf("--server: %w", err)
+		}
+		ids := *repoIDs
 		for _, c := range *clones {
+			if len(*repoIDs) > 0 {
+				break
+			}
 			id, err := action.OriginRepoID(ctx, c)
 			if err != nil {
 				return fmt.Errorf("--repo: %w (or give --repo-id)", err)
 			}
 			ids = append(ids, id)
 		}
+		if len(ids) == 0 {
+			return fmt.Errorf("--repo-id is required")
+		}
+		ap := ua.AddrPort()
+		servers = []punch.Server{{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Key: key, Repos: ids}}
 	}
-	if len(ids) == 0 {
-		return fmt.Errorf("--repo-id is required")
-	}
+
 	conn, err := net.ListenPacket("udp", *listen)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	runner := &action.Runner{Exec: *program, Clones: *clones, CloneFor: action.ClonesByRepo(ctx, *clones), Logger: log}
+	index := action.NewCloneIndex(ctx, *clones)
+	runner := &action.Runner{Exec: *program, Clones: *clones, CloneFor: index.For, Logger: log}
 	if !*noDesktop && action.SessionBusAvailable() {
 		runner.Desktop = &action.Desktop{}
 		defer runner.Desktop.Close()
 	}
-	ap := ua.AddrPort()
-	d, err := punch.New(punch.Config{
-		Conn:      conn,
-		Servers:   []punch.Server{{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Key: key, Repos: ids}},
-		StateDir:  *stateDir,
-		Keepalive: *keepalive,
-		Handle:    runner.Handle,
-		Logger:    log,
-	})
+	d, err := punch.New(punch.Config{Conn: conn, Servers: servers, StateDir: *stateDir,
+		Keepalive: *keepalive, Handle: runner.Handle, Logger: log})
 	if err != nil {
 		return err
 	}
-	log.Info("daemon up", "client", d.PublicKey().String(), "udp", conn.LocalAddr().String(), "server", *server, "repos", ids)
+	log.Info("daemon up", "client", d.PublicKey().String(), "udp", conn.LocalAddr().String(), "ssh_registration", sshMode)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if sshMode {
+		for _, c := range *clones {
+			r := &punch.Registrar{Daemon: d, Clone: c, Logger: log, Registered: index.Add}
+			wg.Go(func() { r.Run(ctx) })
+		}
+	}
 	return d.Run(ctx)
 }
 

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gitchat/gcn-punch/punch"
@@ -185,20 +187,41 @@ func OriginRepoID(ctx context.Context, clone string) (string, error) {
 	return url, nil
 }
 
-// ClonesByRepo returns a CloneFor function: the clones whose origin names a
-// repository, or every clone when none does (an explicit --repo-id that
-// differs from the URL's last element).
-func ClonesByRepo(ctx context.Context, clones []string) func(string) []string {
-	byRepo := map[string][]string{}
+// CloneIndex maps repository ids to the clones that follow them. It is
+// filled from the clones' origin URLs and from SSH registrations.
+type CloneIndex struct {
+	mu     sync.Mutex
+	all    []string
+	byRepo map[string][]string
+}
+
+// NewCloneIndex indexes clones by their origin URL's last element.
+func NewCloneIndex(ctx context.Context, clones []string) *CloneIndex {
+	x := &CloneIndex{all: clones, byRepo: map[string][]string{}}
 	for _, c := range clones {
 		if id, err := OriginRepoID(ctx, c); err == nil {
-			byRepo[id] = append(byRepo[id], c)
+			x.Add(id, c)
 		}
 	}
-	return func(repo string) []string {
-		if cs := byRepo[repo]; len(cs) > 0 {
-			return cs
-		}
-		return clones
+	return x
+}
+
+// Add records that clone follows repo.
+func (x *CloneIndex) Add(repo, clone string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if !slices.Contains(x.byRepo[repo], clone) {
+		x.byRepo[repo] = append(x.byRepo[repo], clone)
 	}
+}
+
+// For returns the clones of repo, or every clone when none is known for it
+// (an explicit --repo-id that differs from the URL's last element).
+func (x *CloneIndex) For(repo string) []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if cs := x.byRepo[repo]; len(cs) > 0 {
+		return cs
+	}
+	return x.all
 }

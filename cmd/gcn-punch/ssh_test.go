@@ -1,0 +1,345 @@
+package main
+
+// Registration over a real OpenSSH server with a git-shell user. These tests
+// need root (useradd, sshd); they skip with one line otherwise, and fail in CI
+// if a needed program is missing.
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func needRoot(t *testing.T, programs ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (useradd, sshd): skipped; CI runs as root")
+	}
+	for _, p := range programs {
+		if _, err := exec.LookPath(p); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is not installed: .ci/run must install it", p)
+			}
+			t.Skipf("%s is not installed", p)
+		}
+	}
+}
+
+// sshWorld is a git server reached over real SSH: a git-shell user, sshd on
+// loopback with its own host key, a rendezvous running as that user, and a
+// client key that the user authorises.
+type sshWorld struct {
+	t                *testing.T
+	dir, user, home  string
+	uid, gid         int
+	port             int
+	store, bare, bin string
+	sshCommand       string
+	rv               *proc
+}
+
+func newSSHWorld(t *testing.T) *sshWorld {
+	needRoot(t, "/usr/sbin/sshd", "ssh", "ssh-keygen", "useradd", "git-shell")
+	w := &sshWorld{t: t, dir: t.TempDir()}
+	// The git user runs the binary and reads keys from here.
+	os.Chmod(filepath.Dir(w.dir), 0o755)
+	os.Chmod(w.dir, 0o755)
+	w.user = fmt.Sprintf("gcnt%05d", rand.IntN(100000))
+	exec.Command("userdel", "-r", w.user).Run()
+	run(t, "", "useradd", "-m", "-s", "/usr/bin/git-shell", w.user)
+	t.Cleanup(func() { exec.Command("pkill", "-u", w.user).Run(); exec.Command("userdel", "-r", w.user).Run() })
+	run(t, "", "usermod", "-p", "*", w.user) // sshd without PAM refuses locked accounts
+	u, err := user.Lookup(w.user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.home = u.HomeDir
+	w.uid, _ = strconv.Atoi(u.Uid)
+	w.gid, _ = strconv.Atoi(u.Gid)
+	w.bin = filepath.Join(w.dir, "gcn-punch")
+	b, _ := os.ReadFile(binary)
+	os.WriteFile(w.bin, b, 0o755)
+
+	run(t, "", "ssh-keygen", "-q", "-t", "ed25519", "-f", filepath.Join(w.dir, "hostkey"), "-N", "")
+	run(t, "", "ssh-keygen", "-q", "-t", "ed25519", "-f", filepath.Join(w.dir, "client"), "-N", "")
+	pub, _ := os.ReadFile(filepath.Join(w.dir, "client.pub"))
+	os.WriteFile(filepath.Join(w.dir, "authorized_"+w.user), pub, 0o644)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	w.port = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cfg := fmt.Sprintf("ListenAddress 127.0.0.1:%d\nHostKey %s\nPidFile %s\nAuthorizedKeysFile %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
+		w.port, filepath.Join(w.dir, "hostkey"), filepath.Join(w.dir, "sshd.pid"), filepath.Join(w.dir, "authorized_%u"))
+	os.WriteFile(filepath.Join(w.dir, "sshd_config"), []byte(cfg), 0o644)
+	os.MkdirAll("/run/sshd", 0o755)
+	sshd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(w.dir, "sshd_config"))
+	logf, _ := os.Create(filepath.Join(w.dir, "sshd.log"))
+	sshd.Stderr = logf
+	if err := sshd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sshd.Process.Kill(); sshd.Wait() })
+	if !poll(10*time.Second, func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", w.port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatal("sshd did not start")
+	}
+	hostPub, _ := os.ReadFile(filepath.Join(w.dir, "hostkey.pub"))
+	os.WriteFile(filepath.Join(w.dir, "known_hosts"), fmt.Appendf(nil, "[127.0.0.1]:%d %s", w.port, hostPub), 0o644)
+	// Host key checking stays on: the host key is known, nothing is relaxed.
+	w.sshCommand = fmt.Sprintf("ssh -i %s -o UserKnownHostsFile=%s -o IdentitiesOnly=yes", filepath.Join(w.dir, "client"), filepath.Join(w.dir, "known_hosts"))
+
+	w.bare = filepath.Join(w.home, "chat.git")
+	w.asUser("git", "init", "-q", "--bare", "-b", "main", w.bare)
+	w.store = filepath.Join(w.home, "store")
+	run(t, "", w.bin, "install", "server", "--repo", w.bare, "--user", w.user, "--store", w.store,
+		"--binary", w.bin, "--unit", filepath.Join(w.dir, "rendezvous.service"))
+	w.startRendezvous()
+	return w
+}
+
+// asUser runs a command as the git user.
+func (w *sshWorld) asUser(name string, args ...string) {
+	w.t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(w.uid), Gid: uint32(w.gid)}}
+	cmd.Env = append(os.Environ(), "HOME="+w.home)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		w.t.Fatalf("%s %v as %s: %v\n%s", name, args, w.user, err, out)
+	}
+}
+
+func (w *sshWorld) startRendezvous() {
+	os.Remove(filepath.Join(w.store, "rendezvous.addr"))
+	logPath := filepath.Join(w.dir, fmt.Sprintf("rendezvous-%d.log", time.Now().UnixNano()))
+	f, _ := os.Create(logPath)
+	cmd := exec.Command(w.bin, "rendezvous", "--listen", "127.0.0.1:0", "--store", w.store)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(w.uid), Gid: uint32(w.gid)}}
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		w.t.Fatal(err)
+	}
+	f.Close()
+	w.rv = &proc{cmd: cmd, log: logPath}
+	w.t.Cleanup(func() { w.rv.kill(syscall.SIGKILL) })
+	if !poll(10*time.Second, func() bool { _, err := os.Stat(filepath.Join(w.store, "rendezvous.addr")); return err == nil }) {
+		w.t.Fatalf("rendezvous did not start:\n%s", w.rv.logText())
+	}
+}
+
+func (w *sshWorld) url() string {
+	return fmt.Sprintf("ssh://%s@127.0.0.1:%d%s", w.user, w.port, w.bare)
+}
+
+// clone makes a clone over SSH whose core.sshCommand carries the test's key.
+func (w *sshWorld) clone(name string) string {
+	dst := filepath.Join(w.dir, name)
+	run(w.t, "", "git", "-c", "core.sshCommand="+w.sshCommand, "clone", "-q", w.url(), dst)
+	run(w.t, dst, "git", "config", "core.sshCommand", w.sshCommand)
+	return dst
+}
+
+func (w *sshWorld) push(clone, msg string) string {
+	run(w.t, clone, "git", "commit", "-q", "--allow-empty", "-m", msg)
+	run(w.t, clone, "git", "push", "-q", "origin", "HEAD:refs/heads/main")
+	return strings.TrimSpace(run(w.t, clone, "git", "rev-parse", "HEAD"))
+}
+
+// startDaemon runs `gcn-punch daemon --repo CLONE` and nothing else.
+func (w *sshWorld) startDaemon(clone, xdg string) *proc {
+	return start(w.t, filepath.Join(w.dir, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano())),
+		[]string{"XDG_STATE_HOME=" + xdg, "HOME=" + filepath.Dir(xdg)}, "daemon", "--repo", clone, "--no-desktop")
+}
+
+func TestSSHRegistrationThenPushFastForwards(t *testing.T) {
+	w := newSSHWorld(t)
+	pusher := w.clone("pusher")
+	run(t, pusher, "git", "checkout", "-q", "-b", "main")
+	w.push(pusher, "first")
+	follower := w.clone("follower")
+	d := w.startDaemon(follower, filepath.Join(w.dir, "home", "state"))
+	if !poll(20*time.Second, func() bool { return strings.Contains(d.logText(), "registered over SSH") }) {
+		t.Fatalf("no registration:\n%s\nsshd:\n%s", d.logText(), mustRead(filepath.Join(w.dir, "sshd.log")))
+	}
+	poll(10*time.Second, func() bool {
+		b, _ := os.ReadFile(filepath.Join(w.dir, "home", "state", "gcn-punch", "state.json"))
+		return strings.Contains(string(b), `"known": true`)
+	})
+	want := w.push(pusher, "second")
+	if !poll(20*time.Second, func() bool {
+		return strings.TrimSpace(run(t, follower, "git", "rev-parse", "HEAD")) == want
+	}) {
+		t.Fatalf("follower not fast-forwarded to %s:\n%s", want, d.logText())
+	}
+	// The seed record and the authorisation exist for the daemon's key.
+	b, _ := os.ReadFile(filepath.Join(w.dir, "home", "state", "gcn-punch", "client.pub"))
+	id := strings.TrimSpace(string(b))
+	if _, err := os.Stat(filepath.Join(w.store, "auth", "chat.git", id)); err != nil {
+		t.Fatalf("no authorisation: %v", err)
+	}
+	rec, err := os.ReadFile(filepath.Join(w.store, "clients", id[:2], id[2:]))
+	if err != nil || strings.Count(string(rec), "\x00") != 2 || !strings.Contains(string(rec), "\x00127.0.0.1\x00") {
+		t.Fatalf("client record %q %v", rec, err)
+	}
+}
+
+func TestSSHServerKeyChangeIsRefused(t *testing.T) {
+	w := newSSHWorld(t)
+	pusher := w.clone("pusher")
+	run(t, pusher, "git", "checkout", "-q", "-b", "main")
+	w.push(pusher, "first")
+	follower := w.clone("follower")
+	xdg := filepath.Join(w.dir, "home", "state")
+	d := w.startDaemon(follower, xdg)
+	if !poll(20*time.Second, func() bool { return strings.Contains(d.logText(), "registered over SSH") }) {
+		t.Fatalf("no registration:\n%s", d.logText())
+	}
+	d.kill(syscall.SIGTERM)
+	// The server's key is replaced (or someone impersonates it).
+	w.rv.kill(syscall.SIGKILL)
+	os.Remove(filepath.Join(w.store, "server.key"))
+	w.startRendezvous()
+	d = w.startDaemon(follower, xdg)
+	if !poll(20*time.Second, func() bool { return strings.Contains(d.logText(), "SERVER KEY CHANGED") }) {
+		t.Fatalf("a changed server key was not refused loudly:\n%s", d.logText())
+	}
+	before := strings.TrimSpace(run(t, follower, "git", "rev-parse", "HEAD"))
+	w.push(pusher, "second")
+	time.Sleep(time.Second)
+	if after := strings.TrimSpace(run(t, follower, "git", "rev-parse", "HEAD")); after != before || strings.Contains(d.logText(), "msg=notified") {
+		t.Fatal("the daemon followed a server whose key changed")
+	}
+}
+
+func TestInstallServerIsIdempotentChainsAndUninstalls(t *testing.T) {
+	w := newSSHWorld(t)
+	hooks := filepath.Join(w.bare, "hooks")
+	// Uninstall first, put a hook of the user's in place, install again.
+	run(t, "", w.bin, "uninstall", "server", "--repo", w.bare, "--user", w.user, "--store", w.store, "--unit", filepath.Join(w.dir, "rendezvous.service"))
+	if _, err := os.Stat(filepath.Join(w.home, "git-shell-commands", "gcn-heartbeat")); err == nil {
+		t.Fatal("uninstall left the git-shell command")
+	}
+	mine := fmt.Sprintf("#!/bin/sh\ncat > %s\n", filepath.Join(w.home, "old-hook-ran"))
+	os.WriteFile(filepath.Join(hooks, "post-receive"), []byte(mine), 0o755)
+	install := func() {
+		run(t, "", w.bin, "install", "server", "--repo", w.bare, "--user", w.user, "--store", w.store, "--binary", w.bin, "--unit", filepath.Join(w.dir, "rendezvous.service"))
+	}
+	install()
+	first := treeHash(t, hooks) + treeHash(t, filepath.Join(w.home, "git-shell-commands"))
+	install()
+	if again := treeHash(t, hooks) + treeHash(t, filepath.Join(w.home, "git-shell-commands")); again != first {
+		t.Fatal("a second install changed the files")
+	}
+	// Both hooks run on a push: ours logs the event, the old one still runs.
+	pusher := w.clone("pusher")
+	run(t, pusher, "git", "checkout", "-q", "-b", "main")
+	w.push(pusher, "first")
+	if b, err := os.ReadFile(filepath.Join(w.home, "old-hook-ran")); err != nil || !strings.Contains(string(b), "refs/heads/main") {
+		t.Fatalf("the chained hook did not get the push: %q %v", b, err)
+	}
+	if log, _ := os.ReadFile(filepath.Join(w.store, "repos", "chat.git", "events.log")); !strings.Contains(string(log), "refs/heads/main") {
+		t.Fatal("gcn-punch's hook did not log the push")
+	}
+	run(t, "", w.bin, "uninstall", "server", "--repo", w.bare, "--user", w.user, "--store", w.store, "--unit", filepath.Join(w.dir, "rendezvous.service"))
+	if b, _ := os.ReadFile(filepath.Join(hooks, "post-receive")); string(b) != mine {
+		t.Fatalf("uninstall did not restore the user's hook: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(w.dir, "rendezvous.service")); err == nil {
+		t.Fatal("uninstall left the unit")
+	}
+}
+
+// Bad gcn-heartbeat arguments of every kind are refused with one line and a
+// non-zero exit, through real SSH and git-shell, and the store is unchanged.
+func TestHeartbeatRejectsBadInputOverSSH(t *testing.T) {
+	w := newSSHWorld(t)
+	okID := strings.Repeat("ab", 32)
+	cases := map[string][]string{
+		"short id":           {"--repo", w.bare, "--id", "abcd", "--port", "4000"},
+		"non-hex id":         {"--repo", w.bare, "--id", strings.Repeat("zz", 32), "--port", "4000"},
+		"long id":            {"--repo", w.bare, "--id", okID + "ab", "--port", "4000"},
+		"port zero":          {"--repo", w.bare, "--id", okID, "--port", "0"},
+		"port too big":       {"--repo", w.bare, "--id", okID, "--port", "65536"},
+		"port not number":    {"--repo", w.bare, "--id", okID, "--port", "4k"},
+		"missing repo":       {"--repo", "nope.git", "--id", okID, "--port", "4000"},
+		"dot dot":            {"--repo", "../../etc", "--id", okID, "--port", "4000"},
+		"dot dot inside":     {"--repo", w.bare + "/../chat.git", "--id", okID, "--port", "4000"},
+		"absolute escape":    {"--repo", "/etc", "--id", okID, "--port", "4000"},
+		"not served":         {"--repo", w.home, "--id", okID, "--port", "4000"},
+		"bad reflexive":      {"--repo", w.bare, "--id", okID, "--port", "4000", "--reflexive", "nonsense"},
+		"client picks store": {"--repo", w.bare, "--id", okID, "--port", "4000", "--store", "/tmp"},
+		"unknown flag":       {"--repo", w.bare, "--id", okID, "--port", "4000", "--bogus"},
+		"stray argument":     {"--repo", w.bare, "--id", okID, "--port", "4000", "extra"},
+	}
+	names := make([]string, 0, len(cases))
+	for n := range cases {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	before := treeHash(t, w.store)
+	for _, name := range names {
+		args := append([]string{"-p", strconv.Itoa(w.port), "-o", "BatchMode=yes", "-i", filepath.Join(w.dir, "client"),
+			"-o", "UserKnownHostsFile=" + filepath.Join(w.dir, "known_hosts"), "-o", "IdentitiesOnly=yes",
+			w.user + "@127.0.0.1", "gcn-heartbeat"}, cases[name]...)
+		cmd := exec.Command("ssh", args...)
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		if err == nil {
+			t.Errorf("%s: accepted, replied %q", name, stdout.String())
+			continue
+		}
+		if lines := strings.Count(strings.TrimSpace(stderr.String()), "\n") + 1; lines != 1 || !strings.HasPrefix(stderr.String(), "gcn-heartbeat: ") {
+			t.Errorf("%s: want one 'gcn-heartbeat: ...' line, got %q", name, stderr.String())
+		}
+	}
+	if after := treeHash(t, w.store); after != before {
+		t.Fatal("a refused heartbeat changed the store")
+	}
+	// And a good one does register, so the refusals above were not all for
+	// some other reason.
+	out := run(t, "", "ssh", "-p", strconv.Itoa(w.port), "-o", "BatchMode=yes", "-i", filepath.Join(w.dir, "client"),
+		"-o", "UserKnownHostsFile="+filepath.Join(w.dir, "known_hosts"), "-o", "IdentitiesOnly=yes",
+		w.user+"@127.0.0.1", "gcn-heartbeat", "--repo", "chat.git", "--id", okID, "--port", "4000")
+	if !strings.HasPrefix(out, "gcn1 chat.git 127.0.0.1:") {
+		t.Fatalf("good heartbeat replied %q", out)
+	}
+}
+
+// treeHash hashes every file's path, mode and content below dir (sockets by name).
+func treeHash(t *testing.T, dir string) string {
+	h := sha256.New()
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, _ := d.Info()
+		fmt.Fprintf(h, "%s %v\n", p, info.Mode())
+		if d.Type().IsRegular() {
+			b, _ := os.ReadFile(p)
+			h.Write(b)
+		}
+		return nil
+	})
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+func mustRead(p string) string {
+	b, _ := os.ReadFile(p)
+	return string(b)
+}

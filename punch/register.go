@@ -1,0 +1,250 @@
+package punch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// Registration timing, with reasons.
+const (
+	// RenewEvery is how often a daemon renews its SSH registration: daily,
+	// well inside the server's 7-day lifetime, so a day or two of failures
+	// never lets it lapse.
+	RenewEvery = 24 * time.Hour
+	// firstSSHRetry and maxSSHRetry bound the backoff after a failed
+	// registration: quick enough to recover from a flaky network, slow
+	// enough not to hammer an sshd that refuses us.
+	firstSSHRetry = 30 * time.Second
+	maxSSHRetry   = time.Hour
+	// sshTimeout bounds one ssh run: connection, authentication, command.
+	sshTimeout = time.Minute
+)
+
+// Remote is the SSH side of a clone's origin URL.
+type Remote struct {
+	User, Host string
+	Port       string // "" : ssh's default
+	Path       string // as the server's git-shell sees it
+}
+
+// Target is "user@host" (or "host"), as ssh takes it.
+func (r Remote) Target() string {
+	if r.User == "" {
+		return r.Host
+	}
+	return r.User + "@" + r.Host
+}
+
+// String identifies the server for key pinning: "user@host:port".
+func (r Remote) String() string {
+	port := r.Port
+	if port == "" {
+		port = "22"
+	}
+	return r.Target() + ":" + port
+}
+
+// ErrNotSSH reports an origin URL that is not an SSH URL.
+var ErrNotSSH = errors.New("origin is not an SSH URL (user@host:path or ssh://user@host[:port]/path)")
+
+// ParseRemote reads "user@host:path" and "ssh://user@host[:port]/path".
+func ParseRemote(url string) (Remote, error) {
+	var r Remote
+	if rest, ok := strings.CutPrefix(url, "ssh://"); ok {
+		hostPart, path, ok := strings.Cut(rest, "/")
+		if !ok || path == "" {
+			return r, fmt.Errorf("%w: %q has no path", ErrNotSSH, url)
+		}
+		if u, h, ok := strings.Cut(hostPart, "@"); ok {
+			r.User, hostPart = u, h
+		}
+		if strings.HasPrefix(hostPart, "[") { // [v6]:port
+			end := strings.Index(hostPart, "]")
+			if end < 0 {
+				return r, fmt.Errorf("%w: %q", ErrNotSSH, url)
+			}
+			r.Host, hostPart = hostPart[1:end], hostPart[end+1:]
+			r.Port = strings.TrimPrefix(hostPart, ":")
+		} else if h, p, ok := strings.Cut(hostPart, ":"); ok {
+			r.Host, r.Port = h, p
+		} else {
+			r.Host = hostPart
+		}
+		// git: ssh://host/~/x is relative to the home directory.
+		if strings.HasPrefix(path, "~/") {
+			r.Path = path
+		} else {
+			r.Path = "/" + path
+		}
+	} else {
+		if strings.Contains(url, "://") {
+			return r, fmt.Errorf("%w: %q", ErrNotSSH, url)
+		}
+		colon := strings.Index(url, ":")
+		slash := strings.Index(url, "/")
+		if colon <= 0 || (slash >= 0 && slash < colon) {
+			return r, fmt.Errorf("%w: %q", ErrNotSSH, url)
+		}
+		hostPart := url[:colon]
+		r.Path = url[colon+1:]
+		if u, h, ok := strings.Cut(hostPart, "@"); ok {
+			r.User, hostPart = u, h
+		}
+		r.Host = strings.Trim(hostPart, "[]")
+	}
+	if r.Host == "" || r.Path == "" || strings.HasPrefix(r.Host, "-") {
+		return r, fmt.Errorf("%w: %q", ErrNotSSH, url)
+	}
+	if r.Port != "" {
+		if n, err := strconv.Atoi(r.Port); err != nil || n < 1 || n > 65535 {
+			return r, fmt.Errorf("%w: bad port in %q", ErrNotSSH, url)
+		}
+	}
+	// The path travels as one word through git-shell's command splitting.
+	if strings.ContainsAny(r.Path, " \t\n'\"\\") {
+		return r, fmt.Errorf("repository path %q has spaces or quotes, which registration does not support", r.Path)
+	}
+	return r, nil
+}
+
+func gitOut(ctx context.Context, clone string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", clone}, args...)...)
+	out, err := cmd.Output()
+	return strings.TrimSpace(string(out)), err
+}
+
+// SSHCommand is the ssh command git would use for the clone:
+// $GIT_SSH_COMMAND, then core.sshCommand, then plain ssh.
+func SSHCommand(ctx context.Context, clone string) string {
+	if c := os.Getenv("GIT_SSH_COMMAND"); c != "" {
+		return c
+	}
+	if c, err := gitOut(ctx, clone, "config", "--get", "core.sshCommand"); err == nil && c != "" {
+		return c
+	}
+	return "ssh"
+}
+
+// Register runs gcn-heartbeat on the clone's origin server over SSH, with
+// BatchMode so it never prompts, and returns the server's reply.
+func Register(ctx context.Context, clone string, id wire.Key, udpPort uint16, reflexive netip.AddrPort) (wire.HeartbeatReply, Remote, error) {
+	url, err := gitOut(ctx, clone, "config", "--get", "remote.origin.url")
+	if err != nil {
+		return wire.HeartbeatReply{}, Remote{}, fmt.Errorf("%s: no origin remote", clone)
+	}
+	rem, err := ParseRemote(url)
+	if err != nil {
+		return wire.HeartbeatReply{}, rem, err
+	}
+	refl := "-"
+	if reflexive.IsValid() {
+		refl = reflexive.String()
+	}
+	args := []string{"-o", "BatchMode=yes"}
+	if rem.Port != "" {
+		args = append(args, "-p", rem.Port)
+	}
+	args = append(args, rem.Target(), "gcn-heartbeat", "--repo", rem.Path, "--id", id.String(),
+		"--port", strconv.Itoa(int(udpPort)), "--reflexive", refl)
+	ctx, cancel := context.WithTimeout(ctx, sshTimeout)
+	defer cancel()
+	// As git does: the command is a shell snippet and our arguments follow
+	// it as "$@", never spliced into the text.
+	cmd := exec.CommandContext(ctx, "sh", "-c", SSHCommand(ctx, clone)+` "$@"`, "gcn-punch-ssh")
+	cmd.Args = append(cmd.Args, args...)
+	cmd.Dir = clone
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Stdin = nil
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(errb.String())
+		return wire.HeartbeatReply{}, rem, fmt.Errorf("ssh registration with %s failed (%v): %s%s", rem, err, msg, sshHint(msg))
+	}
+	reply, err := wire.ParseHeartbeatReply(out.String())
+	return reply, rem, err
+}
+
+// sshHint turns a known ssh or server error into advice.
+func sshHint(msg string) string {
+	switch {
+	case strings.Contains(msg, "Host key verification failed"), strings.Contains(msg, "No ED25519 host key is known"), strings.Contains(msg, "host key is known"):
+		return "\nhint: the server's host key is not in your known_hosts: run `ssh HOST` once by hand, check the fingerprint, and accept it (host key checking stays on)"
+	case strings.Contains(msg, "Permission denied"):
+		return "\nhint: the server refused your key: is it loaded (ssh-add -l)? A systemd user service needs `systemctl --user import-environment SSH_AUTH_SOCK`, or a key without a passphrase"
+	case strings.Contains(msg, "unrecognized command"), strings.Contains(msg, "gcn-heartbeat: not found"), strings.Contains(msg, "command not found"):
+		return "\nhint: the server has no gcn-heartbeat command: its admin runs `gcn-punch install server --repo PATH`"
+	case strings.Contains(msg, "not served here"):
+		return "\nhint: this repository is not set up for notifications: its admin runs `gcn-punch install server --repo PATH`"
+	case strings.Contains(msg, "Could not resolve"), strings.Contains(msg, "Connection refused"), strings.Contains(msg, "timed out"), strings.Contains(msg, "No route"):
+		return "\nhint: the server is not reachable over SSH right now; the daemon will retry"
+	}
+	return ""
+}
+
+// Registrar keeps one clone registered: it registers at start, pins the
+// server key, follows the repository, and renews daily.
+type Registrar struct {
+	Daemon *Daemon
+	Clone  string
+	Logger *slog.Logger
+	// Registered is called after each successful registration.
+	Registered func(repoID, clone string)
+}
+
+// Run registers until ctx ends. A changed server key stops it for good.
+func (r *Registrar) Run(ctx context.Context) {
+	log := r.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	retry := firstSSHRetry
+	var following wire.Key
+	for {
+		reflexive := netip.AddrPort{}
+		if !following.IsZero() {
+			reflexive = r.Daemon.Observed(following)
+		}
+		reply, rem, err := Register(ctx, r.Clone, r.Daemon.PublicKey(), r.Daemon.LocalPort(), reflexive)
+		if err == nil {
+			err = r.Daemon.Pin(rem.String(), reply.ServerKey)
+			if errors.Is(err, ErrServerKeyChanged) {
+				log.Error(err.Error(), "clone", r.Clone)
+				return
+			}
+		}
+		if err == nil {
+			err = r.Daemon.Follow(Server{Addr: reply.Addrs[0], Key: reply.ServerKey, Repos: []string{reply.RepoID}})
+		}
+		wait := RenewEvery
+		if err != nil {
+			log.Warn("registration failed; retrying", "clone", r.Clone, "in", retry, "err", err)
+			wait, retry = retry, min(2*retry, maxSSHRetry)
+		} else {
+			retry = firstSSHRetry
+			following = reply.ServerKey
+			log.Info("registered over SSH", "clone", r.Clone, "server", rem.String(), "repo", reply.RepoID,
+				"rendezvous", reply.Addrs[0], "expires", reply.Expiry.UTC().Format(time.RFC3339))
+			if r.Registered != nil {
+				r.Registered(reply.RepoID, r.Clone)
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,100 @@
+package punch
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+func TestParseRemote(t *testing.T) {
+	cases := map[string]Remote{
+		"git@example.invalid:chat.git":                {User: "git", Host: "example.invalid", Path: "chat.git"},
+		"example.invalid:team/chat.git":               {Host: "example.invalid", Path: "team/chat.git"},
+		"ssh://git@example.invalid/srv/chat.git":      {User: "git", Host: "example.invalid", Path: "/srv/chat.git"},
+		"ssh://git@example.invalid:2222/srv/chat.git": {User: "git", Host: "example.invalid", Port: "2222", Path: "/srv/chat.git"},
+		"ssh://example.invalid/~/chat.git":            {Host: "example.invalid", Path: "~/chat.git"},
+		"ssh://git@[2001:db8::1]:2222/chat.git":       {User: "git", Host: "2001:db8::1", Port: "2222", Path: "/chat.git"},
+	}
+	for url, want := range cases {
+		got, err := ParseRemote(url)
+		if err != nil || got != want {
+			t.Errorf("%s: got %+v %v, want %+v", url, got, err, want)
+		}
+	}
+	if r, _ := ParseRemote("ssh://git@example.invalid:2222/x"); r.String() != "git@example.invalid:2222" {
+		t.Errorf("pin name %q", r.String())
+	}
+	for _, bad := range []string{"https://example.invalid/chat.git", "/srv/git/chat.git", "./chat", "file:///x", "ssh://host", "-oProxyCommand=x:y", "ssh://h:99999/x", "h:path with space"} {
+		if _, err := ParseRemote(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestPinRefusesChangedKey(t *testing.T) {
+	conn, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	defer conn.Close()
+	dir := t.TempDir()
+	d, err := New(Config{Conn: conn, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, _, _ := wire.GenerateKey()
+	k2, _, _ := wire.GenerateKey()
+	if err := d.Pin("git@h:22", k1); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Pin("git@h:22", k1); err != nil {
+		t.Fatalf("same key refused: %v", err)
+	}
+	if err := d.Pin("git@h:22", k2); !errors.Is(err, ErrServerKeyChanged) {
+		t.Fatalf("changed key: got %v", err)
+	}
+	// The pin survives a restart.
+	d2, _ := New(Config{Conn: conn, StateDir: dir})
+	if err := d2.Pin("git@h:22", k2); !errors.Is(err, ErrServerKeyChanged) {
+		t.Fatalf("after restart: got %v", err)
+	}
+}
+
+func TestClientInstallIdempotentAndUninstall(t *testing.T) {
+	cfg := t.TempDir()
+	a, b := t.TempDir(), t.TempDir()
+	in := func(repo string) ClientInstall {
+		return ClientInstall{Repo: repo, Binary: "/usr/bin/gcn-punch", ConfigHome: cfg}
+	}
+	unit := filepath.Join(cfg, "systemd", "user", "gcn-punch.service")
+	if err := in(a).Install(); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := os.ReadFile(unit)
+	in(a).Install()
+	if again, _ := os.ReadFile(unit); string(again) != string(first) {
+		t.Fatal("second install changed the unit")
+	}
+	in(b).Install()
+	text, _ := os.ReadFile(unit)
+	if !strings.Contains(string(text), `--repo "`+a+`" --repo "`+b+`"`) {
+		t.Fatalf("unit does not follow both clones:\n%s", text)
+	}
+	in(a).Uninstall()
+	text, _ = os.ReadFile(unit)
+	if strings.Contains(string(text), `"`+a+`"`) || !strings.Contains(string(text), `"`+b+`"`) {
+		t.Fatalf("after removing a:\n%s", text)
+	}
+	in(b).Uninstall()
+	if _, err := os.Stat(unit); err == nil {
+		t.Fatal("unit left after the last clone was removed")
+	}
+	// A unit that is not ours is never touched.
+	os.MkdirAll(filepath.Dir(unit), 0o755)
+	os.WriteFile(unit, []byte("[Service]\n"), 0o644)
+	if err := in(a).Install(); err == nil {
+		t.Fatal("overwrote a foreign unit")
+	}
+}

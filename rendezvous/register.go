@@ -1,0 +1,210 @@
+package rendezvous
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// RegistrationLifetime is how long an SSH registration authorises a key.
+// Daemons renew once a day, so a machine that is off for up to a week keeps
+// its place; one gone longer must reach SSH again, which proves it still
+// has access to the repository.
+const RegistrationLifetime = 7 * 24 * time.Hour
+
+// ErrHeartbeat prefixes every refusal of gcn-heartbeat.
+var ErrHeartbeat = errors.New("gcn-heartbeat")
+
+// HeartbeatRequest is what a daemon sends over SSH.
+type HeartbeatRequest struct {
+	RepoPath  string // as in the clone's URL: "chat.git", "~/chat.git", "/srv/git/chat.git"
+	ID        string // 64 hex characters: the client's public key
+	Port      string // the daemon's local UDP port, 1..65535
+	Reflexive string // the daemon's public address as STUN saw it, or "" / "-"
+}
+
+// Heartbeat registers a client for a repository it reached over SSH. It
+// validates everything before it writes anything: on any error the store is
+// unchanged. sshConnection is $SSH_CONNECTION ("cip cport sip sport"), home
+// the git user's home directory.
+func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string, now time.Time) (wire.HeartbeatReply, error) {
+	var reply wire.HeartbeatReply
+	fail := func(format string, a ...any) (wire.HeartbeatReply, error) {
+		return reply, fmt.Errorf("%w: "+format, append([]any{ErrHeartbeat}, a...)...)
+	}
+	id, err := wire.ParseKey(req.ID)
+	if err != nil || len(req.ID) != 64 {
+		return fail("client id must be 64 hex characters")
+	}
+	port, err := strconv.ParseUint(req.Port, 10, 16)
+	if err != nil || port == 0 || strings.TrimLeft(req.Port, "0123456789") != "" {
+		return fail("UDP port must be a number from 1 to 65535, got %q", req.Port)
+	}
+	var reflexive netip.AddrPort
+	if req.Reflexive != "" && req.Reflexive != "-" {
+		if reflexive, err = netip.ParseAddrPort(req.Reflexive); err != nil || reflexive.Port() == 0 {
+			return fail("reflexive address must be IP:PORT or -, got %q", req.Reflexive)
+		}
+	}
+	sc := strings.Fields(sshConnection)
+	if len(sc) != 4 {
+		return fail("SSH_CONNECTION is not set: run me through ssh")
+	}
+	clientIP, err1 := netip.ParseAddr(sc[0])
+	serverIP, err2 := netip.ParseAddr(sc[2])
+	if err1 != nil || err2 != nil {
+		return fail("SSH_CONNECTION %q is malformed", sshConnection)
+	}
+	repoID, err := ServedRepo(st, req.RepoPath, home)
+	if err != nil {
+		return fail("%v", err)
+	}
+	addrs, err := advertised(st, serverIP.Unmap())
+	if err != nil {
+		return fail("%v", err)
+	}
+	pub, err := serverPublicKey(st)
+	if err != nil {
+		return fail("%v", err)
+	}
+	// The UDP port the rendezvous should use: the NAT's mapping (the
+	// reflexive port) when STUN saw the same public IP SSH sees, else the
+	// daemon's own port (no NAT, or nothing known yet). Keepalives correct
+	// it either way, since only they are authenticated end to end.
+	udpPort := uint16(port)
+	if reflexive.IsValid() && reflexive.Addr().Unmap() == clientIP.Unmap() {
+		udpPort = reflexive.Port()
+	}
+	expiry := now.Add(RegistrationLifetime)
+	if err := st.Authorise(repoID, id, expiry); err != nil {
+		return fail("%v", err)
+	}
+	if err := st.WriteClient(store.ClientRecord{ID: id, Heartbeat: now, Addr: netip.AddrPortFrom(clientIP.Unmap(), udpPort)}); err != nil {
+		return fail("%v", err)
+	}
+	return wire.HeartbeatReply{RepoID: repoID, Addrs: addrs, ServerKey: pub, Expiry: expiry}, nil
+}
+
+// ServedRepo maps a repository path as a client's URL names it to the id of
+// a repository this store serves (one that `gcn-punch install server`
+// recorded). It refuses "..", and anything not served.
+func ServedRepo(st *store.Store, path, home string) (string, error) {
+	if path == "" || len(path) > 4096 || strings.ContainsAny(path, "\x00\n") {
+		return "", fmt.Errorf("repository path is empty, too long or has control characters")
+	}
+	for _, seg := range strings.Split(path, "/") {
+		if seg == ".." {
+			return "", fmt.Errorf("repository path %q contains '..'", path)
+		}
+	}
+	if rest, ok := strings.CutPrefix(path, "~/"); ok {
+		path = rest
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(home, path)
+	}
+	served, err := Served(st)
+	if err != nil {
+		return "", err
+	}
+	for _, cand := range []string{path, path + ".git", filepath.Join(path, ".git")} {
+		real, err := filepath.EvalSymlinks(filepath.Clean(cand))
+		if err != nil {
+			continue
+		}
+		for id, p := range served {
+			if p == real {
+				return id, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("repository %q is not served here", path)
+}
+
+func servedDir(st *store.Store) string { return filepath.Join(st.Dir, "served") }
+
+// Served returns the repositories this store serves: id → real path.
+func Served(st *store.Store) (map[string]string, error) {
+	ents, err := os.ReadDir(servedDir(st))
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]string{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(servedDir(st), e.Name()))
+		if err != nil {
+			continue
+		}
+		id := strings.ReplaceAll(e.Name(), "%", "/")
+		if wire.ValidRepoID(id) == nil {
+			m[id] = strings.TrimSuffix(string(b), "\n")
+		}
+	}
+	return m, nil
+}
+
+// Serve records that this store serves the repository at path under id:
+// STORE/served/<id> holds the repository's real path and a newline.
+func Serve(st *store.Store, id, path string) error {
+	if err := wire.ValidRepoID(id); err != nil {
+		return err
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return err
+	}
+	real, err = filepath.Abs(real)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(servedDir(st), 0o750); err != nil {
+		return err
+	}
+	return store.WriteFileAtomic(filepath.Join(servedDir(st), strings.ReplaceAll(id, "/", "%")), []byte(real+"\n"), 0o640)
+}
+
+// Unserve removes a repository from the served list.
+func Unserve(st *store.Store, id string) error {
+	err := os.Remove(filepath.Join(servedDir(st), strings.ReplaceAll(id, "/", "%")))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// advertised is the rendezvous address clients should use: the bound
+// address, with an unspecified host replaced by the address the client
+// reached SSH on (the same machine).
+func advertised(st *store.Store, sshServerIP netip.Addr) ([]netip.AddrPort, error) {
+	b, err := os.ReadFile(st.AddrPath())
+	if err != nil {
+		return nil, fmt.Errorf("the rendezvous has never started on this store (no %s)", st.AddrPath())
+	}
+	ap, err := netip.ParseAddrPort(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", st.AddrPath(), err)
+	}
+	if ap.Addr().IsUnspecified() {
+		ap = netip.AddrPortFrom(sshServerIP, ap.Port())
+	}
+	return []netip.AddrPort{ap}, nil
+}
+
+func serverPublicKey(st *store.Store) (wire.Key, error) {
+	b, err := os.ReadFile(filepath.Join(st.Dir, "server.pub"))
+	if err != nil {
+		return wire.Key{}, fmt.Errorf("no server key yet: start the rendezvous once")
+	}
+	return wire.ParseKey(string(b))
+}
