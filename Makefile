@@ -3,7 +3,9 @@ GO      ?= go
 BIN     := bin/gcn-punch
 GOFLAGS ?=
 
-.PHONY: all build demo test test-short race fuzz bench netns-test vet clean
+.PHONY: all build demo test test-short race fuzz bench netns-test vet clean deb
+
+VERSION ?= 0.1.0
 
 all: build
 
@@ -35,5 +37,9 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+# Debian package (binary, units, docs, man page), checked with dpkg-deb and lintian.
+deb:
+	./scripts/deb.sh $(VERSION)
+
 clean:
-	rm -rf bin
+	rm -rf bin dist
