@@ -343,3 +343,45 @@ func mustRead(p string) string {
 	b, _ := os.ReadFile(p)
 	return string(b)
 }
+
+// One daemon, one UDP socket, two clones of two repositories: both
+// register, and each push fast-forwards its own clone.
+func TestSSHOneDaemonFollowsTwoClones(t *testing.T) {
+	w := newSSHWorld(t)
+	notes := filepath.Join(w.home, "notes.git")
+	w.asUser("git", "init", "-q", "--bare", "-b", "main", notes)
+	run(t, "", w.bin, "install", "server", "--repo", notes, "--user", w.user, "--store", w.store,
+		"--binary", w.bin, "--unit", filepath.Join(w.dir, "rendezvous.service"))
+	// chat over ssh://…:PORT/abs/path; notes scp-like (home-relative), the
+	// port in core.sshCommand as users of ~/.ssh/config-less setups do.
+	notesSSH := w.sshCommand + " -p " + strconv.Itoa(w.port)
+	clone := func(url, sshCmd, name string) string {
+		dst := filepath.Join(w.dir, name)
+		run(t, "", "git", "-c", "core.sshCommand="+sshCmd, "clone", "-q", url, dst)
+		run(t, dst, "git", "config", "core.sshCommand", sshCmd)
+		return dst
+	}
+	notesURL := fmt.Sprintf("%s@127.0.0.1:notes.git", w.user)
+	chatPusher, notesPusher := clone(w.url(), w.sshCommand, "chat-pusher"), clone(notesURL, notesSSH, "notes-pusher")
+	for _, p := range []string{chatPusher, notesPusher} {
+		run(t, p, "git", "checkout", "-q", "-B", "main")
+	}
+	w.push(chatPusher, "c1")
+	w.push(notesPusher, "n1")
+	chat, notesClone := clone(w.url(), w.sshCommand, "chat"), clone(notesURL, notesSSH, "notes")
+	xdg := filepath.Join(w.dir, "home", "state")
+	d := start(t, filepath.Join(w.dir, "daemon.log"), []string{"XDG_STATE_HOME=" + xdg, "HOME=" + filepath.Dir(xdg)},
+		"daemon", "--repo", chat, "--repo", notesClone, "--no-desktop")
+	if !poll(20*time.Second, func() bool { return strings.Count(d.logText(), "registered over SSH") == 2 }) {
+		t.Fatalf("both clones did not register:\n%s", d.logText())
+	}
+	time.Sleep(500 * time.Millisecond) // let the merged keepalive give both positions
+	wantChat, wantNotes := w.push(chatPusher, "c2"), w.push(notesPusher, "n2")
+	at := func(dir string) string { return strings.TrimSpace(run(t, dir, "git", "rev-parse", "HEAD")) }
+	if !poll(20*time.Second, func() bool { return at(chat) == wantChat && at(notesClone) == wantNotes }) {
+		t.Fatalf("chat at %s (want %s), notes at %s (want %s)\n%s", at(chat), wantChat, at(notesClone), wantNotes, d.logText())
+	}
+	if n := strings.Count(d.logText(), "daemon up"); n != 1 {
+		t.Fatalf("%d daemons started", n)
+	}
+}
