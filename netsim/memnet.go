@@ -64,6 +64,30 @@ type MemConn struct {
 	mu       sync.Mutex
 	deadline time.Time
 	wake     chan struct{}
+	// lifetime, when set, makes the conn behave as if behind a NAT whose
+	// mappings expire: a datagram from a peer gets through only if this
+	// conn sent to that peer within the lifetime.
+	lifetime time.Duration
+	sentTo   map[netip.AddrPort]time.Time
+}
+
+// SetMappingLifetime puts the conn behind a NAT whose idle mappings expire
+// after d (0: never).
+func (c *MemConn) SetMappingLifetime(d time.Duration) {
+	c.mu.Lock()
+	c.lifetime = d
+	c.mu.Unlock()
+}
+
+// open reports whether a datagram from peer may reach c now.
+func (c *MemConn) open(peer netip.AddrPort, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lifetime == 0 {
+		return true
+	}
+	last, ok := c.sentTo[peer]
+	return ok && now.Sub(last) <= c.lifetime
 }
 
 // ReadFrom implements net.PacketConn.
@@ -108,11 +132,18 @@ func (c *MemConn) WriteTo(b []byte, to net.Addr) (int, error) {
 		return 0, err
 	}
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	now := time.Now()
+	c.mu.Lock()
+	if c.sentTo == nil {
+		c.sentTo = make(map[netip.AddrPort]time.Time)
+	}
+	c.sentTo[ap] = now
+	c.mu.Unlock()
 	n := c.net
 	n.mu.Lock()
 	dst := n.conns[ap]
 	lost := n.LossPercent > 0 && n.rng.IntN(100) < n.LossPercent
-	if lost || dst == nil {
+	if lost || dst == nil || !dst.open(c.addr, now) {
 		n.Dropped++
 		n.mu.Unlock()
 		return len(b), nil

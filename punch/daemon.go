@@ -45,10 +45,12 @@ type Server struct {
 
 // Config is what a Daemon needs. Conn is the seam in front of the network.
 type Config struct {
-	Conn      net.PacketConn
-	Servers   []Server
-	StateDir  string
-	Keepalive time.Duration
+	Conn     net.PacketConn
+	Servers  []Server
+	StateDir string
+	// FixedKeepalive fixes the keepalive interval; zero learns it from the
+	// NAT's mapping lifetime, starting at DefaultKeepalive.
+	FixedKeepalive time.Duration
 	// Handle runs the user's actions for one event. It is called from one
 	// goroutine, in order; an event stays pending until it returns.
 	Handle func(context.Context, Event)
@@ -85,15 +87,19 @@ type Daemon struct {
 }
 
 type peer struct {
-	key      wire.Key
-	srv      atomic.Pointer[Server] // replaced whole by Follow
-	shared   [32]byte
-	pong     chan struct{} // the last keepalive was answered
-	ping     chan struct{} // the server asked for a keepalive now
-	mu       sync.Mutex
-	counter  uint64
-	sentFor  []string // the repositories of the last keepalive, in order
-	lastSent time.Time
+	key     wire.Key
+	srv     atomic.Pointer[Server] // replaced whole by Follow
+	shared  [32]byte
+	pong    chan struct{} // the last keepalive was answered
+	ping    chan struct{} // the server asked for a keepalive now
+	probeOK chan struct{} // the probe ping arrived: the mapping survived
+	// probeCounter is the counter of the keepalive whose probe is pending.
+	probeCounter uint64
+	interval     time.Duration
+	mu           sync.Mutex
+	counter      uint64
+	sentFor      []string // the repositories of the last keepalive, in order
+	lastSent     time.Time
 	// lastPinged is when a ping last made us send a keepalive.
 	lastPinged time.Time
 	denied     bool
@@ -108,9 +114,6 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.Keepalive <= 0 {
-		cfg.Keepalive = DefaultKeepalive
 	}
 	if cfg.Handle == nil {
 		cfg.Handle = func(context.Context, Event) {}
@@ -172,7 +175,7 @@ func (d *Daemon) Follow(s Server) error {
 		kick(p.ping)
 		return nil
 	}
-	p := &peer{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1),
+	p := &peer{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1), probeOK: make(chan struct{}, 1),
 		held: map[string]map[uint64]*wire.Notify{}}
 	cp := s
 	cp.Repos = append([]string(nil), s.Repos...)
@@ -260,31 +263,102 @@ func (d *Daemon) learnReflexive(ctx context.Context, p *peer) {
 }
 
 // keepaliveLoop keeps the NAT mapping open and reports the daemon's position.
-// An unanswered keepalive is repeated after 1 s, 2 s, 4 s ... up to the interval.
+// An unanswered keepalive is repeated after 1 s, 2 s, 4 s ... up to the
+// interval. Unless the user fixed the interval, it also learns the NAT's
+// mapping lifetime (see lifetime.go) and adapts the interval to it.
 func (d *Daemon) keepaliveLoop(ctx context.Context, p *peer) {
 	retry := firstRetry
+	search := newLifetimeSearch(d.cfg.FixedKeepalive)
 	for {
-		d.sendKeepalive(p)
+		probe := search.nextProbe()
+		d.sendKeepalive(p, probe)
 		if !sleepUntil(ctx, p.pong, retry) {
 			if ctx.Err() != nil {
 				return
 			}
-			retry = min(2*retry, d.cfg.Keepalive)
+			retry = min(2*retry, search.interval())
 			continue
 		}
 		retry = firstRetry
-		wait := d.cfg.Keepalive
 		p.mu.Lock()
-		if p.denied {
-			wait = DeniedRetry
-		}
+		denied := p.denied
 		p.mu.Unlock()
-		// Sleep until the next keepalive is due, or a ping asks for one now.
-		sleepUntil(ctx, p.ping, wait)
+		if denied {
+			sleepUntil(ctx, p.ping, DeniedRetry)
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		if probe > 0 {
+			survived, conclusive := d.awaitProbe(ctx, p, probe)
+			if ctx.Err() != nil {
+				return
+			}
+			if conclusive {
+				if !survived {
+					d.log.Info("NAT mapping did not survive the idle time: shorter keepalives", "server", p.server().Addr, "idle", probe)
+				}
+				if search.record(probe, survived) {
+					d.log.Info("keepalive interval chosen", "server", p.server().Addr, "interval", search.interval(),
+						"survived_idle", search.lo, "failed_idle", search.hi)
+				}
+			}
+			d.setInterval(p, search.interval())
+			continue // a keepalive now: after a failure it re-opens the mapping
+		}
+		d.setInterval(p, search.interval())
+		sleepUntil(ctx, p.ping, search.interval())
 		if ctx.Err() != nil {
 			return
 		}
 	}
+}
+
+// awaitProbe waits, silent, for the probe ping. It reports whether the
+// mapping survived, and whether the answer counts (a restart ping or the
+// daemon's own traffic cut it short).
+func (d *Daemon) awaitProbe(ctx context.Context, p *peer, x time.Duration) (survived, conclusive bool) {
+	for {
+		p.mu.Lock()
+		deadline := p.lastSent.Add(x + probeGrace)
+		p.mu.Unlock()
+		wait := deadline.Sub(d.now())
+		if wait <= 0 {
+			return false, true
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, false
+		case <-p.probeOK:
+			t.Stop()
+			return true, true
+		case <-p.ping:
+			t.Stop()
+			return false, false // the server wants a keepalive now
+		case <-t.C:
+			// Loop: an ack sent meanwhile moved lastSent and the deadline.
+		}
+	}
+}
+
+func (d *Daemon) setInterval(p *peer, iv time.Duration) {
+	p.mu.Lock()
+	p.interval = iv
+	p.mu.Unlock()
+}
+
+// Interval is the keepalive interval in use for a server.
+func (d *Daemon) Interval(server wire.Key) time.Duration {
+	p := d.peer(server)
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.interval
 }
 
 // sleepUntil waits for dur, for a signal on c, or for ctx to end; it reports
@@ -302,7 +376,7 @@ func sleepUntil(ctx context.Context, c <-chan struct{}, dur time.Duration) bool 
 	}
 }
 
-func (d *Daemon) sendKeepalive(p *peer) {
+func (d *Daemon) sendKeepalive(p *peer, probe time.Duration) {
 	srv := p.server()
 	d.mu.Lock()
 	subs := make([]wire.Sub, 0, len(srv.Repos))
@@ -318,7 +392,11 @@ func (d *Daemon) sendKeepalive(p *peer) {
 	p.counter = max(p.counter+1, uint64(now.UnixNano()))
 	p.lastSent = now
 	p.sentFor = srv.Repos
-	m := &wire.Keepalive{Counter: p.counter, Subs: subs}
+	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs}
+	p.probeCounter = 0
+	if probe > 0 {
+		p.probeCounter = p.counter
+	}
 	p.mu.Unlock()
 	d.send(p, m)
 }
@@ -329,6 +407,11 @@ func (d *Daemon) send(p *peer, m wire.Message) {
 		d.log.Error("cannot seal", "err", err)
 		return
 	}
+	// Every datagram refreshes the NAT mapping: a probe's silence counts
+	// from the last one.
+	p.mu.Lock()
+	p.lastSent = d.now()
+	p.mu.Unlock()
 	addr := p.server().Addr
 	if _, err := d.cfg.Conn.WriteTo(b, net.UDPAddrFromAddrPort(addr)); err != nil {
 		d.log.Debug("send failed", "server", addr, "err", err)
@@ -408,6 +491,12 @@ func (d *Daemon) handleGCN(b []byte, from net.Addr) {
 	case *wire.Ping:
 		d.count(func(s *Stats) { s.Pings++ })
 		p.mu.Lock()
+		if p.probeCounter != 0 && m.Counter == p.probeCounter {
+			p.probeCounter = 0
+			p.mu.Unlock()
+			kick(p.probeOK)
+			return
+		}
 		now := d.now()
 		due := now.Sub(p.lastPinged) >= minPingGap
 		if due {

@@ -44,6 +44,10 @@ func (r *recorder) snapshot() []uint64 {
 }
 
 type lab struct {
+	lifetimes []struct {
+		addr string
+		d    time.Duration
+	}
 	net   *netsim.MemNet
 	store *store.Store
 	srv   *rendezvous.Server
@@ -77,11 +81,25 @@ func (l *lab) daemon(t *testing.T, addr string, rec *recorder) *punch.Daemon {
 	return d
 }
 
+// natDaemon is a daemon behind a NAT whose mappings expire after lifetime.
+func (l *lab) natDaemon(t *testing.T, addr string, lifetime time.Duration, rec *recorder) *punch.Daemon {
+	l.lifetimes = append(l.lifetimes, struct {
+		addr string
+		d    time.Duration
+	}{addr, lifetime})
+	return l.daemon(t, addr, rec)
+}
+
 // daemonIn starts a daemon with a given state directory; stop ends it.
 func (l *lab) daemonIn(t *testing.T, addr, stateDir string, rec *recorder) (d *punch.Daemon, stop func()) {
 	conn, err := l.net.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, lt := range l.lifetimes {
+		if lt.addr == addr {
+			conn.SetMappingLifetime(lt.d)
+		}
 	}
 	d, err = punch.New(punch.Config{
 		Conn:     conn,
@@ -262,4 +280,45 @@ func TestFallingBehindRetentionGivesResync(t *testing.T) {
 			t.Fatalf("events %v, want [1 2 23]", got)
 		}
 	})
+}
+
+// Behind a NAT that forgets idle mappings after 15 s, the daemon finds that
+// out by itself and keeps its keepalive just under it; after 45 s idle, a
+// push still arrives at once. Behind one that never forgets, it climbs to
+// the 120 s cap. Fake time.
+func TestKeepaliveAdaptsToMappingLifetime(t *testing.T) {
+	for _, tc := range []struct {
+		lifetime time.Duration
+		min, max time.Duration
+	}{
+		{15 * time.Second, 10 * time.Second, 15 * time.Second},
+		{0, 100 * time.Second, punch.MaxKeepalive},
+	} {
+		t.Run(fmt.Sprint(tc.lifetime), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l := newLab(t, 0, true)
+				var a recorder
+				d := l.natDaemon(t, "198.19.1.2:40000", tc.lifetime, &a)
+				key := l.srv.PublicKey()
+				waitFor(30*time.Minute, func() bool {
+					iv := d.Interval(key)
+					return iv > 0 && iv != punch.DefaultKeepalive && l.srv.Stats().Probes > 3
+				})
+				time.Sleep(10 * time.Minute) // let the search finish
+				iv := d.Interval(key)
+				t.Logf("mapping lifetime %v: keepalive chosen %v after %d probes", tc.lifetime, iv, l.srv.Stats().Probes)
+				if iv < tc.min || iv > tc.max {
+					t.Fatalf("keepalive %v, want within [%v, %v]", iv, tc.min, tc.max)
+				}
+				time.Sleep(45 * time.Second) // idle
+				start := time.Now()
+				l.push(t, 1)
+				waitFor(time.Minute, func() bool { return len(a.snapshot()) == 1 })
+				if took := time.Since(start); took > time.Second {
+					t.Fatalf("push after 45 s idle took %v", took)
+				}
+				synctest.Wait()
+			})
+		})
+	}
 }

@@ -36,6 +36,9 @@ const (
 	// 170 small writes a second, often enough for `status` to be useful.
 	// An address change is written at once.
 	RecordRefresh = 10 * time.Minute
+	// MaxProbe bounds a lifetime probe a client may ask for: a little above
+	// the longest keepalive interval a daemon uses (120 s).
+	MaxProbe = 150 * time.Second
 	// tick drives retransmissions; 10 ms is fine-grained next to InitialRTO.
 	tick = 10 * time.Millisecond
 	// Window is how many events may be in flight to one client: enough to
@@ -62,7 +65,7 @@ type Config struct {
 type Stats struct {
 	STUN, STUNLimited                       uint64
 	Keepalives, Acks, Notifies, Retransmits uint64
-	Resyncs, Pings                          uint64
+	Resyncs, Pings, Probes                  uint64
 	Malformed, Forged, Replayed, Unexpected uint64
 	Denied, Limited, Amplification          uint64
 	Rebinds                                 uint64
@@ -81,6 +84,7 @@ type Server struct {
 	clients  map[wire.Key]*client
 	repos    map[string]*repo
 	pending  map[*sub]struct{}
+	probes   map[*client]struct{}
 	stunRL   *rateLimiter
 	unkRL    *rateLimiter
 	stats    Stats
@@ -98,6 +102,10 @@ type client struct {
 	counter  uint64
 	written  time.Time // when its record was last written
 	subs     map[string]*sub
+	// A pending lifetime probe: ping with probeCounter once the client has
+	// been silent for probeAfter.
+	probeAfter   time.Duration
+	probeCounter uint64
 }
 
 type sub struct {
@@ -137,6 +145,7 @@ func New(cfg Config) (*Server, error) {
 		clients: make(map[wire.Key]*client),
 		repos:   make(map[string]*repo),
 		pending: make(map[*sub]struct{}),
+		probes:  make(map[*client]struct{}),
 		stunRL:  newRateLimiter(stunRate, stunBurst),
 		unkRL:   newRateLimiter(unknownRate, unknownBurst),
 	}
@@ -332,6 +341,13 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 	}
 	c.counter = m.Counter
 	c.lastSeen = now
+	if m.ProbeMillis > 0 {
+		c.probeAfter = min(time.Duration(m.ProbeMillis)*time.Millisecond, MaxProbe)
+		c.probeCounter = m.Counter
+		s.probes[c] = struct{}{}
+	} else {
+		delete(s.probes, c)
+	}
 	for i, sb := range m.Subs {
 		if statuses[i].Status != wire.StatusOK {
 			continue
@@ -437,6 +453,16 @@ func (s *Server) sendDue() {
 			continue
 		}
 		out = s.appendDue(out, su, now)
+	}
+	for c := range s.probes {
+		if now.Sub(c.lastSeen) < c.probeAfter {
+			continue
+		}
+		delete(s.probes, c)
+		if b, err := wire.Seal(nil, &wire.Ping{Counter: c.probeCounter}, s.pub, &c.shared); err == nil {
+			out = append(out, outgoing{c.conn, c.addr, b})
+			s.stats.Probes++
+		}
 	}
 	s.mu.Unlock()
 	for _, o := range out {

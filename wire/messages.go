@@ -21,7 +21,8 @@ type Sub struct {
 //	offset  size  field
 //	0       1     type 0x01
 //	1       8     counter: strictly increasing per client key; replays are dropped
-//	9       1     number of subscriptions, 1..16
+//	9       4     probe, milliseconds: 0, or "ping me after this long without a packet from me"
+//	13      1     number of subscriptions, 1..16
 //	then, per subscription:
 //	        1     repository id length L, 1..100
 //	        L     repository id
@@ -33,7 +34,12 @@ type Sub struct {
 // rendezvous cannot be used to amplify traffic.
 type Keepalive struct {
 	Counter uint64
-	Subs    []Sub
+	// ProbeMillis asks the rendezvous to send a Ping (with this keepalive's
+	// counter) once the client has been silent this long: if it arrives, the
+	// NAT mapping survives that much idle time. The daemon learns its NAT's
+	// mapping lifetime this way.
+	ProbeMillis uint32
+	Subs        []Sub
 }
 
 // AppendPlaintext implements Message.
@@ -41,6 +47,7 @@ func (m *Keepalive) AppendPlaintext(b []byte) []byte {
 	start := len(b)
 	b = append(b, byte(TypeKeepalive))
 	b = binary.BigEndian.AppendUint64(b, m.Counter)
+	b = binary.BigEndian.AppendUint32(b, m.ProbeMillis)
 	b = append(b, byte(len(m.Subs)))
 	for _, s := range m.Subs {
 		b = appendRepoID(b, s.RepoID)
@@ -58,7 +65,7 @@ func (m *Keepalive) AppendPlaintext(b []byte) []byte {
 }
 
 func parseKeepalive(r *reader) *Keepalive {
-	m := &Keepalive{Counter: r.u64()}
+	m := &Keepalive{Counter: r.u64(), ProbeMillis: r.u32()}
 	n := int(r.u8())
 	if r.err == nil && (n == 0 || n > MaxSubs) {
 		r.fail(fmt.Errorf("%w: keepalive with %d subscriptions", ErrField, n))
@@ -309,11 +316,12 @@ func parseResync(r *reader) *Resync {
 }
 
 // Ping asks a client to send a keepalive now: the rendezvous sends it after a
-// restart, so that clients report their position without waiting.
+// restart, so that clients report their position without waiting. It also
+// answers a keepalive's probe request, carrying that keepalive's counter.
 //
 //	offset  size  field
 //	0       1     type 0x06
-//	1       8     counter
+//	1       8     counter (a probe's: the counter of the keepalive that asked)
 type Ping struct {
 	Counter uint64
 }

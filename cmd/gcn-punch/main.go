@@ -239,7 +239,7 @@ func runDaemon(ctx context.Context, args []string) error {
 	stateDir := fs.String("state", defaultStateDir(), "state directory (client key, positions)")
 	clones := fs.StringArray("repo", nil, "clone to fast-forward on each push (repeatable)")
 	program := fs.String("exec", "", "program to run on each notification, with GCN_* variables (no shell)")
-	keepalive := fs.Duration("keepalive", punch.DefaultKeepalive, "keepalive interval")
+	keepalive := fs.Duration("keepalive", punch.DefaultKeepalive, "fixed keepalive interval (default: learned from the NAT's mapping lifetime, starting at 25s)")
 	listen := fs.String("listen", ":0", "local UDP address")
 	noDesktop := fs.Bool("no-desktop", false, "no desktop notifications even when a session bus exists")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
@@ -292,8 +292,12 @@ func runDaemon(ctx context.Context, args []string) error {
 		runner.Desktop = &action.Desktop{}
 		defer runner.Desktop.Close()
 	}
+	fixed := time.Duration(0)
+	if fs.Changed("keepalive") {
+		fixed = *keepalive
+	}
 	d, err := punch.New(punch.Config{Conn: conn, Servers: servers, StateDir: *stateDir,
-		Keepalive: *keepalive, Handle: runner.Handle, Logger: log})
+		FixedKeepalive: fixed, Handle: runner.Handle, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,446 @@
+package netsim
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Kind is a NAT's behaviour in RFC 4787 terms.
+type Kind string
+
+// NAT kinds.
+const (
+	FullCone          Kind = "full-cone"          // EIM / EIF
+	AddressRestricted Kind = "address-restricted" // EIM / ADF
+	PortRestricted    Kind = "port-restricted"    // EIM / APDF (Linux masquerade)
+	Symmetric         Kind = "symmetric"          // APDM / APDF
+)
+
+// Kinds lists every NAT kind, most open first.
+var Kinds = []Kind{FullCone, AddressRestricted, PortRestricted, Symmetric}
+
+// Mapping and Filtering name a kind's behaviour as RFC 4787 (and `gcn-punch
+// probe`) says it.
+func (k Kind) Mapping() string {
+	if k == Symmetric {
+		return "address-and-port-dependent"
+	}
+	return "endpoint-independent"
+}
+
+// Filtering names the kind's filtering behaviour.
+func (k Kind) Filtering() string {
+	switch k {
+	case FullCone:
+		return "endpoint-independent"
+	case AddressRestricted:
+		return "address-dependent"
+	}
+	return "address-and-port-dependent"
+}
+
+// RouterSpec describes one home router and the clients behind it.
+type RouterSpec struct {
+	Kind    Kind
+	Clients int // at least 1; full cone and address-restricted forward to one client
+	// UDPTimeout sets the router's conntrack UDP timeouts (both the
+	// unreplied and the stream one); zero keeps Linux's 30 s / 120 s.
+	UDPTimeout  time.Duration
+	LossPercent int  // random UDP loss in the router's forward path, both ways
+	CGNAT       bool // a carrier NAT (port-restricted) between this router and the WAN
+	BlockUDP    bool // the router drops all forwarded UDP
+}
+
+// Address plan: only 198.18.0.0/15 (RFC 2544, for benchmark tests).
+var (
+	ServerAddr    = netip.MustParseAddr("198.18.0.1")
+	ServerAltAddr = netip.MustParseAddr("198.18.0.2")
+)
+
+// Lab is a running topology: a server with two addresses on a WAN, and home
+// routers with clients behind them, each in its own network namespace.
+type Lab struct {
+	Prefix  string
+	Server  *Host
+	Routers []*Router
+	wan     string
+	nsList  []string
+	closed  sync.Once
+}
+
+// Host is one namespace that runs programs.
+type Host struct {
+	NS   string
+	Addr netip.Addr
+}
+
+// Router is a home router namespace.
+type Router struct {
+	Host    // NS, and its WAN address
+	Spec    RouterSpec
+	LANNet  string // e.g. 198.19.1.0/24
+	Clients []*Host
+	CGN     *Host // the carrier NAT, when Spec.CGNAT
+	lab     *Lab
+	mu      sync.Mutex
+	rebound bool
+}
+
+// Available reports why netns labs cannot run here, or nil.
+func Available() error {
+	if os.Geteuid() != 0 {
+		return errors.New("network namespaces need root")
+	}
+	for _, p := range []string{"ip", "nft", "conntrack", "sysctl"} {
+		if _, err := exec.LookPath(p); err != nil {
+			return fmt.Errorf("%s is not installed (apt-get install iproute2 nftables conntrack procps)", p)
+		}
+	}
+	return nil
+}
+
+func sh(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func inNS(ns string, name string, args ...string) error {
+	return sh("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+}
+
+// Command returns a command that runs name in the host's namespace.
+func (h *Host) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
+}
+
+// CleanStale deletes namespaces left by earlier runs whose process is gone.
+// Names are "gcn<pid>x<n>-<role>".
+func CleanStale() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		rest, ok := strings.CutPrefix(name, "gcn")
+		if !ok {
+			continue
+		}
+		pidText, _, ok := strings.Cut(rest, "x")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || err != nil {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil && pid != os.Getpid() {
+			continue // its owner is still running
+		}
+		exec.Command("ip", "netns", "del", name).Run()
+	}
+}
+
+var labSeq struct {
+	sync.Mutex
+	n int
+}
+
+// New builds a lab. On error everything built so far is torn down. Call
+// Close when done (also on failure and panic: defer it).
+func New(specs ...RouterSpec) (lab *Lab, err error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	CleanStale()
+	labSeq.Lock()
+	labSeq.n++
+	prefix := fmt.Sprintf("gcn%dx%d", os.Getpid(), labSeq.n)
+	labSeq.Unlock()
+	l := &Lab{Prefix: prefix}
+	defer func() {
+		if err != nil {
+			l.Close()
+			lab = nil
+		}
+	}()
+	l.wan = l.ns("wan")
+	if err := l.addNS(l.wan); err != nil {
+		return nil, err
+	}
+	if err := inNS(l.wan, "ip", "link", "add", "br0", "type", "bridge"); err != nil {
+		return nil, err
+	}
+	if err := inNS(l.wan, "ip", "link", "set", "br0", "up"); err != nil {
+		return nil, err
+	}
+	l.Server = &Host{NS: l.ns("srv"), Addr: ServerAddr}
+	if err := l.addNS(l.Server.NS); err != nil {
+		return nil, err
+	}
+	if err := l.wanLink(l.Server.NS, "eth0", "srv", ServerAddr.String()+"/24", ServerAltAddr.String()+"/24"); err != nil {
+		return nil, err
+	}
+	for i, spec := range specs {
+		r, err := l.addRouter(i+1, spec)
+		if err != nil {
+			return nil, err
+		}
+		l.Routers = append(l.Routers, r)
+	}
+	return l, nil
+}
+
+func (l *Lab) ns(role string) string { return l.Prefix + "-" + role }
+
+func (l *Lab) addNS(ns string) error {
+	exec.Command("ip", "netns", "del", ns).Run()
+	if err := sh("ip", "netns", "add", ns); err != nil {
+		return err
+	}
+	l.nsList = append(l.nsList, ns)
+	return inNS(ns, "ip", "link", "set", "lo", "up")
+}
+
+// wanLink connects ns to the WAN bridge with interface ifname and addresses.
+func (l *Lab) wanLink(ns, ifname, port string, addrs ...string) error {
+	if err := sh("ip", "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", l.wan); err != nil {
+		return err
+	}
+	if err := inNS(l.wan, "ip", "link", "set", port, "master", "br0", "up"); err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if err := inNS(ns, "ip", "addr", "add", a, "dev", ifname); err != nil {
+			return err
+		}
+	}
+	return inNS(ns, "ip", "link", "set", ifname, "up")
+}
+
+func (l *Lab) addRouter(i int, spec RouterSpec) (*Router, error) {
+	if spec.Clients < 1 {
+		spec.Clients = 1
+	}
+	if (spec.Kind == FullCone || spec.Kind == AddressRestricted) && spec.Clients != 1 {
+		return nil, fmt.Errorf("netsim: a %s router forwards to exactly one client", spec.Kind)
+	}
+	r := &Router{Spec: spec, lab: l, LANNet: fmt.Sprintf("198.19.%d.0/24", i)}
+	r.NS = l.ns(fmt.Sprintf("r%d", i))
+	if err := l.addNS(r.NS); err != nil {
+		return nil, err
+	}
+	if spec.CGNAT {
+		// home router wan0 → carrier NAT in0 (198.19.100+i.0/24) → WAN.
+		r.CGN = &Host{NS: l.ns(fmt.Sprintf("cgn%d", i)), Addr: netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", 50+i))}
+		if err := l.addNS(r.CGN.NS); err != nil {
+			return nil, err
+		}
+		if err := l.wanLink(r.CGN.NS, "wan0", fmt.Sprintf("c%d", i), r.CGN.Addr.String()+"/24"); err != nil {
+			return nil, err
+		}
+		inner := fmt.Sprintf("198.19.%d", 100+i)
+		if err := sh("ip", "-n", r.NS, "link", "add", "wan0", "type", "veth", "peer", "name", "in0", "netns", r.CGN.NS); err != nil {
+			return nil, err
+		}
+		r.Addr = netip.MustParseAddr(inner + ".2")
+		for _, c := range [][]string{
+			{r.CGN.NS, "ip", "addr", "add", inner + ".1/24", "dev", "in0"},
+			{r.CGN.NS, "ip", "link", "set", "in0", "up"},
+			{r.NS, "ip", "addr", "add", inner + ".2/24", "dev", "wan0"},
+			{r.NS, "ip", "link", "set", "wan0", "up"},
+			{r.NS, "ip", "route", "add", "default", "via", inner + ".1"},
+			{r.CGN.NS, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		} {
+			if err := inNS(c[0], c[1], c[2:]...); err != nil {
+				return nil, err
+			}
+		}
+		// The carrier NAT is a plain Linux masquerade: port-restricted cone.
+		if err := nftApply(r.CGN.NS, "table ip gcn {\n chain postrouting {\n  type nat hook postrouting priority 100; policy accept;\n  oifname \"wan0\" masquerade\n }\n}\n"); err != nil {
+			return nil, err
+		}
+	} else {
+		r.Addr = netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", 10+i))
+		if err := l.wanLink(r.NS, "wan0", fmt.Sprintf("r%d", i), r.Addr.String()+"/24"); err != nil {
+			return nil, err
+		}
+	}
+	lanGW := fmt.Sprintf("198.19.%d.1", i)
+	for _, c := range [][]string{
+		{"ip", "link", "add", "lan0", "type", "bridge"},
+		{"ip", "addr", "add", lanGW + "/24", "dev", "lan0"},
+		{"ip", "link", "set", "lan0", "up"},
+		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	} {
+		if err := inNS(r.NS, c[0], c[1:]...); err != nil {
+			return nil, err
+		}
+	}
+	for j := 1; j <= spec.Clients; j++ {
+		h := &Host{NS: l.ns(fmt.Sprintf("r%dc%d", i, j)), Addr: netip.MustParseAddr(fmt.Sprintf("198.19.%d.%d", i, 10+j))}
+		if err := l.addNS(h.NS); err != nil {
+			return nil, err
+		}
+		port := fmt.Sprintf("c%d", j)
+		if err := sh("ip", "-n", h.NS, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", r.NS); err != nil {
+			return nil, err
+		}
+		for _, c := range [][]string{
+			{r.NS, "ip", "link", "set", port, "master", "lan0", "up"},
+			{h.NS, "ip", "addr", "add", h.Addr.String() + "/24", "dev", "eth0"},
+			{h.NS, "ip", "link", "set", "eth0", "up"},
+			{h.NS, "ip", "route", "add", "default", "via", lanGW},
+		} {
+			if err := inNS(c[0], c[1], c[2:]...); err != nil {
+				return nil, err
+			}
+		}
+		r.Clients = append(r.Clients, h)
+	}
+	if spec.UDPTimeout > 0 {
+		if err := r.SetUDPTimeout(spec.UDPTimeout); err != nil {
+			return nil, err
+		}
+	}
+	return r, r.apply()
+}
+
+// SetUDPTimeout sets the router's conntrack UDP timeouts (the mapping lifetime).
+func (r *Router) SetUDPTimeout(d time.Duration) error {
+	// Conntrack's sysctls appear in a namespace once it tracks something:
+	// load the NAT rules first if needed.
+	r.mu.Lock()
+	r.Spec.UDPTimeout = d
+	r.mu.Unlock()
+	if err := r.apply(); err != nil {
+		return err
+	}
+	s := strconv.Itoa(int(d.Seconds()))
+	return inNS(r.NS, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout="+s, "net.netfilter.nf_conntrack_udp_timeout_stream="+s)
+}
+
+// ruleset renders the router's nftables rules from its spec.
+func (r *Router) ruleset() string {
+	client := r.Clients[0].Addr.String()
+	var pre, post, fwd []string
+	post = append(post, `oifname "wan0" masquerade`)
+	if r.Spec.Kind == Symmetric {
+		post = []string{`oifname "wan0" masquerade fully-random`}
+	}
+	if r.rebound {
+		// After a reboot the router picks new external ports.
+		post = []string{`oifname "wan0" ip protocol udp masquerade to :40000-49999 random`, `oifname "wan0" masquerade`}
+	}
+	sets := ""
+	switch r.Spec.Kind {
+	case FullCone:
+		pre = append(pre, `iifname "wan0" udp dport 1024-65535 dnat to `+client)
+	case AddressRestricted:
+		timeout := r.Spec.UDPTimeout
+		if timeout == 0 {
+			timeout = 120 * time.Second // Linux's stream timeout
+		}
+		sets = fmt.Sprintf(" set seen {\n  type inet_service . ipv4_addr\n  flags dynamic,timeout\n  timeout %ds\n }\n", int(timeout.Seconds()))
+		fwd = append(fwd, `iifname "lan0" oifname "wan0" ip saddr `+client+` update @seen { udp sport . ip daddr }`)
+		pre = append(pre, `iifname "wan0" udp dport . ip saddr @seen dnat to `+client)
+	}
+	if r.Spec.BlockUDP {
+		fwd = append(fwd, `meta l4proto udp drop`)
+	}
+	if r.Spec.LossPercent > 0 {
+		fwd = append(fwd, fmt.Sprintf(`meta l4proto udp numgen random mod 100 < %d drop`, r.Spec.LossPercent))
+	}
+	chain := func(name, hook string, prio int, stmts []string) string {
+		typ := "nat"
+		if hook == "forward" {
+			typ = "filter"
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, " chain %s {\n  type %s hook %s priority %d; policy accept;\n", name, typ, hook, prio)
+		for _, s := range stmts {
+			b.WriteString("  " + s + "\n")
+		}
+		b.WriteString(" }\n")
+		return b.String()
+	}
+	return "table ip gcn {\n" + sets + chain("prerouting", "prerouting", -100, pre) +
+		chain("postrouting", "postrouting", 100, post) + chain("forward", "forward", 0, fwd) + "}\n"
+}
+
+func nftApply(ns, rules string) error {
+	// Replace the whole table atomically: delete (if present) and add in one run.
+	exec.Command("ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "gcn").Run()
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft in %s: %v: %s\n%s", ns, err, bytes.TrimSpace(out), rules)
+	}
+	return nil
+}
+
+func (r *Router) apply() error {
+	r.mu.Lock()
+	rules := r.ruleset()
+	r.mu.Unlock()
+	return nftApply(r.NS, rules)
+}
+
+// SetLoss changes the router's random UDP loss.
+func (r *Router) SetLoss(percent int) error {
+	r.mu.Lock()
+	r.Spec.LossPercent = percent
+	r.mu.Unlock()
+	return r.apply()
+}
+
+// SetBlockUDP blocks or unblocks forwarded UDP.
+func (r *Router) SetBlockUDP(on bool) error {
+	r.mu.Lock()
+	r.Spec.BlockUDP = on
+	r.mu.Unlock()
+	return r.apply()
+}
+
+// Rebind simulates a router reboot: every mapping is forgotten and new
+// ones get new external ports.
+func (r *Router) Rebind() error {
+	r.mu.Lock()
+	r.rebound = true
+	r.mu.Unlock()
+	if err := r.apply(); err != nil {
+		return err
+	}
+	return inNS(r.NS, "conntrack", "-F")
+}
+
+// Close deletes every namespace of the lab; safe to call more than once.
+func (l *Lab) Close() error {
+	var errs []error
+	l.closed.Do(func() {
+		for i := len(l.nsList) - 1; i >= 0; i-- {
+			// Kill what still runs inside, then delete the namespace.
+			if out, err := exec.Command("ip", "netns", "pids", l.nsList[i]).Output(); err == nil {
+				for _, p := range strings.Fields(string(out)) {
+					if pid, err := strconv.Atoi(p); err == nil {
+						if proc, err := os.FindProcess(pid); err == nil {
+							proc.Kill()
+						}
+					}
+				}
+			}
+			if err := sh("ip", "netns", "del", l.nsList[i]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
