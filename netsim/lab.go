@@ -142,7 +142,10 @@ func CleanStale() {
 		if !ok || err != nil {
 			continue
 		}
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil && pid != os.Getpid() {
+		if pid == os.Getpid() {
+			continue // ours: another lab of this process
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 			continue // its owner is still running
 		}
 		exec.Command("ip", "netns", "del", name).Run()
