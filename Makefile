@@ -39,7 +39,10 @@ fuzz:
 	$(GO) test ./rendezvous/store -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./rendezvous/store -run '^$$' -fuzz '^FuzzParseEventLine$$' -fuzztime $(FUZZTIME)
 
-bench:
+# Fan-out, latency, memory and keepalive cost with the real binaries:
+# prints a table and writes docs/bench.md. Then the Go micro-benchmarks.
+bench: build
+	./$(BIN) bench --doc docs/bench.md
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # Debian package (binary, units, docs, man page), checked with dpkg-deb and lintian.

@@ -39,8 +39,11 @@ const (
 	// MaxProbe bounds a lifetime probe a client may ask for: a little above
 	// the longest keepalive interval a daemon uses (120 s).
 	MaxProbe = 150 * time.Second
-	// tick drives retransmissions; 10 ms is fine-grained next to InitialRTO.
-	tick = 10 * time.Millisecond
+	// idleWake is how long the send loop sleeps with nothing due: only a
+	// safety net, since every new duty kicks it.
+	idleWake = time.Minute
+	// minWake keeps a burst of due work from spinning the loop.
+	minWake = time.Millisecond
 	// Window is how many events may be in flight to one client: enough to
 	// catch up quickly after an absence, small enough not to flood its NAT.
 	Window = 32
@@ -188,7 +191,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { s.recordWriter(ctx) })
 	wg.Go(func() { s.pingKnownClients() })
-	t := time.NewTicker(tick)
+	// No fixed tick: sleep until the earliest retransmission or probe is
+	// due, or until a poke, keepalive or ack kicks the loop.
+	t := time.NewTimer(idleWake)
 	defer t.Stop()
 	for {
 		select {
@@ -205,7 +210,8 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-s.kick:
 		}
-		s.sendDue()
+		next := s.sendDue()
+		t.Reset(max(time.Until(next), minWake))
 	}
 }
 
@@ -345,6 +351,7 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 		c.probeAfter = min(time.Duration(m.ProbeMillis)*time.Millisecond, MaxProbe)
 		c.probeCounter = m.Counter
 		s.probes[c] = struct{}{}
+		s.kickSender()
 	} else {
 		delete(s.probes, c)
 	}
@@ -437,9 +444,11 @@ type outgoing struct {
 }
 
 // sendDue sends new events while a subscription's window has room, and
-// retransmits the whole window when its timer expires.
-func (s *Server) sendDue() {
+// retransmits the whole window when its timer expires. It returns when it
+// next has something to do.
+func (s *Server) sendDue() time.Time {
 	now := s.now()
+	next := now.Add(idleWake)
 	var out []outgoing
 	s.mu.Lock()
 	for su := range s.pending {
@@ -453,9 +462,15 @@ func (s *Server) sendDue() {
 			continue
 		}
 		out = s.appendDue(out, su, now)
+		if su.acked < su.r.head && su.nextSend.Before(next) {
+			next = su.nextSend
+		}
 	}
 	for c := range s.probes {
-		if now.Sub(c.lastSeen) < c.probeAfter {
+		if due := c.lastSeen.Add(c.probeAfter); now.Before(due) {
+			if due.Before(next) {
+				next = due
+			}
 			continue
 		}
 		delete(s.probes, c)
@@ -468,6 +483,7 @@ func (s *Server) sendDue() {
 	for _, o := range out {
 		o.conn.WriteTo(o.b, net.UDPAddrFromAddrPort(o.to))
 	}
+	return next
 }
 
 // appendDue seals what one subscription owes now: a resync notice if what

@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/punch/action"
 	"github.com/gitchat/gcn-punch/rendezvous"
+	"github.com/gitchat/gcn-punch/rendezvous/bench"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -37,6 +39,7 @@ usage:
   gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
   gcn-punch install client --repo CLONE [--exec PROGRAM]
   gcn-punch uninstall server|client --repo PATH   (removes only what install added)
+  gcn-punch bench [--json] [--sizes 1000,10000,100000] [--runs 3] [--doc docs/bench.md]
   gcn-punch heartbeat --repo PATH --id HEX --port N [--reflexive IP:PORT]   (store: $GCN_STORE)
                    (as ~/git-shell-commands/gcn-heartbeat, run by clients over SSH)
 
@@ -70,6 +73,8 @@ func main() {
 		os.Exit(runHeartbeat(args))
 	case "install", "uninstall":
 		err = runInstall(cmd, args)
+	case "bench":
+		err = runBench(ctx, args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -213,6 +218,69 @@ func runInstall(cmd string, args []string) error {
 		return cli.Install()
 	}
 	return cli.Uninstall()
+}
+
+func runBench(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "loadgen" {
+		return runLoadgen(ctx, args[1:])
+	}
+	fs := newFlags("bench")
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	o := bench.Options{Binary: bin, Progress: os.Stderr}
+	sizes := fs.IntSlice("sizes", []int{1000, 10000, 100000}, "fan-out sizes (clients)")
+	kaSizes := fs.IntSlice("keepalive-sizes", []int{10000, 100000}, "keepalive-load sizes (clients)")
+	fs.IntVar(&o.Runs, "runs", 3, "runs of each measurement; figures are medians with their range")
+	fs.DurationVar(&o.Window, "window", 30*time.Second, "keepalive-load measuring window")
+	fs.IntVar(&o.LatencyPushes, "pushes", 200, "pushes for the latency measurement")
+	fs.IntVar(&o.PollSample, "poll-sample", 30, "real git fetches for the polling baseline")
+	asJSON := fs.Bool("json", false, "print the results as JSON")
+	doc := fs.String("doc", "", "also write the Markdown report here (e.g. docs/bench.md)")
+	parse(fs, args)
+	o.Sizes, o.KeepaliveAt = *sizes, *kaSizes
+	r, err := bench.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	if *doc != "" {
+		if err := os.WriteFile(*doc, []byte(r.Doc()), 0o644); err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	r.Table(os.Stdout)
+	return nil
+}
+
+// runLoadgen is one load-generator process of `gcn-punch bench`.
+func runLoadgen(ctx context.Context, args []string) error {
+	fs := newFlags("bench loadgen")
+	server := fs.String("server", "", "rendezvous address")
+	key := fs.String("server-key", "", "rendezvous key")
+	o := bench.LoadgenOptions{}
+	fs.StringVar(&o.Repo, "repo-id", "chat.git", "repository id")
+	fs.IntVar(&o.Clients, "clients", 1000, "clients to simulate")
+	firstIP := fs.String("first-ip", "127.10.0.1", "first loopback address")
+	fs.IntVar(&o.PerIP, "per-ip", 25, "clients per address")
+	fs.DurationVar(&o.Keepalive, "keepalive", 0, "keepalive interval after registering (0: none)")
+	parse(fs, args)
+	var err error
+	if o.Server, err = netip.ParseAddrPort(*server); err != nil {
+		return err
+	}
+	if o.ServerKey, err = wire.ParseKey(*key); err != nil {
+		return err
+	}
+	if o.FirstIP, err = netip.ParseAddr(*firstIP); err != nil {
+		return err
+	}
+	return bench.Loadgen(ctx, o, os.Stdout)
 }
 
 func runStatus(args []string) error {

@@ -1,0 +1,94 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+)
+
+// Targets are the goals the figures are read against; they are never
+// asserted in tests.
+var Targets = struct {
+	FanOutMillis100k, RSSBytes, P50Millis, P99Millis, KeepaliveCPUPercent100k float64
+}{1000, 1024, 5, 20, 5}
+
+func (s Spread) fmt(unit string, prec int) string {
+	return fmt.Sprintf("%.*f %s (%.*f–%.*f)", prec, s.Median, unit, prec, s.Min, prec, s.Max)
+}
+
+// Table writes the results as Markdown tables.
+func (r Results) Table(w io.Writer) {
+	fmt.Fprintf(w, "Machine: %d CPUs (%s), Linux %s, %s, %s. Medians of %d runs, range in brackets.\n\n",
+		r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Kernel, r.Machine.GoVersion, r.Machine.Date, r.Runs)
+	fmt.Fprintln(w, "### Fan-out: one push, N registered clients, until all have acked")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| clients | all acked | rendezvous CPU per recipient | RSS per idle client |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, f := range r.FanOut {
+		fmt.Fprintf(w, "| %d | %s | %s | %s |\n", f.Clients, f.AllAckedMillis.fmt("ms", 1), f.CPUMicrosPerRecip.fmt("µs", 2), f.RSSBytesPerClient.fmt("B", 0))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "### Latency: hook start → `--exec` start, %d pushes, one daemon, loopback\n\n", r.Latency.Pushes)
+	fmt.Fprintln(w, "| p50 | p99 |\n|---|---|")
+	fmt.Fprintf(w, "| %s | %s |\n\n", r.Latency.P50Millis.fmt("ms", 2), r.Latency.P99Millis.fmt("ms", 2))
+	fmt.Fprintln(w, "### Keepalive load: rendezvous CPU while every client keeps alive every 25 s")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| clients | window | CPU, % of one core |\n|---|---|---|")
+	for _, k := range r.Keepalive {
+		fmt.Fprintf(w, "| %d | %.0f s | %s |\n", k.Clients, k.WindowSec, k.CPUPercentCore.fmt("%", 2))
+	}
+	fmt.Fprintln(w)
+	p := r.Polling
+	fmt.Fprintln(w, "### Baseline: `git fetch` every 60 s (what users run today)")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Expected latency %.0f s on average, %.0f s at worst. One fetch of one new commit costs %s of CPU\n", p.MeanLatencySec, p.WorstLatencySec, p.CPUMillisPerFetch.fmt("ms", 1))
+	fmt.Fprintf(w, "(client and git-upload-pack together, %d real fetches; an upper bound on the server's share).\n\n", p.Sample)
+	fmt.Fprintln(w, "| clients | polling: server CPU per minute | gcn-punch keepalives: server CPU per minute |\n|---|---|---|")
+	ns := make([]int, 0, len(p.CPUSecPerMinutePerN))
+	for n := range p.CPUSecPerMinutePerN {
+		ns = append(ns, n)
+	}
+	sort.Ints(ns)
+	for _, n := range ns {
+		ka := "not measured"
+		for _, k := range r.Keepalive {
+			if k.Clients == n {
+				ka = fmt.Sprintf("%.2f s", k.CPUPercentCore.Median/100*60)
+			}
+		}
+		fmt.Fprintf(w, "| %d | %.1f s | %s |\n", n, p.CPUSecPerMinutePerN[n], ka)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "### Against the targets")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| measure | target | measured |\n|---|---|---|")
+	for _, f := range r.FanOut {
+		if f.Clients == 100000 {
+			fmt.Fprintf(w, "| fan-out, 100k recipients all acked | ≤ %.0f ms | %.1f ms |\n", Targets.FanOutMillis100k, f.AllAckedMillis.Median)
+		}
+	}
+	var rss []string
+	for _, f := range r.FanOut {
+		rss = append(rss, fmt.Sprintf("%.0f B at %d", f.RSSBytesPerClient.Median, f.Clients))
+	}
+	fmt.Fprintf(w, "| rendezvous RSS per idle client | ≤ %.0f B | %s |\n", Targets.RSSBytes, strings.Join(rss, ", "))
+	fmt.Fprintf(w, "| latency hook → exec | p50 ≤ %.0f ms, p99 ≤ %.0f ms | p50 %.2f ms, p99 %.2f ms |\n", Targets.P50Millis, Targets.P99Millis, r.Latency.P50Millis.Median, r.Latency.P99Millis.Median)
+	for _, k := range r.Keepalive {
+		if k.Clients == 100000 {
+			fmt.Fprintf(w, "| keepalives from 100k clients | ≤ %.0f%% of one core | %.2f%% |\n", Targets.KeepaliveCPUPercent100k, k.CPUPercentCore.Median)
+		}
+	}
+}
+
+// Doc renders docs/bench.md.
+func (r Results) Doc() string {
+	var b strings.Builder
+	b.WriteString("# Benchmarks\n\nWritten by `make bench` (`gcn-punch bench`). The real `gcn-punch rendezvous` runs in its own\n")
+	b.WriteString("process; load-generator processes simulate the clients, each with its own key and UDP socket, speaking\n")
+	b.WriteString("the real client protocol and acking; every push goes through the real hook. CPU time and RSS are read\n")
+	b.WriteString("from `/proc/PID/stat` and `/proc/PID/status` of the rendezvous. The generators share the machine's two\n")
+	b.WriteString("cores with the rendezvous, so fan-out times include their work too.\n\n")
+	r.Table(&b)
+	return b.String()
+}

@@ -1,0 +1,53 @@
+package rendezvous
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gitchat/gcn-punch/netsim"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// BenchmarkKeepalive is the rendezvous's work for one keepalive from a
+// registered client: open, check, update, seal the pong.
+func BenchmarkKeepalive(b *testing.B) {
+	st, _ := store.Open(b.TempDir())
+	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
+	now := time.Unix(1_800_000_000, 0)
+	s, err := New(Config{Conn: conn, Store: st, Open: true, Now: func() time.Time { return now }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for range s.records {
+		}
+	}()
+	const clients = 1000
+	type cl struct {
+		pub    wire.Key
+		shared [32]byte
+		src    netip.AddrPort
+	}
+	cs := make([]cl, clients)
+	for i := range cs {
+		pub, priv, _ := wire.GenerateKey()
+		cs[i] = cl{pub, wire.SharedKey(s.PublicKey(), priv), netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), uint16(1000+i))}
+	}
+	pkts := make([][]byte, b.N+clients)
+	for i := range pkts {
+		c := cs[i%clients]
+		pkts[i], _ = wire.Seal(nil, &wire.Keepalive{Counter: uint64(i + 1), Subs: []wire.Sub{{RepoID: "chat.git", Known: true}}}, c.pub, &c.shared)
+	}
+	for i := 0; i < clients; i++ { // register
+		s.handle(conn, pkts[i], cs[i].src)
+	}
+	b.ResetTimer()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if s.handle(conn, pkts[clients+i], cs[i%clients].src) == nil {
+			b.Fatal("no pong")
+		}
+	}
+}
