@@ -7,6 +7,7 @@ require (
 	github.com/pion/stun/v2 v2.0.0
 	github.com/spf13/pflag v1.1.0
 	golang.org/x/crypto v0.58.0
+	golang.org/x/net v0.60.0
 )
 
 require (

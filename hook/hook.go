@@ -182,17 +182,18 @@ func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time
 	}
 	defer conn.Close()
 	open := rendezvous.ReadMode(st) == rendezvous.ModeOpen
-	recs, _, _ := st.Clients()
 	sent := 0
-	for _, r := range recs {
+	// The budget covers reading the records too: a store of 100k clients
+	// must not hold the push up.
+	st.EachClient(func(r store.ClientRecord) bool {
 		if time.Now().After(deadline) {
-			break
+			return false
 		}
 		if now.Sub(r.Heartbeat) > rendezvous.RecordRefresh+rendezvous.ClientTimeout {
-			continue
+			return true
 		}
 		if !open && !st.Authorised(repoID, r.ID, now) {
-			continue
+			return true
 		}
 		shared := wire.SharedKey(r.ID, priv)
 		to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.Addr.Addr(), r.Addr.Port()))
@@ -204,6 +205,7 @@ func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time
 				}
 			}
 		}
-	}
+		return true
+	})
 	return sent
 }

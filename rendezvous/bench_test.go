@@ -20,10 +20,6 @@ func BenchmarkKeepalive(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	go func() {
-		for range s.records {
-		}
-	}()
 	const clients = 1000
 	type cl struct {
 		pub    wire.Key

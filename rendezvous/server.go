@@ -76,24 +76,30 @@ type Stats struct {
 
 // Server is a running rendezvous.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	now      func() time.Time
-	pub      wire.Key
-	priv     wire.Key
-	kick     chan struct{}
-	records  chan store.ClientRecord
-	mu       sync.Mutex
-	clients  map[wire.Key]*client
-	repos    map[string]*repo
-	pending  map[*sub]struct{}
-	probes   map[*client]struct{}
-	stunRL   *rateLimiter
-	unkRL    *rateLimiter
-	stats    Stats
-	pingSeq  uint64
-	closed   bool
-	closeErr error
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	pub  wire.Key
+	priv wire.Key
+	kick chan struct{}
+	mu   sync.Mutex
+	// dirty holds the latest record of each client still to be written;
+	// the writer drains it, so no update is ever dropped.
+	dirty       map[wire.Key]store.ClientRecord
+	recordsKick chan struct{}
+	poked       map[string]struct{} // repositories whose log grew
+	clients     map[wire.Key]*client
+	repos       map[string]*repo
+	pending     map[*sub]struct{}
+	probes      map[*client]struct{}
+	stunRL      *rateLimiter
+	unkRL       *rateLimiter
+	stats       Stats
+	pingSeq     uint64
+	opener      wire.Opener // for handle, under mu
+	sealer      wire.Sealer // for handle's replies, under mu
+	closed      bool
+	closeErr    error
 }
 
 type client struct {
@@ -104,11 +110,21 @@ type client struct {
 	lastSeen time.Time
 	counter  uint64
 	written  time.Time // when its record was last written
-	subs     map[string]*sub
+	subs     []*sub    // at most wire.MaxSubs: a slice is smaller than a map
 	// A pending lifetime probe: ping with probeCounter once the client has
 	// been silent for probeAfter.
 	probeAfter   time.Duration
 	probeCounter uint64
+}
+
+// sub finds the client's subscription to a repository.
+func (c *client) sub(repoID string) *sub {
+	for _, su := range c.subs {
+		if su.r.id == repoID {
+			return su
+		}
+	}
+	return nil
 }
 
 type sub struct {
@@ -143,14 +159,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, pub: pub, priv: priv,
-		kick:    make(chan struct{}, 1),
-		records: make(chan store.ClientRecord, 4096),
-		clients: make(map[wire.Key]*client),
-		repos:   make(map[string]*repo),
-		pending: make(map[*sub]struct{}),
-		probes:  make(map[*client]struct{}),
-		stunRL:  newRateLimiter(stunRate, stunBurst),
-		unkRL:   newRateLimiter(unknownRate, unknownBurst),
+		kick:        make(chan struct{}, 1),
+		dirty:       make(map[wire.Key]store.ClientRecord),
+		recordsKick: make(chan struct{}, 1),
+		poked:       make(map[string]struct{}),
+		clients:     make(map[wire.Key]*client),
+		repos:       make(map[string]*repo),
+		pending:     make(map[*sub]struct{}),
+		probes:      make(map[*client]struct{}),
+		stunRL:      newRateLimiter(stunRate, stunBurst),
+		unkRL:       newRateLimiter(unknownRate, unknownBurst),
 	}
 	ids, err := cfg.Store.Repos()
 	if err != nil {
@@ -210,12 +228,16 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-s.kick:
 		}
+		s.loadPoked()
 		next := s.sendDue()
 		t.Reset(max(time.Until(next), minWake))
 	}
 }
 
 func (s *Server) readLoop(conn net.PacketConn) error {
+	if uc, ok := conn.(*net.UDPConn); ok {
+		return s.readLoopBatched(uc)
+	}
 	buf := make([]byte, 2048)
 	for {
 		n, addr, err := conn.ReadFrom(buf)
@@ -286,7 +308,7 @@ func (s *Server) handle(conn net.PacketConn, b []byte, src netip.AddrPort) []byt
 		}
 		shared = wire.SharedKey(sender, s.priv)
 	}
-	_, msg, err := wire.Open(b, &shared)
+	_, msg, err := s.opener.Open(b, &shared)
 	switch {
 	case errors.Is(err, wire.ErrAuth):
 		s.stats.Forged++
@@ -332,7 +354,7 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 	}
 	s.stats.Keepalives++
 	if c == nil {
-		c = &client{key: key, shared: shared, addr: src, conn: conn, subs: make(map[string]*sub)}
+		c = &client{key: key, shared: shared, addr: src, conn: conn}
 		s.clients[key] = c
 		s.log.Info("client up", "client", key.String()[:16], "addr", src)
 		s.queueRecord(c, now)
@@ -360,12 +382,12 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 			continue
 		}
 		r := s.repo(sb.RepoID)
-		su := c.subs[sb.RepoID]
+		su := c.sub(sb.RepoID)
 		if su == nil {
 			// A new follower starts at the head: no history replay. A fresh
 			// client whose earlier pong was lost keeps the start it was given.
 			su = &sub{c: c, r: r, rto: InitialRTO, acked: r.head}
-			c.subs[sb.RepoID] = su
+			c.subs = append(c.subs, su)
 			r.subs[key] = su
 		}
 		if sb.Known {
@@ -384,7 +406,7 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 }
 
 func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
-	su := c.subs[m.RepoID]
+	su := c.sub(m.RepoID)
 	if su == nil {
 		s.stats.Unexpected++
 		return
@@ -410,7 +432,7 @@ func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
 // seal encodes a reply, refusing (and counting) any that would be larger
 // than the request that caused it.
 func (s *Server) seal(m wire.Message, to wire.Key, shared *[32]byte, reqLen int) []byte {
-	b, err := wire.Seal(nil, m, s.pub, shared)
+	b, err := s.sealer.Seal(nil, m, s.pub, shared)
 	if err != nil {
 		return nil
 	}
@@ -437,19 +459,14 @@ func (s *Server) repo(id string) *repo {
 	return r
 }
 
-type outgoing struct {
-	conn net.PacketConn
-	to   netip.AddrPort
-	b    []byte
-}
-
 // sendDue sends new events while a subscription's window has room, and
 // retransmits the whole window when its timer expires. It returns when it
 // next has something to do.
 func (s *Server) sendDue() time.Time {
 	now := s.now()
 	next := now.Add(idleWake)
-	var out []outgoing
+	var out []job
+	var armed []*sub
 	s.mu.Lock()
 	for su := range s.pending {
 		if su.acked >= su.r.head {
@@ -461,7 +478,11 @@ func (s *Server) sendDue() time.Time {
 			delete(s.pending, su)
 			continue
 		}
+		before := len(out)
 		out = s.appendDue(out, su, now)
+		if len(out) > before {
+			armed = append(armed, su)
+		}
 		if su.acked < su.r.head && su.nextSend.Before(next) {
 			next = su.nextSend
 		}
@@ -474,14 +495,20 @@ func (s *Server) sendDue() time.Time {
 			continue
 		}
 		delete(s.probes, c)
-		if b, err := wire.Seal(nil, &wire.Ping{Counter: c.probeCounter}, s.pub, &c.shared); err == nil {
-			out = append(out, outgoing{c.conn, c.addr, b})
-			s.stats.Probes++
-		}
+		out = append(out, job{c.conn, c.addr, &c.shared, &wire.Ping{Counter: c.probeCounter}})
+		s.stats.Probes++
 	}
 	s.mu.Unlock()
-	for _, o := range out {
-		o.conn.WriteTo(o.b, net.UDPAddrFromAddrPort(o.to))
+	s.sealAndSend(out)
+	// A large burst takes a while to leave: start its retransmission
+	// timers from when it left, not from when it was planned.
+	if took := s.now().Sub(now); took > 10*time.Millisecond {
+		s.mu.Lock()
+		for _, su := range armed {
+			su.nextSend = su.nextSend.Add(took)
+		}
+		s.mu.Unlock()
+		next = next.Add(took)
 	}
 	return next
 }
@@ -489,7 +516,7 @@ func (s *Server) sendDue() time.Time {
 // appendDue seals what one subscription owes now: a resync notice if what
 // the client needs fell out of retention, new events that fit the window,
 // or, when the timer has expired, the whole window again.
-func (s *Server) appendDue(out []outgoing, su *sub, now time.Time) []outgoing {
+func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 	r, c := su.r, su.c
 	first := r.head + 1
 	if len(r.events) > 0 {
@@ -501,10 +528,7 @@ func (s *Server) appendDue(out []outgoing, su *sub, now time.Time) []outgoing {
 		if inFlight && !expired {
 			return out
 		}
-		b, err := wire.Seal(nil, &wire.Resync{HeadSeq: r.head, FirstSeq: first, TimeMilli: now.UnixMilli(), Recipient: c.key, RepoID: r.id}, s.pub, &c.shared)
-		if err == nil {
-			out = append(out, outgoing{c.conn, c.addr, b})
-		}
+		out = append(out, job{c.conn, c.addr, &c.shared, &wire.Resync{HeadSeq: r.head, FirstSeq: first, TimeMilli: now.UnixMilli(), Recipient: c.key, RepoID: r.id}})
 		s.stats.Resyncs++
 		su.sent = r.head
 		s.armTimer(su, now, expired)
@@ -521,12 +545,7 @@ func (s *Server) appendDue(out []outgoing, su *sub, now time.Time) []outgoing {
 	for seq := from; seq <= end; seq++ {
 		e := r.events[seq-first]
 		n := &wire.Notify{Seq: e.Seq, TimeMilli: e.TimeMilli, Recipient: c.key, RepoID: r.id, Ref: e.Ref, Old: e.Old, New: e.New}
-		b, err := wire.Seal(nil, n, s.pub, &c.shared)
-		if err != nil {
-			s.log.Error("cannot seal notification", "repo", r.id, "seq", e.Seq, "err", err)
-			continue
-		}
-		out = append(out, outgoing{c.conn, c.addr, b})
+		out = append(out, job{c.conn, c.addr, &c.shared, n})
 		if seq <= su.sent {
 			s.stats.Retransmits++
 		} else {
@@ -549,24 +568,36 @@ func (s *Server) armTimer(su *sub, now time.Time, backoff bool) {
 }
 
 // Poke tells the server that a repository's log has grown. The hook calls it
-// through the control socket.
+// through the control socket; it only notes the repository and wakes the
+// send loop, so the hook never waits for a large fan-out.
 func (s *Server) Poke(repoID string) error {
 	if err := wire.ValidRepoID(repoID); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, err := s.loadRepo(repoID)
-	if err != nil {
-		return err
-	}
-	for _, su := range r.subs {
-		if su.acked < r.head {
-			s.pending[su] = struct{}{}
-		}
-	}
+	s.poked[repoID] = struct{}{}
+	s.mu.Unlock()
 	s.kickSender()
 	return nil
+}
+
+// loadPoked reads the logs that grew and marks their followers due.
+func (s *Server) loadPoked() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.poked {
+		delete(s.poked, id)
+		r, err := s.loadRepo(id)
+		if err != nil {
+			s.log.Error("cannot read event log", "repo", id, "err", err)
+			continue
+		}
+		for _, su := range r.subs {
+			if su.acked < r.head {
+				s.pending[su] = struct{}{}
+			}
+		}
+	}
 }
 
 // loadRepo reads what is new in a repository's log; it re-reads the whole
@@ -610,24 +641,35 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 	return r, nil
 }
 
+// queueRecord schedules a client's record to be written. Called with mu held.
 func (s *Server) queueRecord(c *client, now time.Time) {
 	c.written = now
+	s.dirty[c.key] = store.ClientRecord{ID: c.key, Heartbeat: now, Addr: c.addr}
 	select {
-	case s.records <- store.ClientRecord{ID: c.key, Heartbeat: now, Addr: c.addr}:
+	case s.recordsKick <- struct{}{}:
 	default:
-		s.log.Warn("record writer is behind; a client record update was skipped", "client", c.key.String()[:16])
 	}
 }
 
-// recordWriter writes client records off the packet path.
+// recordWriter writes client records off the packet path, the latest of
+// each client, in batches.
 func (s *Server) recordWriter(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case r := <-s.records:
+		case <-s.recordsKick:
+		}
+		s.mu.Lock()
+		batch := s.dirty
+		s.dirty = make(map[wire.Key]store.ClientRecord)
+		s.mu.Unlock()
+		for _, r := range batch {
 			if err := s.cfg.Store.WriteClient(r); err != nil {
 				s.log.Error("cannot write client record", "err", err)
+			}
+			if ctx.Err() != nil {
+				return
 			}
 		}
 	}
@@ -677,8 +719,8 @@ func (s *Server) Clients() []ClientStatus {
 	out := make([]ClientStatus, 0, len(s.clients))
 	for _, c := range s.clients {
 		cs := ClientStatus{ID: c.key.String(), Addr: c.addr.String(), LastSeen: c.lastSeen, Acked: map[string]uint64{}}
-		for id, su := range c.subs {
-			cs.Acked[id] = su.acked
+		for _, su := range c.subs {
+			cs.Acked[su.r.id] = su.acked
 		}
 		out = append(out, cs)
 	}

@@ -141,7 +141,7 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 	if !ok || pong.Observed != srcA || pong.Statuses[0].Status != wire.StatusOK {
 		t.Fatalf("pong %+v", pong)
 	}
-	rec := <-s.records
+	rec := s.dirty[c.pub]
 	if rec.Addr != srcA || rec.ID != c.pub {
 		t.Fatalf("record %+v", rec)
 	}
@@ -157,7 +157,7 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 	if s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
 		t.Fatal("no pong after rebinding")
 	}
-	rec = <-s.records
+	rec = s.dirty[c.pub]
 	if rec.Addr != srcB || s.Stats().Rebinds != 1 {
 		t.Fatalf("after rebinding: record %+v, rebinds %d", rec, s.Stats().Rebinds)
 	}

@@ -139,8 +139,26 @@ func Seal(dst []byte, m Message, sender Key, shared *[32]byte) ([]byte, error) {
 
 // SealWithNonce is Seal with a caller-chosen nonce; tests use it for golden vectors.
 func SealWithNonce(dst []byte, m Message, sender Key, nonce *[NonceLen]byte, shared *[32]byte) ([]byte, error) {
-	var buf [MaxPlaintext + 64]byte
-	plain := m.AppendPlaintext(buf[:0])
+	return new(Sealer).sealWithNonce(dst, m, sender, nonce, shared)
+}
+
+// Sealer seals messages reusing one plaintext buffer, so a hot path does
+// not allocate per datagram. It is not safe for concurrent use.
+type Sealer struct {
+	plain [MaxPlaintext + 64]byte
+}
+
+// Seal is the package-level Seal, without its per-call buffer.
+func (s *Sealer) Seal(dst []byte, m Message, sender Key, shared *[32]byte) ([]byte, error) {
+	var nonce [NonceLen]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return dst, err
+	}
+	return s.sealWithNonce(dst, m, sender, &nonce, shared)
+}
+
+func (s *Sealer) sealWithNonce(dst []byte, m Message, sender Key, nonce *[NonceLen]byte, shared *[32]byte) ([]byte, error) {
+	plain := m.AppendPlaintext(s.plain[:0])
 	if len(plain) > MaxPlaintext {
 		return dst, ErrMessageLarge
 	}
@@ -154,12 +172,22 @@ func SealWithNonce(dst []byte, m Message, sender Key, nonce *[NonceLen]byte, sha
 // Open authenticates and decodes a whole datagram whose sender's shared key is
 // known. It returns the sender's key with the message.
 func Open(b []byte, shared *[32]byte) (Key, Message, error) {
+	return new(Opener).Open(b, shared)
+}
+
+// Opener opens datagrams reusing one plaintext buffer. It is not safe for
+// concurrent use; decoded messages do not refer to its buffer.
+type Opener struct {
+	plain [MaxDatagram]byte
+}
+
+// Open is the package-level Open, without its per-call buffer.
+func (o *Opener) Open(b []byte, shared *[32]byte) (Key, Message, error) {
 	sender, nonce, sealed, err := ParseHeader(b)
 	if err != nil {
 		return sender, nil, err
 	}
-	var buf [MaxDatagram]byte
-	plain, ok := box.OpenAfterPrecomputation(buf[:0], sealed, &nonce, shared)
+	plain, ok := box.OpenAfterPrecomputation(o.plain[:0], sealed, &nonce, shared)
 	if !ok {
 		return sender, nil, ErrAuth
 	}

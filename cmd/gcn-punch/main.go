@@ -2,6 +2,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,8 +125,20 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.StringVar(&o.StoreDir, "store", store.DefaultDir, "store directory")
 	fs.BoolVar(&o.Open, "open", false, "serve any client key for any repository (public repositories, demos)")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
 	parse(fs, args)
 	o.Logger = logger(*verbose)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	return rendezvous.ListenAndServe(ctx, o)
 }
 
@@ -280,6 +294,13 @@ func runLoadgen(ctx context.Context, args []string) error {
 	if o.FirstIP, err = netip.ParseAddr(*firstIP); err != nil {
 		return err
 	}
+	// A line on stdin starts the keepalives.
+	start := make(chan struct{})
+	go func() {
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		close(start)
+	}()
+	o.Start = start
 	return bench.Loadgen(ctx, o, os.Stdout)
 }
 

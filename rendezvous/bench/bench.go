@@ -254,10 +254,25 @@ func (rp *rendezvousProc) hook(o Options, seq int) error {
 	return nil
 }
 
-// generators starts enough load-generator processes for n clients.
-func startGenerators(ctx context.Context, o Options, rp *rendezvousProc, n int, keepalive time.Duration) ([]*exec.Cmd, []<-chan genEvent, error) {
+// waitIdle waits (at most 2 minutes) until the process uses less than one
+// clock tick of CPU in 300 ms: the registration burst, and the record
+// writes it caused, are over.
+func waitIdle(pid int) {
+	for i := 0; i < 400; i++ {
+		c0, _ := procCPU(pid)
+		time.Sleep(300 * time.Millisecond)
+		if c1, _ := procCPU(pid); c1-c0 <= 10*time.Millisecond {
+			return
+		}
+	}
+}
+
+// generators starts enough load-generator processes for n clients. Writing
+// a line to a generator's stdin starts its keepalives.
+func startGenerators(ctx context.Context, o Options, rp *rendezvousProc, n int, keepalive time.Duration) ([]*exec.Cmd, []<-chan genEvent, []io.WriteCloser, error) {
 	var cmds []*exec.Cmd
 	var evs []<-chan genEvent
+	var starts []io.WriteCloser
 	for g := 0; n > 0; g++ {
 		k := min(n, perGenerator)
 		n -= k
@@ -269,16 +284,21 @@ func startGenerators(ctx context.Context, o Options, rp *rendezvousProc, n int, 
 		cmd := exec.CommandContext(ctx, o.Binary, args...)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
-			return cmds, evs, err
+			return cmds, evs, starts, err
+		}
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return cmds, evs, starts, err
 		}
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
-			return cmds, evs, err
+			return cmds, evs, starts, err
 		}
 		cmds = append(cmds, cmd)
 		evs = append(evs, readEvents(out))
+		starts = append(starts, in)
 	}
-	return cmds, evs, nil
+	return cmds, evs, starts, nil
 }
 
 func stopAll(cmds []*exec.Cmd) {
@@ -324,7 +344,7 @@ func fanOutOnce(ctx context.Context, o Options, n int) ([3]float64, error) {
 	if err != nil {
 		return res, err
 	}
-	gens, evs, err := startGenerators(ctx, o, rp, n, 0)
+	gens, evs, _, err := startGenerators(ctx, o, rp, n, 0)
 	defer stopAll(gens)
 	if err != nil {
 		return res, err
@@ -332,7 +352,7 @@ func fanOutOnce(ctx context.Context, o Options, n int) ([3]float64, error) {
 	if _, err := await(evs, "registered", 5*time.Minute); err != nil {
 		return res, err
 	}
-	time.Sleep(time.Second) // let the registration burst settle
+	waitIdle(pid)
 	rss1, _ := procRSS(pid)
 	cpu0, _ := procCPU(pid)
 	t0 := time.Now()
@@ -359,7 +379,7 @@ func keepaliveOnce(ctx context.Context, o Options, n int) (float64, error) {
 		return 0, err
 	}
 	defer rp.stop()
-	gens, evs, err := startGenerators(ctx, o, rp, n, 25*time.Second)
+	gens, evs, starts, err := startGenerators(ctx, o, rp, n, 25*time.Second)
 	defer stopAll(gens)
 	if err != nil {
 		return 0, err
@@ -367,8 +387,12 @@ func keepaliveOnce(ctx context.Context, o Options, n int) (float64, error) {
 	if _, err := await(evs, "registered", 5*time.Minute); err != nil {
 		return 0, err
 	}
-	time.Sleep(3 * time.Second) // past the registration burst
 	pid := rp.cmd.Process.Pid
+	waitIdle(pid) // past the registration burst and its record writes
+	for _, s := range starts {
+		io.WriteString(s, "keepalive\n")
+	}
+	time.Sleep(time.Second)
 	cpu0, _ := procCPU(pid)
 	t0 := time.Now()
 	select {

@@ -31,8 +31,9 @@ type LoadgenOptions struct {
 	FirstIP netip.Addr
 	PerIP   int
 	// Keepalive, when set, makes every client send keepalives at this
-	// interval, spread evenly, after registering.
+	// interval, spread evenly, once Start is closed.
 	Keepalive time.Duration
+	Start     <-chan struct{}
 }
 
 // Report lines the generator writes on stdout, one JSON object each.
@@ -126,6 +127,11 @@ func Loadgen(ctx context.Context, o LoadgenOptions, out io.Writer) error {
 		// Each client keeps alive at the interval, phases spread evenly.
 		step := o.Keepalive / time.Duration(len(clients))
 		wg.Go(func() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-o.Start:
+			}
 			t := time.NewTicker(max(step, time.Microsecond))
 			defer t.Stop()
 			for i := 0; ; i = (i + 1) % len(clients) {

@@ -120,13 +120,16 @@ func DecodeRecord(b []byte) (heartbeat time.Time, addr netip.AddrPort, err error
 	return time.Unix(epoch, 0), netip.AddrPortFrom(ip, uint16(port)), nil
 }
 
-// WriteClient writes a client's record atomically.
+// WriteClient writes a client's record atomically (temporary file, then
+// rename). It does not fsync: a record is refreshed by the client's
+// keepalives, so a power loss can only cost the latest refresh, and at
+// 100k clients fsyncs would dominate the rendezvous's work.
 func (s *Store) WriteClient(r ClientRecord) error {
 	p := s.clientPath(r.ID)
 	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
 		return err
 	}
-	return WriteFileAtomic(p, EncodeRecord(r.Heartbeat, r.Addr), 0o640)
+	return writeRenamed(p, EncodeRecord(r.Heartbeat, r.Addr), 0o640, false)
 }
 
 // ReadClient reads one client's record.
@@ -140,6 +143,35 @@ func (s *Store) ReadClient(id wire.Key) (ClientRecord, error) {
 	}
 	hb, addr, err := DecodeRecord(b)
 	return ClientRecord{ID: id, Heartbeat: hb, Addr: addr}, err
+}
+
+// EachClient calls fn for every well-formed client record until fn returns
+// false. Malformed records are skipped.
+func (s *Store) EachClient(fn func(ClientRecord) bool) error {
+	root := filepath.Join(s.Dir, "clients")
+	prefixes, err := os.ReadDir(root)
+	if err != nil {
+		return err
+	}
+	for _, p := range prefixes {
+		if !p.IsDir() || len(p.Name()) != 2 {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(root, p.Name()))
+		if err != nil {
+			return err
+		}
+		for _, f := range files {
+			id, err := wire.ParseKey(p.Name() + f.Name())
+			if err != nil {
+				continue
+			}
+			if r, err := s.ReadClient(id); err == nil && !fn(r) {
+				return nil
+			}
+		}
+	}
+	return nil
 }
 
 // Clients lists every well-formed client record. Malformed ones are
@@ -216,6 +248,12 @@ func (s *Store) Authorised(repoID string, id wire.Key, now time.Time) bool {
 // renames it over path and fsyncs the directory: readers see the old or the
 // new content, never a torn mix, even if the writer is killed.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeRenamed(path, data, mode, true)
+}
+
+// writeRenamed writes a temporary file and renames it over path; with
+// durable it fsyncs the file before and the directory after.
+func writeRenamed(path string, data []byte, mode os.FileMode, durable bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
 	if err != nil {
@@ -235,8 +273,10 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := f.Chmod(mode); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if durable {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
@@ -245,6 +285,9 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	ok = true
+	if !durable {
+		return nil
+	}
 	return syncDir(dir)
 }
 
