@@ -39,6 +39,10 @@ const (
 	// MaxProbe bounds a lifetime probe a client may ask for: a little above
 	// the longest keepalive interval a daemon uses (120 s).
 	MaxProbe = 150 * time.Second
+	// ForgetAfter is how long a silent client's state stays in memory. Its
+	// next keepalive restores it (the client reports its own position), so
+	// forgetting costs nothing but keeps departed clients from piling up.
+	ForgetAfter = time.Hour
 	// idleWake is how long the send loop sleeps with nothing due: only a
 	// safety net, since every new duty kicks it.
 	idleWake = time.Minute
@@ -71,7 +75,7 @@ type Stats struct {
 	Resyncs, Pings, Probes                  uint64
 	Malformed, Forged, Replayed, Unexpected uint64
 	Denied, Limited, Amplification          uint64
-	Rebinds                                 uint64
+	Rebinds, Forgotten                      uint64
 }
 
 // Server is a running rendezvous.
@@ -96,6 +100,7 @@ type Server struct {
 	unkRL       *rateLimiter
 	stats       Stats
 	pingSeq     uint64
+	swept       time.Time   // last sweep for forgotten clients
 	opener      wire.Opener // for handle, under mu
 	sealer      wire.Sealer // for handle's replies, under mu
 	closed      bool
@@ -468,6 +473,10 @@ func (s *Server) sendDue() time.Time {
 	var out []job
 	var armed []*sub
 	s.mu.Lock()
+	if now.Sub(s.swept) >= idleWake {
+		s.swept = now
+		s.forgetSilent(now)
+	}
 	for su := range s.pending {
 		if su.acked >= su.r.head {
 			delete(s.pending, su)
@@ -511,6 +520,22 @@ func (s *Server) sendDue() time.Time {
 		next = next.Add(took)
 	}
 	return next
+}
+
+// forgetSilent drops clients silent for ForgetAfter. Called with mu held.
+func (s *Server) forgetSilent(now time.Time) {
+	for k, c := range s.clients {
+		if now.Sub(c.lastSeen) < ForgetAfter {
+			continue
+		}
+		for _, su := range c.subs {
+			delete(su.r.subs, k)
+			delete(s.pending, su)
+		}
+		delete(s.probes, c)
+		delete(s.clients, k)
+		s.stats.Forgotten++
+	}
 }
 
 // appendDue seals what one subscription owes now: a resync notice if what

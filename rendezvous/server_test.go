@@ -227,3 +227,25 @@ func FuzzHandle(f *testing.F) {
 		}
 	})
 }
+
+// A client silent for ForgetAfter leaves memory; its next keepalive brings
+// it back at the position it reports.
+func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
+	s, conn, now := testServer(t, true)
+	c := newTestClient(s)
+	s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+	*now = now.Add(ForgetAfter - time.Minute)
+	s.sendDue()
+	if len(s.Clients()) != 1 {
+		t.Fatal("forgot a client before ForgetAfter")
+	}
+	*now = now.Add(2 * time.Minute)
+	s.sendDue()
+	if len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || len(s.repos["chat.git"].subs) != 0 {
+		t.Fatalf("silent client kept: %d clients", len(s.Clients()))
+	}
+	pong := c.open(t, s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
+	if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
+		t.Fatal("a forgotten client could not come back")
+	}
+}
