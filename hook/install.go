@@ -95,7 +95,9 @@ func writeOwned(a account, path string, data []byte, mode os.FileMode) error {
 	return a.chown(path)
 }
 
-func fileHas(path, marker string) (exists, ours bool) {
+// FileHasMarker reports whether path exists and whether it carries the
+// marker that says an install wrote it.
+func FileHasMarker(path, marker string) (exists, ours bool) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return !errors.Is(err, fs.ErrNotExist), false
@@ -103,20 +105,24 @@ func fileHas(path, marker string) (exists, ours bool) {
 	return true, strings.Contains(string(b), marker)
 }
 
-// Install sets the server side up; running it again changes nothing more.
-func (o ServerInstall) Install() error {
+// locate resolves the git user, the repository and its hooks directory.
+func (o *ServerInstall) locate() (acct account, repo, hooks string, err error) {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
-	acct, err := resolveUser(o.User)
-	if err != nil {
-		return err
+	if acct, err = resolveUser(o.User); err != nil {
+		return
 	}
-	repo, err := filepath.Abs(o.Repo)
-	if err != nil {
-		return err
+	if repo, err = filepath.Abs(o.Repo); err != nil {
+		return
 	}
-	hooks, err := hooksDir(repo)
+	hooks, err = hooksDir(repo)
+	return
+}
+
+// Install sets the server side up; running it again changes nothing more.
+func (o ServerInstall) Install() error {
+	acct, repo, hooks, err := o.locate()
 	if err != nil {
 		return err
 	}
@@ -152,7 +158,7 @@ func (o ServerInstall) Install() error {
 		return err
 	}
 	hookPath := filepath.Join(hooks, "post-receive")
-	if exists, ours := fileHas(hookPath, hookMarker); exists && !ours {
+	if exists, ours := FileHasMarker(hookPath, hookMarker); exists && !ours {
 		chained := hookPath + chainedSuffix
 		if _, err := os.Stat(chained); err == nil {
 			return fmt.Errorf("%s and %s both exist: move one away first", hookPath, chained)
@@ -189,7 +195,7 @@ exit 0
 		return err
 	}
 	hbPath := filepath.Join(cmds, "gcn-heartbeat")
-	if exists, ours := fileHas(hbPath, heartbeatMarker); exists && !ours {
+	if exists, ours := FileHasMarker(hbPath, heartbeatMarker); exists && !ours {
 		return fmt.Errorf("%s exists and was not written by gcn-punch", hbPath)
 	}
 	// The store travels in the environment: a client over SSH picks the
@@ -201,7 +207,7 @@ exit 0
 	}
 	fmt.Fprintf(o.Out, "git-shell command %s\n", hbPath)
 
-	unit := o.unit(acct, st.Dir)
+	unit := Unit(acct.name, o.Binary, o.Listen, st.Dir)
 	if os.Geteuid() != 0 {
 		fmt.Fprintf(o.Out, "\nnot root: the systemd unit is printed, not written. As root, save it as %s:\n\n%s", UnitPath, unit)
 		return nil
@@ -210,7 +216,7 @@ exit 0
 	if up == "" {
 		up = UnitPath
 	}
-	if exists, ours := fileHas(up, unitMarker); exists && !ours {
+	if exists, ours := FileHasMarker(up, unitMarker); exists && !ours {
 		return fmt.Errorf("%s exists and was not written by gcn-punch", up)
 	}
 	if err := store.WriteFileAtomic(up, []byte(unit), 0o644); err != nil {
@@ -220,8 +226,9 @@ exit 0
 	return nil
 }
 
-func (o ServerInstall) unit(a account, storeDir string) string {
-	listen := o.Listen
+// Unit is the rendezvous's hardened systemd unit; install writes it, and
+// the Debian package ships it (`install server --print-unit`).
+func Unit(user, binary, listen, storeDir string) string {
 	if listen == "" {
 		listen = ":3478"
 	}
@@ -263,7 +270,7 @@ AmbientCapabilities=
 
 [Install]
 WantedBy=multi-user.target
-`, unitMarker, a.name, o.Binary, listen, storeDir, storeDir)
+`, unitMarker, user, binary, listen, storeDir, storeDir)
 }
 
 // Uninstall removes what Install added for this repository: its hook (the
@@ -271,23 +278,12 @@ WantedBy=multi-user.target
 // served any more, the git-shell command and the unit too. The store's
 // data (keys, logs, records) is kept.
 func (o ServerInstall) Uninstall() error {
-	if o.Out == nil {
-		o.Out = io.Discard
-	}
-	acct, err := resolveUser(o.User)
-	if err != nil {
-		return err
-	}
-	repo, err := filepath.Abs(o.Repo)
-	if err != nil {
-		return err
-	}
-	hooks, err := hooksDir(repo)
+	acct, repo, hooks, err := o.locate()
 	if err != nil {
 		return err
 	}
 	hookPath := filepath.Join(hooks, "post-receive")
-	if _, ours := fileHas(hookPath, hookMarker); ours {
+	if _, ours := FileHasMarker(hookPath, hookMarker); ours {
 		if err := os.Remove(hookPath); err != nil {
 			return err
 		}
@@ -313,7 +309,7 @@ func (o ServerInstall) Uninstall() error {
 		return nil
 	}
 	hbPath := filepath.Join(acct.home, "git-shell-commands", "gcn-heartbeat")
-	if _, ours := fileHas(hbPath, heartbeatMarker); ours {
+	if _, ours := FileHasMarker(hbPath, heartbeatMarker); ours {
 		os.Remove(hbPath)
 		fmt.Fprintf(o.Out, "removed %s\n", hbPath)
 	}
@@ -321,7 +317,7 @@ func (o ServerInstall) Uninstall() error {
 	if up == "" {
 		up = UnitPath
 	}
-	if _, ours := fileHas(up, unitMarker); ours && os.Geteuid() == 0 {
+	if _, ours := FileHasMarker(up, unitMarker); ours && os.Geteuid() == 0 {
 		os.Remove(up)
 		fmt.Fprintf(o.Out, "removed %s (run systemctl daemon-reload)\n", up)
 	}

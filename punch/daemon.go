@@ -638,14 +638,19 @@ func (d *Daemon) onNotify(p *peer, n *wire.Notify) {
 		}
 	}
 	p.mu.Unlock()
-	last := rs.LastSeq
+	d.commitLocked(p, n.RepoID, rs.LastSeq)
+}
+
+// commitLocked saves the state, releases mu, and only then acks and wakes
+// the action worker: nothing is acknowledged that a crash could lose.
+func (d *Daemon) commitLocked(p *peer, repo string, seq uint64) {
 	err := d.state.save(d.cfg.StateDir)
 	d.mu.Unlock()
 	if err != nil {
 		d.log.Error("cannot save state; not acknowledging", "err", err)
 		return
 	}
-	d.send(p, &wire.Ack{RepoID: n.RepoID, Seq: last})
+	d.send(p, &wire.Ack{RepoID: repo, Seq: seq})
 	d.wakeWorker()
 }
 
@@ -668,14 +673,7 @@ func (d *Daemon) onResync(p *peer, m *wire.Resync) {
 	rs.Known, rs.LastSeq = true, m.HeadSeq
 	d.stats.Resyncs++
 	d.state.Pending = append(d.state.Pending, Event{ServerKey: p.key.String(), Repo: m.RepoID, Seq: m.HeadSeq, TimeMilli: m.TimeMilli, Resync: true})
-	err := d.state.save(d.cfg.StateDir)
-	d.mu.Unlock()
-	if err != nil {
-		d.log.Error("cannot save state; not acknowledging", "err", err)
-		return
-	}
-	d.send(p, &wire.Ack{RepoID: m.RepoID, Seq: m.HeadSeq})
-	d.wakeWorker()
+	d.commitLocked(p, m.RepoID, m.HeadSeq)
 }
 
 func (d *Daemon) wakeWorker() { kick(d.work) }

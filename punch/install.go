@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gitchat/gcn-punch/hook"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
@@ -76,7 +77,7 @@ func (o ClientInstall) Install() error {
 	if err != nil {
 		return err
 	}
-	if exists, ours := fileHasMarker(unit, clientUnitMarker); exists && !ours {
+	if exists, ours := hook.FileHasMarker(unit, clientUnitMarker); exists && !ours {
 		return fmt.Errorf("%s exists and was not written by gcn-punch", unit)
 	}
 	clones, err := readList(list)
@@ -153,7 +154,7 @@ func (o ClientInstall) Uninstall() error {
 		return err
 	}
 	clones = slices.DeleteFunc(clones, func(c string) bool { return c == clone })
-	if _, ours := fileHasMarker(unit, clientUnitMarker); !ours {
+	if _, ours := hook.FileHasMarker(unit, clientUnitMarker); !ours {
 		return nil // nothing of ours to remove
 	}
 	if len(clones) > 0 {
@@ -166,12 +167,4 @@ func (o ClientInstall) Uninstall() error {
 	}
 	fmt.Fprintf(o.Out, "removed %s (run systemctl --user daemon-reload)\n", unit)
 	return nil
-}
-
-func fileHasMarker(path, marker string) (exists, ours bool) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return !errors.Is(err, fs.ErrNotExist), false
-	}
-	return true, strings.Contains(string(b), marker)
 }

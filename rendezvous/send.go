@@ -1,7 +1,6 @@
 package rendezvous
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -168,16 +167,10 @@ func (s *Server) readLoopBatched(uc *net.UDPConn) error {
 	for {
 		n, err := pc.ReadBatch(msgs, 0)
 		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
-				return nil
+			if stop, err := s.readFailed(err); stop {
+				return err
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("rendezvous: read: %w", err)
+			continue
 		}
 		replies = replies[:0]
 		for _, m := range msgs[:n] {

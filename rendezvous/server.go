@@ -247,16 +247,10 @@ func (s *Server) readLoop(conn net.PacketConn) error {
 	for {
 		n, addr, err := conn.ReadFrom(buf)
 		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
-				return nil
+			if stop, err := s.readFailed(err); stop {
+				return err
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("rendezvous: read: %w", err)
+			continue
 		}
 		src, ok := addrPort(addr)
 		if !ok {
@@ -266,6 +260,21 @@ func (s *Server) readLoop(conn net.PacketConn) error {
 			conn.WriteTo(reply, net.UDPAddrFromAddrPort(src))
 		}
 	}
+}
+
+// readFailed says whether a read error ends the read loop (shutdown: no
+// error; anything but a timeout: that error).
+func (s *Server) readFailed(err error) (stop bool, _ error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return true, nil
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return false, nil
+	}
+	return true, fmt.Errorf("rendezvous: read: %w", err)
 }
 
 func addrPort(a net.Addr) (netip.AddrPort, bool) {

@@ -55,48 +55,12 @@ License: MIT
  SOFTWARE.
 CP
 
-# The units: the rendezvous as the "git" user on the default store (not
-# enabled by the package: `gcn-punch install server` sets a repository up),
-# and the client daemon for the clones listed by `gcn-punch install client`.
-cat >"$pkg/usr/lib/systemd/system/gcn-punch-rendezvous.service" <<'UNIT'
-[Unit]
-Description=gcn-punch rendezvous: git push notifications over UDP
-Documentation=man:gcn-punch(1)
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-User=git
-ExecStart=/usr/bin/gcn-punch rendezvous --listen :3478 --store /var/git-chat-notif-db
-Restart=on-failure
-RestartSec=2
-UMask=0027
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=read-only
-ReadWritePaths=/var/git-chat-notif-db
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-CapabilityBoundingSet=
-AmbientCapabilities=
-
-[Install]
-WantedBy=multi-user.target
-UNIT
+# The rendezvous's unit, as the "git" user on the default store, not enabled
+# by the package (`gcn-punch install server` sets a repository up). One
+# source: the same text `install server` writes. The client's user unit is
+# written by `gcn-punch install client`, which knows the clones.
+"$pkg/usr/bin/gcn-punch" install server --print-unit --user git --store /var/git-chat-notif-db \
+  --listen :3478 --binary /usr/bin/gcn-punch >"$pkg/usr/lib/systemd/system/gcn-punch-rendezvous.service"
 chmod 0644 "$pkg/usr/lib/systemd/system/gcn-punch-rendezvous.service"
 
 size=$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
