@@ -57,6 +57,10 @@ type RouterSpec struct {
 	LossPercent int  // random UDP loss in the router's forward path, both ways
 	CGNAT       bool // a carrier NAT (port-restricted) between this router and the WAN
 	BlockUDP    bool // the router drops all forwarded UDP
+	// Hairpin lets a client reach another behind the same router through
+	// the router's public address, as RFC 4787 REQ-9 asks. The lab does it
+	// for the endpoint-independent kinds, whose mappings keep the port.
+	Hairpin bool
 }
 
 // Address plan: only 198.18.0.0/15 (RFC 2544, for benchmark tests).
@@ -236,6 +240,9 @@ func (l *Lab) addRouter(i int, spec RouterSpec) (*Router, error) {
 	if (spec.Kind == FullCone || spec.Kind == AddressRestricted) && spec.Clients != 1 {
 		return nil, fmt.Errorf("netsim: a %s router forwards to exactly one client", spec.Kind)
 	}
+	if spec.Hairpin && spec.Kind == Symmetric {
+		return nil, fmt.Errorf("netsim: hairpinning is emulated for endpoint-independent mapping only")
+	}
 	r := &Router{Spec: spec, lab: l, LANNet: fmt.Sprintf("198.19.%d.0/24", i)}
 	r.NS = l.ns(fmt.Sprintf("r%d", i))
 	if err := l.addNS(r.NS); err != nil {
@@ -355,6 +362,20 @@ func (r *Router) ruleset() string {
 		sets = fmt.Sprintf(" set seen {\n  type inet_service . ipv4_addr\n  flags dynamic,timeout\n  timeout %ds\n }\n", int(timeout.Seconds()))
 		fwd = append(fwd, `iifname "lan0" oifname "wan0" ip saddr `+client+` update @seen { udp sport . ip daddr }`)
 		pre = append(pre, `iifname "wan0" udp dport . ip saddr @seen dnat to `+client)
+	}
+	if r.Spec.Hairpin {
+		// Learn public port → client from outbound traffic (the port is
+		// kept by these kinds), send LAN packets for the public address
+		// back in, and make them come from the public address.
+		timeout := r.Spec.UDPTimeout
+		if timeout == 0 {
+			timeout = 120 * time.Second
+		}
+		sets += fmt.Sprintf(" map hairpin {\n  type inet_service : ipv4_addr\n  flags dynamic,timeout\n  timeout %ds\n }\n", int(timeout.Seconds()))
+		fwd = append(fwd, `iifname "lan0" oifname "wan0" update @hairpin { udp sport : ip saddr }`)
+		pre = append(pre, `iifname "lan0" ip daddr `+r.Addr.String()+` dnat to udp dport map @hairpin`)
+		// (postrouting has no input interface: match the LAN source instead)
+		post = append([]string{`ip saddr ` + r.LANNet + ` oifname "lan0" ip protocol udp snat to ` + r.Addr.String()}, post...)
 	}
 	if r.Spec.BlockUDP {
 		fwd = append(fwd, `meta l4proto udp drop`)
