@@ -6,7 +6,10 @@ package netsim_test
 
 import (
 	"bufio"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -36,7 +39,8 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 // scenarios are the tests that fill the matrix; it is written only when
 // all of them ran, so a filtered run never overwrites it with a part.
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
-	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning"}
+	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
+	"TestNATProbeInterop"}
 
 var contributed sync.Map
 
@@ -682,5 +686,143 @@ func TestNATHairpinning(t *testing.T) {
 			}
 			record(t, row{"hairpinning off (nothing arrives)", "port-restricted", res, "-", "-"})
 		}
+	}
+}
+
+// behaviour turns coturn's "NAT with Address and Port Dependent Mapping!"
+// into the RFC 4787 name.
+func behaviour(line string) string {
+	l := strings.ToLower(line)
+	switch {
+	case strings.Contains(l, "endpoint independent"):
+		return "endpoint-independent"
+	case strings.Contains(l, "address and port dependent"):
+		return "address-and-port-dependent"
+	case strings.Contains(l, "address dependent"):
+		return "address-dependent"
+	}
+	return "?"
+}
+
+var natLine = regexp.MustCompile(`NAT with (.*) (Mapping|Filtering)!`)
+var reflexiveLine = regexp.MustCompile(`UDP reflexive addr: (\S+)`)
+
+// For each NAT kind, in both directions with coturn (a real, independent
+// RFC 5780 implementation): our probe classifies the NAT against our
+// rendezvous and against coturn's turnserver; coturn's natdiscovery
+// classifies it against our rendezvous; coturn's stunclient reads the right
+// reflexive address from our rendezvous.
+func TestNATProbeInterop(t *testing.T) {
+	skipUnlessLab(t)
+	for _, p := range []string{"turnserver", "turnutils_natdiscovery", "turnutils_stunclient"} {
+		if _, err := exec.LookPath(p); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s not installed: .ci/run must install coturn", p)
+			}
+			t.Skipf("%s not installed (apt-get install coturn)", p)
+		}
+	}
+	t.Parallel()
+	specs := []netsim.RouterSpec{{Kind: netsim.FullCone}, {Kind: netsim.AddressRestricted}, {Kind: netsim.PortRestricted}, {Kind: netsim.Symmetric}}
+	lab := newLab(t, specs...)
+	dir := t.TempDir()
+	a, b := netsim.ServerAddr.String(), netsim.ServerAltAddr.String()
+	ours := startIn(t, lab.Server, filepath.Join(dir, "rendezvous.log"),
+		"rendezvous", "--listen", a+":3478", "--alt-listen", b+":3479", "--store", filepath.Join(dir, "store"), "--open")
+	turn := lab.Server.Command("turnserver", "-n", "--listening-ip="+a, "--listening-ip="+b, "--listening-port=5478",
+		"--alt-listening-port=5479", "--stun-only", "--no-tcp", "--no-tls", "--no-dtls", "--no-cli",
+		"--log-file=stdout", "--simple-log", "--pidfile="+filepath.Join(dir, "turn.pid"))
+	turnLog, _ := os.Create(filepath.Join(dir, "turnserver.log"))
+	turn.Stdout, turn.Stderr = turnLog, turnLog
+	if err := turn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { turn.Process.Kill(); turn.Wait() })
+	if !poll(10*time.Second, func() bool { return strings.Contains(ours.text(), "RFC 5780 NAT discovery on") }) {
+		t.Fatalf("rendezvous without RFC 5780:\n%s", ours.text())
+	}
+	time.Sleep(time.Second) // coturn's sockets
+
+	var wg sync.WaitGroup
+	for i, r := range lab.Routers {
+		wg.Go(func() {
+			kind := specs[i].Kind
+			c := r.Clients[0]
+			want := kind.Mapping() + " / " + kind.Filtering()
+			probe := func(server string) (string, string) {
+				cmd := c.Command(binary, "probe", "--server", server, "--json")
+				cmd.Stderr = io.Discard // JSON only on stdout
+				out, err := bounded(cmd)
+				var rep struct {
+					Mapping, Filtering *string
+					DurationMillis     int64 `json:"duration_ms"`
+				}
+				if err != nil || json.Unmarshal(out, &rep) != nil || rep.Mapping == nil || rep.Filtering == nil {
+					return fmt.Sprintf("error %v: %s", err, out), "-"
+				}
+				return *rep.Mapping + " / " + *rep.Filtering, fmt.Sprintf("%d ms", rep.DurationMillis)
+			}
+			check := func(what, got, took string) {
+				res := "ok"
+				if got != want {
+					res = "FAIL"
+					t.Errorf("%s behind %s: got %q, want %q", what, kind, got, want)
+				}
+				record(t, row{what, string(kind), res, took, "-"})
+			}
+			got, took := probe(a + ":3478")
+			check("probe vs our rendezvous", got, took)
+			got, took = probe(a + ":5478")
+			check("probe vs coturn turnserver", got, took)
+
+			out, _ := bounded(c.Command("turnutils_natdiscovery", "-m", "-f", "-p", "3478", a))
+			var mapping, filtering string
+			for _, m := range natLine.FindAllStringSubmatch(string(out), -1) {
+				if m[2] == "Mapping" {
+					mapping = behaviour(m[1])
+				} else {
+					filtering = behaviour(m[1])
+				}
+			}
+			check("coturn natdiscovery vs our rendezvous", mapping+" / "+filtering, "-")
+
+			out, _ = bounded(c.Command("turnutils_stunclient", "-p", "3478", a))
+			refl := ""
+			if m := reflexiveLine.FindStringSubmatch(string(out)); m != nil {
+				refl = m[1]
+			}
+			res := "ok"
+			if !strings.HasPrefix(refl, r.Addr.String()+":") {
+				res = "FAIL"
+				t.Errorf("coturn stunclient behind %s: reflexive %q, want the router's %s\n%s", kind, refl, r.Addr, out)
+			}
+			record(t, row{"coturn stunclient vs our rendezvous (reflexive address)", string(kind), res, refl, "-"})
+		})
+	}
+	wg.Wait()
+}
+
+// bounded runs a command for at most 30 s and returns its output; one that
+// does not finish is killed and says so in the output.
+func bounded(cmd *exec.Cmd) ([]byte, error) {
+	var buf strings.Builder
+	if cmd.Stdout == nil {
+		cmd.Stdout = &buf
+	}
+	if cmd.Stderr == nil && cmd.Stdout == &buf {
+		cmd.Stderr = &buf
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return []byte(buf.String()), err
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		return []byte(buf.String() + "\n(killed after 30 s)"), errors.New("timed out")
 	}
 }

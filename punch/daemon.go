@@ -172,6 +172,7 @@ func (d *Daemon) Follow(s Server) error {
 			return err
 		}
 		p.srv.Store(&merged)
+		d.rememberServer(merged)
 		kick(p.ping)
 		return nil
 	}
@@ -181,6 +182,7 @@ func (d *Daemon) Follow(s Server) error {
 	cp.Repos = append([]string(nil), s.Repos...)
 	p.srv.Store(&cp)
 	d.peers[s.Key] = p
+	d.rememberServer(s)
 	if d.runCtx != nil {
 		d.startPeer(p)
 	}
@@ -747,4 +749,18 @@ func (d *Daemon) LocalPort() uint16 {
 	}
 	ap, _ := netip.ParseAddrPort(d.cfg.Conn.LocalAddr().String())
 	return ap.Port()
+}
+
+// rememberServer records the server's address in the state for `probe`.
+func (d *Daemon) rememberServer(s Server) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state.Rendezvous == nil {
+		d.state.Rendezvous = map[string]string{}
+	}
+	if d.state.Rendezvous[s.Key.String()] == s.Addr.String() {
+		return
+	}
+	d.state.Rendezvous[s.Key.String()] = s.Addr.String()
+	d.saveLocked()
 }

@@ -124,6 +124,16 @@ func gitOut(ctx context.Context, clone string, args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
+// OriginHost is the host of the clone's SSH origin.
+func OriginHost(ctx context.Context, clone string) (string, error) {
+	url, err := gitOut(ctx, clone, "config", "--get", "remote.origin.url")
+	if err != nil {
+		return "", fmt.Errorf("%s: no origin remote", clone)
+	}
+	rem, err := ParseRemote(url)
+	return rem.Host, err
+}
+
 // SSHCommand is the ssh command git would use for the clone:
 // $GIT_SSH_COMMAND, then core.sshCommand, then plain ssh.
 func SSHCommand(ctx context.Context, clone string) string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -44,6 +45,23 @@ type State struct {
 	// Pins maps an SSH server ("user@host:port") to the rendezvous key it
 	// gave at first registration, as ssh's known_hosts does for host keys.
 	Pins map[string]string `json:"pins,omitempty"`
+	// Rendezvous maps a server key to the UDP address last used for it
+	// (`gcn-punch probe` starts from it).
+	Rendezvous map[string]string `json:"rendezvous,omitempty"`
+}
+
+// LastRendezvous returns an address the daemon in stateDir last used.
+func LastRendezvous(stateDir string) (netip.AddrPort, error) {
+	st, err := loadState(stateDir)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	for _, a := range st.Rendezvous {
+		if ap, err := netip.ParseAddrPort(a); err == nil {
+			return ap, nil
+		}
+	}
+	return netip.AddrPort{}, fmt.Errorf("no rendezvous recorded in %s", filepath.Join(stateDir, "state.json"))
 }
 
 const stateVersion = 1

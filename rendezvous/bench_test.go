@@ -37,12 +37,12 @@ func BenchmarkKeepalive(b *testing.B) {
 		pkts[i], _ = wire.Seal(nil, &wire.Keepalive{Counter: uint64(i + 1), Subs: []wire.Sub{{RepoID: "chat.git", Known: true}}}, c.pub, &c.shared)
 	}
 	for i := 0; i < clients; i++ { // register
-		s.handle(conn, pkts[i], cs[i].src)
+		s.handle(0, 0, pkts[i], cs[i].src)
 	}
 	b.ResetTimer()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		if s.handle(conn, pkts[clients+i], cs[i%clients].src) == nil {
+		if s.handle(0, 0, pkts[clients+i], cs[i%clients].src) == nil {
 			b.Fatal("no pong")
 		}
 	}

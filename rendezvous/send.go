@@ -155,7 +155,7 @@ func batchConn(uc *net.UDPConn) batchReader {
 	return ipv6.NewPacketConn(uc)
 }
 
-func (s *Server) readLoopBatched(uc *net.UDPConn) error {
+func (s *Server) readLoopBatched(ip, port int, uc *net.UDPConn) error {
 	pc := batchConn(uc)
 	msgs := make([]ipv4.Message, readBatch)
 	for i := range msgs {
@@ -178,7 +178,7 @@ func (s *Server) readLoopBatched(uc *net.UDPConn) error {
 			if !ok {
 				continue
 			}
-			if reply := s.handle(uc, m.Buffers[0][:m.N], src); reply != nil {
+			if reply := s.handle(ip, port, m.Buffers[0][:m.N], src); reply != nil {
 				replies = append(replies, ipv4.Message{Buffers: [][]byte{reply}, Addr: m.Addr})
 			}
 		}

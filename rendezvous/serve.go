@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,16 +41,16 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	}
 	defer conn.Close()
 	growBuffers(conn, o.Logger)
-	var alt net.PacketConn
+	cfg := Config{Conn: conn, Store: st, Open: o.Open, Logger: o.Logger}
 	if o.AltListen != "" {
-		alt, err = net.ListenPacket("udp", o.AltListen)
+		grid, closeAll, err := listenGrid(conn, o.AltListen, o.Logger)
 		if err != nil {
-			return fmt.Errorf("rendezvous: alt-listen %s: %w", o.AltListen, err)
+			return err
 		}
-		defer alt.Close()
-		growBuffers(alt, o.Logger)
+		defer closeAll()
+		cfg.Grid = grid
 	}
-	srv, err := New(Config{Conn: conn, AltConn: alt, Store: st, Open: o.Open, Logger: o.Logger})
+	srv, err := New(cfg)
 	if err != nil {
 		return err
 	}
@@ -194,4 +195,46 @@ func growBuffers(conn net.PacketConn, log *slog.Logger) {
 		syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, socketBuffer)
 		syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUFFORCE, socketBuffer)
 	})
+}
+
+// listenGrid opens the alternate address and, when it differs from the
+// primary in both IP and port, the two cross addresses RFC 5780 needs.
+func listenGrid(primary net.PacketConn, altListen string, log *slog.Logger) (*Grid, func(), error) {
+	var g Grid
+	var opened []net.PacketConn
+	closeAll := func() {
+		for _, c := range opened {
+			c.Close()
+		}
+	}
+	listen := func(addr string) (net.PacketConn, error) {
+		c, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("rendezvous: listen %s: %w", addr, err)
+		}
+		growBuffers(c, log)
+		opened = append(opened, c)
+		return c, nil
+	}
+	alt, err := listen(altListen)
+	if err != nil {
+		return nil, nil, err
+	}
+	g[0][0], g[1][1] = primary, alt
+	a, _ := addrPort(primary.LocalAddr())
+	b, _ := addrPort(alt.LocalAddr())
+	if a.Addr().IsUnspecified() || b.Addr().IsUnspecified() || a.Addr() == b.Addr() || a.Port() == b.Port() {
+		log.Warn("RFC 5780 NAT discovery needs --listen and --alt-listen on two specific IPs and two ports; serving plain STUN on both, so clients cannot test filtering or address-dependent mapping",
+			"listen", a, "alt_listen", b)
+		return &g, closeAll, nil
+	}
+	if g[0][1], err = listen(netip.AddrPortFrom(a.Addr(), b.Port()).String()); err != nil {
+		return nil, nil, err
+	}
+	if g[1][0], err = listen(netip.AddrPortFrom(b.Addr(), a.Port()).String()); err != nil {
+		return nil, nil, err
+	}
+	log.Info("RFC 5780 NAT discovery on", "addresses", []string{a.String(), netip.AddrPortFrom(a.Addr(), b.Port()).String(), netip.AddrPortFrom(b.Addr(), a.Port()).String(), b.String()})
+	return &g, closeAll, nil
 }

@@ -61,11 +61,14 @@ const (
 // Config is what a Server needs. Conn is the seam in front of the network.
 type Config struct {
 	Conn    net.PacketConn
-	AltConn net.PacketConn // optional second address (RFC 5780 comes later)
-	Store   *store.Store
-	Open    bool // any key may follow any repository
-	Logger  *slog.Logger
-	Now     func() time.Time // nil: time.Now
+	AltConn net.PacketConn // optional second address
+	// Grid, when all four cells are set, serves RFC 5780; its [0][0] and
+	// [1][1] are Conn and AltConn.
+	Grid   *Grid
+	Store  *store.Store
+	Open   bool // any key may follow any repository
+	Logger *slog.Logger
+	Now    func() time.Time // nil: time.Now
 }
 
 // Stats counts what the server did; every dropped datagram is counted.
@@ -99,6 +102,7 @@ type Server struct {
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter
 	stats       Stats
+	grid        Grid // [0][0] Conn, [1][1] AltConn, the others for RFC 5780
 	pingSeq     uint64
 	swept       time.Time   // last sweep for forgotten clients
 	opener      wire.Opener // for handle, under mu
@@ -175,6 +179,13 @@ func New(cfg Config) (*Server, error) {
 		stunRL:      newRateLimiter(stunRate, stunBurst),
 		unkRL:       newRateLimiter(unknownRate, unknownBurst),
 	}
+	if cfg.Grid != nil {
+		s.grid = *cfg.Grid
+		cfg.Conn, cfg.AltConn = s.grid[0][0], s.grid[1][1]
+		s.cfg = cfg
+	} else {
+		s.grid[0][0], s.grid[1][1] = cfg.Conn, cfg.AltConn
+	}
 	ids, err := cfg.Store.Repos()
 	if err != nil {
 		return nil, err
@@ -204,13 +215,15 @@ func (s *Server) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	conns := []net.PacketConn{s.cfg.Conn}
-	if s.cfg.AltConn != nil {
-		conns = append(conns, s.cfg.AltConn)
-	}
-	errc := make(chan error, len(conns))
-	for _, c := range conns {
-		wg.Go(func() { errc <- s.readLoop(c) })
+	var conns []net.PacketConn
+	errc := make(chan error, 4)
+	for ip := range 2 {
+		for port := range 2 {
+			if c := s.grid[ip][port]; c != nil {
+				conns = append(conns, c)
+				wg.Go(func() { errc <- s.readLoop(ip, port) })
+			}
+		}
 	}
 	wg.Go(func() { s.recordWriter(ctx) })
 	wg.Go(func() { s.pingKnownClients() })
@@ -239,9 +252,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-func (s *Server) readLoop(conn net.PacketConn) error {
+func (s *Server) readLoop(ip, port int) error {
+	conn := s.grid[ip][port]
 	if uc, ok := conn.(*net.UDPConn); ok {
-		return s.readLoopBatched(uc)
+		return s.readLoopBatched(ip, port, uc)
 	}
 	buf := make([]byte, 2048)
 	for {
@@ -256,7 +270,7 @@ func (s *Server) readLoop(conn net.PacketConn) error {
 		if !ok {
 			continue
 		}
-		if reply := s.handle(conn, buf[:n], src); reply != nil {
+		if reply := s.handle(ip, port, buf[:n], src); reply != nil {
 			conn.WriteTo(reply, net.UDPAddrFromAddrPort(src))
 		}
 	}
@@ -286,8 +300,11 @@ func addrPort(a net.Addr) (netip.AddrPort, bool) {
 	return ap, err == nil
 }
 
-// handle processes one datagram and returns the reply, if any.
-func (s *Server) handle(conn net.PacketConn, b []byte, src netip.AddrPort) []byte {
+// handle processes one datagram that arrived on grid cell (ip, port) and
+// returns the reply to send back from that cell, if any. A STUN answer that
+// must leave from another cell or go elsewhere is sent here.
+func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
+	conn := s.grid[ip][port]
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -296,13 +313,17 @@ func (s *Server) handle(conn net.PacketConn, b []byte, src netip.AddrPort) []byt
 			s.stats.STUNLimited++
 			return nil
 		}
-		resp := stunResponse(b, src)
+		resp, fromIP, fromPort, to := stunAnswer(&s.grid, ip, port, b, src)
 		if resp == nil {
 			s.stats.Malformed++
 			return nil
 		}
 		s.stats.STUN++
-		return resp
+		if fromIP == ip && fromPort == port && to == src {
+			return resp
+		}
+		s.grid[fromIP][fromPort].WriteTo(resp, net.UDPAddrFromAddrPort(to))
+		return nil
 	}
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {

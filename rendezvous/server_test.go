@@ -62,14 +62,14 @@ var srcA = netip.MustParseAddrPort("198.18.0.10:40000")
 var srcB = netip.MustParseAddrPort("198.18.0.11:41000")
 
 func TestSTUNBindingResponse(t *testing.T) {
-	s, conn, _ := testServer(t, true)
+	s, _, _ := testServer(t, true)
 	for _, withFP := range []bool{false, true} {
 		setters := []stun.Setter{stun.TransactionID, stun.BindingRequest}
 		if withFP {
 			setters = append(setters, stun.Fingerprint)
 		}
 		req := stun.MustBuild(setters...)
-		resp := s.handle(conn, req.Raw, srcA)
+		resp := s.handle(0, 0, req.Raw, srcA)
 		m := &stun.Message{Raw: resp}
 		if err := m.Decode(); err != nil {
 			t.Fatal(err)
@@ -95,29 +95,29 @@ func TestSTUNBindingResponse(t *testing.T) {
 	}
 	// Anything that is not a Binding request gets nothing.
 	ind := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodBinding, stun.ClassIndication))
-	if r := s.handle(conn, ind.Raw, srcA); r != nil {
+	if r := s.handle(0, 0, ind.Raw, srcA); r != nil {
 		t.Fatal("answered a Binding indication")
 	}
 }
 
 func TestSTUNRateLimitedPerSource(t *testing.T) {
-	s, conn, now := testServer(t, true)
+	s, _, now := testServer(t, true)
 	answered := 0
 	for range 100 {
-		if s.handle(conn, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
+		if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
 			answered++
 		}
 	}
 	if answered != stunBurst {
 		t.Fatalf("answered %d of 100 requests at one instant, want the burst %d", answered, stunBurst)
 	}
-	if s.handle(conn, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcB) == nil {
+	if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcB) == nil {
 		t.Fatal("another source was refused")
 	}
 	*now = now.Add(time.Second)
 	answered = 0
 	for range 100 {
-		if s.handle(conn, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
+		if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
 			answered++
 		}
 	}
@@ -130,10 +130,10 @@ func TestSTUNRateLimitedPerSource(t *testing.T) {
 }
 
 func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
-	s, conn, now := testServer(t, true)
+	s, _, now := testServer(t, true)
 	c := newTestClient(s)
 	ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
-	reply := s.handle(conn, ka, srcA)
+	reply := s.handle(0, 0, ka, srcA)
 	if reply == nil || len(reply) > len(ka) {
 		t.Fatalf("reply %d bytes to a %d-byte keepalive", len(reply), len(ka))
 	}
@@ -147,14 +147,14 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 	}
 	// The same datagram replayed from elsewhere is dropped; the address stays.
 	*now = now.Add(time.Second)
-	if s.handle(conn, ka, srcB) != nil {
+	if s.handle(0, 0, ka, srcB) != nil {
 		t.Fatal("answered a replayed keepalive")
 	}
 	if got := s.Clients()[0].Addr; got != srcA.String() || s.Stats().Replayed != 1 {
 		t.Fatalf("after replay: address %s, replayed %d", got, s.Stats().Replayed)
 	}
 	// A fresh keepalive from a new address is NAT rebinding: the record moves.
-	if s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
+	if s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
 		t.Fatal("no pong after rebinding")
 	}
 	rec = s.dirty[c.pub]
@@ -164,16 +164,16 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 }
 
 func TestForgedAndMalformedAreCountedNotAnswered(t *testing.T) {
-	s, conn, _ := testServer(t, true)
+	s, _, _ := testServer(t, true)
 	c := newTestClient(s)
 	ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
 	forged := append([]byte(nil), ka...)
 	forged[len(forged)-1] ^= 1
-	if s.handle(conn, forged, srcA) != nil || s.Stats().Forged != 1 {
+	if s.handle(0, 0, forged, srcA) != nil || s.Stats().Forged != 1 {
 		t.Fatal("forged keepalive answered or not counted")
 	}
 	for _, b := range [][]byte{[]byte("gcn"), []byte("hello world, not ours"), ka[:70]} {
-		if s.handle(conn, b, srcA) != nil {
+		if s.handle(0, 0, b, srcA) != nil {
 			t.Fatalf("answered %q", b)
 		}
 	}
@@ -183,21 +183,21 @@ func TestForgedAndMalformedAreCountedNotAnswered(t *testing.T) {
 }
 
 func TestRegisteredModeRefusesUnknownKeys(t *testing.T) {
-	s, conn, now := testServer(t, false)
+	s, _, now := testServer(t, false)
 	c := newTestClient(s)
-	reply := s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+	reply := s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
 	pong := c.open(t, reply).(*wire.Pong)
 	if pong.Statuses[0].Status != wire.StatusNotAuthorised || len(s.Clients()) != 0 {
 		t.Fatalf("unregistered key: status %d, %d clients kept", pong.Statuses[0].Status, len(s.Clients()))
 	}
 	s.cfg.Store.Authorise("chat.git", c.pub, now.Add(time.Hour))
-	pong = c.open(t, s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)).(*wire.Pong)
+	pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)).(*wire.Pong)
 	if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
 		t.Fatal("registered key refused")
 	}
 	// Registration lapses.
 	*now = now.Add(2 * time.Hour)
-	pong = c.open(t, s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}, wire.Sub{RepoID: "other.git"}), srcA)).(*wire.Pong)
+	pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}, wire.Sub{RepoID: "other.git"}), srcA)).(*wire.Pong)
 	if pong.Statuses[0].Status != wire.StatusNotAuthorised || pong.Statuses[1].Status != wire.StatusNotAuthorised {
 		t.Fatalf("expired registration still served: %+v", pong.Statuses)
 	}
@@ -221,7 +221,7 @@ func FuzzHandle(f *testing.F) {
 	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw)
 	f.Add([]byte("gcn\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		reply := s.handle(conn, b, srcA)
+		reply := s.handle(0, 0, b, srcA)
 		if reply != nil && len(reply) > len(b) && !(len(b) >= 20 && b[0] < 4) {
 			t.Fatalf("amplification: %d-byte reply to %d bytes", len(reply), len(b))
 		}
@@ -231,9 +231,9 @@ func FuzzHandle(f *testing.F) {
 // A client silent for ForgetAfter leaves memory; its next keepalive brings
 // it back at the position it reports.
 func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
-	s, conn, now := testServer(t, true)
+	s, _, now := testServer(t, true)
 	c := newTestClient(s)
-	s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+	s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
 	*now = now.Add(ForgetAfter - time.Minute)
 	s.sendDue()
 	if len(s.Clients()) != 1 {
@@ -244,7 +244,7 @@ func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
 	if len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || len(s.repos["chat.git"].subs) != 0 {
 		t.Fatalf("silent client kept: %d clients", len(s.Clients()))
 	}
-	pong := c.open(t, s.handle(conn, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
+	pong := c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
 	if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
 		t.Fatal("a forgotten client could not come back")
 	}

@@ -1,39 +1,9 @@
 package rendezvous
 
 import (
-	"net"
 	"net/netip"
 	"time"
-
-	"github.com/pion/stun/v2"
 )
-
-// stunResponse builds the Binding success response to a request from src,
-// or returns nil for anything that is not a well-formed Binding request.
-// It carries only XOR-MAPPED-ADDRESS, plus FINGERPRINT when the request had
-// one: nothing that was not asked for, so the response stays small.
-func stunResponse(req []byte, src netip.AddrPort) []byte {
-	m := &stun.Message{Raw: append([]byte(nil), req...)}
-	if err := m.Decode(); err != nil || m.Type != stun.BindingRequest {
-		return nil
-	}
-	if m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil {
-		return nil
-	}
-	setters := []stun.Setter{
-		stun.NewTransactionIDSetter(m.TransactionID),
-		stun.BindingSuccess,
-		&stun.XORMappedAddress{IP: net.IP(src.Addr().Unmap().AsSlice()), Port: int(src.Port())},
-	}
-	if m.Contains(stun.AttrFingerprint) {
-		setters = append(setters, stun.Fingerprint)
-	}
-	resp, err := stun.Build(setters...)
-	if err != nil {
-		return nil
-	}
-	return resp.Raw
-}
 
 // rateLimiter is a token bucket per source IP. STUN responses are larger than
 // the requests (RFC 5389 makes them so), so each source gets a small budget

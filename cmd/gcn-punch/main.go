@@ -41,6 +41,7 @@ usage:
   gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
   gcn-punch install client --repo CLONE [--exec PROGRAM]
   gcn-punch uninstall server|client --repo PATH   (removes only what install added)
+  gcn-punch probe [--server HOST:PORT] [--json] [--lifetime]
   gcn-punch bench [--json] [--sizes 1000,10000,100000] [--runs 3] [--doc docs/bench.md]
   gcn-punch heartbeat --repo PATH --id HEX --port N [--reflexive IP:PORT]   (store: $GCN_STORE)
                    (as ~/git-shell-commands/gcn-heartbeat, run by clients over SSH)
@@ -77,6 +78,8 @@ func main() {
 		err = runInstall(cmd, args)
 	case "bench":
 		err = runBench(ctx, args)
+	case "probe":
+		os.Exit(runProbe(ctx, args))
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -308,6 +311,55 @@ func runLoadgen(ctx context.Context, args []string) error {
 	}()
 	o.Start = start
 	return bench.Loadgen(ctx, o, os.Stdout)
+}
+
+// runProbe diagnoses the NAT. It exits 0 with whatever could be learned,
+// 1 when nothing could.
+func runProbe(ctx context.Context, args []string) int {
+	fs := newFlags("probe")
+	server := fs.String("server", "", "rendezvous UDP address (default: the daemon's, else the current clone's origin host, port 3478)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	lifetime := fs.Bool("lifetime", false, "also measure how long the NAT keeps an idle mapping (takes minutes)")
+	lifetimeMax := fs.Duration("lifetime-max", 4*time.Minute, "bound on the waiting of --lifetime")
+	stateDir := fs.String("state", defaultStateDir(), "daemon state directory to take the rendezvous from")
+	parse(fs, args)
+	addr, err := probeServer(ctx, *server, *stateDir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gcn-punch probe: %v\n", err)
+		return 1
+	}
+	r, perr := punch.Probe(ctx, punch.ProbeOptions{Server: addr, Lifetime: *lifetime, LifetimeMax: *lifetimeMax, Progress: os.Stderr})
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(r)
+	} else {
+		r.WriteHuman(os.Stdout)
+	}
+	if perr != nil {
+		fmt.Fprintf(os.Stderr, "gcn-punch probe: %v\n", perr)
+		return 1
+	}
+	return 0
+}
+
+func probeServer(ctx context.Context, flagValue, stateDir string) (netip.AddrPort, error) {
+	if flagValue == "" {
+		if ap, err := punch.LastRendezvous(stateDir); err == nil {
+			return ap, nil
+		}
+		if id, err := punch.OriginHost(ctx, "."); err == nil {
+			flagValue = net.JoinHostPort(id, "3478")
+		} else {
+			return netip.AddrPort{}, fmt.Errorf("give --server HOST:PORT (no daemon state in %s and no SSH origin here)", stateDir)
+		}
+	}
+	ua, err := net.ResolveUDPAddr("udp4", flagValue)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 func runStatus(args []string) error {
