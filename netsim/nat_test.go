@@ -40,7 +40,7 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 // all of them ran, so a filtered run never overwrites it with a part.
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
 	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
-	"TestNATProbeInterop"}
+	"TestNATProbeInterop", "TestNATProbeLifetime"}
 
 var contributed sync.Map
 
@@ -825,4 +825,36 @@ func bounded(cmd *exec.Cmd) ([]byte, error) {
 		<-done
 		return []byte(buf.String() + "\n(killed after 30 s)"), errors.New("timed out")
 	}
+}
+
+// probe --lifetime behind a router that forgets idle mappings after 15 s.
+func TestNATProbeLifetime(t *testing.T) {
+	skipUnlessLab(t)
+	t.Parallel()
+	lab := newLab(t, netsim.RouterSpec{Kind: netsim.PortRestricted, UDPTimeout: 15 * time.Second})
+	dir := t.TempDir()
+	a, b := netsim.ServerAddr.String(), netsim.ServerAltAddr.String()
+	startIn(t, lab.Server, filepath.Join(dir, "rendezvous.log"),
+		"rendezvous", "--listen", a+":3478", "--alt-listen", b+":3479", "--store", filepath.Join(dir, "store"), "--open")
+	time.Sleep(500 * time.Millisecond)
+	cmd := lab.Routers[0].Clients[0].Command(binary, "probe", "--server", a+":3478", "--json", "--lifetime", "--lifetime-max", "90s")
+	var progress strings.Builder
+	cmd.Stderr = &progress
+	out, err := cmd.Output()
+	var rep struct {
+		Lifetime *float64 `json:"mapping_lifetime_s"`
+	}
+	res := "ok"
+	switch {
+	case err != nil || json.Unmarshal(out, &rep) != nil || rep.Lifetime == nil:
+		res = "FAIL"
+		t.Fatalf("probe --lifetime: %v\n%s\n%s", err, out, progress.String())
+	case *rep.Lifetime < 10 || *rep.Lifetime >= 15:
+		res = "FAIL"
+		t.Errorf("measured lifetime %.0f s behind a 15 s NAT", *rep.Lifetime)
+	}
+	if !strings.Contains(progress.String(), "idle") {
+		t.Errorf("no progress shown while waiting:\n%s", progress.String())
+	}
+	record(t, row{"probe --lifetime, 15 s mapping timeout", "port-restricted", res, fmt.Sprintf("measured %.0f s", *rep.Lifetime), "-"})
 }
