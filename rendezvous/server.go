@@ -108,7 +108,6 @@ type Server struct {
 	opener      wire.Opener // for handle, under mu
 	sealer      wire.Sealer // for handle's replies, under mu
 	closed      bool
-	closeErr    error
 }
 
 type client struct {

@@ -198,7 +198,7 @@ func runHeartbeat(args []string) int {
 
 func runInstall(cmd string, args []string) error {
 	if len(args) == 0 || (args[0] != "server" && args[0] != "client") {
-		return fmt.Errorf("usage: gcn-punch %s server|client --repo PATH ...", cmd)
+		return fmt.Errorf("usage: gcn-punch %s server|client --repo PATH [flags]", cmd)
 	}
 	side := args[0]
 	fs := newFlags(cmd + " " + side)
