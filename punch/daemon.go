@@ -127,7 +127,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, now: cfg.Now, pub: pub, priv: priv, state: st,
-		peers: make(map[wire.Key]*peer), stun: newSTUNClient(), work: make(chan struct{}, 1)}
+		peers: make(map[wire.Key]*peer), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
 	for _, s := range cfg.Servers {
 		if _, dup := d.peers[s.Key]; dup {
 			return nil, fmt.Errorf("punch: server key %s given twice", s.Key)

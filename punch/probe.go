@@ -60,13 +60,11 @@ type ProbeVerdict struct {
 	PeerToPeer map[string]string `json:"peer_to_peer"`
 }
 
-// stunSocket is one local UDP socket with its own reader, so several
-// transactions (and an incoming hairpinned request) can be told apart.
+// stunSocket is one local UDP socket of the probe with its own reader, so
+// several transactions (and an incoming hairpinned request) can be told apart.
 type stunSocket struct {
-	conn    net.PacketConn
-	mu      sync.Mutex
-	waiting map[[stun.TransactionIDSize]byte]chan *stun.Message
-	seen    map[[stun.TransactionIDSize]byte]bool // requests that arrived here
+	conn net.PacketConn
+	*stunClient
 }
 
 func newSTUNSocket() (*stunSocket, error) {
@@ -74,33 +72,18 @@ func newSTUNSocket() (*stunSocket, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &stunSocket{conn: c, waiting: map[[stun.TransactionIDSize]byte]chan *stun.Message{}, seen: map[[stun.TransactionIDSize]byte]bool{}}
-	go s.read()
-	return s, nil
-}
-
-func (s *stunSocket) read() {
-	buf := make([]byte, 1500)
-	for {
-		n, _, err := s.conn.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		m := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
-		if m.Decode() != nil {
-			continue
-		}
-		s.mu.Lock()
-		if m.Type == stun.BindingRequest {
-			s.seen[m.TransactionID] = true
-		} else if ch := s.waiting[m.TransactionID]; ch != nil {
-			select {
-			case ch <- m:
-			default:
+	s := &stunSocket{conn: c, stunClient: newSTUNClient(true)}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return
 			}
+			s.handle(buf[:n])
 		}
-		s.mu.Unlock()
-	}
+	}()
+	return s, nil
 }
 
 func (s *stunSocket) local() netip.AddrPort {
@@ -112,42 +95,9 @@ func (s *stunSocket) local() netip.AddrPort {
 // retransmitting, and returns the answer or nil after probeWait.
 func (s *stunSocket) transact(ctx context.Context, dst netip.AddrPort, extra ...stun.Setter) *stun.Message {
 	req := stun.MustBuild(append([]stun.Setter{stun.TransactionID, stun.BindingRequest}, extra...)...)
-	ch := make(chan *stun.Message, 1)
-	s.mu.Lock()
-	s.waiting[req.TransactionID] = ch
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.waiting, req.TransactionID)
-		s.mu.Unlock()
-	}()
-	deadline := time.NewTimer(probeWait)
-	defer deadline.Stop()
-	for try := probeTry; ; try *= 2 {
-		s.conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(dst))
-		t := time.NewTimer(try)
-		select {
-		case m := <-ch:
-			t.Stop()
-			return m
-		case <-deadline.C:
-			t.Stop()
-			return nil
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-func mapped(m *stun.Message) netip.AddrPort {
-	var xa stun.XORMappedAddress
-	if m == nil || xa.GetFrom(m) != nil {
-		return netip.AddrPort{}
-	}
-	ip, _ := netip.AddrFromSlice(xa.IP)
-	return netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port))
+	ctx, cancel := context.WithTimeout(ctx, probeWait)
+	defer cancel()
+	return s.stunClient.transact(ctx, s.conn, dst, req, probeTry, probeWait)
 }
 
 func otherAddress(m *stun.Message) netip.AddrPort {
@@ -224,9 +174,7 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 			for i := 0; i < 4 && !hp; i++ {
 				s4.conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(m1))
 				time.Sleep(probeTry)
-				s1.mu.Lock()
-				hp = s1.seen[req.TransactionID]
-				s1.mu.Unlock()
+				hp = s1.sawRequest(req.TransactionID)
 			}
 			r.Hairpinning = &hp
 		})
@@ -324,11 +272,8 @@ func measureLifetime(ctx context.Context, o ProbeOptions, s1 *stunSocket) (float
 		defer s5.conn.Close()
 		req := stun.MustBuild(stun.TransactionID, stun.BindingRequest, responsePort(m1.Port()))
 		// The answer goes to s1, so watch for its transaction there.
-		ch := make(chan *stun.Message, 1)
-		s1.mu.Lock()
-		s1.waiting[req.TransactionID] = ch
-		s1.mu.Unlock()
-		defer func() { s1.mu.Lock(); delete(s1.waiting, req.TransactionID); s1.mu.Unlock() }()
+		ch, done := s1.expect(req.TransactionID)
+		defer done()
 		for i := 0; i < 3; i++ {
 			s5.conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(o.Server))
 			select {

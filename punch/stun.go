@@ -18,15 +18,22 @@ func isSTUN(b []byte) bool {
 	return len(b) >= 20 && b[0]&0xc0 == 0 && binary.BigEndian.Uint32(b[4:8]) == magicCookie
 }
 
-// stunClient matches Binding responses read by the daemon's one socket to
-// the requests that are waiting for them.
+// stunClient matches STUN responses read from a socket to the requests
+// waiting for them. The daemon's one socket and every socket of a probe use
+// it. With trackRequests it also remembers the transaction IDs of Binding
+// requests that arrive (the probe's hairpinning test).
 type stunClient struct {
 	mu      sync.Mutex
-	waiting map[[stun.TransactionIDSize]byte]chan netip.AddrPort
+	waiting map[[stun.TransactionIDSize]byte]chan *stun.Message
+	seen    map[[stun.TransactionIDSize]byte]bool // nil unless tracking requests
 }
 
-func newSTUNClient() *stunClient {
-	return &stunClient{waiting: make(map[[stun.TransactionIDSize]byte]chan netip.AddrPort)}
+func newSTUNClient(trackRequests bool) *stunClient {
+	c := &stunClient{waiting: make(map[[stun.TransactionIDSize]byte]chan *stun.Message)}
+	if trackRequests {
+		c.seen = make(map[[stun.TransactionIDSize]byte]bool)
+	}
+	return c
 }
 
 // magicCookie is the fixed STUN cookie (RFC 5389 §6).
@@ -35,59 +42,100 @@ const magicCookie = 0x2112A442
 // stunRetry is RFC 5389's initial retransmission timeout (RTO, 500 ms).
 const stunRetry = 500 * time.Millisecond
 
-// bind sends Binding requests to server, retransmitting, until a response
-// arrives or ctx ends, and returns the reflexive address.
+// expect registers a transaction; the channel receives its response.
+// Call the returned function when done waiting.
+func (c *stunClient) expect(id [stun.TransactionIDSize]byte) (<-chan *stun.Message, func()) {
+	ch := make(chan *stun.Message, 1)
+	c.mu.Lock()
+	c.waiting[id] = ch
+	c.mu.Unlock()
+	return ch, func() {
+		c.mu.Lock()
+		delete(c.waiting, id)
+		c.mu.Unlock()
+	}
+}
+
+// transact sends req to dst and retransmits, first after retry, the gap
+// doubling up to maxRetry, until the response arrives (returned) or ctx
+// ends (nil).
+func (c *stunClient) transact(ctx context.Context, conn net.PacketConn, dst netip.AddrPort, req *stun.Message, retry, maxRetry time.Duration) *stun.Message {
+	ch, done := c.expect(req.TransactionID)
+	defer done()
+	for {
+		if _, err := conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(dst)); err != nil {
+			return nil
+		}
+		t := time.NewTimer(retry)
+		select {
+		case m := <-ch:
+			t.Stop()
+			return m
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		retry = min(2*retry, maxRetry)
+	}
+}
+
+// bind asks server for this socket's reflexive address, retransmitting
+// every stunRetry until an answer or the end of ctx.
 func (c *stunClient) bind(ctx context.Context, conn net.PacketConn, server netip.AddrPort) (netip.AddrPort, error) {
 	req, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	ch := make(chan netip.AddrPort, 1)
+	a := mapped(c.transact(ctx, conn, server, req, stunRetry, stunRetry))
+	if !a.IsValid() {
+		return a, errors.New("no STUN response")
+	}
+	return a, nil
+}
+
+// handle delivers a Binding success response to its waiting request and,
+// when tracking, records a Binding request; anything else is dropped.
+func (c *stunClient) handle(b []byte) {
+	m := &stun.Message{Raw: append([]byte(nil), b...)}
+	if m.Decode() != nil {
+		return
+	}
 	c.mu.Lock()
-	c.waiting[req.TransactionID] = ch
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.waiting, req.TransactionID)
-		c.mu.Unlock()
-	}()
-	t := time.NewTicker(stunRetry)
-	defer t.Stop()
-	for {
-		if _, err := conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(server)); err != nil {
-			return netip.AddrPort{}, err
+	defer c.mu.Unlock()
+	if m.Type == stun.BindingRequest {
+		if c.seen != nil {
+			c.seen[m.TransactionID] = true
 		}
+		return
+	}
+	if m.Type != stun.BindingSuccess {
+		return // an error answer is no answer: it must not pass for an open filter
+	}
+	if ch := c.waiting[m.TransactionID]; ch != nil {
 		select {
-		case <-ctx.Done():
-			return netip.AddrPort{}, errors.New("no STUN response")
-		case a := <-ch:
-			return a, nil
-		case <-t.C:
+		case ch <- m:
+		default:
 		}
 	}
 }
 
-// handle delivers a response to its waiting request; anything else is dropped.
-func (c *stunClient) handle(b []byte) {
-	m := &stun.Message{Raw: append([]byte(nil), b...)}
-	if m.Decode() != nil || m.Type != stun.BindingSuccess {
-		return
-	}
+// sawRequest reports whether a Binding request with this ID arrived.
+func (c *stunClient) sawRequest(id [stun.TransactionIDSize]byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seen[id]
+}
+
+// mapped is a response's XOR-MAPPED-ADDRESS, or the zero address.
+func mapped(m *stun.Message) netip.AddrPort {
 	var xa stun.XORMappedAddress
-	if xa.GetFrom(m) != nil {
-		return
+	if m == nil || xa.GetFrom(m) != nil {
+		return netip.AddrPort{}
 	}
 	ip, ok := netip.AddrFromSlice(xa.IP)
 	if !ok {
-		return
+		return netip.AddrPort{}
 	}
-	c.mu.Lock()
-	ch := c.waiting[m.TransactionID]
-	c.mu.Unlock()
-	if ch != nil {
-		select {
-		case ch <- netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port)):
-		default:
-		}
-	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port))
 }
