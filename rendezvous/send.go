@@ -3,130 +3,127 @@ package rendezvous
 import (
 	"net"
 	"net/netip"
-	"runtime"
-	"sync"
 	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
+	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
-// job is one datagram to seal and send; it is gathered under the server's
+// job is one datagram to seal and send; it is planned under the server's
 // lock and sealed and sent outside it, so a large fan-out never stalls the
-// reader (whose acks would otherwise overflow the socket buffer).
+// reader (whose acks would otherwise overflow the socket buffer). A
+// notification is described by its event rather than a built message, so
+// planning one allocates nothing.
 type job struct {
-	conn   net.PacketConn
-	to     netip.AddrPort
-	shared *[32]byte
-	msg    wire.Message
+	conn net.PacketConn
+	to   netip.AddrPort
+	c    *client // the recipient: its key and shared key never change
+	// Either a notification of ev from r, or msg.
+	r   *repo
+	ev  *store.Event
+	msg wire.Message
 }
-
-// parallelSeal is the job count above which sealing is spread over the CPUs.
-const parallelSeal = 2048
 
 // batchSize is how many datagrams one sendmmsg carries.
 const batchSize = 256
 
-// sealAndSend seals every job and sends them, batched per socket.
-func (s *Server) sealAndSend(jobs []job) {
-	if len(jobs) == 0 {
-		return
-	}
-	workers := 1
-	if len(jobs) >= parallelSeal {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	chunk := (len(jobs) + workers - 1) / workers
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		lo, hi := w*chunk, min((w+1)*chunk, len(jobs))
-		if lo >= hi {
-			break
-		}
-		wg.Go(func() { s.sealAndSendChunk(jobs[lo:hi]) })
-	}
-	wg.Wait()
+// sender seals and sends jobs with buffers it keeps, so that after the
+// first fan-out sending allocates nothing. Each is used by one goroutine at
+// a time.
+type sender struct {
+	jobs   []job
+	sealer wire.Sealer
+	notify wire.Notify
+	buf    []byte // sealed datagrams of one batch
+	msgs   []ipv4.Message
+	addrs  []net.UDPAddr
+	bufs   [][1][]byte // each message's one-element Buffers
 }
 
-func (s *Server) sealAndSendChunk(jobs []job) {
-	var sealer wire.Sealer
-	buf := make([]byte, 0, len(jobs)*160)
-	pkts := make([][]byte, 0, len(jobs))
-	for _, j := range jobs {
-		start := len(buf)
-		out, err := sealer.Seal(buf, j.msg, s.pub, j.shared)
+// sealAndSend seals every job and sends them in batches, one sendmmsg per
+// run of jobs on the same socket.
+func (sw *sender) sealAndSend(s *Server, jobs []job) {
+	if sw.buf == nil {
+		sw.buf = make([]byte, 0, batchSize*wire.MaxDatagram)
+		sw.msgs = make([]ipv4.Message, batchSize)
+		sw.addrs = make([]net.UDPAddr, batchSize)
+		sw.bufs = make([][1][]byte, batchSize)
+	}
+	n := 0
+	var conn net.PacketConn
+	v6 := false
+	flush := func() {
+		if n > 0 {
+			sendBatch(conn, sw.msgs[:n])
+		}
+		n, sw.buf = 0, sw.buf[:0]
+	}
+	for i := range jobs {
+		j := &jobs[i]
+		if n == batchSize || (n > 0 && j.conn != conn) {
+			flush()
+		}
+		if j.conn != conn {
+			conn, v6 = j.conn, isV6Socket(j.conn)
+		}
+		m := j.msg
+		if j.ev != nil {
+			sw.notify = wire.Notify{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, Recipient: j.c.key, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New}
+			m = &sw.notify
+		}
+		start := len(sw.buf)
+		out, err := sw.sealer.Seal(sw.buf, m, s.pub, &j.c.shared)
 		if err != nil {
 			s.log.Error("cannot seal", "err", err)
-			pkts = append(pkts, nil)
 			continue
 		}
-		// When append grows buf, earlier packets keep the old array alive.
-		buf = out
-		pkts = append(pkts, buf[start:len(buf):len(buf)])
-	}
-	// Send in runs of the same socket.
-	for i := 0; i < len(jobs); {
-		k := i
-		for k < len(jobs) && jobs[k].conn == jobs[i].conn {
-			k++
+		sw.buf = out // never grows: the batch's room was reserved
+		ua := &sw.addrs[n]
+		to := j.to
+		if a := to.Addr(); a.Is4() && !v6 {
+			b := a.As4()
+			ua.IP = append(ua.IP[:0], b[:]...)
+		} else {
+			b := a.As16()
+			ua.IP = append(ua.IP[:0], b[:]...)
 		}
-		sendBatch(jobs[i].conn, jobs[i:k], pkts[i:k])
-		i = k
+		ua.Port, ua.Zone = int(to.Port()), ""
+		sw.bufs[n][0] = sw.buf[start:len(sw.buf):len(sw.buf)]
+		sw.msgs[n] = ipv4.Message{Buffers: sw.bufs[n][:], Addr: ua}
+		n++
 	}
+	flush()
+}
+
+func isV6Socket(conn net.PacketConn) bool {
+	local, _ := conn.LocalAddr().(*net.UDPAddr)
+	return local == nil || local.IP.To4() == nil
 }
 
 // sendBatch sends with sendmmsg where the socket allows it, else one by one.
-func sendBatch(conn net.PacketConn, jobs []job, pkts [][]byte) {
+func sendBatch(conn net.PacketConn, msgs []ipv4.Message) {
 	uc, ok := conn.(*net.UDPConn)
 	if !ok {
-		for i, j := range jobs {
-			if pkts[i] != nil {
-				conn.WriteTo(pkts[i], net.UDPAddrFromAddrPort(j.to))
-			}
+		for _, m := range msgs {
+			conn.WriteTo(m.Buffers[0], m.Addr)
 		}
 		return
 	}
-	local, _ := uc.LocalAddr().(*net.UDPAddr)
-	v4 := local != nil && local.IP.To4() != nil
-	msgs := make([]ipv4.Message, 0, min(len(jobs), batchSize))
-	flush := func() {
-		if len(msgs) == 0 {
+	pc := batchConn(uc)
+	for sent := 0; sent < len(msgs); {
+		k, err := pc.WriteBatch(msgs[sent:], 0)
+		sent += k
+		if err != nil {
+			// Fall back to plain writes for what is left.
+			for _, m := range msgs[sent:] {
+				uc.WriteTo(m.Buffers[0], m.Addr)
+			}
 			return
 		}
-		var err error
-		for sent := 0; sent < len(msgs) && err == nil; {
-			var n int
-			if v4 {
-				n, err = ipv4.NewPacketConn(uc).WriteBatch(msgs[sent:], 0)
-			} else {
-				n, err = ipv6.NewPacketConn(uc).WriteBatch(msgs[sent:], 0)
-			}
-			sent += n
-			if err != nil {
-				// Fall back to plain writes for what is left.
-				for _, m := range msgs[sent:] {
-					uc.WriteTo(m.Buffers[0], m.Addr)
-				}
-			}
-		}
-		msgs = msgs[:0]
 	}
-	for i, j := range jobs {
-		if pkts[i] == nil {
-			continue
-		}
-		to := j.to
-		if !v4 && to.Addr().Is4() {
-			to = netip.AddrPortFrom(netip.AddrFrom16(to.Addr().As16()), to.Port())
-		}
-		msgs = append(msgs, ipv4.Message{Buffers: [][]byte{pkts[i]}, Addr: net.UDPAddrFromAddrPort(to)})
-		if len(msgs) == batchSize {
-			flush()
-		}
-	}
-	flush()
 }
 
 // Reading in batches. Under load each datagram costing its own recvfrom,

@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gitchat/gcn-punch/rendezvous/store"
@@ -108,6 +110,8 @@ type Server struct {
 	opener      wire.Opener // for handle, under mu
 	sealer      wire.Sealer // for handle's replies, under mu
 	closed      bool
+	due         []*sub    // sendDue's list, reused
+	senders     []*sender // one per CPU, each with its own buffers
 }
 
 type client struct {
@@ -177,6 +181,9 @@ func New(cfg Config) (*Server, error) {
 		probes:      make(map[*client]struct{}),
 		stunRL:      newRateLimiter(stunRate, stunBurst),
 		unkRL:       newRateLimiter(unknownRate, unknownBurst),
+	}
+	for range runtime.GOMAXPROCS(0) {
+		s.senders = append(s.senders, new(sender))
 	}
 	if cfg.Grid != nil {
 		s.grid = *cfg.Grid
@@ -499,13 +506,13 @@ func (s *Server) repo(id string) *repo {
 func (s *Server) sendDue() time.Time {
 	now := s.now()
 	next := now.Add(idleWake)
-	var out []job
-	var armed []*sub
+	var probes []job
 	s.mu.Lock()
 	if now.Sub(s.swept) >= idleWake {
 		s.swept = now
 		s.forgetSilent(now)
 	}
+	due := s.due[:0]
 	for su := range s.pending {
 		if su.acked >= su.r.head {
 			delete(s.pending, su)
@@ -516,15 +523,9 @@ func (s *Server) sendDue() time.Time {
 			delete(s.pending, su)
 			continue
 		}
-		before := len(out)
-		out = s.appendDue(out, su, now)
-		if len(out) > before {
-			armed = append(armed, su)
-		}
-		if su.acked < su.r.head && su.nextSend.Before(next) {
-			next = su.nextSend
-		}
+		due = append(due, su)
 	}
+	s.due = due
 	for c := range s.probes {
 		if due := c.lastSeen.Add(c.probeAfter); now.Before(due) {
 			if due.Before(next) {
@@ -533,20 +534,73 @@ func (s *Server) sendDue() time.Time {
 			continue
 		}
 		delete(s.probes, c)
-		out = append(out, job{c.conn, c.addr, &c.shared, &wire.Ping{Counter: c.probeCounter}})
+		probes = append(probes, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Ping{Counter: c.probeCounter}})
 		s.stats.Probes++
 	}
 	s.mu.Unlock()
-	s.sealAndSend(out)
-	// A large burst takes a while to leave: start its retransmission
-	// timers from when it left, not from when it was planned.
-	if took := s.now().Sub(now); took > 10*time.Millisecond {
-		s.mu.Lock()
-		for _, su := range armed {
-			su.nextSend = su.nextSend.Add(took)
+	if len(probes) > 0 {
+		s.senders[0].sealAndSend(s, probes)
+	}
+	if t := s.sendChunks(due); !t.IsZero() && t.Before(next) {
+		next = t
+	}
+	return next
+}
+
+// sendChunk is how many subscriptions a sender plans under one hold of the
+// lock before sealing and sending them outside it: small enough that the
+// reader (whose acks would otherwise overflow the socket buffer) is never
+// kept waiting long, and that the first datagrams of a large fan-out leave
+// at once; large enough to fill a sendmmsg.
+const sendChunk = 256
+
+// sendChunks plans, seals and sends what the due subscriptions owe, chunk by
+// chunk, on every sender in parallel. Each chunk's timers start when the
+// chunk is planned, just before it leaves. It returns the earliest
+// retransmission time among them (zero if none).
+func (s *Server) sendChunks(due []*sub) time.Time {
+	if len(due) == 0 {
+		return time.Time{}
+	}
+	var claimed atomic.Int64
+	nexts := make([]time.Time, len(s.senders))
+	run := func(w int) {
+		sw := s.senders[w]
+		for {
+			hi := int(claimed.Add(sendChunk))
+			lo := hi - sendChunk
+			if lo >= len(due) {
+				return
+			}
+			hi = min(hi, len(due))
+			now := s.now()
+			s.mu.Lock()
+			sw.jobs = sw.jobs[:0]
+			for _, su := range due[lo:hi] {
+				sw.jobs = s.appendDue(sw.jobs, su, now)
+				if su.acked < su.r.head && (nexts[w].IsZero() || su.nextSend.Before(nexts[w])) {
+					nexts[w] = su.nextSend
+				}
+			}
+			s.mu.Unlock()
+			sw.sealAndSend(s, sw.jobs)
 		}
-		s.mu.Unlock()
-		next = next.Add(took)
+	}
+	workers := min(len(s.senders), (len(due)+sendChunk-1)/sendChunk)
+	if workers == 1 {
+		run(0)
+	} else {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() { run(w) })
+		}
+		wg.Wait()
+	}
+	var next time.Time
+	for _, t := range nexts {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
 	}
 	return next
 }
@@ -582,7 +636,7 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 		if inFlight && !expired {
 			return out
 		}
-		out = append(out, job{c.conn, c.addr, &c.shared, &wire.Resync{HeadSeq: r.head, FirstSeq: first, TimeMilli: now.UnixMilli(), Recipient: c.key, RepoID: r.id}})
+		out = append(out, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Resync{HeadSeq: r.head, FirstSeq: first, TimeMilli: now.UnixMilli(), Recipient: c.key, RepoID: r.id}})
 		s.stats.Resyncs++
 		su.sent = r.head
 		s.armTimer(su, now, expired)
@@ -597,9 +651,9 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 		return out
 	}
 	for seq := from; seq <= end; seq++ {
-		e := r.events[seq-first]
-		n := &wire.Notify{Seq: e.Seq, TimeMilli: e.TimeMilli, Recipient: c.key, RepoID: r.id, Ref: e.Ref, Old: e.Old, New: e.New}
-		out = append(out, job{c.conn, c.addr, &c.shared, n})
+		// The event is immutable, and loading more of the log never moves
+		// it: the sender may read it outside the lock.
+		out = append(out, job{conn: c.conn, to: c.addr, c: c, r: r, ev: &r.events[seq-first]})
 		if seq <= su.sent {
 			s.stats.Retransmits++
 		} else {

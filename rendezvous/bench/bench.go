@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gitchat/gcn-punch/wire"
@@ -32,8 +33,28 @@ type Options struct {
 }
 
 // perGenerator keeps each generator under the 20 000 open files a process
-// may have here, so no limit needs raising.
+// may have here when the limit cannot be raised.
 const perGenerator = 15000
+
+// clientsPerGenerator is how many clients one generator process simulates:
+// all of them when the open-file limit can be raised to fit (root may), so
+// that the generators' own scheduling costs as little as possible on the
+// machine the rendezvous is measured on; else perGenerator.
+func clientsPerGenerator(n int) int {
+	need := uint64(n) + 256 // the sockets, plus the process's own files
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) != nil {
+		return perGenerator
+	}
+	if lim.Cur >= need {
+		return n
+	}
+	want := syscall.Rlimit{Cur: need, Max: max(lim.Max, need)}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) != nil {
+		return min(n, perGenerator)
+	}
+	return n // the children inherit the raised limit
+}
 
 // Spread is a median with its range over the runs.
 type Spread struct {
@@ -273,8 +294,9 @@ func startGenerators(ctx context.Context, o Options, rp *rendezvousProc, n int, 
 	var cmds []*exec.Cmd
 	var evs []<-chan genEvent
 	var starts []io.WriteCloser
+	per := clientsPerGenerator(n)
 	for g := 0; n > 0; g++ {
-		k := min(n, perGenerator)
+		k := min(n, per)
 		n -= k
 		args := []string{"bench", "loadgen", "--server", rp.addr.String(), "--server-key", rp.key.String(), "--repo-id", "chat.git",
 			"--clients", strconv.Itoa(k), "--first-ip", fmt.Sprintf("127.%d.0.1", 10+g)}
