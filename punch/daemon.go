@@ -31,6 +31,13 @@ const (
 	// minPingGap stops a burst of pings (e.g. replays of a captured one)
 	// from turning into a burst of keepalives: one answered ping a second.
 	minPingGap = time.Second
+	// PongRefresh is how long the daemon goes without asking for a pong:
+	// in between, its keepalives are quiet (the rendezvous answers one only
+	// with news). Asking at least this often notices a path that silently
+	// died, and retries (1 s, 2 s, ...), well within the rendezvous's
+	// 5-minute client timeout, while a 25 s keepalive costs the server one
+	// datagram instead of two four times out of five.
+	PongRefresh = 2 * time.Minute
 	// reorderWindow bounds how many out-of-order notifications are held
 	// while waiting for a gap to fill; the server sends at most 32 at once.
 	reorderWindow = 64
@@ -100,6 +107,7 @@ type peer struct {
 	counter      uint64
 	sentFor      []string // the repositories of the last keepalive, in order
 	lastSent     time.Time
+	lastPong     time.Time
 	// lastPinged is when a ping last made us send a keepalive.
 	lastPinged time.Time
 	denied     bool
@@ -273,7 +281,15 @@ func (d *Daemon) keepaliveLoop(ctx context.Context, p *peer) {
 	search := newLifetimeSearch(d.cfg.FixedKeepalive)
 	for {
 		probe := search.nextProbe()
-		d.sendKeepalive(p, probe)
+		if d.sendKeepalive(p, probe) {
+			// Quiet: no pong to wait for.
+			d.setInterval(p, search.interval())
+			sleepUntil(ctx, p.ping, search.interval())
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
 		if !sleepUntil(ctx, p.pong, retry) {
 			if ctx.Err() != nil {
 				return
@@ -378,13 +394,17 @@ func sleepUntil(ctx context.Context, c <-chan struct{}, dur time.Duration) bool 
 	}
 }
 
-func (d *Daemon) sendKeepalive(p *peer, probe time.Duration) {
+// sendKeepalive sends a keepalive, quiet (no pong wanted) when the daemon
+// needs nothing from the answer: it reports whether it was.
+func (d *Daemon) sendKeepalive(p *peer, probe time.Duration) (quiet bool) {
 	srv := p.server()
 	d.mu.Lock()
 	subs := make([]wire.Sub, 0, len(srv.Repos))
+	allKnown := true
 	for _, r := range srv.Repos {
 		rs := d.state.repo(p.key, r)
 		subs = append(subs, wire.Sub{RepoID: r, Known: rs.Known, LastSeq: rs.LastSeq})
+		allKnown = allKnown && rs.Known
 	}
 	d.stats.KeepalivesSent++
 	d.mu.Unlock()
@@ -394,13 +414,15 @@ func (d *Daemon) sendKeepalive(p *peer, probe time.Duration) {
 	p.counter = max(p.counter+1, uint64(now.UnixNano()))
 	p.lastSent = now
 	p.sentFor = srv.Repos
-	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs}
+	quiet = probe == 0 && allKnown && !p.denied && !p.lastPong.IsZero() && now.Sub(p.lastPong) < PongRefresh
+	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs, Quiet: quiet}
 	p.probeCounter = 0
 	if probe > 0 {
 		p.probeCounter = p.counter
 	}
 	p.mu.Unlock()
 	d.send(p, m)
+	return quiet
 }
 
 func (d *Daemon) send(p *peer, m wire.Message) {
@@ -530,6 +552,7 @@ func (d *Daemon) onPong(p *peer, m *wire.Pong) {
 	}
 	changed := p.observed != m.Observed
 	p.observed = m.Observed
+	p.lastPong = d.now()
 	wasDenied := p.denied
 	p.denied = false
 	p.mu.Unlock()

@@ -52,6 +52,8 @@ type lab struct {
 	store *store.Store
 	srv   *rendezvous.Server
 	addr  string
+	// fixedKeepalive, when set, is given to the daemons started after.
+	fixedKeepalive time.Duration
 }
 
 func newLab(t *testing.T, loss int, open bool) *lab {
@@ -102,10 +104,11 @@ func (l *lab) daemonIn(t *testing.T, addr, stateDir string, rec *recorder) (d *p
 		}
 	}
 	d, err = punch.New(punch.Config{
-		Conn:     conn,
-		Servers:  []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}},
-		StateDir: stateDir,
-		Handle:   rec.handle,
+		Conn:           conn,
+		Servers:        []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}},
+		StateDir:       stateDir,
+		Handle:         rec.handle,
+		FixedKeepalive: l.fixedKeepalive,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -321,4 +324,33 @@ func TestKeepaliveAdaptsToMappingLifetime(t *testing.T) {
 			})
 		})
 	}
+}
+
+// Between pongs the daemon's keepalives are quiet: it asks for a pong at
+// least every PongRefresh, and the rendezvous answers the rest only with
+// news. A push still arrives at once. Fake time.
+func TestKeepalivesAreMostlyQuiet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		l.fixedKeepalive = punch.DefaultKeepalive
+		var a recorder
+		d := l.daemon(t, "198.19.1.2:40000", &a)
+		time.Sleep(20 * time.Minute)
+		synctest.Wait() // what is in flight lands
+		st, srv := d.Stats(), l.srv.Stats()
+		t.Logf("20 min at %v: %d keepalives sent, %d pongs, %d quiet at the rendezvous", punch.DefaultKeepalive, st.KeepalivesSent, st.Pongs, srv.Quiet)
+		// 48 keepalives; one asks every 2 minutes (the first, then about
+		// every fifth): about 10 pongs.
+		if st.KeepalivesSent < 45 || st.Pongs+srv.Quiet != st.KeepalivesSent || st.Pongs > 12 || st.Pongs < 9 {
+			t.Fatalf("keepalives %d, pongs %d, quiet %d: want each answered or quiet, a pong about every %v",
+				st.KeepalivesSent, st.Pongs, srv.Quiet, punch.PongRefresh)
+		}
+		start := time.Now()
+		l.push(t, 1)
+		waitFor(time.Minute, func() bool { return len(a.snapshot()) == 1 })
+		if took := time.Since(start); took > time.Second {
+			t.Fatalf("push took %v", took)
+		}
+		synctest.Wait()
+	})
 }

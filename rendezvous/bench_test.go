@@ -11,8 +11,14 @@ import (
 )
 
 // BenchmarkKeepalive is the rendezvous's work for one keepalive from a
-// registered client: open, check, update, seal the pong.
+// registered client: open, check, update, and for one that asks, seal the
+// pong.
 func BenchmarkKeepalive(b *testing.B) {
+	b.Run("answered", func(b *testing.B) { benchmarkKeepalive(b, false) })
+	b.Run("quiet", func(b *testing.B) { benchmarkKeepalive(b, true) })
+}
+
+func benchmarkKeepalive(b *testing.B, quiet bool) {
 	st, _ := store.Open(b.TempDir())
 	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
 	now := time.Unix(1_800_000_000, 0)
@@ -34,7 +40,7 @@ func BenchmarkKeepalive(b *testing.B) {
 	pkts := make([][]byte, b.N+clients)
 	for i := range pkts {
 		c := cs[i%clients]
-		pkts[i], _ = wire.Seal(nil, &wire.Keepalive{Counter: uint64(i + 1), Subs: []wire.Sub{{RepoID: "chat.git", Known: true}}}, c.pub, &c.shared)
+		pkts[i], _ = wire.Seal(nil, &wire.Keepalive{Counter: uint64(i + 1), Subs: []wire.Sub{{RepoID: "chat.git", Known: true}}, Quiet: quiet && i >= clients}, c.pub, &c.shared)
 	}
 	for i := 0; i < clients; i++ { // register
 		s.handle(0, 0, pkts[i], cs[i].src)
@@ -42,8 +48,8 @@ func BenchmarkKeepalive(b *testing.B) {
 	b.ResetTimer()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		if s.handle(0, 0, pkts[clients+i], cs[i%clients].src) == nil {
-			b.Fatal("no pong")
+		if reply := s.handle(0, 0, pkts[clients+i], cs[i%clients].src); (reply == nil) != quiet {
+			b.Fatalf("quiet %v, reply %d bytes", quiet, len(reply))
 		}
 	}
 }

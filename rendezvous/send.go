@@ -5,9 +5,6 @@ import (
 	"net/netip"
 	"time"
 
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
-
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -38,9 +35,13 @@ type sender struct {
 	sealer wire.Sealer
 	notify wire.Notify
 	buf    []byte // sealed datagrams of one batch
-	msgs   []ipv4.Message
-	addrs  []net.UDPAddr
-	bufs   [][1][]byte // each message's one-element Buffers
+	pkts   []outPkt
+	batch  sendBatch
+}
+
+type outPkt struct {
+	b  []byte
+	to netip.AddrPort
 }
 
 // sealAndSend seals every job and sends them in batches, one sendmmsg per
@@ -48,27 +49,22 @@ type sender struct {
 func (sw *sender) sealAndSend(s *Server, jobs []job) {
 	if sw.buf == nil {
 		sw.buf = make([]byte, 0, batchSize*wire.MaxDatagram)
-		sw.msgs = make([]ipv4.Message, batchSize)
-		sw.addrs = make([]net.UDPAddr, batchSize)
-		sw.bufs = make([][1][]byte, batchSize)
+		sw.pkts = make([]outPkt, 0, batchSize)
+		sw.batch.init(batchSize)
 	}
-	n := 0
 	var conn net.PacketConn
-	v6 := false
 	flush := func() {
-		if n > 0 {
-			sendBatch(conn, sw.msgs[:n])
+		if len(sw.pkts) > 0 {
+			sw.send(conn)
 		}
-		n, sw.buf = 0, sw.buf[:0]
+		sw.pkts, sw.buf = sw.pkts[:0], sw.buf[:0]
 	}
 	for i := range jobs {
 		j := &jobs[i]
-		if n == batchSize || (n > 0 && j.conn != conn) {
+		if len(sw.pkts) == batchSize || (len(sw.pkts) > 0 && j.conn != conn) {
 			flush()
 		}
-		if j.conn != conn {
-			conn, v6 = j.conn, isV6Socket(j.conn)
-		}
+		conn = j.conn
 		m := j.msg
 		if j.ev != nil {
 			sw.notify = wire.Notify{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, Recipient: j.c.key, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New}
@@ -81,49 +77,25 @@ func (sw *sender) sealAndSend(s *Server, jobs []job) {
 			continue
 		}
 		sw.buf = out // never grows: the batch's room was reserved
-		ua := &sw.addrs[n]
-		to := j.to
-		if a := to.Addr(); a.Is4() && !v6 {
-			b := a.As4()
-			ua.IP = append(ua.IP[:0], b[:]...)
-		} else {
-			b := a.As16()
-			ua.IP = append(ua.IP[:0], b[:]...)
-		}
-		ua.Port, ua.Zone = int(to.Port()), ""
-		sw.bufs[n][0] = sw.buf[start:len(sw.buf):len(sw.buf)]
-		sw.msgs[n] = ipv4.Message{Buffers: sw.bufs[n][:], Addr: ua}
-		n++
+		sw.pkts = append(sw.pkts, outPkt{sw.buf[start:len(sw.buf):len(sw.buf)], j.to})
 	}
 	flush()
 }
 
-func isV6Socket(conn net.PacketConn) bool {
-	local, _ := conn.LocalAddr().(*net.UDPAddr)
-	return local == nil || local.IP.To4() == nil
-}
-
-// sendBatch sends with sendmmsg where the socket allows it, else one by one.
-func sendBatch(conn net.PacketConn, msgs []ipv4.Message) {
-	uc, ok := conn.(*net.UDPConn)
+// send sends the batch with sendmmsg where the socket allows it, else one
+// datagram at a time.
+func (sw *sender) send(conn net.PacketConn) {
+	u, ok := conn.(*udpSocket)
 	if !ok {
-		for _, m := range msgs {
-			conn.WriteTo(m.Buffers[0], m.Addr)
+		for _, p := range sw.pkts {
+			conn.WriteTo(p.b, net.UDPAddrFromAddrPort(p.to))
 		}
 		return
 	}
-	pc := batchConn(uc)
-	for sent := 0; sent < len(msgs); {
-		k, err := pc.WriteBatch(msgs[sent:], 0)
-		sent += k
-		if err != nil {
-			// Fall back to plain writes for what is left.
-			for _, m := range msgs[sent:] {
-				uc.WriteTo(m.Buffers[0], m.Addr)
-			}
-			return
-		}
+	for _, p := range sw.pkts {
+		sw.batch.add(p.b, p.to, u.v6)
 	}
+	u.writeBatch(&sw.batch)
 }
 
 // Reading in batches. Under load each datagram costing its own recvfrom,
@@ -137,61 +109,42 @@ const (
 	coalesceAbove = 2000
 	// coalesceWait delays a pong or an ack's processing by at most this;
 	// both tolerate it (retransmission timeouts start at 250 ms).
-	coalesceWait = 2 * time.Millisecond
+	coalesceWait = 10 * time.Millisecond
 )
 
-type batchReader interface {
-	ReadBatch([]ipv4.Message, int) (int, error)
-	WriteBatch([]ipv4.Message, int) (int, error)
-}
-
-func batchConn(uc *net.UDPConn) batchReader {
-	if local, _ := uc.LocalAddr().(*net.UDPAddr); local != nil && local.IP.To4() != nil {
-		return ipv4.NewPacketConn(uc)
-	}
-	return ipv6.NewPacketConn(uc)
-}
-
-func (s *Server) readLoopBatched(ip, port int, uc *net.UDPConn) error {
-	pc := batchConn(uc)
-	msgs := make([]ipv4.Message, readBatch)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, 2048)}
-	}
-	replies := make([]ipv4.Message, 0, readBatch)
+func (s *Server) readLoopBatched(ip, port int, u *udpSocket) error {
+	var rb recvBatch
+	rb.init(readBatch, 2048)
+	var replies sendBatch
+	replies.init(readBatch)
+	// The packet rate: datagrams in the current second, and in the one before
+	// (so that coalescing does not stop at each second's start).
 	var windowStart time.Time
-	var windowCount int
+	var windowCount, lastWindow int
 	for {
-		n, err := pc.ReadBatch(msgs, 0)
+		n, err := u.readBatch(&rb)
 		if err != nil {
 			if stop, err := s.readFailed(err); stop {
 				return err
 			}
 			continue
 		}
-		replies = replies[:0]
-		for _, m := range msgs[:n] {
-			src, ok := addrPort(m.Addr)
-			if !ok {
-				continue
-			}
-			if reply := s.handle(ip, port, m.Buffers[0][:m.N], src); reply != nil {
-				replies = append(replies, ipv4.Message{Buffers: [][]byte{reply}, Addr: m.Addr})
+		for i := range n {
+			if reply := s.handle(ip, port, rb.bufs[i][:rb.lens[i]], rb.srcs[i]); reply != nil {
+				replies.add(reply, rb.srcs[i], u.v6)
 			}
 		}
-		for sent := 0; sent < len(replies); {
-			k, err := pc.WriteBatch(replies[sent:], 0)
-			if err != nil {
-				break
-			}
-			sent += k
-		}
+		u.writeBatch(&replies)
 		now := time.Now()
 		if now.Sub(windowStart) > time.Second {
+			lastWindow = windowCount
+			if now.Sub(windowStart) > 2*time.Second {
+				lastWindow = 0 // a quiet second went by
+			}
 			windowStart, windowCount = now, 0
 		}
 		windowCount += n
-		if n < readBatch && windowCount > coalesceAbove {
+		if n < readBatch && max(windowCount, lastWindow) > coalesceAbove {
 			time.Sleep(coalesceWait)
 		}
 	}

@@ -35,12 +35,11 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	conn, err := net.ListenPacket("udp", o.Listen)
+	conn, err := listenUDP(o.Listen, o.Logger)
 	if err != nil {
-		return fmt.Errorf("rendezvous: listen %s: %w", o.Listen, err)
+		return err
 	}
 	defer conn.Close()
-	growBuffers(conn, o.Logger)
 	cfg := Config{Conn: conn, Store: st, Open: o.Open, Logger: o.Logger}
 	if o.AltListen != "" {
 		grid, closeAll, err := listenGrid(conn, o.AltListen, o.Logger)
@@ -174,6 +173,22 @@ func Dial(socket, request string, timeout time.Duration) (string, error) {
 	return sb.String(), nil
 }
 
+// listenUDP opens one of the rendezvous's UDP sockets, tuned, and outside
+// the netpoller (see udpSocket).
+func listenUDP(addr string, log *slog.Logger) (*udpSocket, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("rendezvous: listen %s: %w", addr, err)
+	}
+	growBuffers(pc, log)
+	u, err := takeUDP(pc)
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("rendezvous: listen %s: %w", addr, err)
+	}
+	return u, nil
+}
+
 // socketBuffer is what the rendezvous asks for each way: a fan-out to 100k
 // clients sends, and gets acks, far faster than the default 208 KiB absorbs.
 const socketBuffer = 8 << 20
@@ -221,12 +236,11 @@ func listenGrid(primary net.PacketConn, altListen string, log *slog.Logger) (*Gr
 		}
 	}
 	listen := func(addr string) (net.PacketConn, error) {
-		c, err := net.ListenPacket("udp", addr)
+		c, err := listenUDP(addr, log)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("rendezvous: listen %s: %w", addr, err)
+			return nil, err
 		}
-		growBuffers(c, log)
 		opened = append(opened, c)
 		return c, nil
 	}

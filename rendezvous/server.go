@@ -77,6 +77,7 @@ type Config struct {
 type Stats struct {
 	STUN, STUNLimited                       uint64
 	Keepalives, Acks, Notifies, Retransmits uint64
+	Quiet                                   uint64 // quiet keepalives left unanswered
 	Resyncs, Pings, Probes                  uint64
 	Malformed, Forged, Replayed, Unexpected uint64
 	Denied, Limited, Amplification          uint64
@@ -110,8 +111,9 @@ type Server struct {
 	opener      wire.Opener // for handle, under mu
 	sealer      wire.Sealer // for handle's replies, under mu
 	closed      bool
-	due         []*sub    // sendDue's list, reused
-	senders     []*sender // one per CPU, each with its own buffers
+	due         []*sub                       // sendDue's list, reused
+	statuses    [wire.MaxSubs]wire.SubStatus // onKeepalive's, reused under mu
+	senders     []*sender                    // one per CPU, each with its own buffers
 }
 
 type client struct {
@@ -260,8 +262,8 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) readLoop(ip, port int) error {
 	conn := s.grid[ip][port]
-	if uc, ok := conn.(*net.UDPConn); ok {
-		return s.readLoopBatched(ip, port, uc)
+	if u, ok := conn.(*udpSocket); ok {
+		return s.readLoopBatched(ip, port, u)
 	}
 	buf := make([]byte, 2048)
 	for {
@@ -378,7 +380,8 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 		s.stats.Replayed++ // a replayed keepalive must never move the client's address
 		return nil
 	}
-	statuses := make([]wire.SubStatus, len(m.Subs))
+	statuses := s.statuses[:len(m.Subs)]
+	clear(statuses)
 	allowed := 0
 	for i, sb := range m.Subs {
 		if !s.cfg.Open && !s.cfg.Store.Authorised(sb.RepoID, key, now) {
@@ -394,13 +397,17 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 		return s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
 	}
 	s.stats.Keepalives++
+	// A quiet keepalive is answered only with news for the client.
+	news := !m.Quiet || m.ProbeMillis > 0 || allowed < len(m.Subs)
 	if c == nil {
+		news = true
 		c = &client{key: key, shared: shared, addr: src, conn: conn}
 		s.clients[key] = c
 		s.log.Info("client up", "client", key.String()[:16], "addr", src)
 		s.queueRecord(c, now)
 	} else if c.addr != src {
 		s.stats.Rebinds++
+		news = true
 		s.log.Info("client address changed (NAT rebinding)", "client", key.String()[:16], "from", c.addr, "to", src)
 		c.addr = src
 		c.conn = conn
@@ -430,6 +437,10 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 			su = &sub{c: c, r: r, rto: InitialRTO, acked: r.head}
 			c.subs = append(c.subs, su)
 			r.subs[key] = su
+			news = true
+		}
+		if !sb.Known {
+			news = true // the client learns where it starts from the pong
 		}
 		if sb.Known {
 			// The client's own report is the truth about what it handled.
@@ -442,6 +453,10 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 			s.pending[su] = struct{}{}
 			s.kickSender()
 		}
+	}
+	if !news {
+		s.stats.Quiet++
+		return nil
 	}
 	return s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
 }

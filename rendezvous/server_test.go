@@ -249,3 +249,67 @@ func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
 		t.Fatal("a forgotten client could not come back")
 	}
 }
+
+func (c *testClient) quietKeepalive(t *testing.T, probeMillis uint32, subs ...wire.Sub) []byte {
+	c.counter++
+	b, err := wire.Seal(nil, &wire.Keepalive{Counter: c.counter, ProbeMillis: probeMillis, Subs: subs, Quiet: true}, c.pub, &c.shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A quiet keepalive is answered only when the answer is news to the client;
+// otherwise it still refreshes the client's liveness and position.
+func TestQuietKeepaliveAnsweredOnlyWithNews(t *testing.T) {
+	s, _, now := testServer(t, true)
+	c := newTestClient(s)
+	known := wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}
+	if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) == nil {
+		t.Fatal("first contact: no pong")
+	}
+	*now = now.Add(25 * time.Second)
+	if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) != nil {
+		t.Fatal("answered a quiet keepalive with nothing new")
+	}
+	if st := s.Stats(); st.Quiet != 1 || st.Keepalives != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	if got := s.Clients()[0].LastSeen; !got.Equal(*now) {
+		t.Fatalf("quiet keepalive did not refresh liveness: last seen %v", got)
+	}
+	for _, tc := range []struct {
+		name string
+		ka   func() []byte
+		src  netip.AddrPort
+	}{
+		{"new address", func() []byte { return c.quietKeepalive(t, 0, known) }, srcB},
+		{"probe request", func() []byte { return c.quietKeepalive(t, 5000, known) }, srcB},
+		{"fresh subscription", func() []byte { return c.quietKeepalive(t, 0, wire.Sub{RepoID: "chat.git"}) }, srcB},
+		{"new repository", func() []byte { return c.quietKeepalive(t, 0, known, wire.Sub{RepoID: "other.git", Known: true}) }, srcB},
+		{"not quiet", func() []byte { return c.keepalive(t, known) }, srcB},
+	} {
+		*now = now.Add(time.Second)
+		reply := s.handle(0, 0, tc.ka(), tc.src)
+		if reply == nil {
+			t.Fatalf("%s: no pong", tc.name)
+		}
+		if _, ok := c.open(t, reply).(*wire.Pong); !ok {
+			t.Fatalf("%s: reply is not a pong", tc.name)
+		}
+	}
+}
+
+// In registered mode a quiet keepalive for a repository the key may not
+// follow is answered, so the daemon learns why nothing arrives.
+func TestQuietKeepaliveRefusalIsAnswered(t *testing.T) {
+	s, _, _ := testServer(t, false)
+	c := newTestClient(s)
+	reply := s.handle(0, 0, c.quietKeepalive(t, 0, wire.Sub{RepoID: "chat.git", Known: true}), srcA)
+	if reply == nil {
+		t.Fatal("no answer to a refused quiet keepalive")
+	}
+	if p := c.open(t, reply).(*wire.Pong); p.Statuses[0].Status != wire.StatusNotAuthorised {
+		t.Fatalf("status %d", p.Statuses[0].Status)
+	}
+}

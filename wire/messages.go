@@ -19,7 +19,7 @@ type Sub struct {
 // Keepalive keeps the client's NAT mapping open and reports its position.
 //
 //	offset  size  field
-//	0       1     type 0x01
+//	0       1     type 0x01, or 0x07 for a quiet keepalive (no pong wanted)
 //	1       8     counter: strictly increasing per client key; replays are dropped
 //	9       4     probe, milliseconds: 0, or "ping me after this long without a packet from me"
 //	13      1     number of subscriptions, 1..16
@@ -40,12 +40,22 @@ type Keepalive struct {
 	// mapping lifetime this way.
 	ProbeMillis uint32
 	Subs        []Sub
+	// Quiet says the client needs no pong (type 0x07). The rendezvous still
+	// answers one whose answer is news to the client: a first contact, a
+	// new address, a fresh or refused subscription, a probe request.
+	// Answering only when asked halves the datagrams a keepalive costs
+	// the server; the daemon asks at least every PongRefresh.
+	Quiet bool
 }
 
 // AppendPlaintext implements Message.
 func (m *Keepalive) AppendPlaintext(b []byte) []byte {
 	start := len(b)
-	b = append(b, byte(TypeKeepalive))
+	t := TypeKeepalive
+	if m.Quiet {
+		t = TypeKeepaliveQuiet
+	}
+	b = append(b, byte(t))
 	b = binary.BigEndian.AppendUint64(b, m.Counter)
 	b = binary.BigEndian.AppendUint32(b, m.ProbeMillis)
 	b = append(b, byte(len(m.Subs)))

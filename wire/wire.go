@@ -206,6 +206,9 @@ const (
 	TypeAck       Type = 0x04 // client → rendezvous, cumulative ack
 	TypeResync    Type = 0x05 // rendezvous → client, events were lost to retention
 	TypePing      Type = 0x06 // rendezvous → client, "send a keepalive now"
+	// TypeKeepaliveQuiet is a keepalive whose sender needs no pong: the
+	// same layout as TypeKeepalive.
+	TypeKeepaliveQuiet Type = 0x07 // client → rendezvous
 )
 
 // Message is any decoded plaintext message.
@@ -223,8 +226,10 @@ func ParsePlaintext(p []byte) (Message, error) {
 	r := reader{b: p[1:]}
 	var m Message
 	switch Type(p[0]) {
-	case TypeKeepalive:
-		m = parseKeepalive(&r)
+	case TypeKeepalive, TypeKeepaliveQuiet:
+		k := parseKeepalive(&r)
+		k.Quiet = Type(p[0]) == TypeKeepaliveQuiet
+		m = k
 	case TypePong:
 		m = parsePong(&r)
 	case TypeNotify:

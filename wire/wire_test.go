@@ -25,6 +25,7 @@ var oidB = strings.Repeat("cd", 20)
 func sampleMessages() []Message {
 	return []Message{
 		&Keepalive{Counter: 7, ProbeMillis: 12500, Subs: []Sub{{RepoID: "chat.git", Known: true, LastSeq: 42}, {RepoID: "team/x", LastSeq: 0}}},
+		&Keepalive{Counter: 8, Subs: []Sub{{RepoID: "chat.git", Known: true, LastSeq: 43}}, Quiet: true},
 		&Pong{Counter: 7, Observed: netip.MustParseAddrPort("198.18.0.5:40001"), Advice: 25, Statuses: []SubStatus{{StatusOK, 42}, {StatusNotAuthorised, 0}}},
 		&Pong{Counter: 1, Observed: netip.MustParseAddrPort("[2001:db8::1]:9"), Statuses: []SubStatus{}},
 		&Notify{Seq: 3, TimeMilli: 1700000000123, Recipient: fixedKey(9), RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB},
@@ -52,6 +53,8 @@ func TestGoldenPlaintext(t *testing.T) {
 			"05" + "0000000000000009" + "0000000000000003" + "0000000000000004" + strings.Repeat("01", 32) + "01" + "72"},
 		{&Keepalive{Counter: 5, ProbeMillis: 25000, Subs: []Sub{{RepoID: "r", Known: true, LastSeq: 3}}},
 			"01" + "0000000000000005" + "000061a8" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-25)},
+		{&Keepalive{Counter: 5, Subs: []Sub{{RepoID: "r", Known: true, LastSeq: 3}}, Quiet: true},
+			"07" + "0000000000000005" + "00000000" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-25)},
 	}
 	for _, c := range cases {
 		got := hex.EncodeToString(c.m.AppendPlaintext(nil))

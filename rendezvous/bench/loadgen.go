@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -63,6 +64,7 @@ type simClient struct {
 	counter  atomic.Uint64
 	lastSeq  atomic.Uint64
 	ponged   atomic.Bool
+	lastPong atomic.Int64 // unix nanos
 	notified atomic.Int64 // unix nanos of the first notification
 }
 
@@ -158,6 +160,14 @@ func Loadgen(ctx context.Context, o LoadgenOptions, out io.Writer) error {
 		}
 	}
 	emit(genEvent{Event: "registered", Count: o.Clients, LastUnixNano: g.lastReg.Load()})
+	// Steady state, as after days of running: each client last asked for a
+	// pong at a different point of the PongRefresh cycle, so the share of
+	// keepalives that ask is what it is in the long run, not zero (every
+	// client just got its registration pong) or all at once.
+	now := time.Now()
+	for i, c := range g.clients {
+		c.lastPong.Store(now.Add(-time.Duration(i) * punch.PongRefresh / time.Duration(len(g.clients))).UnixNano())
+	}
 
 	if o.Keepalive > 0 {
 		// Each client keeps alive at the interval, phases spread evenly.
@@ -266,8 +276,11 @@ func (g *generator) newWorker() *worker {
 	return &worker{g: g, pkt: make([]byte, 0, wire.MaxDatagram), dst: g.dst}
 }
 
+// sendKeepalive sends what the daemon would: quiet (no pong wanted) when
+// its position is known and its last pong is under PongRefresh old.
 func (w *worker) sendKeepalive(c *simClient, known bool) {
-	m := &wire.Keepalive{Counter: c.counter.Add(1), Subs: []wire.Sub{{RepoID: w.g.o.Repo, Known: known, LastSeq: c.lastSeq.Load()}}}
+	quiet := known && time.Since(time.Unix(0, c.lastPong.Load())) < punch.PongRefresh
+	m := &wire.Keepalive{Counter: c.counter.Add(1), Subs: []wire.Sub{{RepoID: w.g.o.Repo, Known: known, LastSeq: c.lastSeq.Load()}}, Quiet: quiet}
 	if b, err := w.sealer.Seal(w.pkt[:0], m, c.pub, &c.shared); err == nil {
 		syscall.Sendto(c.fd, b, 0, &w.dst)
 	}
@@ -292,6 +305,7 @@ func (w *worker) receive(c *simClient, b []byte) {
 	}
 	switch m := m.(type) {
 	case *wire.Pong:
+		c.lastPong.Store(time.Now().UnixNano())
 		if len(m.Statuses) == 1 && !c.ponged.Load() {
 			c.lastSeq.Store(m.Statuses[0].Position)
 			c.ponged.Store(true)
