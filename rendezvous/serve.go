@@ -117,6 +117,7 @@ func listenControl(path string) (net.Listener, error) {
 //
 //	poke <repo-id>\n   → "ok\n" or "error <reason>\n"
 //	status\n           → one JSON array of ClientStatus, then "\n"
+//	stats\n            → one JSON object of Stats (the counters), then "\n"
 func (s *Server) serveControl(ctx context.Context, l net.Listener) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -147,6 +148,8 @@ func (s *Server) serveControl(ctx context.Context, l net.Listener) {
 				c.Write([]byte("ok\n"))
 			case "status":
 				json.NewEncoder(c).Encode(s.Clients())
+			case "stats":
+				json.NewEncoder(c).Encode(s.Stats())
 			default:
 				fmt.Fprintf(c, "error unknown command %q\n", cmd)
 			}

@@ -74,14 +74,27 @@ type Config struct {
 }
 
 // Stats counts what the server did; every dropped datagram is counted.
+// `gcn-punch status --stats` prints it as JSON with these keys.
 type Stats struct {
-	STUN, STUNLimited                       uint64
-	Keepalives, Acks, Notifies, Retransmits uint64
-	Quiet                                   uint64 // quiet keepalives left unanswered
-	Resyncs, Pings, Probes                  uint64
-	Malformed, Forged, Replayed, Unexpected uint64
-	Denied, Limited, Amplification          uint64
-	Rebinds, Forgotten                      uint64
+	STUN          uint64 `json:"stun"`          // STUN Binding answers
+	STUNLimited   uint64 `json:"stun_limited"`  // STUN requests over the per-source rate
+	Keepalives    uint64 `json:"keepalives"`    // accepted keepalives
+	Quiet         uint64 `json:"quiet"`         // quiet keepalives left unanswered
+	Acks          uint64 `json:"acks"`          // acks from live clients
+	Notifies      uint64 `json:"notifies"`      // notifications sent the first time
+	Retransmits   uint64 `json:"retransmits"`   // notifications sent again
+	Resyncs       uint64 `json:"resyncs"`       // resync notices sent
+	Pings         uint64 `json:"pings"`         // restart pings sent
+	Probes        uint64 `json:"probes"`        // lifetime-probe pings sent
+	Malformed     uint64 `json:"malformed"`     // datagrams that do not parse
+	Forged        uint64 `json:"forged"`        // datagrams that fail authentication
+	Replayed      uint64 `json:"replayed"`      // keepalives with an old counter
+	Unexpected    uint64 `json:"unexpected"`    // valid messages out of place
+	Denied        uint64 `json:"denied"`        // keepalives refused every repository
+	Limited       uint64 `json:"limited"`       // new keys over the per-source rate
+	Amplification uint64 `json:"amplification"` // replies dropped for being larger than the request
+	Rebinds       uint64 `json:"rebinds"`       // client address changes
+	Forgotten     uint64 `json:"forgotten"`     // clients dropped after ForgetAfter silent
 }
 
 // Server is a running rendezvous.
@@ -100,7 +113,7 @@ type Server struct {
 	poked       map[string]struct{} // repositories whose log grew
 	clients     map[wire.Key]*client
 	repos       map[string]*repo
-	pending     map[*sub]struct{}
+	pending     []*sub // subscriptions that may owe events (see markPending)
 	probes      map[*client]struct{}
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter
@@ -142,12 +155,16 @@ func (c *client) sub(repoID string) *sub {
 }
 
 type sub struct {
-	c        *client
-	r        *repo
-	acked    uint64 // the client handled every event up to here
-	sent     uint64 // highest seq sent in the current window
-	nextSend time.Time
-	rto      time.Duration
+	c *client
+	r *repo
+	// pendingAt is 1 + its index in Server.pending, 0 when not there: the
+	// set is a slice, so that a 100k fan-out's adds, removals and scans
+	// touch no hash table.
+	pendingAt int
+	acked     uint64 // the client handled every event up to here
+	sent      uint64 // highest seq sent in the current window
+	nextSend  time.Time
+	rto       time.Duration
 }
 
 type repo struct {
@@ -179,7 +196,6 @@ func New(cfg Config) (*Server, error) {
 		poked:       make(map[string]struct{}),
 		clients:     make(map[wire.Key]*client),
 		repos:       make(map[string]*repo),
-		pending:     make(map[*sub]struct{}),
 		probes:      make(map[*client]struct{}),
 		stunRL:      newRateLimiter(stunRate, stunBurst),
 		unkRL:       newRateLimiter(unknownRate, unknownBurst),
@@ -450,7 +466,7 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 		statuses[i] = wire.SubStatus{Status: wire.StatusOK, Position: su.acked}
 		if su.acked < r.head {
 			su.rto = InitialRTO
-			s.pending[su] = struct{}{}
+			s.markPending(su)
 			s.kickSender()
 		}
 	}
@@ -478,10 +494,10 @@ func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
 	su.rto = InitialRTO
 	su.nextSend = now.Add(su.rto)
 	if su.acked < su.r.head {
-		s.pending[su] = struct{}{}
+		s.markPending(su)
 		s.kickSender()
 	} else {
-		delete(s.pending, su)
+		s.unmarkPending(su)
 	}
 }
 
@@ -528,14 +544,16 @@ func (s *Server) sendDue() time.Time {
 		s.forgetSilent(now)
 	}
 	due := s.due[:0]
-	for su := range s.pending {
+	// Backwards, so that removing (which moves the last one here) is safe.
+	for i := len(s.pending) - 1; i >= 0; i-- {
+		su := s.pending[i]
 		if su.acked >= su.r.head {
-			delete(s.pending, su)
+			s.unmarkPending(su)
 			continue
 		}
 		if now.Sub(su.c.lastSeen) > ClientTimeout {
 			// Lapsed: stop retransmitting; its next keepalive resumes catch-up.
-			delete(s.pending, su)
+			s.unmarkPending(su)
 			continue
 		}
 		due = append(due, su)
@@ -620,6 +638,28 @@ func (s *Server) sendChunks(due []*sub) time.Time {
 	return next
 }
 
+// markPending adds su to the pending set. Called with mu held.
+func (s *Server) markPending(su *sub) {
+	if su.pendingAt == 0 {
+		s.pending = append(s.pending, su)
+		su.pendingAt = len(s.pending)
+	}
+}
+
+// unmarkPending removes su from the pending set, moving the last member
+// into its place. Called with mu held.
+func (s *Server) unmarkPending(su *sub) {
+	i := su.pendingAt - 1
+	if i < 0 {
+		return
+	}
+	last := s.pending[len(s.pending)-1]
+	s.pending[i], last.pendingAt = last, i+1
+	s.pending[len(s.pending)-1] = nil
+	s.pending = s.pending[:len(s.pending)-1]
+	su.pendingAt = 0
+}
+
 // forgetSilent drops clients silent for ForgetAfter. Called with mu held.
 func (s *Server) forgetSilent(now time.Time) {
 	for k, c := range s.clients {
@@ -628,7 +668,7 @@ func (s *Server) forgetSilent(now time.Time) {
 		}
 		for _, su := range c.subs {
 			delete(su.r.subs, k)
-			delete(s.pending, su)
+			s.unmarkPending(su)
 		}
 		delete(s.probes, c)
 		delete(s.clients, k)
@@ -717,7 +757,7 @@ func (s *Server) loadPoked() {
 		}
 		for _, su := range r.subs {
 			if su.acked < r.head {
-				s.pending[su] = struct{}{}
+				s.markPending(su)
 			}
 		}
 	}

@@ -70,3 +70,22 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 	}
 	return tw.Flush()
 }
+
+// WriteStats prints the running rendezvous's counters as one JSON object.
+func WriteStats(w io.Writer, storeDir string) error {
+	st, err := store.Open(storeDir)
+	if err != nil {
+		return err
+	}
+	reply, err := Dial(st.SocketPath(), "stats", statusTimeout)
+	if err != nil {
+		return fmt.Errorf("rendezvous not running (%s): %w", st.SocketPath(), err)
+	}
+	var stats Stats
+	if err := json.Unmarshal([]byte(reply), &stats); err != nil {
+		return fmt.Errorf("rendezvous: bad stats reply: %w", err)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(stats)
+}

@@ -261,7 +261,15 @@ func runBench(ctx context.Context, args []string) error {
 	fs.IntVar(&o.PollSample, "poll-sample", 30, "real git fetches for the polling baseline")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	doc := fs.String("doc", "", "also write the Markdown report here (e.g. docs/bench.md)")
+	hostNetns := fs.Bool("host-netns", false, "run in the current network namespace (default as root: a namespace of its own, with a UDP hash table sized for the simulated clients)")
 	parse(fs, args)
+	if !*hostNetns && !bench.InOwnNetns() && os.Geteuid() == 0 {
+		code, err := bench.RunInOwnNetns(os.Args)
+		if err == nil {
+			os.Exit(code)
+		}
+		fmt.Fprintf(os.Stderr, "gcn-punch bench: cannot run in a network namespace of its own (%v); running here\n", err)
+	}
 	o.Sizes, o.KeepaliveAt = *sizes, *kaSizes
 	r, err := bench.Run(ctx, o)
 	if err != nil {
@@ -366,7 +374,11 @@ func runStatus(args []string) error {
 	fs := newFlags("status")
 	dir := fs.String("store", store.DefaultDir, "store directory")
 	asJSON := fs.Bool("json", false, "print JSON")
+	stats := fs.Bool("stats", false, "print the running rendezvous's counters (JSON) instead of the clients")
 	parse(fs, args)
+	if *stats {
+		return rendezvous.WriteStats(os.Stdout, *dir)
+	}
 	return rendezvous.WriteStatus(os.Stdout, *dir, *asJSON)
 }
 

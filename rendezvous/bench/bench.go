@@ -110,6 +110,10 @@ type Machine struct {
 	Kernel    string `json:"kernel"`
 	GoVersion string `json:"go_version"`
 	Date      string `json:"date"`
+	// UDPHashEntries is the UDP socket hash table's size where the bench
+	// ran; OwnNetns says it ran in a namespace of its own (see netns.go).
+	UDPHashEntries int  `json:"udp_hash_entries"`
+	OwnNetns       bool `json:"own_netns"`
 }
 
 // Results is everything `gcn-punch bench --json` prints.
@@ -174,7 +178,8 @@ func Run(ctx context.Context, o Options) (Results, error) {
 }
 
 func machine() Machine {
-	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Date: time.Now().UTC().Format("2006-01-02")}
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Date: time.Now().UTC().Format("2006-01-02"),
+		UDPHashEntries: udpHashEntries(), OwnNetns: InOwnNetns()}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}
