@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/gitchat/gcn-punch/netsim"
+	"github.com/gitchat/gcn-punch/punch"
 )
 
 var binary string
@@ -240,8 +241,7 @@ func (c *client) start() {
 func (c *client) ready(t *testing.T) {
 	t.Helper()
 	if !poll(60*time.Second, func() bool {
-		b, _ := os.ReadFile(filepath.Join(c.state, "state.json"))
-		return strings.Contains(string(b), `"known": true`)
+		return punch.HasPosition(c.state)
 	}) {
 		t.Fatalf("%s (%s) never registered:\n%s", c.name, c.kind, c.text())
 	}

@@ -134,6 +134,11 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Fold the journal into state.json: this also drops a line a crash cut
+	// short, which later appends would otherwise run into.
+	if err := st.compact(cfg.StateDir); err != nil {
+		return nil, err
+	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, now: cfg.Now, pub: pub, priv: priv, state: st,
 		peers: make(map[wire.Key]*peer), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
 	for _, s := range cfg.Servers {
@@ -251,13 +256,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.runCtx, d.runWG = nil, nil
 		d.peersMu.Unlock()
 	}()
+	var err error
 	select {
 	case <-ctx.Done():
 		d.cfg.Conn.SetReadDeadline(time.Unix(1, 0))
-		return nil
-	case err := <-errc:
-		return err
+	case err = <-errc:
 	}
+	cancel()
+	wg.Wait()
+	// Stopped: leave the whole state in state.json.
+	d.mu.Lock()
+	if cerr := d.state.compact(d.cfg.StateDir); cerr != nil {
+		d.log.Error("cannot write state.json", "err", cerr)
+	}
+	d.mu.Unlock()
+	return err
 }
 
 func (d *Daemon) learnReflexive(ctx context.Context, p *peer) {
@@ -755,7 +768,7 @@ func (d *Daemon) Pin(server string, key wire.Key) error {
 	}
 	old, ok := d.state.Pins[server]
 	if ok && old != key.String() {
-		return fmt.Errorf("%w for %s: pinned %s, now offered %s. Someone may be impersonating the server, or its key was replaced. If the change is expected, delete the pin for %s from %s and restart",
+		return fmt.Errorf("%w for %s: pinned %s, now offered %s. Someone may be impersonating the server, or its key was replaced. If the change is expected, stop the daemon, delete the pin for %s from %s and start it",
 			ErrServerKeyChanged, server, old, key, server, filepath.Join(d.cfg.StateDir, "state.json"))
 	}
 	if ok {

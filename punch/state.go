@@ -1,6 +1,7 @@
 package punch
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
@@ -33,10 +36,12 @@ type RepoState struct {
 	LastSeq uint64 `json:"last_seq"`
 }
 
-// State is what the daemon keeps in STATE/state.json. It is rewritten
-// atomically after every change, before the change is acknowledged.
+// State is what the daemon keeps in STATE/state.json and STATE/state.journal.
+// Every change is made durable before it is acknowledged (see save).
 type State struct {
 	Version int `json:"version"`
+	// Gen counts the saves; the newest whole state wins on loading.
+	Gen uint64 `json:"gen"`
 	// Servers maps a server's public key (hex) to its repositories' positions.
 	Servers map[string]map[string]*RepoState `json:"servers"`
 	// Pending holds handled events whose actions have not finished; they run
@@ -66,33 +71,144 @@ func LastRendezvous(stateDir string) (netip.AddrPort, error) {
 
 const stateVersion = 1
 
-func loadState(dir string) (*State, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return &State{Version: stateVersion, Servers: map[string]map[string]*RepoState{}}, nil
-	}
+// The state's files. Each save appends the whole state, one JSON line, to
+// the journal and syncs it once (fdatasync): rewriting state.json through a
+// temporary file costs a file sync, a rename and a directory sync, about
+// 0.4 ms here against 0.14 ms, and it is on the path from a notification's
+// arrival to the user's program. The journal is folded into state.json
+// (atomically) when it passes journalCompactAt, when the daemon starts, and
+// when it stops; so with the daemon stopped, state.json is the whole state.
+const (
+	stateName        = "state.json"
+	journalName      = "state.journal"
+	journalCompactAt = 64 << 10 // a few hundred saves of a typical state
+)
+
+// ReadState returns the state kept in dir: state.json, or a newer state from
+// the journal. It changes nothing on disk.
+func ReadState(dir string) (*State, error) { return loadState(dir) }
+
+// HasPosition reports whether the daemon whose state is in dir knows its
+// position in some repository: it has been answered by a rendezvous.
+func HasPosition(dir string) bool {
+	st, err := loadState(dir)
 	if err != nil {
-		return nil, err
+		return false
 	}
-	var s State
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("punch: %s: %w", filepath.Join(dir, "state.json"), err)
+	for _, repos := range st.Servers {
+		for _, r := range repos {
+			if r.Known {
+				return true
+			}
+		}
 	}
-	if s.Version != stateVersion {
-		return nil, fmt.Errorf("punch: state.json version %d, this daemon reads %d", s.Version, stateVersion)
-	}
-	if s.Servers == nil {
-		s.Servers = map[string]map[string]*RepoState{}
-	}
-	return &s, nil
+	return false
 }
 
+func loadState(dir string) (*State, error) {
+	best := &State{Version: stateVersion, Servers: map[string]map[string]*RepoState{}}
+	b, err := os.ReadFile(filepath.Join(dir, stateName))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		var s State
+		if err := json.Unmarshal(b, &s); err != nil {
+			return nil, fmt.Errorf("punch: %s: %w", filepath.Join(dir, stateName), err)
+		}
+		if s.Version != stateVersion {
+			return nil, fmt.Errorf("punch: state.json version %d, this daemon reads %d", s.Version, stateVersion)
+		}
+		best = &s
+	}
+	j, err := os.ReadFile(filepath.Join(dir, journalName))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	// Whole lines only: a line cut short by a crash does not parse and is
+	// skipped (it was never acknowledged: the sync had not returned).
+	for _, line := range bytes.Split(j, []byte{'\n'}) {
+		var s State
+		if len(line) == 0 || json.Unmarshal(line, &s) != nil || s.Version != stateVersion {
+			continue
+		}
+		if s.Gen > best.Gen {
+			best = &s
+		}
+	}
+	if best.Servers == nil {
+		best.Servers = map[string]map[string]*RepoState{}
+	}
+	return best, nil
+}
+
+// save makes s durable with one sync: a line appended to the journal.
 func (s *State) save(dir string) error {
+	s.Gen++
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, journalName)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		// A new journal: its directory entry must be durable too, once.
+		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+			err = syncDir(dir)
+		}
+	}
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return err
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = unix.Fdatasync(int(f.Fd()))
+	}
+	var size int64
+	if fi, serr := f.Stat(); serr == nil {
+		size = fi.Size()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if size > journalCompactAt {
+		return s.compact(dir)
+	}
+	return nil
+}
+
+// compact writes s whole to state.json (atomically, durably) and empties the
+// journal. A crash between the two leaves journal lines no newer than
+// state.json, which loading ignores.
+func (s *State) compact(dir string) error {
 	b, err := json.MarshalIndent(s, "", " ")
 	if err != nil {
 		return err
 	}
-	return store.WriteFileAtomic(filepath.Join(dir, "state.json"), b, 0o600)
+	if err := store.WriteFileAtomic(filepath.Join(dir, stateName), b, 0o600); err != nil {
+		return err
+	}
+	err = os.Truncate(filepath.Join(dir, journalName), 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (s *State) repo(server wire.Key, repo string) *RepoState {

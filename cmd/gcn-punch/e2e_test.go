@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gitchat/gcn-punch/punch"
 )
 
 var binary string
@@ -182,8 +184,7 @@ func (w *world) startDaemon(name, server string) *daemon {
 func (d *daemon) ready(t *testing.T) {
 	t.Helper()
 	if !poll(20*time.Second, func() bool {
-		b, _ := os.ReadFile(filepath.Join(d.state, "state.json"))
-		return strings.Contains(string(b), `"known": true`)
+		return punch.HasPosition(d.state)
 	}) {
 		t.Fatalf("%s never got its position:\n%s", d.name, d.logText())
 	}

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gitchat/gcn-punch/punch"
 )
 
 func needRoot(t *testing.T, programs ...string) {
@@ -177,8 +179,7 @@ func TestSSHRegistrationThenPushFastForwards(t *testing.T) {
 		t.Fatalf("no registration:\n%s\nsshd:\n%s", d.logText(), mustRead(filepath.Join(w.dir, "sshd.log")))
 	}
 	poll(10*time.Second, func() bool {
-		b, _ := os.ReadFile(filepath.Join(w.dir, "home", "state", "gcn-punch", "state.json"))
-		return strings.Contains(string(b), `"known": true`)
+		return punch.HasPosition(filepath.Join(w.dir, "home", "state", "gcn-punch"))
 	})
 	want := w.push(pusher, "second")
 	if !poll(20*time.Second, func() bool {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -450,7 +451,7 @@ func latencyOnce(ctx context.Context, o Options) (float64, float64, error) {
 	}
 	defer func() { d.Process.Kill(); d.Wait() }()
 	for i := 0; i < 200; i++ {
-		if b, _ := os.ReadFile(filepath.Join(rp.dir, "state", "state.json")); bytes.Contains(b, []byte(`"known": true`)) {
+		if punch.HasPosition(filepath.Join(rp.dir, "state")) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -1,0 +1,131 @@
+package punch
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+var stateKey = wire.Key{1}
+
+func savedPositions(t *testing.T, dir string, n int) *State {
+	t.Helper()
+	st, err := loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		r := st.repo(stateKey, "chat.git")
+		r.Known, r.LastSeq = true, uint64(i)
+		if err := st.save(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
+}
+
+// Each save is one journal line; loading returns the newest state, and
+// state.json is only written when the journal is folded into it.
+func TestStateJournalKeepsEverySave(t *testing.T) {
+	dir := t.TempDir()
+	savedPositions(t, dir, 5)
+	if _, err := os.Stat(filepath.Join(dir, stateName)); !os.IsNotExist(err) {
+		t.Fatalf("state.json written on a plain save: %v", err)
+	}
+	st, err := ReadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.repo(stateKey, "chat.git"); r.LastSeq != 5 || st.Gen != 5 {
+		t.Fatalf("loaded seq %d gen %d, want 5 5", r.LastSeq, st.Gen)
+	}
+}
+
+// A line a crash cut short is ignored: the state before it stands.
+func TestStateJournalTornLineIgnored(t *testing.T) {
+	dir := t.TempDir()
+	savedPositions(t, dir, 3)
+	j := filepath.Join(dir, journalName)
+	b, _ := os.ReadFile(j)
+	torn := append(b, []byte(`{"version":1,"gen":4,"servers":{"01`)...)
+	if err := os.WriteFile(j, torn, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.repo(stateKey, "chat.git"); r.LastSeq != 3 {
+		t.Fatalf("seq %d after a torn line, want 3", r.LastSeq)
+	}
+	// Folding (as the daemon does when it starts) drops the torn bytes, so
+	// the next save is a whole line of its own.
+	if err := st.compact(dir); err != nil {
+		t.Fatal(err)
+	}
+	st.repo(stateKey, "chat.git").LastSeq = 4
+	if err := st.save(dir); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ = loadState(dir); st.repo(stateKey, "chat.git").LastSeq != 4 {
+		t.Fatalf("seq %d after fold and save, want 4", st.repo(stateKey, "chat.git").LastSeq)
+	}
+}
+
+// Past journalCompactAt the journal is folded into state.json and emptied;
+// a state.json newer than the journal's lines wins over them.
+func TestStateJournalCompacts(t *testing.T) {
+	dir := t.TempDir()
+	st := savedPositions(t, dir, 1)
+	line, _ := os.ReadFile(filepath.Join(dir, journalName))
+	n := journalCompactAt/len(line) + 2
+	savedPositions(t, dir, n)
+	fi, err := os.Stat(filepath.Join(dir, journalName))
+	if err != nil || fi.Size() > journalCompactAt {
+		t.Fatalf("journal not compacted: %v, %d bytes", err, fi.Size())
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateName)); err != nil {
+		t.Fatalf("no state.json after compaction: %v", err)
+	}
+	st, err = loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.repo(stateKey, "chat.git"); r.LastSeq != uint64(n) {
+		t.Fatalf("seq %d, want %d", r.LastSeq, n)
+	}
+	// An old line left by a crash between writing state.json and emptying
+	// the journal loses to state.json.
+	if err := st.compact(dir); err != nil {
+		t.Fatal(err)
+	}
+	old := `{"version":1,"gen":1,"servers":{},"pending":null}` + "\n"
+	if err := os.WriteFile(filepath.Join(dir, journalName), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ = loadState(dir); st.repo(stateKey, "chat.git").LastSeq != uint64(n) {
+		t.Fatal("an older journal line overrode state.json")
+	}
+}
+
+// The daemon folds the journal into state.json when it starts.
+func TestNewDaemonFoldsJournal(t *testing.T) {
+	dir := t.TempDir()
+	savedPositions(t, dir, 2)
+	if _, err := New(Config{StateDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, stateName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, journalName)); fi.Size() != 0 {
+		t.Fatalf("journal still holds %d bytes", fi.Size())
+	}
+	st, _ := loadState(dir)
+	if st.repo(stateKey, "chat.git").LastSeq != 2 || len(b) == 0 {
+		t.Fatal("state.json lacks the journal's state")
+	}
+}
