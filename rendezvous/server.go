@@ -114,7 +114,7 @@ type Server struct {
 	clients     map[wire.Key]*client
 	repos       map[string]*repo
 	pending     []*sub // subscriptions that may owe events (see markPending)
-	probes      map[*client]struct{}
+	probes      map[*client]probe
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter
 	stats       Stats
@@ -129,19 +129,27 @@ type Server struct {
 	senders     []*sender                    // one per CPU, each with its own buffers
 }
 
+// client is one live client. It is kept small (160 bytes): the rendezvous
+// holds one per registered client, 100k of them in the benchmark.
 type client struct {
 	key      wire.Key
 	shared   [32]byte
 	addr     netip.AddrPort
 	conn     net.PacketConn // the socket the client talks to
-	lastSeen time.Time
+	lastSeen int64          // unix nanoseconds of its last authenticated packet
 	counter  uint64
-	written  time.Time // when its record was last written
-	subs     []*sub    // at most wire.MaxSubs: a slice is smaller than a map
-	// A pending lifetime probe: ping with probeCounter once the client has
-	// been silent for probeAfter.
-	probeAfter   time.Duration
-	probeCounter uint64
+	written  int64  // unix nanoseconds: when its record was last written
+	subs     []*sub // at most wire.MaxSubs: a slice is smaller than a map
+}
+
+// since is how long before now the unix-nanosecond time t was.
+func since(now time.Time, t int64) time.Duration { return time.Duration(now.UnixNano() - t) }
+
+// probe is a pending lifetime probe: ping with counter once the client has
+// been silent for after.
+type probe struct {
+	after   time.Duration
+	counter uint64
 }
 
 // sub finds the client's subscription to a repository.
@@ -161,6 +169,7 @@ type sub struct {
 	// set is a slice, so that a 100k fan-out's adds, removals and scans
 	// touch no hash table.
 	pendingAt int
+	repoAt    int    // its index in r.subs
 	acked     uint64 // the client handled every event up to here
 	sent      uint64 // highest seq sent in the current window
 	nextSend  time.Time
@@ -173,7 +182,10 @@ type repo struct {
 	head   uint64
 	offset int64 // bytes of the log file read so far
 	ino    uint64
-	subs   map[wire.Key]*sub
+	// subs are the repository's followers, in no order; each knows its
+	// index (repoAt), so adding and removing touch no hash table and a
+	// follower costs 8 bytes here.
+	subs []*sub
 }
 
 // New loads the server keys and the event logs.
@@ -196,7 +208,7 @@ func New(cfg Config) (*Server, error) {
 		poked:       make(map[string]struct{}),
 		clients:     make(map[wire.Key]*client),
 		repos:       make(map[string]*repo),
-		probes:      make(map[*client]struct{}),
+		probes:      make(map[*client]probe),
 		stunRL:      newRateLimiter(stunRate, stunBurst),
 		unkRL:       newRateLimiter(unknownRate, unknownBurst),
 	}
@@ -428,15 +440,13 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 		c.addr = src
 		c.conn = conn
 		s.queueRecord(c, now)
-	} else if now.Sub(c.written) >= RecordRefresh {
+	} else if since(now, c.written) >= RecordRefresh {
 		s.queueRecord(c, now)
 	}
 	c.counter = m.Counter
-	c.lastSeen = now
+	c.lastSeen = now.UnixNano()
 	if m.ProbeMillis > 0 {
-		c.probeAfter = min(time.Duration(m.ProbeMillis)*time.Millisecond, MaxProbe)
-		c.probeCounter = m.Counter
-		s.probes[c] = struct{}{}
+		s.probes[c] = probe{after: min(time.Duration(m.ProbeMillis)*time.Millisecond, MaxProbe), counter: m.Counter}
 		s.kickSender()
 	} else {
 		delete(s.probes, c)
@@ -452,7 +462,7 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 			// client whose earlier pong was lost keeps the start it was given.
 			su = &sub{c: c, r: r, rto: InitialRTO, acked: r.head}
 			c.subs = append(c.subs, su)
-			r.subs[key] = su
+			r.addSub(su)
 			news = true
 		}
 		if !sb.Known {
@@ -484,7 +494,7 @@ func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
 		return
 	}
 	s.stats.Acks++
-	c.lastSeen = now
+	c.lastSeen = now.UnixNano()
 	if m.Seq <= su.acked || m.Seq > su.r.head {
 		return // duplicate or stale ack
 	}
@@ -525,7 +535,7 @@ func (s *Server) kickSender() {
 func (s *Server) repo(id string) *repo {
 	r := s.repos[id]
 	if r == nil {
-		r = &repo{id: id, subs: make(map[wire.Key]*sub)}
+		r = &repo{id: id}
 		s.repos[id] = r
 	}
 	return r
@@ -551,7 +561,7 @@ func (s *Server) sendDue() time.Time {
 			s.unmarkPending(su)
 			continue
 		}
-		if now.Sub(su.c.lastSeen) > ClientTimeout {
+		if since(now, su.c.lastSeen) > ClientTimeout {
 			// Lapsed: stop retransmitting; its next keepalive resumes catch-up.
 			s.unmarkPending(su)
 			continue
@@ -559,15 +569,15 @@ func (s *Server) sendDue() time.Time {
 		due = append(due, su)
 	}
 	s.due = due
-	for c := range s.probes {
-		if due := c.lastSeen.Add(c.probeAfter); now.Before(due) {
+	for c, pr := range s.probes {
+		if due := time.Unix(0, c.lastSeen).Add(pr.after); now.Before(due) {
 			if due.Before(next) {
 				next = due
 			}
 			continue
 		}
 		delete(s.probes, c)
-		probes = append(probes, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Ping{Counter: c.probeCounter}})
+		probes = append(probes, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Ping{Counter: pr.counter}})
 		s.stats.Probes++
 	}
 	s.mu.Unlock()
@@ -638,6 +648,19 @@ func (s *Server) sendChunks(due []*sub) time.Time {
 	return next
 }
 
+func (r *repo) addSub(su *sub) {
+	su.repoAt = len(r.subs)
+	r.subs = append(r.subs, su)
+}
+
+// removeSub moves the last follower into su's place.
+func (r *repo) removeSub(su *sub) {
+	last := r.subs[len(r.subs)-1]
+	r.subs[su.repoAt], last.repoAt = last, su.repoAt
+	r.subs[len(r.subs)-1] = nil
+	r.subs = r.subs[:len(r.subs)-1]
+}
+
 // markPending adds su to the pending set. Called with mu held.
 func (s *Server) markPending(su *sub) {
 	if su.pendingAt == 0 {
@@ -663,11 +686,11 @@ func (s *Server) unmarkPending(su *sub) {
 // forgetSilent drops clients silent for ForgetAfter. Called with mu held.
 func (s *Server) forgetSilent(now time.Time) {
 	for k, c := range s.clients {
-		if now.Sub(c.lastSeen) < ForgetAfter {
+		if since(now, c.lastSeen) < ForgetAfter {
 			continue
 		}
 		for _, su := range c.subs {
-			delete(su.r.subs, k)
+			su.r.removeSub(su)
 			s.unmarkPending(su)
 		}
 		delete(s.probes, c)
@@ -806,7 +829,7 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 
 // queueRecord schedules a client's record to be written. Called with mu held.
 func (s *Server) queueRecord(c *client, now time.Time) {
-	c.written = now
+	c.written = now.UnixNano()
 	s.dirty[c.key] = store.ClientRecord{ID: c.key, Heartbeat: now, Addr: c.addr}
 	select {
 	case s.recordsKick <- struct{}{}:
@@ -881,7 +904,7 @@ func (s *Server) Clients() []ClientStatus {
 	defer s.mu.Unlock()
 	out := make([]ClientStatus, 0, len(s.clients))
 	for _, c := range s.clients {
-		cs := ClientStatus{ID: c.key.String(), Addr: c.addr.String(), LastSeen: c.lastSeen, Acked: map[string]uint64{}}
+		cs := ClientStatus{ID: c.key.String(), Addr: c.addr.String(), LastSeen: time.Unix(0, c.lastSeen), Acked: map[string]uint64{}}
 		for _, su := range c.subs {
 			cs.Acked[su.r.id] = su.acked
 		}
