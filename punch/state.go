@@ -155,7 +155,7 @@ func (s *State) save(dir string) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		// A new journal: its directory entry must be durable too, once.
 		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
-			err = syncDir(dir)
+			err = store.SyncDir(dir)
 		}
 	}
 	if err != nil {
@@ -200,15 +200,6 @@ func (s *State) compact(dir string) error {
 		return nil
 	}
 	return err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func (s *State) repo(server wire.Key, repo string) *RepoState {

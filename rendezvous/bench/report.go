@@ -39,6 +39,9 @@ func (r Results) Table(w io.Writer) {
 	fmt.Fprintf(w, "| %s | %s |\n\n", r.Latency.P50Millis.fmt("ms", 2), r.Latency.P99Millis.fmt("ms", 2))
 	fmt.Fprintln(w, "### Keepalive load: rendezvous CPU while every client keeps alive every 25 s")
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Each simulated client sends what the daemon sends: quiet keepalives, asking for a pong at least")
+	fmt.Fprintln(w, "every 2 minutes (one keepalive in five), in steady state (the clients' cycles spread evenly).")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| clients | window | CPU, % of one core |\n|---|---|---|")
 	for _, k := range r.Keepalive {
 		fmt.Fprintf(w, "| %d | %.0f s | %s |\n", k.Clients, k.WindowSec, k.CPUPercentCore.fmt("%", 2))
