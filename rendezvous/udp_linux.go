@@ -105,6 +105,9 @@ func (u *udpSocket) SetWriteDeadline(t time.Time) error {
 
 // ReadFrom reads one datagram.
 func (u *udpSocket) ReadFrom(b []byte) (int, net.Addr, error) {
+	if len(b) == 0 {
+		return 0, nil, errors.New("rendezvous: empty read buffer")
+	}
 	var rb recvBatch
 	rb.init(1, 0)
 	rb.bufs[0] = b
