@@ -84,10 +84,6 @@ const (
 	journalCompactAt = 64 << 10 // a few hundred saves of a typical state
 )
 
-// ReadState returns the state kept in dir: state.json, or a newer state from
-// the journal. It changes nothing on disk.
-func ReadState(dir string) (*State, error) { return loadState(dir) }
-
 // HasPosition reports whether the daemon whose state is in dir knows its
 // position in some repository: it has been answered by a rendezvous.
 func HasPosition(dir string) bool {
@@ -105,6 +101,8 @@ func HasPosition(dir string) bool {
 	return false
 }
 
+// loadState returns the state kept in dir: state.json, or a newer state from
+// the journal. It changes nothing on disk.
 func loadState(dir string) (*State, error) {
 	best := &State{Version: stateVersion, Servers: map[string]map[string]*RepoState{}}
 	b, err := os.ReadFile(filepath.Join(dir, stateName))

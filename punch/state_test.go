@@ -34,7 +34,7 @@ func TestStateJournalKeepsEverySave(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, stateName)); !os.IsNotExist(err) {
 		t.Fatalf("state.json written on a plain save: %v", err)
 	}
-	st, err := ReadState(dir)
+	st, err := loadState(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
