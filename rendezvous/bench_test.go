@@ -14,15 +14,17 @@ import (
 // registered client: open, check, update, and for one that asks, seal the
 // pong.
 func BenchmarkKeepalive(b *testing.B) {
-	b.Run("answered", func(b *testing.B) { benchmarkKeepalive(b, false) })
-	b.Run("quiet", func(b *testing.B) { benchmarkKeepalive(b, true) })
+	b.Run("answered", func(b *testing.B) { benchmarkKeepalive(b, false, true) })
+	b.Run("quiet", func(b *testing.B) { benchmarkKeepalive(b, true, true) })
+	// Registered mode also checks each subscription's authorisation file.
+	b.Run("quiet-registered", func(b *testing.B) { benchmarkKeepalive(b, true, false) })
 }
 
-func benchmarkKeepalive(b *testing.B, quiet bool) {
+func benchmarkKeepalive(b *testing.B, quiet, open bool) {
 	st, _ := store.Open(b.TempDir())
 	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
 	now := time.Unix(1_800_000_000, 0)
-	s, err := New(Config{Conn: conn, Store: st, Open: true, Now: func() time.Time { return now }})
+	s, err := New(Config{Conn: conn, Store: st, Open: open, Now: func() time.Time { return now }})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -36,6 +38,11 @@ func benchmarkKeepalive(b *testing.B, quiet bool) {
 	for i := range cs {
 		pub, priv, _ := wire.GenerateKey()
 		cs[i] = cl{pub, wire.SharedKey(s.PublicKey(), priv), netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), uint16(1000+i))}
+		if !open {
+			if err := st.Authorise("chat.git", pub, now.Add(time.Hour)); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 	pkts := make([][]byte, b.N+clients)
 	for i := range pkts {

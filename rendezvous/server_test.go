@@ -2,6 +2,8 @@ package rendezvous
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -200,6 +202,46 @@ func TestRegisteredModeRefusesUnknownKeys(t *testing.T) {
 	pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}, wire.Sub{RepoID: "other.git"}), srcA)).(*wire.Pong)
 	if pong.Statuses[0].Status != wire.StatusNotAuthorised || pong.Statuses[1].Status != wire.StatusNotAuthorised {
 		t.Fatalf("expired registration still served: %+v", pong.Statuses)
+	}
+}
+
+// An authorisation read from its file is trusted for authRecheck: its
+// expiry is still honoured to the second, and a deleted (revoked) file stops
+// being served within authRecheck.
+func TestAuthorisationCachedButExpiryAndRevocationHold(t *testing.T) {
+	s, _, now := testServer(t, false)
+	c := newTestClient(s)
+	status := func() byte {
+		t.Helper()
+		return c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA)).(*wire.Pong).Statuses[0].Status
+	}
+	s.cfg.Store.Authorise("chat.git", c.pub, now.Add(time.Hour))
+	status() // first contact reads the file
+	if status() != wire.StatusOK {
+		t.Fatal("registered key refused")
+	}
+	os.Remove(filepath.Join(s.cfg.Store.Dir, "auth", "chat.git", c.pub.String()))
+	*now = now.Add(time.Minute)
+	if status() != wire.StatusOK {
+		t.Fatal("the read authorisation was not kept for authRecheck")
+	}
+	*now = now.Add(authRecheck)
+	if status() != wire.StatusNotAuthorised {
+		t.Fatal("a revoked registration was still served after authRecheck")
+	}
+	// Expiry inside the cached window.
+	c2 := newTestClient(s)
+	s.cfg.Store.Authorise("chat.git", c2.pub, now.Add(90*time.Second))
+	ka := func() byte {
+		return c2.open(t, s.handle(0, 0, c2.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcB)).(*wire.Pong).Statuses[0].Status
+	}
+	ka()
+	if ka() != wire.StatusOK {
+		t.Fatal("registered key refused")
+	}
+	*now = now.Add(2 * time.Minute)
+	if ka() != wire.StatusNotAuthorised {
+		t.Fatal("an expired registration was served from the cache")
 	}
 }
 

@@ -233,15 +233,25 @@ func (s *Store) Authorise(repoID string, id wire.Key, expiry time.Time) error {
 
 // Authorised reports whether a client may follow a repository at time now.
 func (s *Store) Authorised(repoID string, id wire.Key, now time.Time) bool {
+	exp, ok := s.AuthExpiry(repoID, id)
+	return ok && now.Before(exp)
+}
+
+// AuthExpiry returns when a client's registration for a repository ends;
+// false when it has none (or its file does not parse).
+func (s *Store) AuthExpiry(repoID string, id wire.Key) (time.Time, bool) {
 	if wire.ValidRepoID(repoID) != nil {
-		return false
+		return time.Time{}, false
 	}
 	b, err := os.ReadFile(filepath.Join(s.Dir, "auth", repoDirName(repoID), id.String()))
 	if err != nil {
-		return false
+		return time.Time{}, false
 	}
 	exp, err := strconv.ParseInt(strings.TrimSuffix(string(b), "\n"), 10, 64)
-	return err == nil && now.Unix() < exp
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(exp, 0), true
 }
 
 // WriteFileAtomic writes data to a temporary file beside path, fsyncs it,
