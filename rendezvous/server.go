@@ -119,7 +119,7 @@ type Server struct {
 	poked       map[string]struct{} // repositories whose log grew
 	clients     map[wire.Key]*client
 	repos       map[string]*repo
-	pending     []*sub // subscriptions that may owe events (see markPending)
+	pending     subSet // subscriptions that may owe events
 	probes      map[*client]probe
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter
@@ -171,14 +171,11 @@ func (c *client) sub(repoID string) *sub {
 type sub struct {
 	c *client
 	r *repo
-	// pendingAt is 1 + its index in Server.pending, 0 when not there: the
-	// set is a slice, so that a 100k fan-out's adds, removals and scans
-	// touch no hash table.
-	pendingAt int
-	repoAt    int    // its index in r.subs
-	acked     uint64 // the client handled every event up to here
-	sent      uint64 // highest seq sent in the current window
-	nextSend  int64  // unix nanoseconds: when the window is sent again
+	// at is where it sits in the subSets it can be in (see subSet).
+	at       [2]int
+	acked    uint64 // the client handled every event up to here
+	sent     uint64 // highest seq sent in the current window
+	nextSend int64  // unix nanoseconds: when the window is sent again
 	// The authorisation last read for this subscription: its expiry (unix
 	// seconds) and when it was read (unix nanoseconds).
 	authExpiry, authRead int64
@@ -191,10 +188,9 @@ type repo struct {
 	head   uint64
 	offset int64 // bytes of the log file read so far
 	ino    uint64
-	// subs are the repository's followers, in no order; each knows its
-	// index (repoAt), so adding and removing touch no hash table and a
-	// follower costs 8 bytes here.
-	subs []*sub
+	// subs are the repository's followers: a subSet, so that a follower
+	// costs 8 bytes here and a poke's scan walks an array.
+	subs subSet
 }
 
 // New loads the server keys and the event logs.
@@ -471,13 +467,12 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 			// client whose earlier pong was lost keeps the start it was given.
 			su = &sub{c: c, r: r, rto: InitialRTO, acked: r.head}
 			c.subs = append(c.subs, su)
-			r.addSub(su)
+			r.subs.add(su)
 			news = true
 		}
 		if !sb.Known {
 			news = true // the client learns where it starts from the pong
-		}
-		if sb.Known {
+		} else {
 			// The client's own report is the truth about what it handled.
 			su.acked = min(sb.LastSeq, r.head)
 		}
@@ -485,7 +480,7 @@ func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, share
 		statuses[i] = wire.SubStatus{Status: wire.StatusOK, Position: su.acked}
 		if su.acked < r.head {
 			su.rto = InitialRTO
-			s.markPending(su)
+			s.pending.add(su)
 			s.kickSender()
 		}
 	}
@@ -536,10 +531,10 @@ func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
 	su.rto = InitialRTO
 	su.nextSend = now.Add(su.rto).UnixNano()
 	if su.acked < su.r.head {
-		s.markPending(su)
+		s.pending.add(su)
 		s.kickSender()
 	} else {
-		s.unmarkPending(su)
+		s.pending.remove(su)
 	}
 }
 
@@ -567,7 +562,7 @@ func (s *Server) kickSender() {
 func (s *Server) repo(id string) *repo {
 	r := s.repos[id]
 	if r == nil {
-		r = &repo{id: id}
+		r = &repo{id: id, subs: subSet{slot: repoSlot}}
 		s.repos[id] = r
 	}
 	return r
@@ -587,15 +582,15 @@ func (s *Server) sendDue() time.Time {
 	}
 	due := s.due[:0]
 	// Backwards, so that removing (which moves the last one here) is safe.
-	for i := len(s.pending) - 1; i >= 0; i-- {
-		su := s.pending[i]
+	for i := len(s.pending.list) - 1; i >= 0; i-- {
+		su := s.pending.list[i]
 		if su.acked >= su.r.head {
-			s.unmarkPending(su)
+			s.pending.remove(su)
 			continue
 		}
 		if since(now, su.c.lastSeen) > ClientTimeout {
 			// Lapsed: stop retransmitting; its next keepalive resumes catch-up.
-			s.unmarkPending(su)
+			s.pending.remove(su)
 			continue
 		}
 		due = append(due, su)
@@ -619,6 +614,7 @@ func (s *Server) sendDue() time.Time {
 	if t := s.sendChunks(due); !t.IsZero() && t.Before(next) {
 		next = t
 	}
+	clear(due) // the reused list must not keep forgotten clients alive
 	return next
 }
 
@@ -680,39 +676,41 @@ func (s *Server) sendChunks(due []*sub) time.Time {
 	return next
 }
 
-func (r *repo) addSub(su *sub) {
-	su.repoAt = len(r.subs)
-	r.subs = append(r.subs, su)
+// subSet is a set of subscriptions with constant-time add and remove and a
+// dense list to scan: no hash table, which a 100k fan-out's adds, removals
+// and scans would otherwise spend their time in. Each member keeps 1 + its
+// index in list (0: absent) in su.at[slot], so a subscription can be in
+// one set of each slot at once. Called with mu held.
+type subSet struct {
+	list []*sub
+	slot int
 }
 
-// removeSub moves the last follower into su's place.
-func (r *repo) removeSub(su *sub) {
-	last := r.subs[len(r.subs)-1]
-	r.subs[su.repoAt], last.repoAt = last, su.repoAt
-	r.subs[len(r.subs)-1] = nil
-	r.subs = r.subs[:len(r.subs)-1]
-}
+// The subSet slots: the server's pending set, and a repository's followers.
+const (
+	pendingSlot = iota
+	repoSlot
+)
 
-// markPending adds su to the pending set. Called with mu held.
-func (s *Server) markPending(su *sub) {
-	if su.pendingAt == 0 {
-		s.pending = append(s.pending, su)
-		su.pendingAt = len(s.pending)
+func (set *subSet) add(su *sub) {
+	if su.at[set.slot] == 0 {
+		set.list = append(set.list, su)
+		su.at[set.slot] = len(set.list)
 	}
 }
 
-// unmarkPending removes su from the pending set, moving the last member
-// into its place. Called with mu held.
-func (s *Server) unmarkPending(su *sub) {
-	i := su.pendingAt - 1
+// remove moves the last member into su's place.
+func (set *subSet) remove(su *sub) {
+	i := su.at[set.slot] - 1
 	if i < 0 {
 		return
 	}
-	last := s.pending[len(s.pending)-1]
-	s.pending[i], last.pendingAt = last, i+1
-	s.pending[len(s.pending)-1] = nil
-	s.pending = s.pending[:len(s.pending)-1]
-	su.pendingAt = 0
+	n := len(set.list) - 1
+	last := set.list[n]
+	set.list[i], last.at[set.slot] = last, i+1
+	set.list[n] = nil
+	set.list = set.list[:n]
+	su.at[set.slot] = 0
 }
 
 // forgetSilent drops clients silent for ForgetAfter. Called with mu held.
@@ -722,8 +720,8 @@ func (s *Server) forgetSilent(now time.Time) {
 			continue
 		}
 		for _, su := range c.subs {
-			su.r.removeSub(su)
-			s.unmarkPending(su)
+			su.r.subs.remove(su)
+			s.pending.remove(su)
 		}
 		delete(s.probes, c)
 		delete(s.clients, k)
@@ -810,9 +808,9 @@ func (s *Server) loadPoked() {
 			s.log.Error("cannot read event log", "repo", id, "err", err)
 			continue
 		}
-		for _, su := range r.subs {
+		for _, su := range r.subs.list {
 			if su.acked < r.head {
-				s.markPending(su)
+				s.pending.add(su)
 			}
 		}
 	}

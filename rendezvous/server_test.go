@@ -283,7 +283,7 @@ func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
 	}
 	*now = now.Add(2 * time.Minute)
 	s.sendDue()
-	if len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || len(s.repos["chat.git"].subs) != 0 {
+	if len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || len(s.repos["chat.git"].subs.list) != 0 {
 		t.Fatalf("silent client kept: %d clients", len(s.Clients()))
 	}
 	pong := c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
