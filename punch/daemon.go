@@ -294,23 +294,17 @@ func (d *Daemon) keepaliveLoop(ctx context.Context, p *peer) {
 	search := newLifetimeSearch(d.cfg.FixedKeepalive)
 	for {
 		probe := search.nextProbe()
-		if d.sendKeepalive(p, probe) {
-			// Quiet: no pong to wait for.
-			d.setInterval(p, search.interval())
-			sleepUntil(ctx, p.ping, search.interval())
-			if ctx.Err() != nil {
-				return
+		// A quiet keepalive (never a probe) has no pong to wait for.
+		if quiet := d.sendKeepalive(p, probe); !quiet {
+			if !sleepUntil(ctx, p.pong, retry) {
+				if ctx.Err() != nil {
+					return
+				}
+				retry = min(2*retry, search.interval())
+				continue
 			}
-			continue
+			retry = firstRetry
 		}
-		if !sleepUntil(ctx, p.pong, retry) {
-			if ctx.Err() != nil {
-				return
-			}
-			retry = min(2*retry, search.interval())
-			continue
-		}
-		retry = firstRetry
 		p.mu.Lock()
 		denied := p.denied
 		p.mu.Unlock()
