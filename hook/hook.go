@@ -60,15 +60,11 @@ func Run(o Options) (Result, error) {
 		o.Now = time.Now
 	}
 	var res Result
-	ups, err := ParseUpdates(o.Stdin, o.Stderr)
-	if err != nil {
-		return res, err
-	}
-	if len(ups) == 0 {
-		return res, nil
-	}
+	// The repository id comes first: whether an update fits one datagram
+	// depends on it, so each update is validated once, with the real id.
 	id := o.RepoID
 	if id == "" {
+		var err error
 		if id, err = RepoID(o.GitDir); err != nil {
 			return res, err
 		}
@@ -77,6 +73,13 @@ func Run(o Options) (Result, error) {
 		return res, err
 	}
 	res.RepoID = id
+	ups, err := ParseUpdates(o.Stdin, id, o.Stderr)
+	if err != nil {
+		return res, err
+	}
+	if len(ups) == 0 {
+		return res, nil
+	}
 	st, err := store.Open(o.StoreDir)
 	if err != nil {
 		return res, err
@@ -98,9 +101,11 @@ func Run(o Options) (Result, error) {
 	return res, nil
 }
 
-// ParseUpdates reads post-receive's "<old> <new> <ref>" lines. Malformed
-// lines are reported and skipped.
-func ParseUpdates(r io.Reader, stderr io.Writer) ([]store.Update, error) {
+// ParseUpdates reads post-receive's "<old> <new> <ref>" lines for the
+// repository repoID. A malformed line, or an update that cannot become a
+// notification of that repository (one datagram at most), is reported in
+// one line and skipped; every other update is returned.
+func ParseUpdates(r io.Reader, repoID string, stderr io.Writer) ([]store.Update, error) {
 	var ups []store.Update
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, maxLine), maxLine)
@@ -117,13 +122,22 @@ func ParseUpdates(r io.Reader, stderr io.Writer) ([]store.Update, error) {
 			continue
 		}
 		u := store.Update{Old: strings.ToLower(f[0]), New: strings.ToLower(f[1]), Ref: f[2]}
-		if err := (&wire.Notify{Seq: 1, RepoID: "r", Ref: u.Ref, Old: u.Old, New: u.New}).Validate(); err != nil {
-			fmt.Fprintf(stderr, "gcn-punch: skipping ref update: %v\n", err)
+		if err := (&wire.Notify{Seq: 1, RepoID: repoID, Ref: u.Ref, Old: u.Old, New: u.New}).Validate(); err != nil {
+			fmt.Fprintf(stderr, "gcn-punch: skipping ref update %s: %v\n", shorten(u.Ref), err)
 			continue
 		}
 		ups = append(ups, u)
 	}
 	return ups, sc.Err()
+}
+
+// shorten keeps a log line readable when a ref name is long.
+func shorten(s string) string {
+	const keep = 60
+	if len(s) <= keep {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", s[:keep], len(s))
 }
 
 // RepoID is `git config gcnpunch.repoid` of the repository, or, if that is

@@ -23,7 +23,7 @@ func TestParseUpdates(t *testing.T) {
 		a + " " + z + " HEAD\n" + // not under refs/
 		strings.ToUpper(a) + " " + z + " refs/tags/v1\n"
 	var errb bytes.Buffer
-	ups, err := ParseUpdates(strings.NewReader(in), &errb)
+	ups, err := ParseUpdates(strings.NewReader(in), "chat.git", &errb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,12 +109,12 @@ func FuzzParseUpdates(f *testing.F) {
 	f.Add([]byte(z + " " + a + " refs/heads/main\n"))
 	f.Add([]byte(a + " " + z + " refs/tags/v1\n" + z + " " + a))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		ups, err := ParseUpdates(bytes.NewReader(in), &bytes.Buffer{})
+		ups, err := ParseUpdates(bytes.NewReader(in), "chat.git", &bytes.Buffer{})
 		if err != nil {
 			return
 		}
 		for _, u := range ups {
-			if wire.ValidRef(u.Ref) != nil || len(u.Old) != len(u.New) {
+			if (&wire.Notify{Seq: 1, RepoID: "chat.git", Ref: u.Ref, Old: u.Old, New: u.New}).Validate() != nil {
 				t.Fatalf("accepted an invalid update %+v", u)
 			}
 		}
@@ -124,4 +124,33 @@ func FuzzParseUpdates(f *testing.F) {
 func TestMain(m *testing.M) {
 	os.Setenv("GIT_CONFIG_NOSYSTEM", "1")
 	os.Exit(m.Run())
+}
+
+// A push that updates refs/heads/main together with a ref too large for one
+// datagram (a 1000-byte name with SHA-256 ids) records main and reports the
+// other in one line. Validating with a placeholder repository id once let
+// the large one through to the store, which then refused the whole batch.
+func TestOversizedUpdateDoesNotCostItsNeighbours(t *testing.T) {
+	st, _ := store.Open(t.TempDir())
+	z64, a64 := strings.Repeat("0", 64), strings.Repeat("a", 64)
+	long := "refs/heads/" + strings.Repeat("x", wire.MaxRef-len("refs/heads/"))
+	in := z64 + " " + a64 + " refs/heads/main\n" + z64 + " " + a64 + " " + long + "\n"
+	var errb bytes.Buffer
+	res, err := Run(Options{StoreDir: st.Dir, RepoID: "chat.git", Stdin: strings.NewReader(in), Stderr: &errb})
+	if err != nil {
+		t.Fatalf("Run: %v (stderr %q)", err, errb.String())
+	}
+	if len(res.Events) != 1 || res.Events[0].Ref != "refs/heads/main" || res.Events[0].Seq != 1 {
+		t.Fatalf("events %+v, want main as seq 1", res.Events)
+	}
+	if evs, _ := st.ReadLog("chat.git", 0); len(evs) != 1 || evs[0].Ref != "refs/heads/main" {
+		t.Fatalf("log %+v", evs)
+	}
+	lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+	if len(lines) < 1 || !strings.Contains(lines[0], "skipping ref update") || strings.Contains(errb.String(), "refs/heads/main") {
+		t.Fatalf("want one line naming the refused update first, got %q", errb.String())
+	}
+	if n := strings.Count(errb.String(), "skipping"); n != 1 {
+		t.Fatalf("want exactly one refusal line, got %q", errb.String())
+	}
 }
