@@ -272,18 +272,23 @@ func (s *Server) Run(ctx context.Context) error {
 	// due, or until a poke, keepalive or ack kicks the loop.
 	t := time.NewTimer(idleWake)
 	defer t.Stop()
+	// stop ends every reader: a failed one as well as ctx's end stops them
+	// all, so the deferred Wait never waits for a reader still blocked.
+	stop := func(err error) error {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		for _, c := range conns {
+			c.SetReadDeadline(time.Unix(1, 0))
+		}
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			s.mu.Lock()
-			s.closed = true
-			s.mu.Unlock()
-			for _, c := range conns {
-				c.SetReadDeadline(time.Unix(1, 0))
-			}
-			return nil
+			return stop(nil)
 		case err := <-errc:
-			return err
+			return stop(err)
 		case <-t.C:
 		case <-s.kick:
 		}
