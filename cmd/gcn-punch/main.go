@@ -98,18 +98,28 @@ func newFlags(name string) *flag.FlagSet {
 	return fs
 }
 
-// parse exits 2 on a usage error, 0 on --help.
+// parse exits 0 on --help, and 2 on a usage error, which it names on
+// stderr above the command's flags.
 func parse(fs *flag.FlagSet, args []string) {
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			os.Exit(0)
-		}
+	err := parseFlags(fs, args)
+	if err == flag.ErrHelp {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n\nflags of %s:\n%s", fs.Name(), err, fs.Name(), fs.FlagUsages())
 		os.Exit(2)
+	}
+}
+
+// parseFlags parses args and refuses positional arguments.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		os.Exit(2)
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	return nil
 }
 
 func logger(verbose bool) *slog.Logger {
@@ -150,7 +160,14 @@ func runHook(args []string) {
 	o := hook.Options{Stdin: os.Stdin, Stderr: os.Stderr}
 	fs.StringVar(&o.StoreDir, "store", store.DefaultDir, "store directory")
 	fs.StringVar(&o.RepoID, "repo-id", "", "repository id (default: git config gcnpunch.repoid, else the directory name)")
-	parse(fs, args)
+	// A hook that fails would fail the push: a usage error is one line on
+	// stderr and exit 0, like every other hook problem.
+	if err := parseFlags(fs, args); err == flag.ErrHelp {
+		return
+	} else if err != nil {
+		fmt.Fprintf(os.Stderr, "gcn-punch hook: %v; nothing recorded (the push itself succeeded)\n", err)
+		return
+	}
 	if _, err := hook.Run(o); err != nil {
 		fmt.Fprintf(os.Stderr, "gcn-punch hook: %v (the push itself succeeded)\n", err)
 	}
