@@ -8,14 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/gitchat/gcn-punch/rendezvous"
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -88,7 +87,7 @@ func Run(o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	reply, err := rendezvous.Dial(st.SocketPath(), "poke "+id, PokeTimeout)
+	reply, err := control.Dial(st.SocketPath(), "poke "+id, PokeTimeout)
 	if err == nil && reply == "ok\n" {
 		res.Poked = true
 		return res, nil
@@ -177,25 +176,20 @@ func RepoID(gitDir string) (string, error) {
 // open mode every recently seen client does. It stops at DirectBudget.
 func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time) int {
 	deadline := time.Now().Add(DirectBudget)
-	keyText, err := os.ReadFile(filepath.Join(st.Dir, "server.key"))
+	pub, priv, err := st.ExistingServerKeys()
 	if err != nil {
 		return 0
 	}
-	priv, err := wire.ParseKey(string(keyText))
+	addr, _ := st.RendezvousAddr()
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 	if err != nil {
-		return 0
-	}
-	pub := wire.PublicKey(priv)
-	addr, _ := os.ReadFile(st.AddrPath())
-	conn, err := net.ListenPacket("udp", strings.TrimSpace(string(addr)))
-	if err != nil {
-		conn, err = net.ListenPacket("udp", ":0")
+		conn, err = net.ListenUDP("udp", nil)
 		if err != nil {
 			return 0
 		}
 	}
 	defer conn.Close()
-	open := rendezvous.ReadMode(st) == rendezvous.ModeOpen
+	open := st.Mode() == store.ModeOpen
 	sent := 0
 	// The budget covers reading the records too: a store of 100k clients
 	// must not hold the push up.
@@ -203,14 +197,14 @@ func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time
 		if time.Now().After(deadline) {
 			return false
 		}
-		if now.Sub(r.Heartbeat) > rendezvous.RecordRefresh+rendezvous.ClientTimeout {
+		if !r.Recent(now) {
 			return true
 		}
 		if !open && !st.Authorised(repoID, r.ID, now) {
 			return true
 		}
 		shared := wire.SharedKey(r.ID, priv)
-		to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.Addr.Addr(), r.Addr.Port()))
+		to := net.UDPAddrFromAddrPort(r.Addr)
 		for _, e := range evs {
 			b, err := wire.Seal(nil, &wire.Notify{Seq: e.Seq, TimeMilli: e.TimeMilli, Recipient: r.ID, RepoID: repoID, Ref: e.Ref, Old: e.Old, New: e.New}, pub, &shared)
 			if err == nil {

@@ -3,6 +3,7 @@ package hook
 import (
 	"bytes"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,7 +74,7 @@ func TestRendezvousDownSendsDirectly(t *testing.T) {
 	st.Authorise("chat.git", cpub, time.Now().Add(time.Hour))
 	other, _, _ := wire.GenerateKey() // registered for another repository only
 	st.WriteClient(store.ClientRecord{ID: other, Heartbeat: time.Now(), Addr: caddr})
-	store.WriteFileAtomic(st.AddrPath(), []byte("127.0.0.1:0\n"), 0o644)
+	st.SetRendezvous(netip.MustParseAddrPort("127.0.0.1:0"), false)
 
 	var errb bytes.Buffer
 	res, err := Run(Options{StoreDir: st.Dir, RepoID: "chat.git", Stdin: strings.NewReader(z + " " + a + " refs/heads/main\n"), Stderr: &errb})

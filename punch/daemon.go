@@ -31,13 +31,6 @@ const (
 	// minPingGap stops a burst of pings (e.g. replays of a captured one)
 	// from turning into a burst of keepalives: one answered ping a second.
 	minPingGap = time.Second
-	// PongRefresh is how long the daemon goes without asking for a pong:
-	// in between, its keepalives are quiet (the rendezvous answers one only
-	// with news). Asking at least this often notices a path that silently
-	// died, and retries (1 s, 2 s, ...), well within the rendezvous's
-	// 5-minute client timeout, while a 25 s keepalive costs the server one
-	// datagram instead of two four times out of five.
-	PongRefresh = 2 * time.Minute
 	// reorderWindow bounds how many out-of-order notifications are held
 	// while waiting for a gap to fill; the server sends at most 32 at once.
 	reorderWindow = 64
@@ -421,7 +414,7 @@ func (d *Daemon) sendKeepalive(p *peer, probe time.Duration) (quiet bool) {
 	p.counter = max(p.counter+1, uint64(now.UnixNano()))
 	p.lastSent = now
 	p.sentFor = srv.Repos
-	quiet = probe == 0 && allKnown && !p.denied && !p.lastPong.IsZero() && now.Sub(p.lastPong) < PongRefresh
+	quiet = probe == 0 && allKnown && !p.denied && !p.lastPong.IsZero() && now.Sub(p.lastPong) < wire.PongRefresh
 	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs, Quiet: quiet}
 	p.probeCounter = 0
 	if probe > 0 {

@@ -350,7 +350,7 @@ func TestKeepalivesAreMostlyQuiet(t *testing.T) {
 		// every fifth): about 10 pongs.
 		if st.KeepalivesSent < 45 || st.Pongs+srv.Quiet != st.KeepalivesSent || st.Pongs > 12 || st.Pongs < 9 {
 			t.Fatalf("keepalives %d, pongs %d, quiet %d: want each answered or quiet, a pong about every %v",
-				st.KeepalivesSent, st.Pongs, srv.Quiet, punch.PongRefresh)
+				st.KeepalivesSent, st.Pongs, srv.Quiet, wire.PongRefresh)
 		}
 		l.pushArrivesAtOnce(t, &a, "with quiet keepalives")
 		synctest.Wait()

@@ -10,9 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/internal/atomicfile"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -153,7 +151,7 @@ func (s *State) save(dir string) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		// A new journal: its directory entry must be durable too, once.
 		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
-			err = store.SyncDir(dir)
+			err = atomicfile.SyncDir(dir)
 		}
 	}
 	if err != nil {
@@ -164,7 +162,7 @@ func (s *State) save(dir string) error {
 	}
 	_, err = f.Write(append(b, '\n'))
 	if err == nil {
-		err = unix.Fdatasync(int(f.Fd()))
+		err = syncData(f)
 	}
 	var size int64
 	if fi, serr := f.Stat(); serr == nil {
@@ -190,7 +188,7 @@ func (s *State) compact(dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := store.WriteFileAtomic(filepath.Join(dir, stateName), b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, stateName), b, 0o600); err != nil {
 		return err
 	}
 	err = os.Truncate(filepath.Join(dir, journalName), 0)
@@ -233,12 +231,12 @@ func LoadOrCreateKey(dir string) (pub, priv wire.Key, err error) {
 		if pub, priv, err = wire.GenerateKey(); err != nil {
 			return pub, priv, err
 		}
-		if err := store.WriteFileAtomic(p, []byte(priv.String()+"\n"), 0o600); err != nil {
+		if err := atomicfile.WriteFile(p, []byte(priv.String()+"\n"), 0o600); err != nil {
 			return pub, priv, err
 		}
 	default:
 		return pub, priv, err
 	}
-	err = store.WriteFileAtomic(filepath.Join(dir, "client.pub"), []byte(pub.String()+"\n"), 0o600)
+	err = atomicfile.WriteFile(filepath.Join(dir, "client.pub"), []byte(pub.String()+"\n"), 0o600)
 	return pub, priv, err
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -63,7 +61,7 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 	if err1 != nil || err2 != nil {
 		return fail("SSH_CONNECTION %q is malformed", sshConnection)
 	}
-	repoID, err := ServedRepo(st, req.RepoPath, home)
+	repoID, err := st.ServedRepo(req.RepoPath, home)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -71,7 +69,7 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 	if err != nil {
 		return fail("%v", err)
 	}
-	pub, err := serverPublicKey(st)
+	pub, err := st.ServerPublicKey()
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -93,118 +91,16 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 	return wire.HeartbeatReply{RepoID: repoID, Addrs: addrs, ServerKey: pub, Expiry: expiry}, nil
 }
 
-// ServedRepo maps a repository path as a client's URL names it to the id of
-// a repository this store serves (one that `gcn-punch install server`
-// recorded). It refuses "..", and anything not served.
-func ServedRepo(st *store.Store, path, home string) (string, error) {
-	if path == "" || len(path) > 4096 || strings.ContainsAny(path, "\x00\n") {
-		return "", fmt.Errorf("repository path is empty, too long or has control characters")
-	}
-	for _, seg := range strings.Split(path, "/") {
-		if seg == ".." {
-			return "", fmt.Errorf("repository path %q contains '..'", path)
-		}
-	}
-	if rest, ok := strings.CutPrefix(path, "~/"); ok {
-		path = rest
-	}
-	if !filepath.IsAbs(path) {
-		path = filepath.Join(home, path)
-	}
-	served, err := Served(st)
-	if err != nil {
-		return "", err
-	}
-	for _, cand := range []string{path, path + ".git", filepath.Join(path, ".git")} {
-		real, err := filepath.EvalSymlinks(filepath.Clean(cand))
-		if err != nil {
-			continue
-		}
-		for id, p := range served {
-			if p == real {
-				return id, nil
-			}
-		}
-	}
-	return "", fmt.Errorf("repository %q is not served here", path)
-}
-
-func servedDir(st *store.Store) string { return filepath.Join(st.Dir, "served") }
-
-// Served returns the repositories this store serves: id → real path.
-func Served(st *store.Store) (map[string]string, error) {
-	ents, err := os.ReadDir(servedDir(st))
-	if errors.Is(err, os.ErrNotExist) {
-		return map[string]string{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	m := map[string]string{}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(servedDir(st), e.Name()))
-		if err != nil {
-			continue
-		}
-		id := strings.ReplaceAll(e.Name(), "%", "/")
-		if wire.ValidRepoID(id) == nil {
-			m[id] = strings.TrimSuffix(string(b), "\n")
-		}
-	}
-	return m, nil
-}
-
-// Serve records that this store serves the repository at path under id:
-// STORE/served/<id> holds the repository's real path and a newline.
-func Serve(st *store.Store, id, path string) error {
-	if err := wire.ValidRepoID(id); err != nil {
-		return err
-	}
-	real, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		return err
-	}
-	real, err = filepath.Abs(real)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(servedDir(st), 0o750); err != nil {
-		return err
-	}
-	return store.WriteFileAtomic(filepath.Join(servedDir(st), strings.ReplaceAll(id, "/", "%")), []byte(real+"\n"), 0o640)
-}
-
-// Unserve removes a repository from the served list.
-func Unserve(st *store.Store, id string) error {
-	err := os.Remove(filepath.Join(servedDir(st), strings.ReplaceAll(id, "/", "%")))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return err
-}
-
 // advertised is the rendezvous address clients should use: the bound
 // address, with an unspecified host replaced by the address the client
 // reached SSH on (the same machine).
 func advertised(st *store.Store, sshServerIP netip.Addr) ([]netip.AddrPort, error) {
-	b, err := os.ReadFile(st.AddrPath())
+	ap, err := st.RendezvousAddr()
 	if err != nil {
-		return nil, fmt.Errorf("the rendezvous has never started on this store (no %s)", st.AddrPath())
-	}
-	ap, err := netip.ParseAddrPort(strings.TrimSpace(string(b)))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", st.AddrPath(), err)
+		return nil, err
 	}
 	if ap.Addr().IsUnspecified() {
 		ap = netip.AddrPortFrom(sshServerIP, ap.Port())
 	}
 	return []netip.AddrPort{ap}, nil
-}
-
-func serverPublicKey(st *store.Store) (wire.Key, error) {
-	b, err := os.ReadFile(filepath.Join(st.Dir, "server.pub"))
-	if err != nil {
-		return wire.Key{}, fmt.Errorf("no server key yet: start the rendezvous once")
-	}
-	return wire.ParseKey(string(b))
 }

@@ -1,21 +1,17 @@
 package rendezvous
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
-	"time"
 
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
@@ -53,26 +49,20 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	ctl, err := listenControl(st.SocketPath())
+	ctl, err := control.Listen(st.SocketPath())
 	if err != nil {
-		return err
+		return fmt.Errorf("rendezvous: %w", err)
 	}
 	defer ctl.Close()
-	if err := store.WriteFileAtomic(st.AddrPath(), []byte(conn.LocalAddr().String()+"\n"), 0o644); err != nil {
-		return err
-	}
-	mode := ModeRegistered
-	if o.Open {
-		mode = ModeOpen
-	}
-	if err := store.WriteFileAtomic(modePath(st), []byte(mode+"\n"), 0o644); err != nil {
+	local, _ := addrPort(conn.LocalAddr())
+	if err := st.SetRendezvous(local, o.Open); err != nil {
 		return err
 	}
 	o.Logger.Info("rendezvous up", "udp", conn.LocalAddr().String(), "server_key", srv.PublicKey().String(), "open", o.Open, "store", st.Dir)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Go(func() { srv.serveControl(ctx, ctl) })
+	wg.Go(func() { control.Serve(ctx, ctl, srv.log, srv.answerControl) })
 	err = srv.Run(ctx)
 	cancel()
 	ctl.Close()
@@ -80,100 +70,26 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	return err
 }
 
-// Access modes, as written to STORE/rendezvous.mode for the hook.
-const (
-	ModeOpen       = "open"       // any key may follow any repository
-	ModeRegistered = "registered" // only keys registered over SSH
-)
-
-func modePath(st *store.Store) string { return filepath.Join(st.Dir, "rendezvous.mode") }
-
-// ReadMode returns the access mode the rendezvous last started with;
-// registered when unknown, the safe default.
-func ReadMode(st *store.Store) string {
-	b, _ := os.ReadFile(modePath(st))
-	if strings.TrimSpace(string(b)) == ModeOpen {
-		return ModeOpen
-	}
-	return ModeRegistered
-}
-
-func listenControl(path string) (net.Listener, error) {
-	// A socket left by a killed rendezvous is stale if nobody answers on it.
-	if c, err := net.DialTimeout("unix", path, 100*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("rendezvous: another rendezvous is serving %s", path)
-	}
-	os.Remove(path)
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("rendezvous: control socket: %w", err)
-	}
-	os.Chmod(path, 0o660)
-	return l, nil
-}
-
-// Control socket protocol, one request line per connection:
+// answerControl answers one control-socket request:
 //
 //	poke <repo-id>\n   → "ok\n" or "error <reason>\n"
 //	status\n           → one JSON array of ClientStatus, then "\n"
 //	stats\n            → one JSON object of Stats (the counters), then "\n"
-func (s *Server) serveControl(ctx context.Context, l net.Listener) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.log.Warn("control socket accept", "err", err)
-			continue
+func (s *Server) answerControl(w io.Writer, cmd, arg string) {
+	switch cmd {
+	case "poke":
+		if err := s.Poke(arg); err != nil {
+			fmt.Fprintf(w, "error %v\n", err)
+			return
 		}
-		wg.Go(func() {
-			defer c.Close()
-			// A control client gets a second; the hook itself waits far less.
-			c.SetDeadline(time.Now().Add(time.Second))
-			line, err := bufio.NewReaderSize(c, 256).ReadString('\n')
-			if err != nil {
-				return
-			}
-			cmd, arg, _ := strings.Cut(strings.TrimSuffix(line, "\n"), " ")
-			switch cmd {
-			case "poke":
-				if err := s.Poke(arg); err != nil {
-					fmt.Fprintf(c, "error %v\n", err)
-					return
-				}
-				c.Write([]byte("ok\n"))
-			case "status":
-				json.NewEncoder(c).Encode(s.Clients())
-			case "stats":
-				json.NewEncoder(c).Encode(s.Stats())
-			default:
-				fmt.Fprintf(c, "error unknown command %q\n", cmd)
-			}
-		})
+		io.WriteString(w, "ok\n")
+	case "status":
+		json.NewEncoder(w).Encode(s.Clients())
+	case "stats":
+		json.NewEncoder(w).Encode(s.Stats())
+	default:
+		fmt.Fprintf(w, "error unknown command %q\n", cmd)
 	}
-}
-
-// Dial sends one control request and returns the reply line(s).
-func Dial(socket, request string, timeout time.Duration) (string, error) {
-	c, err := net.DialTimeout("unix", socket, timeout)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte(request + "\n")); err != nil {
-		return "", err
-	}
-	var sb strings.Builder
-	_, err = bufio.NewReader(c).WriteTo(&sb)
-	if err != nil && sb.Len() == 0 {
-		return "", err
-	}
-	return sb.String(), nil
 }
 
 // listenUDP opens one of the rendezvous's UDP sockets, tuned, and outside

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
@@ -24,7 +25,7 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 		return err
 	}
 	rows, live := []ClientStatus(nil), false
-	if reply, err := Dial(st.SocketPath(), "status", statusTimeout); err == nil && json.Unmarshal([]byte(reply), &rows) == nil {
+	if reply, err := control.Dial(st.SocketPath(), "status", statusTimeout); err == nil && json.Unmarshal([]byte(reply), &rows) == nil {
 		live = true
 	}
 	seen := map[string]bool{}
@@ -77,7 +78,7 @@ func WriteStats(w io.Writer, storeDir string) error {
 	if err != nil {
 		return err
 	}
-	reply, err := Dial(st.SocketPath(), "stats", statusTimeout)
+	reply, err := control.Dial(st.SocketPath(), "stats", statusTimeout)
 	if err != nil {
 		return fmt.Errorf("rendezvous not running (%s): %w", st.SocketPath(), err)
 	}

@@ -22,6 +22,7 @@ import (
 	flag "github.com/spf13/pflag"
 
 	"github.com/gitchat/gcn-punch/hook"
+	"github.com/gitchat/gcn-punch/internal/install"
 	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/punch/action"
 	"github.com/gitchat/gcn-punch/rendezvous"
@@ -225,22 +226,22 @@ func runInstall(cmd string, args []string) error {
 		return err
 	}
 	binary := fs.String("binary", bin, "path of gcn-punch that units and hooks run")
-	var srv hook.ServerInstall
-	var cli punch.ClientInstall
+	var srv install.ServerInstall
+	var cli install.ClientInstall
 	printUnit := false
 	if side == "server" {
 		fs.StringVar(&srv.Store, "store", store.DefaultDir, "store directory")
 		fs.StringVar(&srv.Listen, "listen", ":3478", "UDP address for the rendezvous unit")
 		fs.StringVar(&srv.User, "user", "", "the git user (required as root)")
 		fs.StringVar(&srv.RepoID, "repo-id", "", "repository id (default: git config gcnpunch.repoid, else the directory name)")
-		fs.StringVar(&srv.UnitPath, "unit", hook.UnitPath, "where root writes the rendezvous's systemd unit")
+		fs.StringVar(&srv.UnitPath, "unit", install.UnitPath, "where root writes the rendezvous's systemd unit")
 		fs.BoolVar(&printUnit, "print-unit", false, "print the rendezvous's systemd unit for --user, --store, --listen, --binary; change nothing")
 	} else {
 		fs.StringVar(&cli.Exec, "exec", "", "program the daemon runs on each notification")
 	}
 	parse(fs, args[1:])
 	if printUnit {
-		fmt.Print(hook.Unit(srv.User, *binary, srv.Listen, srv.Store))
+		fmt.Print(install.Unit(srv.User, *binary, srv.Listen, srv.Store))
 		return nil
 	}
 	if *repo == "" {

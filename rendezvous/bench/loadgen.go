@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -166,7 +165,7 @@ func Loadgen(ctx context.Context, o LoadgenOptions, out io.Writer) error {
 	// client just got its registration pong) or all at once.
 	now := time.Now()
 	for i, c := range g.clients {
-		c.lastPong.Store(now.Add(-time.Duration(i) * punch.PongRefresh / time.Duration(len(g.clients))).UnixNano())
+		c.lastPong.Store(now.Add(-time.Duration(i) * wire.PongRefresh / time.Duration(len(g.clients))).UnixNano())
 	}
 
 	if o.Keepalive > 0 {
@@ -281,7 +280,7 @@ func (g *generator) newWorker() *worker {
 // sendKeepalive sends what the daemon would: quiet (no pong wanted) when
 // its position is known and its last pong is under PongRefresh old.
 func (w *worker) sendKeepalive(c *simClient, known bool) {
-	quiet := known && time.Since(time.Unix(0, c.lastPong.Load())) < punch.PongRefresh
+	quiet := known && time.Since(time.Unix(0, c.lastPong.Load())) < wire.PongRefresh
 	m := &wire.Keepalive{Counter: c.counter.Add(1), Subs: []wire.Sub{{RepoID: w.g.o.Repo, Known: known, LastSeq: c.lastSeq.Load()}}, Quiet: quiet}
 	if b, err := w.sealer.Seal(w.pkt[:0], m, c.pub, &c.shared); err == nil {
 		syscall.Sendto(c.fd, b, 0, &w.dst)

@@ -7,11 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/rendezvous"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
@@ -33,11 +33,9 @@ func TestLoadgenClientsRegisterReceiveAndAck(t *testing.T) {
 	}
 	var addr netip.AddrPort
 	for i := 0; i < 200; i++ { // the rendezvous writes its address once it serves
-		if b, err := os.ReadFile(st.AddrPath()); err == nil {
-			addr, err = netip.ParseAddrPort(strings.TrimSpace(string(b)))
-			if err == nil {
-				break
-			}
+		if a, err := st.RendezvousAddr(); err == nil {
+			addr = a
+			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -73,7 +71,7 @@ func TestLoadgenClientsRegisterReceiveAndAck(t *testing.T) {
 	if _, err := st.Append("chat.git", []store.Update{{Old: strings.Repeat("0", 40), New: strings.Repeat("1", 40), Ref: "refs/heads/main"}}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if reply, err := rendezvous.Dial(st.SocketPath(), "poke chat.git", time.Second); err != nil || reply != "ok\n" {
+	if reply, err := control.Dial(st.SocketPath(), "poke chat.git", time.Second); err != nil || reply != "ok\n" {
 		t.Fatalf("poke: %q %v", reply, err)
 	}
 	if e := next(); e.Event != "notified" || e.Count != clients {
@@ -82,7 +80,7 @@ func TestLoadgenClientsRegisterReceiveAndAck(t *testing.T) {
 	// Every ack reaches the rendezvous (bounded wait: acks are in flight).
 	var acked int
 	for i := 0; i < 100; i++ {
-		reply, err := rendezvous.Dial(st.SocketPath(), "status", time.Second)
+		reply, err := control.Dial(st.SocketPath(), "status", time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/atomicfile"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -187,7 +188,7 @@ func (s *Store) compact(repoID string, head uint64) error {
 	for _, e := range evs {
 		buf = appendEventLine(buf, e)
 	}
-	return WriteFileAtomic(s.LogPath(repoID), buf, 0o640)
+	return atomicfile.WriteFile(s.LogPath(repoID), buf, 0o640)
 }
 
 // ReadLog returns the events of a repository with Seq > after, in order.

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/atomicfile"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -44,12 +45,6 @@ func Open(dir string) (*Store, error) {
 	return &Store{Dir: dir}, nil
 }
 
-// SocketPath is the unix socket where the rendezvous takes pokes from the hook.
-func (s *Store) SocketPath() string { return filepath.Join(s.Dir, "rendezvous.sock") }
-
-// AddrPath holds the rendezvous's bound UDP address, written at start-up.
-func (s *Store) AddrPath() string { return filepath.Join(s.Dir, "rendezvous.addr") }
-
 // ServerKeys loads the server key pair, creating it on first use:
 // server.key (mode 0600) and server.pub each hold 64 hex characters and a newline.
 func (s *Store) ServerKeys() (pub, priv wire.Key, err error) {
@@ -67,7 +62,7 @@ func (s *Store) ServerKeys() (pub, priv wire.Key, err error) {
 		if err != nil {
 			return pub, priv, err
 		}
-		if err := WriteFileAtomic(keyPath, []byte(priv.String()+"\n"), 0o600); err != nil {
+		if err := atomicfile.WriteFile(keyPath, []byte(priv.String()+"\n"), 0o600); err != nil {
 			return pub, priv, err
 		}
 	default:
@@ -75,7 +70,7 @@ func (s *Store) ServerKeys() (pub, priv wire.Key, err error) {
 	}
 	pubPath := filepath.Join(s.Dir, "server.pub")
 	if old, err := os.ReadFile(pubPath); err != nil || strings.TrimSpace(string(old)) != pub.String() {
-		if err := WriteFileAtomic(pubPath, []byte(pub.String()+"\n"), 0o644); err != nil {
+		if err := atomicfile.WriteFile(pubPath, []byte(pub.String()+"\n"), 0o644); err != nil {
 			return pub, priv, err
 		}
 	}
@@ -129,12 +124,12 @@ func (s *Store) WriteClient(r ClientRecord) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
 		return err
 	}
-	return writeRenamed(p, EncodeRecord(r.Heartbeat, r.Addr), 0o640, false)
+	return atomicfile.Replace(p, EncodeRecord(r.Heartbeat, r.Addr), 0o640)
 }
 
 // ReadClient reads one client's record.
 func (s *Store) ReadClient(id wire.Key) (ClientRecord, error) {
-	b, err := os.ReadFile(s.clientPath(id))
+	b, err := readSmall(s.clientPath(id), maxSmallFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return ClientRecord{}, ErrNoClient
 	}
@@ -148,6 +143,28 @@ func (s *Store) ReadClient(id wire.Key) (ClientRecord, error) {
 // EachClient calls fn for every well-formed client record until fn returns
 // false. Malformed records are skipped.
 func (s *Store) EachClient(fn func(ClientRecord) bool) error {
+	return s.walkClients(func(_ string, r ClientRecord, err error) bool {
+		return err != nil || fn(r)
+	})
+}
+
+// Clients lists every well-formed client record. Malformed ones are
+// returned by name in bad so the caller can log them.
+func (s *Store) Clients() (recs []ClientRecord, bad []string, err error) {
+	err = s.walkClients(func(name string, r ClientRecord, err error) bool {
+		if err != nil {
+			bad = append(bad, name)
+		} else {
+			recs = append(recs, r)
+		}
+		return true
+	})
+	return recs, bad, err
+}
+
+// walkClients calls fn with each record under clients/, by its 64-hex
+// name, or with the error that makes it malformed, until fn returns false.
+func (s *Store) walkClients(fn func(name string, r ClientRecord, err error) bool) error {
 	root := filepath.Join(s.Dir, "clients")
 	prefixes, err := os.ReadDir(root)
 	if err != nil {
@@ -162,11 +179,16 @@ func (s *Store) EachClient(fn func(ClientRecord) bool) error {
 			return err
 		}
 		for _, f := range files {
-			id, err := wire.ParseKey(p.Name() + f.Name())
-			if err != nil {
-				continue
+			if strings.HasPrefix(f.Name(), ".tmp") {
+				continue // an interrupted atomic write
 			}
-			if r, err := s.ReadClient(id); err == nil && !fn(r) {
+			name := p.Name() + f.Name()
+			var r ClientRecord
+			id, err := wire.ParseKey(name)
+			if err == nil {
+				r, err = s.ReadClient(id)
+			}
+			if !fn(name, r, err) {
 				return nil
 			}
 		}
@@ -174,42 +196,14 @@ func (s *Store) EachClient(fn func(ClientRecord) bool) error {
 	return nil
 }
 
-// Clients lists every well-formed client record. Malformed ones are
-// returned by name in bad so the caller can log them.
-func (s *Store) Clients() (recs []ClientRecord, bad []string, err error) {
-	root := filepath.Join(s.Dir, "clients")
-	prefixes, err := os.ReadDir(root)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, p := range prefixes {
-		if !p.IsDir() || len(p.Name()) != 2 {
-			continue
-		}
-		files, err := os.ReadDir(filepath.Join(root, p.Name()))
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, f := range files {
-			name := p.Name() + f.Name()
-			if strings.HasPrefix(f.Name(), ".tmp") {
-				continue // an interrupted atomic write
-			}
-			id, err := wire.ParseKey(name)
-			if err != nil {
-				bad = append(bad, name)
-				continue
-			}
-			r, err := s.ReadClient(id)
-			if err != nil {
-				bad = append(bad, name)
-				continue
-			}
-			recs = append(recs, r)
-		}
-	}
-	return recs, bad, nil
-}
+// RecentRecord is how old a client record may be and still name a live NAT
+// mapping: the rendezvous rewrites a live client's record every 10 minutes
+// and lets a client lapse 5 minutes after its last packet, so a record
+// older than both together is behind a mapping long gone.
+const RecentRecord = 15 * time.Minute
+
+// Recent reports whether a record is recent enough to send to (RecentRecord).
+func (r ClientRecord) Recent(now time.Time) bool { return now.Sub(r.Heartbeat) <= RecentRecord }
 
 // repoDirName maps a repository id to one flat directory name: '/' is not
 // allowed in a name and '%' is not allowed in an id, so "team/chat.git"
@@ -228,7 +222,7 @@ func (s *Store) Authorise(repoID string, id wire.Key, expiry time.Time) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, id.String()), fmt.Appendf(nil, "%d\n", expiry.Unix()), 0o640)
+	return atomicfile.WriteFile(filepath.Join(dir, id.String()), fmt.Appendf(nil, "%d\n", expiry.Unix()), 0o640)
 }
 
 // Authorised reports whether a client may follow a repository at time now.
@@ -243,7 +237,7 @@ func (s *Store) AuthExpiry(repoID string, id wire.Key) (time.Time, bool) {
 	if wire.ValidRepoID(repoID) != nil {
 		return time.Time{}, false
 	}
-	b, err := os.ReadFile(filepath.Join(s.Dir, "auth", repoDirName(repoID), id.String()))
+	b, err := readSmall(filepath.Join(s.Dir, "auth", repoDirName(repoID), id.String()), maxSmallFile)
 	if err != nil {
 		return time.Time{}, false
 	}
@@ -252,64 +246,6 @@ func (s *Store) AuthExpiry(repoID string, id wire.Key) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return time.Unix(exp, 0), true
-}
-
-// WriteFileAtomic writes data to a temporary file beside path, fsyncs it,
-// renames it over path and fsyncs the directory: readers see the old or the
-// new content, never a torn mix, even if the writer is killed.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return writeRenamed(path, data, mode, true)
-}
-
-// writeRenamed writes a temporary file and renames it over path; with
-// durable it fsyncs the file before and the directory after.
-func writeRenamed(path string, data []byte, mode os.FileMode, durable bool) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if durable {
-		if err := f.Sync(); err != nil {
-			return err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	if !durable {
-		return nil
-	}
-	return SyncDir(dir)
-}
-
-// SyncDir fsyncs a directory, making the entries created or renamed in it
-// durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // hexOK reports whether s is lowercase hex of a git object id.

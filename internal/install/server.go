@@ -1,4 +1,4 @@
-package hook
+package install
 
 import (
 	"errors"
@@ -12,7 +12,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/gitchat/gcn-punch/rendezvous"
+	"github.com/gitchat/gcn-punch/hook"
+	"github.com/gitchat/gcn-punch/internal/atomicfile"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
@@ -89,7 +90,7 @@ func hooksDir(repo string) (string, error) {
 
 // writeOwned writes a file atomically, chowned to the account.
 func writeOwned(a account, path string, data []byte, mode os.FileMode) error {
-	if err := store.WriteFileAtomic(path, data, mode); err != nil {
+	if err := atomicfile.WriteFile(path, data, mode); err != nil {
 		return err
 	}
 	return a.chown(path)
@@ -128,7 +129,7 @@ func (o ServerInstall) Install() error {
 	}
 	id := o.RepoID
 	if id == "" {
-		if id, err = RepoID(repo); err != nil {
+		if id, err = hook.RepoID(repo); err != nil {
 			return err
 		}
 	}
@@ -137,7 +138,7 @@ func (o ServerInstall) Install() error {
 	if err != nil {
 		return err
 	}
-	if err := rendezvous.Serve(st, id, repo); err != nil {
+	if err := st.Serve(id, repo); err != nil {
 		return err
 	}
 	if err := filepath.WalkDir(st.Dir, func(p string, _ fs.DirEntry, err error) error {
@@ -219,7 +220,7 @@ exit 0
 	if exists, ours := FileHasMarker(up, unitMarker); exists && !ours {
 		return fmt.Errorf("%s exists and was not written by gcn-punch", up)
 	}
-	if err := store.WriteFileAtomic(up, []byte(unit), 0o644); err != nil {
+	if err := atomicfile.WriteFile(up, []byte(unit), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(o.Out, "systemd unit %s\nstart it: systemctl daemon-reload && systemctl enable --now gcn-punch-rendezvous\n", up)
@@ -296,11 +297,11 @@ func (o ServerInstall) Uninstall() error {
 		}
 	}
 	st := &store.Store{Dir: o.Store}
-	served, _ := rendezvous.Served(st)
+	served, _ := st.Served()
 	real, _ := filepath.EvalSymlinks(repo)
 	for id, p := range served {
 		if p == real {
-			rendezvous.Unserve(st, id)
+			st.Unserve(id)
 			delete(served, id)
 		}
 	}

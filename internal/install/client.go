@@ -1,4 +1,4 @@
-package punch
+package install
 
 import (
 	"errors"
@@ -10,8 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/gitchat/gcn-punch/hook"
-	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/internal/atomicfile"
 )
 
 const clientUnitMarker = "# gcn-punch-daemon-unit v1"
@@ -77,7 +76,7 @@ func (o ClientInstall) Install() error {
 	if err != nil {
 		return err
 	}
-	if exists, ours := hook.FileHasMarker(unit, clientUnitMarker); exists && !ours {
+	if exists, ours := FileHasMarker(unit, clientUnitMarker); exists && !ours {
 		return fmt.Errorf("%s exists and was not written by gcn-punch", unit)
 	}
 	clones, err := readList(list)
@@ -130,10 +129,10 @@ RestartSec=10
 [Install]
 WantedBy=default.target
 `, clientUnitMarker, strings.Join(args, " "))
-	if err := store.WriteFileAtomic(list, []byte(strings.Join(clones, "\n")+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(list, []byte(strings.Join(clones, "\n")+"\n"), 0o644); err != nil {
 		return err
 	}
-	return store.WriteFileAtomic(unit, []byte(text), 0o644)
+	return atomicfile.WriteFile(unit, []byte(text), 0o644)
 }
 
 // Uninstall removes the clone; with none left, the unit and the list go too.
@@ -154,7 +153,7 @@ func (o ClientInstall) Uninstall() error {
 		return err
 	}
 	clones = slices.DeleteFunc(clones, func(c string) bool { return c == clone })
-	if _, ours := hook.FileHasMarker(unit, clientUnitMarker); !ours {
+	if _, ours := FileHasMarker(unit, clientUnitMarker); !ours {
 		return nil // nothing of ours to remove
 	}
 	if len(clones) > 0 {
