@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -54,16 +55,27 @@ type Config struct {
 	// Handle runs the user's actions for one event. It is called from one
 	// goroutine, in order; an event stays pending until it returns.
 	Handle func(context.Context, Event)
-	Logger *slog.Logger
-	Now    func() time.Time
+	// Control, when set, is the path of the control socket that `gcn-punch
+	// status --state` asks (see ControlSocket).
+	Control string
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // Stats counts what the daemon saw; every dropped datagram is counted.
+// `gcn-punch status --state DIR --stats` prints it as JSON with these keys.
 type Stats struct {
-	Notifications, Duplicates, Reordered, Resyncs uint64
-	Early                                         uint64 // notifications before the first pong
-	Pongs, Pings, KeepalivesSent                  uint64
-	Malformed, Forged, Unexpected                 uint64
+	Notifications  uint64 `json:"notifications"`   // handled in order, the first time
+	Duplicates     uint64 `json:"duplicates"`      // already handled: acked again
+	Reordered      uint64 `json:"reordered"`       // arrived ahead of a gap, held
+	Resyncs        uint64 `json:"resyncs"`         // resync notices handled
+	Early          uint64 `json:"early"`           // notifications before the first pong
+	Pongs          uint64 `json:"pongs"`           // answers to keepalives
+	Pings          uint64 `json:"pings"`           // restart and probe pings
+	KeepalivesSent uint64 `json:"keepalives_sent"` // keepalives sent, quiet ones included
+	Malformed      uint64 `json:"malformed"`       // datagrams that do not parse
+	Forged         uint64 `json:"forged"`          // datagrams that fail authentication
+	Unexpected     uint64 `json:"unexpected"`      // valid messages out of place
 }
 
 // Daemon follows repositories and handles their notifications.
@@ -230,6 +242,17 @@ func (d *Daemon) LastSeq(server wire.Key, repo string) (uint64, bool) {
 
 // Run serves until ctx is done.
 func (d *Daemon) Run(ctx context.Context) error {
+	// The control socket first: a second daemon on the same state directory
+	// finds it answering and stops here, before touching the network.
+	var ctl net.Listener
+	if d.cfg.Control != "" {
+		l, err := control.Listen(d.cfg.Control)
+		if err != nil {
+			return fmt.Errorf("punch: %w", err)
+		}
+		ctl = l
+		defer ctl.Close()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -238,6 +261,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	wg.Go(func() { errc <- d.readLoop(ctx) })
 	wg.Go(func() { d.actionWorker(ctx) })
 	d.wakeWorker() // pending actions from before a restart
+	if ctl != nil {
+		wg.Go(func() { control.Serve(ctx, ctl, d.log, d.answerControl) })
+		wg.Go(func() { <-ctx.Done(); ctl.Close() })
+	}
 	d.peersMu.Lock()
 	d.runCtx, d.runWG = ctx, &wg
 	for _, p := range d.peers {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -433,5 +434,40 @@ func TestE2EHookWithRendezvousDown(t *testing.T) {
 	}
 	if strings.Count(string(out), "rendezvous not reachable") != 1 {
 		t.Fatalf("want one clear line about the rendezvous:\n%s", out)
+	}
+}
+
+// On the client, `status --state` asks the running daemon: its position per
+// repository, and with --stats its counters; a second daemon on the same
+// state directory refuses to start.
+func TestE2EClientStatus(t *testing.T) {
+	w := newWorld(t, true)
+	d := w.startDaemon("alice", w.listen)
+	d.ready(t)
+	w.push()
+	d.wantExactly(t, 1)
+	var st punch.Status
+	if err := json.Unmarshal([]byte(run(t, "", binary, "status", "--state", d.state, "--json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Servers) != 1 || len(st.Servers[0].Repos) != 1 || st.Servers[0].Repos[0] != (punch.RepoPosition{Repo: "chat.git", Known: true, LastSeq: 1}) {
+		t.Fatalf("status %+v", st)
+	}
+	var stats punch.Stats
+	if err := json.Unmarshal([]byte(run(t, "", binary, "status", "--state", d.state, "--stats")), &stats); err != nil {
+		t.Fatal(err)
+	}
+	if stats.Notifications != 1 || stats.KeepalivesSent == 0 {
+		t.Fatalf("stats %+v", stats)
+	}
+	table := run(t, "", binary, "status", "--state", d.state)
+	if !strings.Contains(table, "chat.git") || !strings.Contains(table, st.Client) {
+		t.Fatalf("table:\n%s", table)
+	}
+	second := exec.Command(binary, "daemon", "--server", w.listen, "--server-key", "@"+filepath.Join(w.store, "server.pub"),
+		"--repo-id", "chat.git", "--state", d.state, "--no-desktop")
+	out, err := second.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another process is serving") {
+		t.Fatalf("a second daemon on the same state: %v\n%s", err, out)
 	}
 }

@@ -38,7 +38,8 @@ usage:
   gcn-punch hook --store DIR [--repo-id ID]         (as post-receive; reads "<old> <new> <ref>")
   gcn-punch daemon --server HOST:PORT --server-key HEX|@FILE --repo-id ID --state DIR
                    [--repo CLONE] [--exec PROGRAM] [--keepalive DURATION]
-  gcn-punch status --store DIR [--json]
+  gcn-punch status --store DIR [--json|--stats]      (server side)
+  gcn-punch status --state DIR [--json|--stats]      (client side: a running daemon)
   gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
   gcn-punch install client --repo CLONE [--exec PROGRAM]
   gcn-punch uninstall server|client --repo PATH   (removes only what install added)
@@ -390,10 +391,17 @@ func probeServer(ctx context.Context, flagValue, stateDir string) (netip.AddrPor
 
 func runStatus(args []string) error {
 	fs := newFlags("status")
-	dir := fs.String("store", store.DefaultDir, "store directory")
+	dir := fs.String("store", store.DefaultDir, "store directory (the server side)")
+	stateDir := fs.String("state", "", "a daemon's state directory: the client side")
 	asJSON := fs.Bool("json", false, "print JSON")
-	stats := fs.Bool("stats", false, "print the running rendezvous's counters (JSON) instead of the clients")
+	stats := fs.Bool("stats", false, "print the running rendezvous's (or with --state, daemon's) counters as JSON")
 	parse(fs, args)
+	if *stateDir != "" {
+		if *stats {
+			return punch.WriteStats(os.Stdout, *stateDir)
+		}
+		return punch.WriteStatus(os.Stdout, *stateDir, *asJSON)
+	}
 	if *stats {
 		return rendezvous.WriteStats(os.Stdout, *dir)
 	}
@@ -474,7 +482,7 @@ func runDaemon(ctx context.Context, args []string) error {
 		fixed = *keepalive
 	}
 	d, err := punch.New(punch.Config{Conn: conn, Servers: servers, StateDir: *stateDir,
-		FixedKeepalive: fixed, Handle: runner.Handle, Logger: log})
+		FixedKeepalive: fixed, Handle: runner.Handle, Control: punch.ControlSocket(*stateDir), Logger: log})
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -451,7 +452,7 @@ func latencyOnce(ctx context.Context, o Options) (float64, float64, error) {
 	}
 	defer func() { d.Process.Kill(); d.Wait() }()
 	for i := 0; i < 200; i++ {
-		if punch.HasPosition(filepath.Join(rp.dir, "state")) {
+		if daemonKnowsPosition(filepath.Join(rp.dir, "state")) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -541,4 +542,31 @@ func pollingBaseline(ctx context.Context, o Options) (Polling, error) {
 		p.CPUSecPerMinutePerN[n] = float64(n) * p.CPUMillisPerFetch.Median / 1000
 	}
 	return p, nil
+}
+
+// daemonKnowsPosition asks a running daemon, on the control socket in its
+// state directory, whether a rendezvous has told it where it starts.
+func daemonKnowsPosition(stateDir string) bool {
+	reply, err := control.Dial(filepath.Join(stateDir, "daemon.sock"), "status", time.Second)
+	if err != nil {
+		return false
+	}
+	var st struct {
+		Servers []struct {
+			Repos []struct {
+				Known bool `json:"known"`
+			} `json:"repos"`
+		} `json:"servers"`
+	}
+	if json.Unmarshal([]byte(reply), &st) != nil {
+		return false
+	}
+	for _, s := range st.Servers {
+		for _, r := range s.Repos {
+			if r.Known {
+				return true
+			}
+		}
+	}
+	return false
 }

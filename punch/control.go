@@ -1,0 +1,133 @@
+package punch
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/control"
+)
+
+// ControlSocket is the daemon's control socket in its state directory.
+// Requests, one line per connection:
+//
+//	status\n  → one JSON object of Status, then "\n"
+//	stats\n   → one JSON object of Stats (the counters), then "\n"
+func ControlSocket(stateDir string) string { return filepath.Join(stateDir, "daemon.sock") }
+
+// Status is what `gcn-punch status --state DIR --json` prints.
+type Status struct {
+	Client  string         `json:"client"`
+	Servers []ServerStatus `json:"servers"`
+}
+
+// ServerStatus is the daemon's view of one rendezvous.
+type ServerStatus struct {
+	Key       string         `json:"server_key"`
+	Addr      string         `json:"address"`
+	Observed  string         `json:"observed,omitempty"` // this daemon's public address as the rendezvous sees it
+	LastPong  time.Time      `json:"last_pong,omitzero"`
+	Keepalive string         `json:"keepalive_interval"`
+	Repos     []RepoPosition `json:"repos"`
+}
+
+// RepoPosition is the daemon's position in one repository.
+type RepoPosition struct {
+	Repo    string `json:"repo"`
+	Known   bool   `json:"known"` // a rendezvous has told the daemon where it starts
+	LastSeq uint64 `json:"last_seq"`
+}
+
+// Status reports the daemon's servers and positions.
+func (d *Daemon) Status() Status {
+	d.peersMu.RLock()
+	peers := make([]*peer, 0, len(d.peers))
+	for _, p := range d.peers {
+		peers = append(peers, p)
+	}
+	d.peersMu.RUnlock()
+	out := Status{Client: d.pub.String(), Servers: []ServerStatus{}}
+	for _, p := range peers {
+		srv := p.server()
+		p.mu.Lock()
+		ss := ServerStatus{Key: p.key.String(), Addr: srv.Addr.String(), LastPong: p.lastPong, Keepalive: p.interval.String()}
+		if p.observed.IsValid() {
+			ss.Observed = p.observed.String()
+		}
+		p.mu.Unlock()
+		d.mu.Lock()
+		for _, r := range srv.Repos {
+			rs := d.state.repo(p.key, r)
+			ss.Repos = append(ss.Repos, RepoPosition{Repo: r, Known: rs.Known, LastSeq: rs.LastSeq})
+		}
+		d.mu.Unlock()
+		out.Servers = append(out.Servers, ss)
+	}
+	return out
+}
+
+// answerControl answers one control-socket request.
+func (d *Daemon) answerControl(w io.Writer, cmd, _ string) {
+	switch cmd {
+	case "status":
+		json.NewEncoder(w).Encode(d.Status())
+	case "stats":
+		json.NewEncoder(w).Encode(d.Stats())
+	default:
+		fmt.Fprintf(w, "error unknown command %q\n", cmd)
+	}
+}
+
+// controlTimeout bounds a status query on the control socket.
+const controlTimeout = 2 * time.Second
+
+// WriteStatus prints the running daemon's servers and positions, as JSON
+// (Status) or as a table.
+func WriteStatus(w io.Writer, stateDir string, asJSON bool) error {
+	reply, err := control.Dial(ControlSocket(stateDir), "status", controlTimeout)
+	if err != nil {
+		return fmt.Errorf("no daemon is running on %s (%v)", stateDir, err)
+	}
+	var st Status
+	if err := json.Unmarshal([]byte(reply), &st); err != nil {
+		return fmt.Errorf("bad status reply: %w", err)
+	}
+	if asJSON {
+		return json.NewEncoder(w).Encode(st)
+	}
+	fmt.Fprintf(w, "client %s\n", st.Client)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVER\tSEEN AS\tKEEPALIVE\tREPOSITORY\tLAST SEQ")
+	for _, s := range st.Servers {
+		seen := s.Observed
+		if seen == "" {
+			seen = "- (no answer yet)"
+		}
+		for _, r := range s.Repos {
+			seq := "- (start not known yet)"
+			if r.Known {
+				seq = fmt.Sprint(r.LastSeq)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Addr, seen, s.Keepalive, r.Repo, seq)
+		}
+	}
+	return tw.Flush()
+}
+
+// WriteStats prints the running daemon's counters as one JSON object.
+func WriteStats(w io.Writer, stateDir string) error {
+	reply, err := control.Dial(ControlSocket(stateDir), "stats", controlTimeout)
+	if err != nil {
+		return fmt.Errorf("no daemon is running on %s (%v)", stateDir, err)
+	}
+	var stats Stats
+	if err := json.Unmarshal([]byte(reply), &stats); err != nil {
+		return fmt.Errorf("bad stats reply: %w", err)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(stats)
+}
