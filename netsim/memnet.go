@@ -6,14 +6,15 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 )
 
 // MemNet is an in-memory datagram network with optional random loss. Its
-// conns block on channels only, so code using them runs under
-// testing/synctest on fake time.
+// conns are udpconn.Conns that block on channels only, so the code that
+// runs in production runs on them under testing/synctest, on fake time.
 type MemNet struct {
 	mu    sync.Mutex
 	conns map[netip.AddrPort]*MemConn
@@ -44,7 +45,7 @@ func (n *MemNet) Listen(addr string) (*MemConn, error) {
 	if _, taken := n.conns[ap]; taken {
 		return nil, errors.New("netsim: address in use")
 	}
-	c := &MemConn{net: n, addr: ap, in: make(chan datagram, memQueue), done: make(chan struct{}), wake: make(chan struct{}, 1)}
+	c := &MemConn{net: n, addr: ap, in: make(chan datagram, memQueue), done: make(chan struct{})}
 	n.conns[ap] = c
 	return c, nil
 }
@@ -54,7 +55,7 @@ type datagram struct {
 	b    []byte
 }
 
-// MemConn is a net.PacketConn on a MemNet.
+// MemConn is a udpconn.Conn on a MemNet.
 type MemConn struct {
 	net      *MemNet
 	addr     netip.AddrPort
@@ -62,14 +63,14 @@ type MemConn struct {
 	done     chan struct{}
 	closeOne sync.Once
 	mu       sync.Mutex
-	deadline time.Time
-	wake     chan struct{}
 	// lifetime, when set, makes the conn behave as if behind a NAT whose
 	// mappings expire: a datagram from a peer gets through only if this
 	// conn sent to that peer within the lifetime.
 	lifetime time.Duration
 	sentTo   map[netip.AddrPort]time.Time
 }
+
+var _ udpconn.Conn = (*MemConn)(nil)
 
 // SetMappingLifetime puts the conn behind a NAT whose idle mappings expire
 // after d (0: never).
@@ -90,63 +91,67 @@ func (c *MemConn) open(peer netip.AddrPort, now time.Time) bool {
 	return ok && now.Sub(last) <= c.lifetime
 }
 
-// ReadFrom implements net.PacketConn.
-func (c *MemConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	for {
-		c.mu.Lock()
-		dl := c.deadline
-		c.mu.Unlock()
-		var timeout <-chan time.Time
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, nil, os.ErrDeadlineExceeded
-			}
-			t := time.NewTimer(d)
-			defer t.Stop()
-			timeout = t.C
-		}
-		select {
-		case d := <-c.in:
-			return copy(b, d.b), net.UDPAddrFromAddrPort(d.from), nil
-		case <-c.done:
-			return 0, nil, net.ErrClosed
-		case <-timeout:
-			return 0, nil, os.ErrDeadlineExceeded
-		case <-c.wake:
-			// the deadline changed: look again
-		}
+// ReadBatch implements udpconn.Conn: it waits for one datagram, then takes
+// those already queued behind it.
+func (c *MemConn) ReadBatch(pkts []udpconn.Packet) (int, error) {
+	if len(pkts) == 0 {
+		return 0, nil
 	}
-}
-
-// WriteTo implements net.PacketConn. Loss and unknown destinations drop
-// silently, as UDP does.
-func (c *MemConn) WriteTo(b []byte, to net.Addr) (int, error) {
+	put := func(i int, d datagram) {
+		buf := pkts[i].Buf[:cap(pkts[i].Buf)]
+		pkts[i].Buf, pkts[i].Addr = buf[:copy(buf, d.b)], d.from
+	}
 	select {
+	case d := <-c.in:
+		put(0, d)
 	case <-c.done:
 		return 0, net.ErrClosed
+	}
+	n := 1
+	for ; n < len(pkts); n++ {
+		select {
+		case d := <-c.in:
+			put(n, d)
+			continue
+		default:
+		}
+		break
+	}
+	return n, nil
+}
+
+// WriteBatch implements udpconn.Conn. Loss and unknown destinations drop
+// silently, as UDP does.
+func (c *MemConn) WriteBatch(pkts []udpconn.Packet) error {
+	for _, p := range pkts {
+		if err := c.write(p.Buf, udpconn.Unmap(p.Addr)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *MemConn) write(b []byte, to netip.AddrPort) error {
+	select {
+	case <-c.done:
+		return net.ErrClosed
 	default:
 	}
-	ap, err := netip.ParseAddrPort(to.String())
-	if err != nil {
-		return 0, err
-	}
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	now := time.Now()
 	c.mu.Lock()
 	if c.sentTo == nil {
 		c.sentTo = make(map[netip.AddrPort]time.Time)
 	}
-	c.sentTo[ap] = now
+	c.sentTo[to] = now
 	c.mu.Unlock()
 	n := c.net
 	n.mu.Lock()
-	dst := n.conns[ap]
+	dst := n.conns[to]
 	lost := n.LossPercent > 0 && n.rng.IntN(100) < n.LossPercent
 	if lost || dst == nil || !dst.open(c.addr, now) {
 		n.Dropped++
 		n.mu.Unlock()
-		return len(b), nil
+		return nil
 	}
 	n.Delivered++
 	n.mu.Unlock()
@@ -154,10 +159,10 @@ func (c *MemConn) WriteTo(b []byte, to net.Addr) (int, error) {
 	case dst.in <- datagram{from: c.addr, b: append([]byte(nil), b...)}:
 	default:
 	}
-	return len(b), nil
+	return nil
 }
 
-// Close implements net.PacketConn.
+// Close implements udpconn.Conn.
 func (c *MemConn) Close() error {
 	c.closeOne.Do(func() {
 		close(c.done)
@@ -168,23 +173,5 @@ func (c *MemConn) Close() error {
 	return nil
 }
 
-// LocalAddr implements net.PacketConn.
-func (c *MemConn) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(c.addr) }
-
-// SetDeadline implements net.PacketConn (reads only; writes never block).
-func (c *MemConn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
-
-// SetReadDeadline implements net.PacketConn.
-func (c *MemConn) SetReadDeadline(t time.Time) error {
-	c.mu.Lock()
-	c.deadline = t
-	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-// SetWriteDeadline implements net.PacketConn; writes never block.
-func (c *MemConn) SetWriteDeadline(time.Time) error { return nil }
+// LocalAddrPort implements udpconn.Conn.
+func (c *MemConn) LocalAddrPort() netip.AddrPort { return c.addr }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/control"
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -44,9 +45,10 @@ type Server struct {
 	Repos []string
 }
 
-// Config is what a Daemon needs. Conn is the seam in front of the network.
+// Config is what a Daemon needs. Conn is the seam in front of the network;
+// Run closes it when it returns.
 type Config struct {
-	Conn     net.PacketConn
+	Conn     udpconn.Conn
 	Servers  []Server
 	StateDir string
 	// FixedKeepalive fixes the keepalive interval; zero learns it from the
@@ -59,7 +61,6 @@ type Config struct {
 	// status --state` asks (see ControlSocket).
 	Control string
 	Logger  *slog.Logger
-	Now     func() time.Time
 }
 
 // Stats counts what the daemon saw; every dropped datagram is counted.
@@ -125,9 +126,6 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	if cfg.Handle == nil {
 		cfg.Handle = func(context.Context, Event) {}
 	}
@@ -144,7 +142,7 @@ func New(cfg Config) (*Daemon, error) {
 	if err := st.compact(cfg.StateDir); err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, now: cfg.Now, pub: pub, priv: priv, state: st,
+	d := &Daemon{cfg: cfg, log: cfg.Logger, pub: pub, priv: priv, state: st,
 		peers: make(map[wire.Key]*peer), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
 	for _, s := range cfg.Servers {
 		if _, dup := d.peers[s.Key]; dup {
@@ -279,7 +277,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
-		d.cfg.Conn.SetReadDeadline(time.Unix(1, 0))
+		d.cfg.Conn.Close() // ends the read loop
 	case err = <-errc:
 	}
 	cancel()
@@ -368,7 +366,7 @@ func (d *Daemon) awaitProbe(ctx context.Context, p *peer, x time.Duration) (surv
 		p.mu.Lock()
 		deadline := p.lastSent.Add(x + probeGrace)
 		p.mu.Unlock()
-		wait := deadline.Sub(d.now())
+		wait := deadline.Sub(time.Now())
 		if wait <= 0 {
 			return false, true
 		}
@@ -436,7 +434,7 @@ func (d *Daemon) sendKeepalive(p *peer, probe time.Duration) (quiet bool) {
 	d.stats.KeepalivesSent++
 	d.mu.Unlock()
 	p.mu.Lock()
-	now := d.now()
+	now := time.Now()
 	// The counter only grows, across restarts too: it starts from the clock.
 	p.counter = max(p.counter+1, uint64(now.UnixNano()))
 	p.lastSent = now
@@ -461,37 +459,41 @@ func (d *Daemon) send(p *peer, m wire.Message) {
 	// Every datagram refreshes the NAT mapping: a probe's silence counts
 	// from the last one.
 	p.mu.Lock()
-	p.lastSent = d.now()
+	p.lastSent = time.Now()
 	p.mu.Unlock()
 	addr := p.server().Addr
-	if _, err := d.cfg.Conn.WriteTo(b, net.UDPAddrFromAddrPort(addr)); err != nil {
+	if err := udpconn.WriteTo(d.cfg.Conn, b, addr); err != nil {
 		d.log.Debug("send failed", "server", addr, "err", err)
 	}
 }
 
+// readBatch is how many datagrams the daemon takes from its socket at once.
+const readBatch = 16
+
+// readLoop is the only reader of the daemon's socket: it sorts what arrives
+// into the answers to its own STUN requests and gcn datagrams.
 func (d *Daemon) readLoop(ctx context.Context) error {
-	buf := make([]byte, 2048)
+	pkts := make([]udpconn.Packet, readBatch)
+	for i := range pkts {
+		pkts[i].Buf = make([]byte, 2048)
+	}
 	for {
-		n, from, err := d.cfg.Conn.ReadFrom(buf)
+		n, err := d.cfg.Conn.ReadBatch(pkts)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
 			return fmt.Errorf("punch: read: %w", err)
 		}
-		b := buf[:n]
-		switch {
-		case isSTUN(b):
-			d.stun.handle(b)
-		case wire.LooksLikeGCN(b):
-			d.handleGCN(b, from)
-		default:
-			// Room here for ICE and DTLS on the same port.
-			d.count(func(s *Stats) { s.Malformed++ })
+		for _, p := range pkts[:n] {
+			switch b := p.Buf; {
+			case wire.LooksLikeSTUN(b):
+				d.stun.handle(b)
+			case wire.LooksLikeGCN(b):
+				d.handleGCN(b)
+			default:
+				d.count(func(s *Stats) { s.Malformed++ })
+			}
 		}
 	}
 }
@@ -502,7 +504,7 @@ func (d *Daemon) count(f func(*Stats)) {
 	d.mu.Unlock()
 }
 
-func (d *Daemon) handleGCN(b []byte, from net.Addr) {
+func (d *Daemon) handleGCN(b []byte) {
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {
 		d.count(func(s *Stats) { s.Malformed++ })
@@ -548,7 +550,7 @@ func (d *Daemon) handleGCN(b []byte, from net.Addr) {
 			kick(p.probeOK)
 			return
 		}
-		now := d.now()
+		now := time.Now()
 		due := now.Sub(p.lastPinged) >= minPingGap
 		if due {
 			p.lastPinged = now
@@ -579,7 +581,7 @@ func (d *Daemon) onPong(p *peer, m *wire.Pong) {
 	}
 	changed := p.observed != m.Observed
 	p.observed = m.Observed
-	p.lastPong = d.now()
+	p.lastPong = time.Now()
 	wasDenied := p.denied
 	p.denied = false
 	p.mu.Unlock()
@@ -794,11 +796,7 @@ func (d *Daemon) Pin(server string, key wire.Key) error {
 
 // LocalPort is the daemon's UDP port.
 func (d *Daemon) LocalPort() uint16 {
-	if ua, ok := d.cfg.Conn.LocalAddr().(*net.UDPAddr); ok {
-		return uint16(ua.Port)
-	}
-	ap, _ := netip.ParseAddrPort(d.cfg.Conn.LocalAddr().String())
-	return ap.Port()
+	return d.cfg.Conn.LocalAddrPort().Port()
 }
 
 // rememberServer records the server's address in the state for `probe`.

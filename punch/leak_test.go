@@ -2,12 +2,12 @@ package punch_test
 
 import (
 	"context"
-	"net"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/rendezvous"
 )
@@ -45,7 +45,7 @@ func TestNoGoroutineLeaks(t *testing.T) {
 	if addr == "" {
 		t.Fatal("rendezvous did not start")
 	}
-	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	conn, err := udpconn.Listen("127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v2"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 )
 
 // NAT behaviour names (RFC 4787), as `gcn-punch probe` reports them.
@@ -63,33 +65,29 @@ type ProbeVerdict struct {
 // stunSocket is one local UDP socket of the probe with its own reader, so
 // several transactions (and an incoming hairpinned request) can be told apart.
 type stunSocket struct {
-	conn net.PacketConn
+	conn udpconn.Conn
 	*stunClient
 }
 
 func newSTUNSocket() (*stunSocket, error) {
-	c, err := net.ListenPacket("udp4", ":0")
+	c, err := udpconn.Listen("0.0.0.0:0", nil)
 	if err != nil {
 		return nil, err
 	}
 	s := &stunSocket{conn: c, stunClient: newSTUNClient(true)}
 	go func() {
-		buf := make([]byte, 1500)
+		pkts := []udpconn.Packet{{Buf: make([]byte, 1500)}}
 		for {
-			n, _, err := c.ReadFrom(buf)
-			if err != nil {
+			if _, err := c.ReadBatch(pkts); err != nil {
 				return
 			}
-			s.handle(buf[:n])
+			s.handle(pkts[0].Buf)
 		}
 	}()
 	return s, nil
 }
 
-func (s *stunSocket) local() netip.AddrPort {
-	ap, _ := netip.ParseAddrPort(s.conn.LocalAddr().String())
-	return ap
-}
+func (s *stunSocket) local() netip.AddrPort { return s.conn.LocalAddrPort() }
 
 // transact sends a Binding request with extra attributes to dst,
 // retransmitting, and returns the answer or nil after probeWait.
@@ -172,7 +170,7 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 			req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
 			hp := false
 			for i := 0; i < 4 && !hp; i++ {
-				s4.conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(m1))
+				udpconn.WriteTo(s4.conn, req.Raw, m1)
 				time.Sleep(probeTry)
 				hp = s1.sawRequest(req.TransactionID)
 			}
@@ -275,7 +273,7 @@ func measureLifetime(ctx context.Context, o ProbeOptions, s1 *stunSocket) (float
 		ch, done := s1.expect(req.TransactionID)
 		defer done()
 		for i := 0; i < 3; i++ {
-			s5.conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(o.Server))
+			udpconn.WriteTo(s5.conn, req.Raw, o.Server)
 			select {
 			case <-ch:
 				progress("  ... kept")

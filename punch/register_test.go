@@ -2,9 +2,9 @@ package punch
 
 import (
 	"errors"
-	"net"
 	"testing"
 
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -34,7 +34,7 @@ func TestParseRemote(t *testing.T) {
 }
 
 func TestPinRefusesChangedKey(t *testing.T) {
-	conn, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	conn, _ := udpconn.Listen("127.0.0.1:0", nil)
 	defer conn.Close()
 	dir := t.TempDir()
 	d, err := New(Config{Conn: conn, StateDir: dir})

@@ -2,21 +2,15 @@ package punch
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/pion/stun/v2"
-)
 
-// isSTUN reports whether b looks like a STUN message: the first two bits
-// are zero and the magic cookie sits at bytes 4..8 (RFC 5389 §6).
-func isSTUN(b []byte) bool {
-	return len(b) >= 20 && b[0]&0xc0 == 0 && binary.BigEndian.Uint32(b[4:8]) == magicCookie
-}
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+)
 
 // stunClient matches STUN responses read from a socket to the requests
 // waiting for them. The daemon's one socket and every socket of a probe use
@@ -35,9 +29,6 @@ func newSTUNClient(trackRequests bool) *stunClient {
 	}
 	return c
 }
-
-// magicCookie is the fixed STUN cookie (RFC 5389 §6).
-const magicCookie = 0x2112A442
 
 // stunRetry is RFC 5389's initial retransmission timeout (RTO, 500 ms).
 const stunRetry = 500 * time.Millisecond
@@ -59,11 +50,11 @@ func (c *stunClient) expect(id [stun.TransactionIDSize]byte) (<-chan *stun.Messa
 // transact sends req to dst and retransmits, first after retry, the gap
 // doubling up to maxRetry, until the response arrives (returned) or ctx
 // ends (nil).
-func (c *stunClient) transact(ctx context.Context, conn net.PacketConn, dst netip.AddrPort, req *stun.Message, retry, maxRetry time.Duration) *stun.Message {
+func (c *stunClient) transact(ctx context.Context, conn udpconn.Conn, dst netip.AddrPort, req *stun.Message, retry, maxRetry time.Duration) *stun.Message {
 	ch, done := c.expect(req.TransactionID)
 	defer done()
 	for {
-		if _, err := conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(dst)); err != nil {
+		if err := udpconn.WriteTo(conn, req.Raw, dst); err != nil {
 			return nil
 		}
 		t := time.NewTimer(retry)
@@ -82,7 +73,7 @@ func (c *stunClient) transact(ctx context.Context, conn net.PacketConn, dst neti
 
 // bind asks server for this socket's reflexive address, retransmitting
 // every stunRetry until an answer or the end of ctx.
-func (c *stunClient) bind(ctx context.Context, conn net.PacketConn, server netip.AddrPort) (netip.AddrPort, error) {
+func (c *stunClient) bind(ctx context.Context, conn udpconn.Conn, server netip.AddrPort) (netip.AddrPort, error) {
 	req, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
 	if err != nil {
 		return netip.AddrPort{}, err

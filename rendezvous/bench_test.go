@@ -23,8 +23,8 @@ func BenchmarkKeepalive(b *testing.B) {
 func benchmarkKeepalive(b *testing.B, quiet, open bool) {
 	st, _ := store.Open(b.TempDir())
 	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
-	now := time.Unix(1_800_000_000, 0)
-	s, err := New(Config{Conn: conn, Store: st, Open: open, Now: func() time.Time { return now }})
+	now := time.Now()
+	s, err := New(Config{Conn: conn, Store: st, Open: open})
 	if err != nil {
 		b.Fatal(err)
 	}

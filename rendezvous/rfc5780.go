@@ -6,6 +6,8 @@ import (
 	"net/netip"
 
 	"github.com/pion/stun/v2"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 )
 
 // RFC 5780 NAT behaviour discovery. With --alt-listen B:Q beside --listen
@@ -19,7 +21,7 @@ import (
 
 // Grid holds the four sockets of RFC 5780 service, [ip][port]: index 0 is
 // the primary address or port, 1 the alternate.
-type Grid [2][2]net.PacketConn
+type Grid [2][2]udpconn.Conn
 
 // CHANGE-REQUEST flags (RFC 5780 §7.2).
 const (
@@ -32,8 +34,7 @@ func (g *Grid) full() bool {
 }
 
 func (g *Grid) addr(ip, port int) netip.AddrPort {
-	ap, _ := addrPort(g[ip][port].LocalAddr())
-	return ap
+	return g[ip][port].LocalAddrPort()
 }
 
 // stunAnswer builds the answer to a Binding request that arrived on grid

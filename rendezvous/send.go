@@ -1,10 +1,10 @@
 package rendezvous
 
 import (
-	"net"
 	"net/netip"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -15,7 +15,7 @@ import (
 // notification is described by its event rather than a built message, so
 // planning one allocates nothing.
 type job struct {
-	conn net.PacketConn
+	conn udpconn.Conn
 	to   netip.AddrPort
 	c    *client // the recipient: its key and shared key never change
 	// Either a notification of ev from r, or msg.
@@ -35,13 +35,7 @@ type sender struct {
 	sealer wire.Sealer
 	notify wire.Notify
 	buf    []byte // sealed datagrams of one batch
-	pkts   []outPkt
-	batch  sendBatch
-}
-
-type outPkt struct {
-	b  []byte
-	to netip.AddrPort
+	pkts   []udpconn.Packet
 }
 
 // sealAndSend seals every job and sends them in batches, one sendmmsg per
@@ -49,13 +43,12 @@ type outPkt struct {
 func (sw *sender) sealAndSend(s *Server, jobs []job) {
 	if sw.buf == nil {
 		sw.buf = make([]byte, 0, batchSize*wire.MaxDatagram)
-		sw.pkts = make([]outPkt, 0, batchSize)
-		sw.batch.init(batchSize)
+		sw.pkts = make([]udpconn.Packet, 0, batchSize)
 	}
-	var conn net.PacketConn
+	var conn udpconn.Conn
 	flush := func() {
 		if len(sw.pkts) > 0 {
-			sw.send(conn)
+			conn.WriteBatch(sw.pkts)
 		}
 		sw.pkts, sw.buf = sw.pkts[:0], sw.buf[:0]
 	}
@@ -77,25 +70,9 @@ func (sw *sender) sealAndSend(s *Server, jobs []job) {
 			continue
 		}
 		sw.buf = out // never grows: the batch's room was reserved
-		sw.pkts = append(sw.pkts, outPkt{sw.buf[start:len(sw.buf):len(sw.buf)], j.to})
+		sw.pkts = append(sw.pkts, udpconn.Packet{Buf: sw.buf[start:len(sw.buf):len(sw.buf)], Addr: j.to})
 	}
 	flush()
-}
-
-// send sends the batch with sendmmsg where the socket allows it, else one
-// datagram at a time.
-func (sw *sender) send(conn net.PacketConn) {
-	u, ok := conn.(*udpSocket)
-	if !ok {
-		for _, p := range sw.pkts {
-			conn.WriteTo(p.b, net.UDPAddrFromAddrPort(p.to))
-		}
-		return
-	}
-	for _, p := range sw.pkts {
-		sw.batch.add(p.b, p.to, u.v6)
-	}
-	u.writeBatch(&sw.batch)
 }
 
 // Reading in batches. Under load each datagram costing its own recvfrom,
@@ -112,29 +89,33 @@ const (
 	coalesceWait = 10 * time.Millisecond
 )
 
-func (s *Server) readLoopBatched(ip, port int, u *udpSocket) error {
-	var rb recvBatch
-	rb.init(readBatch, 2048)
-	var replies sendBatch
-	replies.init(readBatch)
+// readLoop reads grid cell (ip, port)'s socket in batches and answers each
+// batch with one batch of replies.
+func (s *Server) readLoop(ip, port int) error {
+	conn := s.grid[ip][port]
+	pkts := make([]udpconn.Packet, readBatch)
+	for i := range pkts {
+		pkts[i].Buf = make([]byte, 2048)
+	}
+	replies := make([]udpconn.Packet, 0, readBatch)
 	// The packet rate: datagrams in the current second, and in the one before
 	// (so that coalescing does not stop at each second's start).
 	var windowStart time.Time
 	var windowCount, lastWindow int
 	for {
-		n, err := u.readBatch(&rb)
+		n, err := conn.ReadBatch(pkts)
 		if err != nil {
-			if stop, err := s.readFailed(err); stop {
-				return err
-			}
-			continue
+			return s.readFailed(err)
 		}
-		for i := range n {
-			if reply := s.handle(ip, port, rb.bufs[i][:rb.lens[i]], rb.srcs[i]); reply != nil {
-				replies.add(reply, rb.srcs[i], u.v6)
+		replies = replies[:0]
+		for _, p := range pkts[:n] {
+			if reply := s.handle(ip, port, p.Buf, p.Addr); reply != nil {
+				replies = append(replies, udpconn.Packet{Buf: reply, Addr: p.Addr})
 			}
 		}
-		u.writeBatch(&replies)
+		if len(replies) > 0 {
+			conn.WriteBatch(replies)
+		}
 		now := time.Now()
 		if now.Sub(windowStart) > time.Second {
 			lastWindow = windowCount

@@ -6,12 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 
 	"github.com/gitchat/gcn-punch/internal/control"
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
@@ -31,7 +30,7 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	conn, err := listenUDP(o.Listen, o.Logger)
+	conn, err := listenUDP(o.Listen)
 	if err != nil {
 		return err
 	}
@@ -54,11 +53,10 @@ func ListenAndServe(ctx context.Context, o Options) error {
 		return fmt.Errorf("rendezvous: %w", err)
 	}
 	defer ctl.Close()
-	local, _ := addrPort(conn.LocalAddr())
-	if err := st.SetRendezvous(local, o.Open); err != nil {
+	if err := st.SetRendezvous(conn.LocalAddrPort(), o.Open); err != nil {
 		return err
 	}
-	o.Logger.Info("rendezvous up", "udp", conn.LocalAddr().String(), "server_key", srv.PublicKey().String(), "open", o.Open, "store", st.Dir)
+	o.Logger.Info("rendezvous up", "udp", conn.LocalAddrPort().String(), "server_key", srv.PublicKey().String(), "open", o.Open, "store", st.Dir)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -92,70 +90,32 @@ func (s *Server) answerControl(w io.Writer, cmd, arg string) {
 	}
 }
 
-// listenUDP opens one of the rendezvous's UDP sockets, tuned, and outside
-// the netpoller (see udpSocket).
-func listenUDP(addr string, log *slog.Logger) (*udpSocket, error) {
-	pc, err := net.ListenPacket("udp", addr)
+// listenUDP opens one of the rendezvous's UDP sockets, with large buffers;
+// on Linux, outside the netpoller (see udpconn).
+func listenUDP(addr string) (udpconn.Conn, error) {
+	c, err := udpconn.Listen(addr, udpconn.LargeBuffers(socketBuffer))
 	if err != nil {
 		return nil, fmt.Errorf("rendezvous: listen %s: %w", addr, err)
 	}
-	growBuffers(pc, log)
-	u, err := takeUDP(pc)
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("rendezvous: listen %s: %w", addr, err)
-	}
-	return u, nil
+	return c, nil
 }
 
 // socketBuffer is what the rendezvous asks for each way: a fan-out to 100k
 // clients sends, and gets acks, far faster than the default 208 KiB absorbs.
 const socketBuffer = 8 << 20
 
-// growBuffers enlarges the socket buffers (as root it may exceed the sysctl
-// limits with SO_RCVBUFFORCE, otherwise it gets what they allow) and sets
-// Don't Fragment on IPv4.
-func growBuffers(conn net.PacketConn, log *slog.Logger) {
-	uc, ok := conn.(*net.UDPConn)
-	if !ok {
-		return
-	}
-	uc.SetReadBuffer(socketBuffer)
-	uc.SetWriteBuffer(socketBuffer)
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return
-	}
-	v4 := false
-	if local, _ := uc.LocalAddr().(*net.UDPAddr); local != nil && local.IP.To4() != nil {
-		v4 = true
-	}
-	raw.Control(func(fd uintptr) {
-		syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, socketBuffer)
-		syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUFFORCE, socketBuffer)
-		if v4 {
-			// Don't Fragment on every datagram (ours are at most 1200 bytes,
-			// below any real path MTU), without path-MTU errors. A datagram
-			// that may be fragmented needs a fresh IP ID from a hash table
-			// shared by all sockets: 3% of a 100k fan-out's CPU in a profile.
-			// With DF the ID is simply zero (RFC 6864).
-			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER, syscall.IP_PMTUDISC_PROBE)
-		}
-	})
-}
-
 // listenGrid opens the alternate address and, when it differs from the
 // primary in both IP and port, the two cross addresses RFC 5780 needs.
-func listenGrid(primary net.PacketConn, altListen string, log *slog.Logger) (*Grid, func(), error) {
+func listenGrid(primary udpconn.Conn, altListen string, log *slog.Logger) (*Grid, func(), error) {
 	var g Grid
-	var opened []net.PacketConn
+	var opened []udpconn.Conn
 	closeAll := func() {
 		for _, c := range opened {
 			c.Close()
 		}
 	}
-	listen := func(addr string) (net.PacketConn, error) {
-		c, err := listenUDP(addr, log)
+	listen := func(addr string) (udpconn.Conn, error) {
+		c, err := listenUDP(addr)
 		if err != nil {
 			closeAll()
 			return nil, err
@@ -168,8 +128,7 @@ func listenGrid(primary net.PacketConn, altListen string, log *slog.Logger) (*Gr
 		return nil, nil, err
 	}
 	g[0][0], g[1][1] = primary, alt
-	a, _ := addrPort(primary.LocalAddr())
-	b, _ := addrPort(alt.LocalAddr())
+	a, b := primary.LocalAddrPort(), alt.LocalAddrPort()
 	if a.Addr().IsUnspecified() || b.Addr().IsUnspecified() || a.Addr() == b.Addr() || a.Port() == b.Port() {
 		log.Warn("RFC 5780 NAT discovery needs --listen and --alt-listen on two specific IPs and two ports; serving plain STUN on both, so clients cannot test filtering or address-dependent mapping",
 			"listen", a, "alt_listen", b)

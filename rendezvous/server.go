@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -14,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -66,17 +66,17 @@ const (
 	unknownRate, unknownBurst = 20, 40
 )
 
-// Config is what a Server needs. Conn is the seam in front of the network.
+// Config is what a Server needs. Conn is the seam in front of the network;
+// Run closes every socket it was given when it returns.
 type Config struct {
-	Conn    net.PacketConn
-	AltConn net.PacketConn // optional second address
+	Conn    udpconn.Conn
+	AltConn udpconn.Conn // optional second address
 	// Grid, when all four cells are set, serves RFC 5780; its [0][0] and
 	// [1][1] are Conn and AltConn.
 	Grid   *Grid
 	Store  *store.Store
 	Open   bool // any key may follow any repository
 	Logger *slog.Logger
-	Now    func() time.Time // nil: time.Now
 }
 
 // Stats counts what the server did; every dropped datagram is counted.
@@ -107,7 +107,6 @@ type Stats struct {
 type Server struct {
 	cfg  Config
 	log  *slog.Logger
-	now  func() time.Time
 	pub  wire.Key
 	priv wire.Key
 	kick chan struct{}
@@ -141,8 +140,8 @@ type client struct {
 	key      wire.Key
 	shared   [32]byte
 	addr     netip.AddrPort
-	conn     net.PacketConn // the socket the client talks to
-	lastSeen int64          // unix nanoseconds of its last authenticated packet
+	conn     udpconn.Conn // the socket the client talks to
+	lastSeen int64        // unix nanoseconds of its last authenticated packet
 	counter  uint64
 	written  int64  // unix nanoseconds: when its record was last written
 	subs     []*sub // at most wire.MaxSubs: a slice is smaller than a map
@@ -198,15 +197,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	pub, priv, err := cfg.Store.ServerKeys()
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg, log: cfg.Logger, now: cfg.Now, pub: pub, priv: priv,
+		cfg: cfg, log: cfg.Logger, pub: pub, priv: priv,
 		kick:        make(chan struct{}, 1),
 		dirty:       make(map[wire.Key]store.ClientRecord),
 		recordsKick: make(chan struct{}, 1),
@@ -256,7 +252,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var conns []net.PacketConn
+	var conns []udpconn.Conn
 	errc := make(chan error, 4)
 	for ip := range 2 {
 		for port := range 2 {
@@ -279,7 +275,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.closed = true
 		s.mu.Unlock()
 		for _, c := range conns {
-			c.SetReadDeadline(time.Unix(1, 0))
+			c.Close()
 		}
 		return err
 	}
@@ -298,52 +294,16 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-func (s *Server) readLoop(ip, port int) error {
-	conn := s.grid[ip][port]
-	if u, ok := conn.(*udpSocket); ok {
-		return s.readLoopBatched(ip, port, u)
-	}
-	buf := make([]byte, 2048)
-	for {
-		n, addr, err := conn.ReadFrom(buf)
-		if err != nil {
-			if stop, err := s.readFailed(err); stop {
-				return err
-			}
-			continue
-		}
-		src, ok := addrPort(addr)
-		if !ok {
-			continue
-		}
-		if reply := s.handle(ip, port, buf[:n], src); reply != nil {
-			conn.WriteTo(reply, net.UDPAddrFromAddrPort(src))
-		}
-	}
-}
-
-// readFailed says whether a read error ends the read loop (shutdown: no
-// error; anything but a timeout: that error).
-func (s *Server) readFailed(err error) (stop bool, _ error) {
+// readFailed says whether a read error ends the read loop (shutdown: with
+// no error; anything else: with that error).
+func (s *Server) readFailed(err error) error {
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
 	if closed {
-		return true, nil
+		return nil
 	}
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		return false, nil
-	}
-	return true, fmt.Errorf("rendezvous: read: %w", err)
-}
-
-func addrPort(a net.Addr) (netip.AddrPort, bool) {
-	if u, ok := a.(*net.UDPAddr); ok {
-		ap := u.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	return ap, err == nil
+	return fmt.Errorf("rendezvous: read: %w", err)
 }
 
 // handle processes one datagram that arrived on grid cell (ip, port) and
@@ -351,10 +311,10 @@ func addrPort(a net.Addr) (netip.AddrPort, bool) {
 // must leave from another cell or go elsewhere is sent here.
 func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 	conn := s.grid[ip][port]
-	now := s.now()
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(b) >= 20 && b[0] < 4 { // STUN: first two bits zero (RFC 5389 §6)
+	if wire.LooksLikeSTUN(b) {
 		if !s.stunRL.allow(src.Addr(), now) {
 			s.stats.STUNLimited++
 			return nil
@@ -368,7 +328,7 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 		if fromIP == ip && fromPort == port && to == src {
 			return resp
 		}
-		s.grid[fromIP][fromPort].WriteTo(resp, net.UDPAddrFromAddrPort(to))
+		udpconn.WriteTo(s.grid[fromIP][fromPort], resp, to)
 		return nil
 	}
 	sender, _, _, err := wire.ParseHeader(b)
@@ -413,7 +373,7 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 	return nil
 }
 
-func (s *Server) onKeepalive(conn net.PacketConn, c *client, key wire.Key, shared [32]byte, m *wire.Keepalive, src netip.AddrPort, reqLen int, now time.Time) []byte {
+func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared [32]byte, m *wire.Keepalive, src netip.AddrPort, reqLen int, now time.Time) []byte {
 	if c != nil && m.Counter <= c.counter {
 		s.stats.Replayed++ // a replayed keepalive must never move the client's address
 		return nil
@@ -577,7 +537,7 @@ func (s *Server) repo(id string) *repo {
 // retransmits the whole window when its timer expires. It returns when it
 // next has something to do.
 func (s *Server) sendDue() time.Time {
-	now := s.now()
+	now := time.Now()
 	next := now.Add(idleWake)
 	var probes []job
 	s.mu.Lock()
@@ -649,7 +609,7 @@ func (s *Server) sendChunks(due []*sub) time.Time {
 				return
 			}
 			hi = min(hi, len(due))
-			now := s.now()
+			now := time.Now()
 			s.mu.Lock()
 			sw.jobs = sw.jobs[:0]
 			for _, su := range due[lo:hi] {
@@ -907,10 +867,10 @@ func (s *Server) pingKnownClients() {
 	for _, name := range bad {
 		s.log.Warn("malformed client record", "file", name)
 	}
-	now := s.now()
+	now := time.Now()
 	for _, r := range recs {
 		// A record older than this is behind a NAT mapping that is long gone.
-		if now.Sub(r.Heartbeat) > RecordRefresh+ClientTimeout {
+		if !r.Recent(now) {
 			continue
 		}
 		shared := wire.SharedKey(r.ID, s.priv)
@@ -920,7 +880,7 @@ func (s *Server) pingKnownClients() {
 		s.stats.Pings++
 		s.mu.Unlock()
 		if err == nil {
-			s.cfg.Conn.WriteTo(b, net.UDPAddrFromAddrPort(r.Addr))
+			udpconn.WriteTo(s.cfg.Conn, b, r.Addr)
 		}
 	}
 }

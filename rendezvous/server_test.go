@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pion/stun/v2"
@@ -14,21 +15,21 @@ import (
 	"github.com/gitchat/gcn-punch/wire"
 )
 
-var t0 = time.Unix(1_800_000_000, 0)
-
-func testServer(t *testing.T, open bool) (*Server, *netsim.MemConn, *time.Time) {
+// testServer is a server on an in-memory network, not running: tests hand
+// datagrams to handle. Called inside a synctest bubble, whose fake clock
+// the tests move with time.Sleep.
+func testServer(t *testing.T, open bool) (*Server, *netsim.MemConn) {
 	t.Helper()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
-	now := t0
-	s, err := New(Config{Conn: conn, Store: st, Open: open, Now: func() time.Time { return now }})
+	s, err := New(Config{Conn: conn, Store: st, Open: open})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s, conn, &now
+	return s, conn
 }
 
 type testClient struct {
@@ -64,185 +65,197 @@ var srcA = netip.MustParseAddrPort("198.18.0.10:40000")
 var srcB = netip.MustParseAddrPort("198.18.0.11:41000")
 
 func TestSTUNBindingResponse(t *testing.T) {
-	s, _, _ := testServer(t, true)
-	for _, withFP := range []bool{false, true} {
-		setters := []stun.Setter{stun.TransactionID, stun.BindingRequest}
-		if withFP {
-			setters = append(setters, stun.Fingerprint)
-		}
-		req := stun.MustBuild(setters...)
-		resp := s.handle(0, 0, req.Raw, srcA)
-		m := &stun.Message{Raw: resp}
-		if err := m.Decode(); err != nil {
-			t.Fatal(err)
-		}
-		var xa stun.XORMappedAddress
-		if err := xa.GetFrom(m); err != nil {
-			t.Fatal(err)
-		}
-		if m.Type != stun.BindingSuccess || m.TransactionID != req.TransactionID || xa.Port != int(srcA.Port()) || !xa.IP.Equal(srcA.Addr().AsSlice()) {
-			t.Fatalf("response %v, mapped %v", m, xa)
-		}
-		// Only what was asked for: XOR-MAPPED-ADDRESS, and FINGERPRINT if the request had one.
-		wantAttrs := 1
-		if withFP {
-			wantAttrs = 2
-			if err := stun.Fingerprint.Check(m); err != nil {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		for _, withFP := range []bool{false, true} {
+			setters := []stun.Setter{stun.TransactionID, stun.BindingRequest}
+			if withFP {
+				setters = append(setters, stun.Fingerprint)
+			}
+			req := stun.MustBuild(setters...)
+			resp := s.handle(0, 0, req.Raw, srcA)
+			m := &stun.Message{Raw: resp}
+			if err := m.Decode(); err != nil {
 				t.Fatal(err)
 			}
+			var xa stun.XORMappedAddress
+			if err := xa.GetFrom(m); err != nil {
+				t.Fatal(err)
+			}
+			if m.Type != stun.BindingSuccess || m.TransactionID != req.TransactionID || xa.Port != int(srcA.Port()) || !xa.IP.Equal(srcA.Addr().AsSlice()) {
+				t.Fatalf("response %v, mapped %v", m, xa)
+			}
+			// Only what was asked for: XOR-MAPPED-ADDRESS, and FINGERPRINT if the request had one.
+			wantAttrs := 1
+			if withFP {
+				wantAttrs = 2
+				if err := stun.Fingerprint.Check(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(m.Attributes) != wantAttrs {
+				t.Fatalf("response has %d attributes, want %d: %v", len(m.Attributes), wantAttrs, m.Attributes)
+			}
 		}
-		if len(m.Attributes) != wantAttrs {
-			t.Fatalf("response has %d attributes, want %d: %v", len(m.Attributes), wantAttrs, m.Attributes)
+		// Anything that is not a Binding request gets nothing.
+		ind := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodBinding, stun.ClassIndication))
+		if r := s.handle(0, 0, ind.Raw, srcA); r != nil {
+			t.Fatal("answered a Binding indication")
 		}
-	}
-	// Anything that is not a Binding request gets nothing.
-	ind := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodBinding, stun.ClassIndication))
-	if r := s.handle(0, 0, ind.Raw, srcA); r != nil {
-		t.Fatal("answered a Binding indication")
-	}
+	})
 }
 
 func TestSTUNRateLimitedPerSource(t *testing.T) {
-	s, _, now := testServer(t, true)
-	answered := 0
-	for range 100 {
-		if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
-			answered++
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		answered := 0
+		for range 100 {
+			if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
+				answered++
+			}
 		}
-	}
-	if answered != stunBurst {
-		t.Fatalf("answered %d of 100 requests at one instant, want the burst %d", answered, stunBurst)
-	}
-	if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcB) == nil {
-		t.Fatal("another source was refused")
-	}
-	*now = now.Add(time.Second)
-	answered = 0
-	for range 100 {
-		if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
-			answered++
+		if answered != stunBurst {
+			t.Fatalf("answered %d of 100 requests at one instant, want the burst %d", answered, stunBurst)
 		}
-	}
-	if answered != stunRate {
-		t.Fatalf("after 1 s answered %d, want the refill %d", answered, stunRate)
-	}
-	if s.Stats().STUNLimited == 0 {
-		t.Fatal("limited responses not counted")
-	}
+		if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcB) == nil {
+			t.Fatal("another source was refused")
+		}
+		time.Sleep(time.Second)
+		answered = 0
+		for range 100 {
+			if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
+				answered++
+			}
+		}
+		if answered != stunRate {
+			t.Fatalf("after 1 s answered %d, want the refill %d", answered, stunRate)
+		}
+		if s.Stats().STUNLimited == 0 {
+			t.Fatal("limited responses not counted")
+		}
+	})
 }
 
 func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
-	s, _, now := testServer(t, true)
-	c := newTestClient(s)
-	ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
-	reply := s.handle(0, 0, ka, srcA)
-	if reply == nil || len(reply) > len(ka) {
-		t.Fatalf("reply %d bytes to a %d-byte keepalive", len(reply), len(ka))
-	}
-	pong, ok := c.open(t, reply).(*wire.Pong)
-	if !ok || pong.Observed != srcA || pong.Statuses[0].Status != wire.StatusOK {
-		t.Fatalf("pong %+v", pong)
-	}
-	rec := s.dirty[c.pub]
-	if rec.Addr != srcA || rec.ID != c.pub {
-		t.Fatalf("record %+v", rec)
-	}
-	// The same datagram replayed from elsewhere is dropped; the address stays.
-	*now = now.Add(time.Second)
-	if s.handle(0, 0, ka, srcB) != nil {
-		t.Fatal("answered a replayed keepalive")
-	}
-	if got := s.Clients()[0].Addr; got != srcA.String() || s.Stats().Replayed != 1 {
-		t.Fatalf("after replay: address %s, replayed %d", got, s.Stats().Replayed)
-	}
-	// A fresh keepalive from a new address is NAT rebinding: the record moves.
-	if s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
-		t.Fatal("no pong after rebinding")
-	}
-	rec = s.dirty[c.pub]
-	if rec.Addr != srcB || s.Stats().Rebinds != 1 {
-		t.Fatalf("after rebinding: record %+v, rebinds %d", rec, s.Stats().Rebinds)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		c := newTestClient(s)
+		ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
+		reply := s.handle(0, 0, ka, srcA)
+		if reply == nil || len(reply) > len(ka) {
+			t.Fatalf("reply %d bytes to a %d-byte keepalive", len(reply), len(ka))
+		}
+		pong, ok := c.open(t, reply).(*wire.Pong)
+		if !ok || pong.Observed != srcA || pong.Statuses[0].Status != wire.StatusOK {
+			t.Fatalf("pong %+v", pong)
+		}
+		rec := s.dirty[c.pub]
+		if rec.Addr != srcA || rec.ID != c.pub {
+			t.Fatalf("record %+v", rec)
+		}
+		// The same datagram replayed from elsewhere is dropped; the address stays.
+		time.Sleep(time.Second)
+		if s.handle(0, 0, ka, srcB) != nil {
+			t.Fatal("answered a replayed keepalive")
+		}
+		if got := s.Clients()[0].Addr; got != srcA.String() || s.Stats().Replayed != 1 {
+			t.Fatalf("after replay: address %s, replayed %d", got, s.Stats().Replayed)
+		}
+		// A fresh keepalive from a new address is NAT rebinding: the record moves.
+		if s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
+			t.Fatal("no pong after rebinding")
+		}
+		rec = s.dirty[c.pub]
+		if rec.Addr != srcB || s.Stats().Rebinds != 1 {
+			t.Fatalf("after rebinding: record %+v, rebinds %d", rec, s.Stats().Rebinds)
+		}
+	})
 }
 
 func TestForgedAndMalformedAreCountedNotAnswered(t *testing.T) {
-	s, _, _ := testServer(t, true)
-	c := newTestClient(s)
-	ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
-	forged := append([]byte(nil), ka...)
-	forged[len(forged)-1] ^= 1
-	if s.handle(0, 0, forged, srcA) != nil || s.Stats().Forged != 1 {
-		t.Fatal("forged keepalive answered or not counted")
-	}
-	for _, b := range [][]byte{[]byte("gcn"), []byte("hello world, not ours"), ka[:70]} {
-		if s.handle(0, 0, b, srcA) != nil {
-			t.Fatalf("answered %q", b)
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		c := newTestClient(s)
+		ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
+		forged := append([]byte(nil), ka...)
+		forged[len(forged)-1] ^= 1
+		if s.handle(0, 0, forged, srcA) != nil || s.Stats().Forged != 1 {
+			t.Fatal("forged keepalive answered or not counted")
 		}
-	}
-	if st := s.Stats(); st.Malformed != 3 || st.Keepalives != 0 {
-		t.Fatalf("malformed %d keepalives %d", st.Malformed, st.Keepalives)
-	}
+		for _, b := range [][]byte{[]byte("gcn"), []byte("hello world, not ours"), ka[:70]} {
+			if s.handle(0, 0, b, srcA) != nil {
+				t.Fatalf("answered %q", b)
+			}
+		}
+		if st := s.Stats(); st.Malformed != 3 || st.Keepalives != 0 {
+			t.Fatalf("malformed %d keepalives %d", st.Malformed, st.Keepalives)
+		}
+	})
 }
 
 func TestRegisteredModeRefusesUnknownKeys(t *testing.T) {
-	s, _, now := testServer(t, false)
-	c := newTestClient(s)
-	reply := s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
-	pong := c.open(t, reply).(*wire.Pong)
-	if pong.Statuses[0].Status != wire.StatusNotAuthorised || len(s.Clients()) != 0 {
-		t.Fatalf("unregistered key: status %d, %d clients kept", pong.Statuses[0].Status, len(s.Clients()))
-	}
-	s.cfg.Store.Authorise("chat.git", c.pub, now.Add(time.Hour))
-	pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)).(*wire.Pong)
-	if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
-		t.Fatal("registered key refused")
-	}
-	// Registration lapses.
-	*now = now.Add(2 * time.Hour)
-	pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}, wire.Sub{RepoID: "other.git"}), srcA)).(*wire.Pong)
-	if pong.Statuses[0].Status != wire.StatusNotAuthorised || pong.Statuses[1].Status != wire.StatusNotAuthorised {
-		t.Fatalf("expired registration still served: %+v", pong.Statuses)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, false)
+		c := newTestClient(s)
+		reply := s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+		pong := c.open(t, reply).(*wire.Pong)
+		if pong.Statuses[0].Status != wire.StatusNotAuthorised || len(s.Clients()) != 0 {
+			t.Fatalf("unregistered key: status %d, %d clients kept", pong.Statuses[0].Status, len(s.Clients()))
+		}
+		s.cfg.Store.Authorise("chat.git", c.pub, time.Now().Add(time.Hour))
+		pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)).(*wire.Pong)
+		if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
+			t.Fatal("registered key refused")
+		}
+		// Registration lapses.
+		time.Sleep(2 * time.Hour)
+		pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}, wire.Sub{RepoID: "other.git"}), srcA)).(*wire.Pong)
+		if pong.Statuses[0].Status != wire.StatusNotAuthorised || pong.Statuses[1].Status != wire.StatusNotAuthorised {
+			t.Fatalf("expired registration still served: %+v", pong.Statuses)
+		}
+	})
 }
 
 // An authorisation read from its file is trusted for authRecheck: its
 // expiry is still honoured to the second, and a deleted (revoked) file stops
 // being served within authRecheck.
 func TestAuthorisationCachedButExpiryAndRevocationHold(t *testing.T) {
-	s, _, now := testServer(t, false)
-	c := newTestClient(s)
-	status := func() byte {
-		t.Helper()
-		return c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA)).(*wire.Pong).Statuses[0].Status
-	}
-	s.cfg.Store.Authorise("chat.git", c.pub, now.Add(time.Hour))
-	status() // first contact reads the file
-	if status() != wire.StatusOK {
-		t.Fatal("registered key refused")
-	}
-	os.Remove(filepath.Join(s.cfg.Store.Dir, "auth", "chat.git", c.pub.String()))
-	*now = now.Add(time.Minute)
-	if status() != wire.StatusOK {
-		t.Fatal("the read authorisation was not kept for authRecheck")
-	}
-	*now = now.Add(authRecheck)
-	if status() != wire.StatusNotAuthorised {
-		t.Fatal("a revoked registration was still served after authRecheck")
-	}
-	// Expiry inside the cached window.
-	c2 := newTestClient(s)
-	s.cfg.Store.Authorise("chat.git", c2.pub, now.Add(90*time.Second))
-	ka := func() byte {
-		return c2.open(t, s.handle(0, 0, c2.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcB)).(*wire.Pong).Statuses[0].Status
-	}
-	ka()
-	if ka() != wire.StatusOK {
-		t.Fatal("registered key refused")
-	}
-	*now = now.Add(2 * time.Minute)
-	if ka() != wire.StatusNotAuthorised {
-		t.Fatal("an expired registration was served from the cache")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, false)
+		c := newTestClient(s)
+		status := func() byte {
+			t.Helper()
+			return c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA)).(*wire.Pong).Statuses[0].Status
+		}
+		s.cfg.Store.Authorise("chat.git", c.pub, time.Now().Add(time.Hour))
+		status() // first contact reads the file
+		if status() != wire.StatusOK {
+			t.Fatal("registered key refused")
+		}
+		os.Remove(filepath.Join(s.cfg.Store.Dir, "auth", "chat.git", c.pub.String()))
+		time.Sleep(time.Minute)
+		if status() != wire.StatusOK {
+			t.Fatal("the read authorisation was not kept for authRecheck")
+		}
+		time.Sleep(authRecheck)
+		if status() != wire.StatusNotAuthorised {
+			t.Fatal("a revoked registration was still served after authRecheck")
+		}
+		// Expiry inside the cached window.
+		c2 := newTestClient(s)
+		s.cfg.Store.Authorise("chat.git", c2.pub, time.Now().Add(90*time.Second))
+		ka := func() byte {
+			return c2.open(t, s.handle(0, 0, c2.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcB)).(*wire.Pong).Statuses[0].Status
+		}
+		ka()
+		if ka() != wire.StatusOK {
+			t.Fatal("registered key refused")
+		}
+		time.Sleep(2 * time.Minute)
+		if ka() != wire.StatusNotAuthorised {
+			t.Fatal("an expired registration was served from the cache")
+		}
+	})
 }
 
 // Whatever arrives, the server never answers with more bytes than it got,
@@ -250,7 +263,7 @@ func TestAuthorisationCachedButExpiryAndRevocationHold(t *testing.T) {
 func FuzzHandle(f *testing.F) {
 	st, _ := store.Open(f.TempDir())
 	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
-	s, err := New(Config{Conn: conn, Store: st, Open: true, Now: func() time.Time { return t0 }})
+	s, err := New(Config{Conn: conn, Store: st, Open: true})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -264,7 +277,7 @@ func FuzzHandle(f *testing.F) {
 	f.Add([]byte("gcn\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		reply := s.handle(0, 0, b, srcA)
-		if reply != nil && len(reply) > len(b) && !(len(b) >= 20 && b[0] < 4) {
+		if reply != nil && len(reply) > len(b) && !wire.LooksLikeSTUN(b) {
 			t.Fatalf("amplification: %d-byte reply to %d bytes", len(reply), len(b))
 		}
 	})
@@ -273,23 +286,25 @@ func FuzzHandle(f *testing.F) {
 // A client silent for ForgetAfter leaves memory; its next keepalive brings
 // it back at the position it reports.
 func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
-	s, _, now := testServer(t, true)
-	c := newTestClient(s)
-	s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
-	*now = now.Add(ForgetAfter - time.Minute)
-	s.sendDue()
-	if len(s.Clients()) != 1 {
-		t.Fatal("forgot a client before ForgetAfter")
-	}
-	*now = now.Add(2 * time.Minute)
-	s.sendDue()
-	if len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || len(s.repos["chat.git"].subs.list) != 0 {
-		t.Fatalf("silent client kept: %d clients", len(s.Clients()))
-	}
-	pong := c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
-	if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
-		t.Fatal("a forgotten client could not come back")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		c := newTestClient(s)
+		s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+		time.Sleep(ForgetAfter - time.Minute)
+		s.sendDue()
+		if len(s.Clients()) != 1 {
+			t.Fatal("forgot a client before ForgetAfter")
+		}
+		time.Sleep(2 * time.Minute)
+		s.sendDue()
+		if len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || len(s.repos["chat.git"].subs.list) != 0 {
+			t.Fatalf("silent client kept: %d clients", len(s.Clients()))
+		}
+		pong := c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
+		if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
+			t.Fatal("a forgotten client could not come back")
+		}
+	})
 }
 
 func (c *testClient) quietKeepalive(t *testing.T, probeMillis uint32, subs ...wire.Sub) []byte {
@@ -304,54 +319,58 @@ func (c *testClient) quietKeepalive(t *testing.T, probeMillis uint32, subs ...wi
 // A quiet keepalive is answered only when the answer is news to the client;
 // otherwise it still refreshes the client's liveness and position.
 func TestQuietKeepaliveAnsweredOnlyWithNews(t *testing.T) {
-	s, _, now := testServer(t, true)
-	c := newTestClient(s)
-	known := wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}
-	if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) == nil {
-		t.Fatal("first contact: no pong")
-	}
-	*now = now.Add(25 * time.Second)
-	if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) != nil {
-		t.Fatal("answered a quiet keepalive with nothing new")
-	}
-	if st := s.Stats(); st.Quiet != 1 || st.Keepalives != 2 {
-		t.Fatalf("stats %+v", st)
-	}
-	if got := s.Clients()[0].LastSeen; !got.Equal(*now) {
-		t.Fatalf("quiet keepalive did not refresh liveness: last seen %v", got)
-	}
-	for _, tc := range []struct {
-		name string
-		ka   func() []byte
-		src  netip.AddrPort
-	}{
-		{"new address", func() []byte { return c.quietKeepalive(t, 0, known) }, srcB},
-		{"probe request", func() []byte { return c.quietKeepalive(t, 5000, known) }, srcB},
-		{"fresh subscription", func() []byte { return c.quietKeepalive(t, 0, wire.Sub{RepoID: "chat.git"}) }, srcB},
-		{"new repository", func() []byte { return c.quietKeepalive(t, 0, known, wire.Sub{RepoID: "other.git", Known: true}) }, srcB},
-		{"not quiet", func() []byte { return c.keepalive(t, known) }, srcB},
-	} {
-		*now = now.Add(time.Second)
-		reply := s.handle(0, 0, tc.ka(), tc.src)
-		if reply == nil {
-			t.Fatalf("%s: no pong", tc.name)
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		c := newTestClient(s)
+		known := wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}
+		if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) == nil {
+			t.Fatal("first contact: no pong")
 		}
-		if _, ok := c.open(t, reply).(*wire.Pong); !ok {
-			t.Fatalf("%s: reply is not a pong", tc.name)
+		time.Sleep(25 * time.Second)
+		if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) != nil {
+			t.Fatal("answered a quiet keepalive with nothing new")
 		}
-	}
+		if st := s.Stats(); st.Quiet != 1 || st.Keepalives != 2 {
+			t.Fatalf("stats %+v", st)
+		}
+		if got := s.Clients()[0].LastSeen; !got.Equal(time.Now()) {
+			t.Fatalf("quiet keepalive did not refresh liveness: last seen %v", got)
+		}
+		for _, tc := range []struct {
+			name string
+			ka   func() []byte
+			src  netip.AddrPort
+		}{
+			{"new address", func() []byte { return c.quietKeepalive(t, 0, known) }, srcB},
+			{"probe request", func() []byte { return c.quietKeepalive(t, 5000, known) }, srcB},
+			{"fresh subscription", func() []byte { return c.quietKeepalive(t, 0, wire.Sub{RepoID: "chat.git"}) }, srcB},
+			{"new repository", func() []byte { return c.quietKeepalive(t, 0, known, wire.Sub{RepoID: "other.git", Known: true}) }, srcB},
+			{"not quiet", func() []byte { return c.keepalive(t, known) }, srcB},
+		} {
+			time.Sleep(time.Second)
+			reply := s.handle(0, 0, tc.ka(), tc.src)
+			if reply == nil {
+				t.Fatalf("%s: no pong", tc.name)
+			}
+			if _, ok := c.open(t, reply).(*wire.Pong); !ok {
+				t.Fatalf("%s: reply is not a pong", tc.name)
+			}
+		}
+	})
 }
 
 // In registered mode a quiet keepalive for a repository the key may not
 // follow is answered, so the daemon learns why nothing arrives.
 func TestQuietKeepaliveRefusalIsAnswered(t *testing.T) {
-	s, _, _ := testServer(t, false)
-	c := newTestClient(s)
-	reply := s.handle(0, 0, c.quietKeepalive(t, 0, wire.Sub{RepoID: "chat.git", Known: true}), srcA)
-	if reply == nil {
-		t.Fatal("no answer to a refused quiet keepalive")
-	}
-	if p := c.open(t, reply).(*wire.Pong); p.Statuses[0].Status != wire.StatusNotAuthorised {
-		t.Fatalf("status %d", p.Statuses[0].Status)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, false)
+		c := newTestClient(s)
+		reply := s.handle(0, 0, c.quietKeepalive(t, 0, wire.Sub{RepoID: "chat.git", Known: true}), srcA)
+		if reply == nil {
+			t.Fatal("no answer to a refused quiet keepalive")
+		}
+		if p := c.open(t, reply).(*wire.Pong); p.Statuses[0].Status != wire.StatusNotAuthorised {
+			t.Fatalf("status %d", p.Statuses[0].Status)
+		}
+	})
 }

@@ -107,6 +107,17 @@ func LooksLikeGCN(b []byte) bool {
 	return len(b) >= len(Magic) && string(b[:len(Magic)]) == Magic
 }
 
+// LooksLikeSTUN reports whether b looks like a STUN message: at least a
+// header, the first two bits zero and the magic cookie at bytes 4..8 (RFC
+// 5389 §6). Both ends sort their one UDP port's traffic with it; gcn
+// datagrams start with "gcn", never with two zero bits.
+func LooksLikeSTUN(b []byte) bool {
+	return len(b) >= 20 && b[0]&0xc0 == 0 && binary.BigEndian.Uint32(b[4:8]) == stunMagicCookie
+}
+
+// stunMagicCookie is the fixed STUN cookie (RFC 5389 §6).
+const stunMagicCookie = 0x2112A442
+
 // ParseHeader checks the envelope and returns the sender's key, the nonce and
 // the sealed box. It does no cryptography, so it is cheap to run on any input.
 func ParseHeader(b []byte) (sender Key, nonce [NonceLen]byte, sealed []byte, err error) {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/gitchat/gcn-punch/hook"
 	"github.com/gitchat/gcn-punch/internal/install"
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/punch/action"
 	"github.com/gitchat/gcn-punch/rendezvous"
@@ -466,7 +467,7 @@ func runDaemon(ctx context.Context, args []string) error {
 		servers = []punch.Server{{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Key: key, Repos: ids}}
 	}
 
-	conn, err := net.ListenPacket("udp", *listen)
+	conn, err := udpconn.Listen(*listen, nil)
 	if err != nil {
 		return err
 	}
@@ -486,7 +487,7 @@ func runDaemon(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	log.Info("daemon up", "client", d.PublicKey().String(), "udp", conn.LocalAddr().String(), "ssh_registration", sshMode)
+	log.Info("daemon up", "client", d.PublicKey().String(), "udp", conn.LocalAddrPort().String(), "ssh_registration", sshMode)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if sshMode {

@@ -1,21 +1,18 @@
-package rendezvous
+package udpconn
 
 import (
 	"encoding/binary"
-	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// udpSocket is a UDP socket that the rendezvous reads with blocking
-// recvmmsg on its own and writes with sendmmsg, outside Go's netpoller.
+// mmsgConn is the Linux Conn: a UDP socket read with blocking recvmmsg on
+// its own and written with sendmmsg, outside Go's netpoller.
 //
 // Why: a socket in the netpoller is in an edge-triggered epoll set, so every
 // arriving datagram, and every sent one when its buffer is freed, wakes the
@@ -24,25 +21,27 @@ import (
 // second) a profile showed two context switches per keepalive, most of the
 // rendezvous's CPU. A blocking reader that is not woken while it pauses
 // costs one wakeup per batch instead.
-type udpSocket struct {
+type mmsgConn struct {
 	// mu is held for reading around every system call on fd, and for
 	// writing to close it, so the descriptor is never reused under a call.
 	mu     sync.RWMutex
 	fd     int
 	closed bool
-	shut   atomic.Bool // reads were shut down: they return a timeout
-	local  *net.UDPAddr
+	shut   atomic.Bool // Close has begun: reads return net.ErrClosed
+	local  netip.AddrPort
 	v6     bool
+	// Scratch system-call arguments, so that a batch allocates nothing.
+	recvs, sends sync.Pool
 }
 
-// takeUDP moves a listening *net.UDPConn's socket out of the netpoller: it
+// maxBatch is the most datagrams one system call carries; a longer batch
+// takes several.
+const maxBatch = 256
+
+// wrap moves a listening *net.UDPConn's socket out of the netpoller: it
 // keeps a blocking duplicate of the descriptor and closes the original,
 // which removes it from the runtime's epoll set.
-func takeUDP(pc net.PacketConn) (*udpSocket, error) {
-	uc, ok := pc.(*net.UDPConn)
-	if !ok {
-		return nil, errors.New("rendezvous: not a UDP socket")
-	}
+func wrap(uc *net.UDPConn) (Conn, error) {
 	raw, err := uc.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -55,7 +54,7 @@ func takeUDP(pc net.PacketConn) (*udpSocket, error) {
 	if dupErr != nil {
 		return nil, dupErr
 	}
-	local := uc.LocalAddr().(*net.UDPAddr)
+	local := Unmap(uc.LocalAddr().(*net.UDPAddr).AddrPort())
 	uc.Close()
 	if err := unix.SetNonblock(fd, false); err != nil {
 		unix.Close(fd)
@@ -66,16 +65,21 @@ func takeUDP(pc net.PacketConn) (*udpSocket, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return &udpSocket{fd: fd, local: local, v6: domain == unix.AF_INET6}, nil
+	u := &mmsgConn{fd: fd, local: local, v6: domain == unix.AF_INET6}
+	u.recvs.New = func() any { r := new(recvBatch); r.init(maxBatch); return r }
+	u.sends.New = func() any { s := new(sendBatch); s.init(maxBatch); return s }
+	return u, nil
 }
 
 // errClosed is what calls on a closed socket return.
 var errClosed = net.ErrClosed
 
-func (u *udpSocket) LocalAddr() net.Addr { return u.local }
+// LocalAddrPort implements Conn.
+func (u *mmsgConn) LocalAddrPort() netip.AddrPort { return u.local }
 
-// Close shuts the socket down, which wakes a blocked reader, then closes it.
-func (u *udpSocket) Close() error {
+// Close implements Conn: it shuts the socket down, which wakes a blocked
+// reader, then closes it.
+func (u *mmsgConn) Close() error {
 	u.shut.Store(true)
 	unix.Shutdown(u.fd, unix.SHUT_RDWR) // ENOTCONN for unconnected UDP, yet it wakes readers
 	u.mu.Lock()
@@ -87,50 +91,39 @@ func (u *udpSocket) Close() error {
 	return unix.Close(u.fd)
 }
 
-// SetReadDeadline supports only what the server uses: a time in the past
-// ends every read, now and later, as a timeout.
-func (u *udpSocket) SetReadDeadline(t time.Time) error {
-	if t.IsZero() || t.After(time.Now()) {
-		return errors.New("rendezvous: udpSocket supports only past read deadlines")
+// ReadBatch implements Conn.
+func (u *mmsgConn) ReadBatch(pkts []Packet) (int, error) {
+	r := u.recvs.Get().(*recvBatch)
+	defer u.recvs.Put(r)
+	n := min(len(pkts), maxBatch)
+	for i := range n {
+		r.bufs[i] = pkts[i].Buf[:cap(pkts[i].Buf)]
 	}
-	u.shut.Store(true)
-	unix.Shutdown(u.fd, unix.SHUT_RD)
-	return nil
+	k, err := u.readBatch(r, n)
+	for i := range k {
+		pkts[i].Buf, pkts[i].Addr = r.bufs[i][:r.lens[i]], r.srcs[i]
+	}
+	clear(r.bufs) // keep no caller's buffer alive in the pool
+	return k, err
 }
 
-func (u *udpSocket) SetDeadline(t time.Time) error { return u.SetReadDeadline(t) }
-func (u *udpSocket) SetWriteDeadline(t time.Time) error {
-	return errors.New("rendezvous: no write deadlines")
-}
-
-// ReadFrom reads one datagram.
-func (u *udpSocket) ReadFrom(b []byte) (int, net.Addr, error) {
-	if len(b) == 0 {
-		return 0, nil, errors.New("rendezvous: empty read buffer")
+// WriteBatch implements Conn.
+func (u *mmsgConn) WriteBatch(pkts []Packet) error {
+	s := u.sends.Get().(*sendBatch)
+	defer u.sends.Put(s)
+	var first error
+	for len(pkts) > 0 {
+		n := min(len(pkts), maxBatch)
+		for _, p := range pkts[:n] {
+			s.add(p.Buf, p.Addr, u.v6)
+		}
+		if err := u.writeBatch(s); err != nil && first == nil {
+			first = err
+		}
+		pkts = pkts[n:]
 	}
-	var rb recvBatch
-	rb.init(1, 0)
-	rb.bufs[0] = b
-	n, err := u.readBatch(&rb)
-	if err != nil || n == 0 {
-		return 0, nil, err
-	}
-	return rb.lens[0], net.UDPAddrFromAddrPort(rb.srcs[0]), nil
-}
-
-// WriteTo sends one datagram.
-func (u *udpSocket) WriteTo(b []byte, addr net.Addr) (int, error) {
-	ua, ok := addr.(*net.UDPAddr)
-	if !ok {
-		return 0, errors.New("rendezvous: not a UDP address")
-	}
-	var sb sendBatch
-	sb.init(1)
-	sb.add(b, ua.AddrPort(), u.v6)
-	if err := u.writeBatch(&sb); err != nil {
-		return 0, err
-	}
-	return len(b), nil
+	clear(s.iovs) // keep no caller's buffer alive in the pool
+	return first
 }
 
 // recvBatch is a reusable recvmmsg request.
@@ -143,25 +136,21 @@ type recvBatch struct {
 	srcs  []netip.AddrPort // their sources
 }
 
-// init sizes the batch; bufSize > 0 allocates each buffer.
-func (r *recvBatch) init(n, bufSize int) {
+// init sizes the batch; the caller lends the buffers for each read.
+func (r *recvBatch) init(n int) {
 	r.hdrs = make([]unix.Mmsghdr, n)
 	r.iovs = make([]unix.Iovec, n)
 	r.names = make([]unix.RawSockaddrAny, n)
 	r.bufs = make([][]byte, n)
 	r.lens = make([]int, n)
 	r.srcs = make([]netip.AddrPort, n)
-	if bufSize > 0 {
-		for i := range r.bufs {
-			r.bufs[i] = make([]byte, bufSize)
-		}
-	}
 }
 
 // readBatch blocks until at least one datagram is there and returns how
-// many it read (MSG_WAITFORONE: it never waits for a full batch).
-func (u *udpSocket) readBatch(r *recvBatch) (int, error) {
-	for i := range r.hdrs {
+// many of the first n slots it filled (MSG_WAITFORONE: it never waits for a
+// full batch).
+func (u *mmsgConn) readBatch(r *recvBatch, n int) (int, error) {
+	for i := range n {
 		r.iovs[i].Base = &r.bufs[i][0]
 		r.iovs[i].SetLen(len(r.bufs[i]))
 		h := &r.hdrs[i].Hdr
@@ -173,17 +162,17 @@ func (u *udpSocket) readBatch(r *recvBatch) (int, error) {
 	}
 	for {
 		if u.shut.Load() {
-			return 0, os.ErrDeadlineExceeded
+			return 0, errClosed
 		}
 		u.mu.RLock()
 		if u.closed {
 			u.mu.RUnlock()
 			return 0, errClosed
 		}
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), unix.MSG_WAITFORONE, 0, 0)
+		got, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(n), unix.MSG_WAITFORONE, 0, 0)
 		u.mu.RUnlock()
 		if u.shut.Load() {
-			return 0, os.ErrDeadlineExceeded
+			return 0, errClosed
 		}
 		if errno == unix.EINTR {
 			continue
@@ -192,7 +181,7 @@ func (u *udpSocket) readBatch(r *recvBatch) (int, error) {
 			return 0, errno
 		}
 		k := 0
-		for i := 0; i < int(n); i++ {
+		for i := 0; i < int(got); i++ {
 			src, ok := sockaddrToAddrPort(&r.names[i], r.hdrs[i].Hdr.Namelen)
 			if !ok || r.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
 				continue // no source, or larger than any datagram of ours
@@ -241,8 +230,6 @@ func (s *sendBatch) init(n int) {
 	s.n = 0
 }
 
-func (s *sendBatch) full() bool { return s.n == len(s.hdrs) }
-
 // add queues one datagram; v6 says the socket is IPv6, where an IPv4
 // destination is written as a v4-mapped address.
 func (s *sendBatch) add(b []byte, to netip.AddrPort, v6 bool) {
@@ -280,7 +267,7 @@ func (s *sendBatch) add(b []byte, to netip.AddrPort, v6 bool) {
 // writeBatch sends everything queued and empties the batch. A datagram the
 // kernel refuses (an unreachable destination, say) is skipped, not allowed
 // to hold back the rest; the first such error is returned.
-func (u *udpSocket) writeBatch(s *sendBatch) error {
+func (u *mmsgConn) writeBatch(s *sendBatch) error {
 	var first error
 	for sent := 0; sent < s.n; {
 		u.mu.RLock()
