@@ -2,7 +2,6 @@ package rendezvous
 
 import (
 	"net/netip"
-	"time"
 
 	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
@@ -73,60 +72,4 @@ func (sw *sender) sealAndSend(s *Server, jobs []job) {
 		sw.pkts = append(sw.pkts, udpconn.Packet{Buf: sw.buf[start:len(sw.buf):len(sw.buf)], Addr: j.to})
 	}
 	flush()
-}
-
-// Reading in batches. Under load each datagram costing its own recvfrom,
-// wakeup and sendto dominates the rendezvous's CPU, so it reads with
-// recvmmsg, answers with sendmmsg, and, when packets arrive faster than
-// coalesceAbove a second, waits coalesceWait before the next read so that
-// each call carries several. At low rates nothing waits.
-const (
-	readBatch = 64
-	// coalesceAbove is the packet rate above which reads are coalesced.
-	coalesceAbove = 2000
-	// coalesceWait delays a pong or an ack's processing by at most this;
-	// both tolerate it (retransmission timeouts start at 250 ms).
-	coalesceWait = 10 * time.Millisecond
-)
-
-// readLoop reads grid cell (ip, port)'s socket in batches and answers each
-// batch with one batch of replies.
-func (s *Server) readLoop(ip, port int) error {
-	conn := s.grid[ip][port]
-	pkts := make([]udpconn.Packet, readBatch)
-	for i := range pkts {
-		pkts[i].Buf = make([]byte, 2048)
-	}
-	replies := make([]udpconn.Packet, 0, readBatch)
-	// The packet rate: datagrams in the current second, and in the one before
-	// (so that coalescing does not stop at each second's start).
-	var windowStart time.Time
-	var windowCount, lastWindow int
-	for {
-		n, err := conn.ReadBatch(pkts)
-		if err != nil {
-			return s.readFailed(err)
-		}
-		replies = replies[:0]
-		for _, p := range pkts[:n] {
-			if reply := s.handle(ip, port, p.Buf, p.Addr); reply != nil {
-				replies = append(replies, udpconn.Packet{Buf: reply, Addr: p.Addr})
-			}
-		}
-		if len(replies) > 0 {
-			conn.WriteBatch(replies)
-		}
-		now := time.Now()
-		if now.Sub(windowStart) > time.Second {
-			lastWindow = windowCount
-			if now.Sub(windowStart) > 2*time.Second {
-				lastWindow = 0 // a quiet second went by
-			}
-			windowStart, windowCount = now, 0
-		}
-		windowCount += n
-		if n < readBatch && max(windowCount, lastWindow) > coalesceAbove {
-			time.Sleep(coalesceWait)
-		}
-	}
 }

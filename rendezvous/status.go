@@ -90,3 +90,26 @@ func WriteStats(w io.Writer, storeDir string) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(stats)
 }
+
+// ClientStatus is one row of `gcn-punch status`.
+type ClientStatus struct {
+	ID       string            `json:"id"`
+	Addr     string            `json:"address"`
+	LastSeen time.Time         `json:"last_seen"`
+	Acked    map[string]uint64 `json:"last_acked_seq"`
+}
+
+// Clients reports the live registry.
+func (s *Server) Clients() []ClientStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ClientStatus, 0, len(s.clients))
+	for _, c := range s.clients {
+		cs := ClientStatus{ID: c.key.String(), Addr: c.addr.String(), LastSeen: time.Unix(0, c.lastSeen), Acked: map[string]uint64{}}
+		for _, su := range c.subs {
+			cs.Acked[su.r.id] = su.acked
+		}
+		out = append(out, cs)
+	}
+	return out
+}

@@ -1,0 +1,212 @@
+package rendezvous
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// sub is one client's subscription to one repository: what it acked, what
+// is in flight, and when its window is sent again.
+type sub struct {
+	c *client
+	r *repo
+	// at is where it sits in the subSets it can be in (see subSet).
+	at       [2]int
+	acked    uint64 // the client handled every event up to here
+	sent     uint64 // highest seq sent in the current window
+	nextSend int64  // unix nanoseconds: when the window is sent again
+	// The authorisation last read for this subscription: its expiry (unix
+	// seconds) and when it was read (unix nanoseconds).
+	authExpiry, authRead int64
+	rto                  time.Duration
+}
+
+// onAck takes a client's acknowledgement of everything up to m.Seq.
+func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
+	su := c.sub(m.RepoID)
+	if su == nil {
+		s.stats.Unexpected++
+		return
+	}
+	s.stats.Acks++
+	c.lastSeen = now.UnixNano()
+	if m.Seq <= su.acked || m.Seq > su.r.head {
+		return // duplicate or stale ack
+	}
+	su.acked = m.Seq
+	su.sent = max(su.sent, su.acked)
+	// Progress: restart the timer for whatever is still in flight.
+	su.rto = InitialRTO
+	su.nextSend = now.Add(su.rto).UnixNano()
+	if su.acked < su.r.head {
+		s.pending.add(su)
+		s.kickSender()
+	} else {
+		s.pending.remove(su)
+	}
+}
+
+// sendDue sends new events while a subscription's window has room, and
+// retransmits the whole window when its timer expires. It returns when it
+// next has something to do.
+func (s *Server) sendDue() time.Time {
+	now := time.Now()
+	next := now.Add(idleWake)
+	var probes []job
+	s.mu.Lock()
+	if now.Sub(s.swept) >= idleWake {
+		s.swept = now
+		s.forgetSilent(now)
+	}
+	due := s.due[:0]
+	// Backwards, so that removing (which moves the last one here) is safe.
+	for i := len(s.pending.list) - 1; i >= 0; i-- {
+		su := s.pending.list[i]
+		if su.acked >= su.r.head {
+			s.pending.remove(su)
+			continue
+		}
+		if since(now, su.c.lastSeen) > ClientTimeout {
+			// Lapsed: stop retransmitting; its next keepalive resumes catch-up.
+			s.pending.remove(su)
+			continue
+		}
+		due = append(due, su)
+	}
+	s.due = due
+	for c, pr := range s.probes {
+		if due := time.Unix(0, c.lastSeen).Add(pr.after); now.Before(due) {
+			if due.Before(next) {
+				next = due
+			}
+			continue
+		}
+		delete(s.probes, c)
+		probes = append(probes, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Ping{Counter: pr.counter}})
+		s.stats.Probes++
+	}
+	s.mu.Unlock()
+	if len(probes) > 0 {
+		s.senders[0].sealAndSend(s, probes)
+	}
+	if t := s.sendChunks(due); !t.IsZero() && t.Before(next) {
+		next = t
+	}
+	clear(due) // the reused list must not keep forgotten clients alive
+	return next
+}
+
+// sendChunk is how many subscriptions a sender plans under one hold of the
+// lock before sealing and sending them outside it: small enough that the
+// reader (whose acks would otherwise overflow the socket buffer) is never
+// kept waiting long, and that the first datagrams of a large fan-out leave
+// at once; large enough to fill a sendmmsg.
+const sendChunk = 256
+
+// sendChunks plans, seals and sends what the due subscriptions owe, chunk by
+// chunk, on every sender in parallel. Each chunk's timers start when the
+// chunk is planned, just before it leaves. It returns the earliest
+// retransmission time among them (zero if none).
+func (s *Server) sendChunks(due []*sub) time.Time {
+	if len(due) == 0 {
+		return time.Time{}
+	}
+	var claimed atomic.Int64
+	nexts := make([]time.Time, len(s.senders))
+	run := func(w int) {
+		sw := s.senders[w]
+		for {
+			hi := int(claimed.Add(sendChunk))
+			lo := hi - sendChunk
+			if lo >= len(due) {
+				return
+			}
+			hi = min(hi, len(due))
+			now := time.Now()
+			s.mu.Lock()
+			sw.jobs = sw.jobs[:0]
+			for _, su := range due[lo:hi] {
+				sw.jobs = s.appendDue(sw.jobs, su, now)
+				if ns := time.Unix(0, su.nextSend); su.acked < su.r.head && (nexts[w].IsZero() || ns.Before(nexts[w])) {
+					nexts[w] = ns
+				}
+			}
+			s.mu.Unlock()
+			sw.sealAndSend(s, sw.jobs)
+		}
+	}
+	workers := min(len(s.senders), (len(due)+sendChunk-1)/sendChunk)
+	if workers == 1 {
+		run(0)
+	} else {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() { run(w) })
+		}
+		wg.Wait()
+	}
+	var next time.Time
+	for _, t := range nexts {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	return next
+}
+
+// appendDue seals what one subscription owes now: a resync notice if what
+// the client needs fell out of retention, new events that fit the window,
+// or, when the timer has expired, the whole window again.
+func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
+	r, c := su.r, su.c
+	first := r.head + 1
+	if len(r.events) > 0 {
+		first = r.events[0].Seq
+	}
+	inFlight := su.sent > su.acked
+	expired := inFlight && now.UnixNano() >= su.nextSend
+	if su.acked+1 < first {
+		if inFlight && !expired {
+			return out
+		}
+		out = append(out, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Resync{HeadSeq: r.head, FirstSeq: first, TimeMilli: now.UnixMilli(), Recipient: c.key, RepoID: r.id}})
+		s.stats.Resyncs++
+		su.sent = r.head
+		s.armTimer(su, now, expired)
+		return out
+	}
+	from := su.sent + 1
+	if expired {
+		from = su.acked + 1
+	}
+	end := min(su.acked+Window, r.head)
+	if from > end {
+		return out
+	}
+	for seq := from; seq <= end; seq++ {
+		// The event is immutable, and loading more of the log never moves
+		// it: the sender may read it outside the lock.
+		out = append(out, job{conn: c.conn, to: c.addr, c: c, r: r, ev: &r.events[seq-first]})
+		if seq <= su.sent {
+			s.stats.Retransmits++
+		} else {
+			s.stats.Notifies++
+		}
+	}
+	su.sent = max(su.sent, end)
+	if expired || !inFlight {
+		s.armTimer(su, now, expired)
+	}
+	return out
+}
+
+// armTimer starts the retransmission timer; after an expiry it backs off.
+func (s *Server) armTimer(su *sub, now time.Time, backoff bool) {
+	if backoff {
+		su.rto = min(2*su.rto, MaxRTO)
+	}
+	su.nextSend = now.Add(su.rto).UnixNano()
+}

@@ -1,0 +1,104 @@
+package rendezvous
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+type repo struct {
+	id     string
+	events []store.Event // the log's events, in order; events[i].Seq == first+i
+	head   uint64
+	offset int64 // bytes of the log file read so far
+	ino    uint64
+	// subs are the repository's followers: a subSet, so that a follower
+	// costs 8 bytes here and a poke's scan walks an array.
+	subs subSet
+}
+
+func (s *Server) repo(id string) *repo {
+	r := s.repos[id]
+	if r == nil {
+		r = &repo{id: id, subs: subSet{slot: repoSlot}}
+		s.repos[id] = r
+	}
+	return r
+}
+
+// Poke tells the server that a repository's log has grown. The hook calls it
+// through the control socket; it only notes the repository and wakes the
+// send loop, so the hook never waits for a large fan-out.
+func (s *Server) Poke(repoID string) error {
+	if err := wire.ValidRepoID(repoID); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.poked[repoID] = struct{}{}
+	s.mu.Unlock()
+	s.kickSender()
+	return nil
+}
+
+// loadPoked reads the logs that grew and marks their followers due.
+func (s *Server) loadPoked() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.poked {
+		delete(s.poked, id)
+		r, err := s.loadRepo(id)
+		if err != nil {
+			s.log.Error("cannot read event log", "repo", id, "err", err)
+			continue
+		}
+		for _, su := range r.subs.list {
+			if su.acked < r.head {
+				s.pending.add(su)
+			}
+		}
+	}
+}
+
+// loadRepo reads what is new in a repository's log; it re-reads the whole
+// log when the file was replaced by compaction. Called with mu held, or
+// before Run.
+func (s *Server) loadRepo(id string) (*repo, error) {
+	r := s.repo(id)
+	f, err := os.Open(s.cfg.Store.LogPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return r, nil
+	}
+	if err != nil {
+		return r, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return r, err
+	}
+	ino := inode(fi)
+	if ino != r.ino || fi.Size() < r.offset {
+		r.ino, r.offset, r.events = ino, 0, nil
+	}
+	if _, err := f.Seek(r.offset, 0); err != nil {
+		return r, err
+	}
+	evs, n, err := store.ReadEvents(f, r.head)
+	if err != nil {
+		return r, fmt.Errorf("rendezvous: log of %s: %w", id, err)
+	}
+	r.offset += n
+	for _, e := range evs {
+		if len(r.events) > 0 && e.Seq != r.events[len(r.events)-1].Seq+1 {
+			r.events = nil // a gap: keep only what is contiguous
+		}
+		r.events = append(r.events, e)
+	}
+	if len(r.events) > 0 {
+		r.head = r.events[len(r.events)-1].Seq
+	}
+	return r, nil
+}

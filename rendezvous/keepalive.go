@@ -1,0 +1,162 @@
+package rendezvous
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// client is one live client. It is kept small (160 bytes): the rendezvous
+// holds one per registered client, 100k of them in the benchmark.
+type client struct {
+	key      wire.Key
+	shared   [32]byte
+	addr     netip.AddrPort
+	conn     udpconn.Conn // the socket the client talks to
+	lastSeen int64        // unix nanoseconds of its last authenticated packet
+	counter  uint64
+	written  int64  // unix nanoseconds: when its record was last written
+	subs     []*sub // at most wire.MaxSubs: a slice is smaller than a map
+}
+
+// since is how long before now the unix-nanosecond time t was.
+func since(now time.Time, t int64) time.Duration { return time.Duration(now.UnixNano() - t) }
+
+// probe is a pending lifetime probe: ping with counter once the client has
+// been silent for after.
+type probe struct {
+	after   time.Duration
+	counter uint64
+}
+
+// sub finds the client's subscription to a repository.
+func (c *client) sub(repoID string) *sub {
+	for _, su := range c.subs {
+		if su.r.id == repoID {
+			return su
+		}
+	}
+	return nil
+}
+
+func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared [32]byte, m *wire.Keepalive, src netip.AddrPort, reqLen int, now time.Time) []byte {
+	if c != nil && m.Counter <= c.counter {
+		s.stats.Replayed++ // a replayed keepalive must never move the client's address
+		return nil
+	}
+	statuses := s.statuses[:len(m.Subs)]
+	clear(statuses)
+	allowed := 0
+	for i, sb := range m.Subs {
+		if !s.authorised(c, sb.RepoID, key, now) {
+			statuses[i] = wire.SubStatus{Status: wire.StatusNotAuthorised}
+			continue
+		}
+		allowed++
+	}
+	if allowed == 0 && c == nil {
+		// Not registered for anything: keep no state, answer with the
+		// (smaller) pong so the daemon can log why.
+		s.stats.Denied++
+		return s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
+	}
+	s.stats.Keepalives++
+	// A quiet keepalive is answered only with news for the client.
+	news := !m.Quiet || m.ProbeMillis > 0 || allowed < len(m.Subs)
+	if c == nil {
+		news = true
+		c = &client{key: key, shared: shared, addr: src, conn: conn}
+		s.clients[key] = c
+		s.log.Info("client up", "client", key.String()[:16], "addr", src)
+		s.queueRecord(c, now)
+	} else if c.addr != src {
+		s.stats.Rebinds++
+		news = true
+		s.log.Info("client address changed (NAT rebinding)", "client", key.String()[:16], "from", c.addr, "to", src)
+		c.addr = src
+		c.conn = conn
+		s.queueRecord(c, now)
+	} else if since(now, c.written) >= RecordRefresh {
+		s.queueRecord(c, now)
+	}
+	c.counter = m.Counter
+	c.lastSeen = now.UnixNano()
+	if m.ProbeMillis > 0 {
+		s.probes[c] = probe{after: min(time.Duration(m.ProbeMillis)*time.Millisecond, MaxProbe), counter: m.Counter}
+		s.kickSender()
+	} else {
+		delete(s.probes, c)
+	}
+	for i, sb := range m.Subs {
+		if statuses[i].Status != wire.StatusOK {
+			continue
+		}
+		r := s.repo(sb.RepoID)
+		su := c.sub(sb.RepoID)
+		if su == nil {
+			// A new follower starts at the head: no history replay. A fresh
+			// client whose earlier pong was lost keeps the start it was given.
+			su = &sub{c: c, r: r, rto: InitialRTO, acked: r.head}
+			c.subs = append(c.subs, su)
+			r.subs.add(su)
+			news = true
+		}
+		if !sb.Known {
+			news = true // the client learns where it starts from the pong
+		} else {
+			// The client's own report is the truth about what it handled.
+			su.acked = min(sb.LastSeq, r.head)
+		}
+		su.sent = su.acked
+		statuses[i] = wire.SubStatus{Status: wire.StatusOK, Position: su.acked}
+		if su.acked < r.head {
+			su.rto = InitialRTO
+			s.pending.add(su)
+			s.kickSender()
+		}
+	}
+	if !news {
+		s.stats.Quiet++
+		return nil
+	}
+	return s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
+}
+
+// authorised says whether key may follow repoID now. A subscription keeps
+// the authorisation it read for authRecheck; otherwise the file is read.
+func (s *Server) authorised(c *client, repoID string, key wire.Key, now time.Time) bool {
+	if s.cfg.Open {
+		return true
+	}
+	var su *sub
+	if c != nil {
+		su = c.sub(repoID)
+	}
+	if su != nil && since(now, su.authRead) < authRecheck {
+		return now.Unix() < su.authExpiry
+	}
+	exp, ok := s.cfg.Store.AuthExpiry(repoID, key)
+	if su != nil {
+		su.authRead, su.authExpiry = now.UnixNano(), 0
+		if ok {
+			su.authExpiry = exp.Unix()
+		}
+	}
+	return ok && now.Before(exp)
+}
+
+// seal encodes a reply, refusing (and counting) any that would be larger
+// than the request that caused it.
+func (s *Server) seal(m wire.Message, to wire.Key, shared *[32]byte, reqLen int) []byte {
+	b, err := s.sealer.Seal(nil, m, s.pub, shared)
+	if err != nil {
+		return nil
+	}
+	if len(b) > reqLen {
+		s.stats.Amplification++
+		return nil
+	}
+	return b
+}

@@ -1,0 +1,146 @@
+package rendezvous
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// readFailed says whether a read error ends the read loop (shutdown: with
+// no error; anything else: with that error).
+func (s *Server) readFailed(err error) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil
+	}
+	return fmt.Errorf("rendezvous: read: %w", err)
+}
+
+// handle processes one datagram that arrived on grid cell (ip, port) and
+// returns the reply to send back from that cell, if any. A STUN answer that
+// must leave from another cell or go elsewhere is sent here.
+func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
+	conn := s.grid[ip][port]
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if wire.LooksLikeSTUN(b) {
+		if !s.stunRL.allow(src.Addr(), now) {
+			s.stats.STUNLimited++
+			return nil
+		}
+		resp, fromIP, fromPort, to := stunAnswer(&s.grid, ip, port, b, src)
+		if resp == nil {
+			s.stats.Malformed++
+			return nil
+		}
+		s.stats.STUN++
+		if fromIP == ip && fromPort == port && to == src {
+			return resp
+		}
+		udpconn.WriteTo(s.grid[fromIP][fromPort], resp, to)
+		return nil
+	}
+	sender, _, _, err := wire.ParseHeader(b)
+	if err != nil {
+		s.stats.Malformed++
+		return nil
+	}
+	c := s.clients[sender]
+	var shared [32]byte
+	if c != nil {
+		shared = c.shared
+	} else {
+		// Precomputing a key for an unseen sender is the expensive step:
+		// limit it per source so a flood of random keys cannot burn the CPU.
+		if !s.unkRL.allow(src.Addr(), now) {
+			s.stats.Limited++
+			return nil
+		}
+		shared = wire.SharedKey(sender, s.priv)
+	}
+	_, msg, err := s.opener.Open(b, &shared)
+	switch {
+	case errors.Is(err, wire.ErrAuth):
+		s.stats.Forged++
+		return nil
+	case err != nil:
+		s.stats.Malformed++
+		return nil
+	}
+	switch m := msg.(type) {
+	case *wire.Keepalive:
+		return s.onKeepalive(conn, c, sender, shared, m, src, len(b), now)
+	case *wire.Ack:
+		if c == nil {
+			s.stats.Unexpected++ // acks only make sense from a live client
+			return nil
+		}
+		s.onAck(c, m, now)
+	default:
+		s.stats.Unexpected++
+	}
+	return nil
+}
+
+// Reading in batches. Under load each datagram costing its own recvfrom,
+// wakeup and sendto dominates the rendezvous's CPU, so it reads with
+// recvmmsg, answers with sendmmsg, and, when packets arrive faster than
+// coalesceAbove a second, waits coalesceWait before the next read so that
+// each call carries several. At low rates nothing waits.
+const (
+	readBatch = 64
+	// coalesceAbove is the packet rate above which reads are coalesced.
+	coalesceAbove = 2000
+	// coalesceWait delays a pong or an ack's processing by at most this;
+	// both tolerate it (retransmission timeouts start at 250 ms).
+	coalesceWait = 10 * time.Millisecond
+)
+
+// readLoop reads grid cell (ip, port)'s socket in batches and answers each
+// batch with one batch of replies.
+func (s *Server) readLoop(ip, port int) error {
+	conn := s.grid[ip][port]
+	pkts := make([]udpconn.Packet, readBatch)
+	for i := range pkts {
+		pkts[i].Buf = make([]byte, 2048)
+	}
+	replies := make([]udpconn.Packet, 0, readBatch)
+	// The packet rate: datagrams in the current second, and in the one before
+	// (so that coalescing does not stop at each second's start).
+	var windowStart time.Time
+	var windowCount, lastWindow int
+	for {
+		n, err := conn.ReadBatch(pkts)
+		if err != nil {
+			return s.readFailed(err)
+		}
+		replies = replies[:0]
+		for _, p := range pkts[:n] {
+			if reply := s.handle(ip, port, p.Buf, p.Addr); reply != nil {
+				replies = append(replies, udpconn.Packet{Buf: reply, Addr: p.Addr})
+			}
+		}
+		if len(replies) > 0 {
+			conn.WriteBatch(replies)
+		}
+		now := time.Now()
+		if now.Sub(windowStart) > time.Second {
+			lastWindow = windowCount
+			if now.Sub(windowStart) > 2*time.Second {
+				lastWindow = 0 // a quiet second went by
+			}
+			windowStart, windowCount = now, 0
+		}
+		windowCount += n
+		if n < readBatch && max(windowCount, lastWindow) > coalesceAbove {
+			time.Sleep(coalesceWait)
+		}
+	}
+}

@@ -1,0 +1,89 @@
+package rendezvous
+
+import (
+	"context"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// queueRecord schedules a client's record to be written. Called with mu held.
+func (s *Server) queueRecord(c *client, now time.Time) {
+	c.written = now.UnixNano()
+	s.dirty[c.key] = store.ClientRecord{ID: c.key, Heartbeat: now, Addr: c.addr}
+	select {
+	case s.recordsKick <- struct{}{}:
+	default:
+	}
+}
+
+// recordWriter writes client records off the packet path, the latest of
+// each client, in batches.
+func (s *Server) recordWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.recordsKick:
+		}
+		s.mu.Lock()
+		batch := s.dirty
+		s.dirty = make(map[wire.Key]store.ClientRecord)
+		s.mu.Unlock()
+		for _, r := range batch {
+			if err := s.cfg.Store.WriteClient(r); err != nil {
+				s.log.Error("cannot write client record", "err", err)
+			}
+			if ctx.Err() != nil {
+				return
+			}
+		}
+	}
+}
+
+// pingKnownClients asks every client whose record is recent to send a
+// keepalive now, so that after a restart delivery resumes at once.
+func (s *Server) pingKnownClients() {
+	recs, bad, err := s.cfg.Store.Clients()
+	if err != nil {
+		s.log.Warn("cannot list client records", "err", err)
+		return
+	}
+	for _, name := range bad {
+		s.log.Warn("malformed client record", "file", name)
+	}
+	now := time.Now()
+	for _, r := range recs {
+		// A record older than this is behind a NAT mapping that is long gone.
+		if !r.Recent(now) {
+			continue
+		}
+		shared := wire.SharedKey(r.ID, s.priv)
+		s.mu.Lock()
+		s.pingSeq++
+		b, err := wire.Seal(nil, &wire.Ping{Counter: s.pingSeq}, s.pub, &shared)
+		s.stats.Pings++
+		s.mu.Unlock()
+		if err == nil {
+			udpconn.WriteTo(s.cfg.Conn, b, r.Addr)
+		}
+	}
+}
+
+// forgetSilent drops clients silent for ForgetAfter. Called with mu held.
+func (s *Server) forgetSilent(now time.Time) {
+	for k, c := range s.clients {
+		if since(now, c.lastSeen) < ForgetAfter {
+			continue
+		}
+		for _, su := range c.subs {
+			su.r.subs.remove(su)
+			s.pending.remove(su)
+		}
+		delete(s.probes, c)
+		delete(s.clients, k)
+		s.stats.Forgotten++
+	}
+}
