@@ -1,0 +1,142 @@
+package punch
+
+import (
+	"context"
+	"slices"
+
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+func (d *Daemon) saveLocked() {
+	if err := d.state.save(d.cfg.StateDir); err != nil {
+		d.log.Error("cannot save state; acknowledgements withheld", "err", err)
+	}
+}
+
+func (d *Daemon) follows(p *peer, repo string) bool {
+	return slices.Contains(p.server().Repos, repo)
+}
+
+// onNotify handles notifications in order, exactly once: the position and
+// the pending action are saved before the ack leaves.
+func (d *Daemon) onNotify(p *peer, n *wire.Notify) {
+	if !d.follows(p, n.RepoID) {
+		d.count(func(s *Stats) { s.Unexpected++ })
+		return
+	}
+	d.mu.Lock()
+	rs := d.state.repo(p.key, n.RepoID)
+	if !rs.Known {
+		// No pong has told us where we start, so we cannot tell whether
+		// earlier events were lost: leave it unacked (the server sends it
+		// again) and ask for a pong now.
+		d.stats.Early++
+		d.mu.Unlock()
+		kick(p.ping)
+		return
+	}
+	switch {
+	case n.Seq <= rs.LastSeq:
+		d.stats.Duplicates++
+		last := rs.LastSeq
+		d.mu.Unlock()
+		d.send(p, &wire.Ack{RepoID: n.RepoID, Seq: last})
+		return
+	case n.Seq > rs.LastSeq+1:
+		d.stats.Reordered++
+		d.mu.Unlock()
+		p.mu.Lock()
+		h := p.held[n.RepoID]
+		if h == nil {
+			h = map[uint64]*wire.Notify{}
+			p.held[n.RepoID] = h
+		}
+		if len(h) < reorderWindow {
+			h[n.Seq] = n
+		}
+		p.mu.Unlock()
+		return
+	}
+	// In order: take it and whatever held notifications now follow it.
+	p.mu.Lock()
+	h := p.held[n.RepoID]
+	for next := n; next != nil; {
+		rs.LastSeq = next.Seq
+		d.stats.Notifications++
+		d.state.Pending = append(d.state.Pending, Event{ServerKey: p.key.String(), Repo: next.RepoID, Ref: next.Ref,
+			Old: next.Old, New: next.New, Seq: next.Seq, TimeMilli: next.TimeMilli})
+		delete(h, next.Seq)
+		next = h[next.Seq+1]
+	}
+	for seq := range h {
+		if seq <= rs.LastSeq {
+			delete(h, seq)
+		}
+	}
+	p.mu.Unlock()
+	d.commitLocked(p, n.RepoID, rs.LastSeq)
+}
+
+// commitLocked saves the state, releases mu, and only then acks and wakes
+// the action worker: nothing is acknowledged that a crash could lose.
+func (d *Daemon) commitLocked(p *peer, repo string, seq uint64) {
+	err := d.state.save(d.cfg.StateDir)
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("cannot save state; not acknowledging", "err", err)
+		return
+	}
+	d.send(p, &wire.Ack{RepoID: repo, Seq: seq})
+	d.wakeWorker()
+}
+
+func (d *Daemon) onResync(p *peer, m *wire.Resync) {
+	if !d.follows(p, m.RepoID) {
+		d.count(func(s *Stats) { s.Unexpected++ })
+		return
+	}
+	d.mu.Lock()
+	rs := d.state.repo(p.key, m.RepoID)
+	if rs.Known && m.HeadSeq <= rs.LastSeq {
+		last := rs.LastSeq
+		d.stats.Duplicates++
+		d.mu.Unlock()
+		d.send(p, &wire.Ack{RepoID: m.RepoID, Seq: last})
+		return
+	}
+	d.log.Warn("missed events: they fell out of the server's retention; resyncing with a full pull",
+		"repo", m.RepoID, "had", rs.LastSeq, "oldest_kept", m.FirstSeq, "head", m.HeadSeq)
+	rs.Known, rs.LastSeq = true, m.HeadSeq
+	d.stats.Resyncs++
+	d.state.Pending = append(d.state.Pending, Event{ServerKey: p.key.String(), Repo: m.RepoID, Seq: m.HeadSeq, TimeMilli: m.TimeMilli, Resync: true})
+	d.commitLocked(p, m.RepoID, m.HeadSeq)
+}
+
+func (d *Daemon) wakeWorker() { kick(d.work) }
+
+// actionWorker runs pending events' actions one at a time, in order, and
+// removes each from the saved state when its actions finish.
+func (d *Daemon) actionWorker(ctx context.Context) {
+	for {
+		d.mu.Lock()
+		if len(d.state.Pending) == 0 {
+			d.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.work:
+			}
+			continue
+		}
+		ev := d.state.Pending[0]
+		d.mu.Unlock()
+		// A stop (SIGTERM) lets the running action finish rather than kill
+		// the user's program half-way; only SIGKILL can interrupt it, and
+		// then it runs again after restart (GCN_SEQ lets a program notice).
+		d.cfg.Handle(context.WithoutCancel(ctx), ev)
+		d.mu.Lock()
+		d.state.Pending = d.state.Pending[1:]
+		d.saveLocked()
+		d.mu.Unlock()
+	}
+}

@@ -1,0 +1,169 @@
+package punch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// readBatch is how many datagrams the daemon takes from its socket at once.
+const readBatch = 16
+
+// readLoop is the only reader of the daemon's socket: it sorts what arrives
+// into the answers to its own STUN requests and gcn datagrams.
+func (d *Daemon) readLoop(ctx context.Context) error {
+	pkts := make([]udpconn.Packet, readBatch)
+	for i := range pkts {
+		pkts[i].Buf = make([]byte, 2048)
+	}
+	for {
+		n, err := d.cfg.Conn.ReadBatch(pkts)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("punch: read: %w", err)
+		}
+		for _, p := range pkts[:n] {
+			switch b := p.Buf; {
+			case wire.LooksLikeSTUN(b):
+				d.stun.handle(b)
+			case wire.LooksLikeGCN(b):
+				d.handleGCN(b)
+			default:
+				d.count(func(s *Stats) { s.Malformed++ })
+			}
+		}
+	}
+}
+
+func (d *Daemon) count(f func(*Stats)) {
+	d.mu.Lock()
+	f(&d.stats)
+	d.mu.Unlock()
+}
+
+func (d *Daemon) handleGCN(b []byte) {
+	sender, _, _, err := wire.ParseHeader(b)
+	if err != nil {
+		d.count(func(s *Stats) { s.Malformed++ })
+		return
+	}
+	p := d.peer(sender)
+	if p == nil {
+		d.count(func(s *Stats) { s.Unexpected++ })
+		return
+	}
+	_, msg, err := wire.Open(b, &p.shared)
+	if err != nil {
+		d.count(func(s *Stats) {
+			if errors.Is(err, wire.ErrAuth) {
+				s.Forged++
+			} else {
+				s.Malformed++
+			}
+		})
+		return
+	}
+	switch m := msg.(type) {
+	case *wire.Pong:
+		d.onPong(p, m)
+	case *wire.Notify:
+		if m.Recipient != d.pub {
+			d.count(func(s *Stats) { s.Forged++ })
+			return
+		}
+		d.onNotify(p, m)
+	case *wire.Resync:
+		if m.Recipient != d.pub {
+			d.count(func(s *Stats) { s.Forged++ })
+			return
+		}
+		d.onResync(p, m)
+	case *wire.Ping:
+		d.count(func(s *Stats) { s.Pings++ })
+		p.mu.Lock()
+		if p.probeCounter != 0 && m.Counter == p.probeCounter {
+			p.probeCounter = 0
+			p.mu.Unlock()
+			kick(p.probeOK)
+			return
+		}
+		now := time.Now()
+		due := now.Sub(p.lastPinged) >= minPingGap
+		if due {
+			p.lastPinged = now
+		}
+		p.mu.Unlock()
+		if due {
+			kick(p.ping)
+		}
+	default:
+		d.count(func(s *Stats) { s.Unexpected++ })
+	}
+}
+
+func kick(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Daemon) onPong(p *peer, m *wire.Pong) {
+	p.mu.Lock()
+	repos := p.sentFor
+	if m.Counter != p.counter || len(m.Statuses) != len(repos) {
+		p.mu.Unlock()
+		d.count(func(s *Stats) { s.Unexpected++ })
+		return
+	}
+	changed := p.observed != m.Observed
+	p.observed = m.Observed
+	p.lastPong = time.Now()
+	wasDenied := p.denied
+	p.denied = false
+	p.mu.Unlock()
+	if changed {
+		d.log.Info("rendezvous sees this daemon at", "server", p.server().Addr, "public", m.Observed)
+	}
+	d.mu.Lock()
+	d.stats.Pongs++
+	dirty := false
+	denied := 0
+	for i, st := range m.Statuses {
+		repo := repos[i]
+		switch st.Status {
+		case wire.StatusOK:
+			rs := d.state.repo(p.key, repo)
+			if !rs.Known {
+				rs.Known, rs.LastSeq = true, st.Position // a new follower starts where the server says
+				dirty = true
+			}
+		case wire.StatusNotAuthorised:
+			denied++
+			d.log.Warn("rendezvous refuses this repository: this key is not registered for it (register over SSH with gcn-heartbeat, or run the rendezvous with --open)",
+				"server", p.server().Addr, "repo", repo, "client", d.pub.String())
+		default:
+			denied++
+			d.log.Warn("rendezvous does not know this repository", "server", p.server().Addr, "repo", repo)
+		}
+	}
+	if dirty {
+		d.saveLocked()
+	}
+	d.mu.Unlock()
+	if denied == len(m.Statuses) {
+		p.mu.Lock()
+		p.denied = true
+		p.mu.Unlock()
+		if !wasDenied {
+			d.log.Warn("every repository was refused; retrying slowly", "every", DeniedRetry)
+		}
+	}
+	kick(p.pong)
+}
