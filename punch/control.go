@@ -43,14 +43,14 @@ type RepoPosition struct {
 
 // Status reports the daemon's servers and positions.
 func (d *Daemon) Status() Status {
-	d.peersMu.RLock()
-	peers := make([]*peer, 0, len(d.peers))
-	for _, p := range d.peers {
-		peers = append(peers, p)
+	d.linksMu.RLock()
+	links := make([]*serverLink, 0, len(d.links))
+	for _, p := range d.links {
+		links = append(links, p)
 	}
-	d.peersMu.RUnlock()
+	d.linksMu.RUnlock()
 	out := Status{Client: d.pub.String(), Servers: []ServerStatus{}}
-	for _, p := range peers {
+	for _, p := range links {
 		srv := p.server()
 		p.mu.Lock()
 		ss := ServerStatus{Key: p.key.String(), Addr: srv.Addr.String(), LastPong: p.lastPong, Keepalive: p.interval.String()}

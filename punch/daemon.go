@@ -87,8 +87,8 @@ type Daemon struct {
 	stun *stunClient
 	work chan struct{}
 
-	peersMu sync.RWMutex
-	peers   map[wire.Key]*peer
+	linksMu sync.RWMutex
+	links   map[wire.Key]*serverLink
 	runCtx  context.Context // set while Run runs, so Follow can start loops
 	runWG   *sync.WaitGroup
 
@@ -97,7 +97,10 @@ type Daemon struct {
 	stats Stats
 }
 
-type peer struct {
+// serverLink is the daemon's side of one rendezvous: keepalive state, the
+// shared key, and notifications held while a gap fills. (Peers in the
+// fan-out sense are other daemons.)
+type serverLink struct {
 	key     wire.Key
 	srv     atomic.Pointer[Server] // replaced whole by Follow
 	shared  [32]byte
@@ -141,9 +144,9 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, pub: pub, priv: priv, state: st,
-		peers: make(map[wire.Key]*peer), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
+		links: make(map[wire.Key]*serverLink), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
 	for _, s := range cfg.Servers {
-		if _, dup := d.peers[s.Key]; dup {
+		if _, dup := d.links[s.Key]; dup {
 			return nil, fmt.Errorf("punch: server key %s given twice", s.Key)
 		}
 		if err := d.Follow(s); err != nil {
@@ -172,9 +175,9 @@ func (d *Daemon) Follow(s Server) error {
 	if err := validServer(s); err != nil {
 		return err
 	}
-	d.peersMu.Lock()
-	defer d.peersMu.Unlock()
-	if p := d.peers[s.Key]; p != nil {
+	d.linksMu.Lock()
+	defer d.linksMu.Unlock()
+	if p := d.links[s.Key]; p != nil {
 		cur := p.server()
 		merged := Server{Addr: s.Addr, Key: s.Key, Repos: append([]string(nil), cur.Repos...)}
 		for _, r := range s.Repos {
@@ -190,29 +193,29 @@ func (d *Daemon) Follow(s Server) error {
 		kick(p.ping)
 		return nil
 	}
-	p := &peer{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1), probeOK: make(chan struct{}, 1),
+	p := &serverLink{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1), probeOK: make(chan struct{}, 1),
 		held: map[string]map[uint64]*wire.Notify{}}
 	cp := s
 	cp.Repos = append([]string(nil), s.Repos...)
 	p.srv.Store(&cp)
-	d.peers[s.Key] = p
+	d.links[s.Key] = p
 	d.rememberServer(s)
 	if d.runCtx != nil {
-		d.startPeer(p)
+		d.startLink(p)
 	}
 	return nil
 }
 
-func (p *peer) server() Server { return *p.srv.Load() }
+func (p *serverLink) server() Server { return *p.srv.Load() }
 
-func (d *Daemon) peer(key wire.Key) *peer {
-	d.peersMu.RLock()
-	defer d.peersMu.RUnlock()
-	return d.peers[key]
+func (d *Daemon) link(key wire.Key) *serverLink {
+	d.linksMu.RLock()
+	defer d.linksMu.RUnlock()
+	return d.links[key]
 }
 
-// startPeer runs a peer's loops; called with peersMu held while running.
-func (d *Daemon) startPeer(p *peer) {
+// startLink runs a server link's loops; called with linksMu held while running.
+func (d *Daemon) startLink(p *serverLink) {
 	ctx := d.runCtx
 	d.runWG.Go(func() { d.keepaliveLoop(ctx, p) })
 	d.runWG.Go(func() { d.learnReflexive(ctx, p) })
@@ -261,16 +264,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		wg.Go(func() { control.Serve(ctx, ctl, d.log, d.answerControl) })
 		wg.Go(func() { <-ctx.Done(); ctl.Close() })
 	}
-	d.peersMu.Lock()
+	d.linksMu.Lock()
 	d.runCtx, d.runWG = ctx, &wg
-	for _, p := range d.peers {
-		d.startPeer(p)
+	for _, p := range d.links {
+		d.startLink(p)
 	}
-	d.peersMu.Unlock()
+	d.linksMu.Unlock()
 	defer func() {
-		d.peersMu.Lock()
+		d.linksMu.Lock()
 		d.runCtx, d.runWG = nil, nil
-		d.peersMu.Unlock()
+		d.linksMu.Unlock()
 	}()
 	var err error
 	select {
@@ -291,7 +294,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // Observed is the public address the rendezvous last saw this daemon at.
 func (d *Daemon) Observed(server wire.Key) netip.AddrPort {
-	p := d.peer(server)
+	p := d.link(server)
 	if p == nil {
 		return netip.AddrPort{}
 	}

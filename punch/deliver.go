@@ -13,13 +13,13 @@ func (d *Daemon) saveLocked() {
 	}
 }
 
-func (d *Daemon) follows(p *peer, repo string) bool {
+func (d *Daemon) follows(p *serverLink, repo string) bool {
 	return slices.Contains(p.server().Repos, repo)
 }
 
 // onNotify handles notifications in order, exactly once: the position and
 // the pending action are saved before the ack leaves.
-func (d *Daemon) onNotify(p *peer, n *wire.Notify) {
+func (d *Daemon) onNotify(p *serverLink, n *wire.Notify) {
 	if !d.follows(p, n.RepoID) {
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
@@ -79,7 +79,7 @@ func (d *Daemon) onNotify(p *peer, n *wire.Notify) {
 
 // commitLocked saves the state, releases mu, and only then acks and wakes
 // the action worker: nothing is acknowledged that a crash could lose.
-func (d *Daemon) commitLocked(p *peer, repo string, seq uint64) {
+func (d *Daemon) commitLocked(p *serverLink, repo string, seq uint64) {
 	err := d.state.save(d.cfg.StateDir)
 	d.mu.Unlock()
 	if err != nil {
@@ -90,7 +90,7 @@ func (d *Daemon) commitLocked(p *peer, repo string, seq uint64) {
 	d.wakeWorker()
 }
 
-func (d *Daemon) onResync(p *peer, m *wire.Resync) {
+func (d *Daemon) onResync(p *serverLink, m *wire.Resync) {
 	if !d.follows(p, m.RepoID) {
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return

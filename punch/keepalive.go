@@ -8,7 +8,7 @@ import (
 	"github.com/gitchat/gcn-punch/wire"
 )
 
-func (d *Daemon) learnReflexive(ctx context.Context, p *peer) {
+func (d *Daemon) learnReflexive(ctx context.Context, p *serverLink) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	srv := p.server()
@@ -24,7 +24,7 @@ func (d *Daemon) learnReflexive(ctx context.Context, p *peer) {
 // An unanswered keepalive is repeated after 1 s, 2 s, 4 s ... up to the
 // interval. Unless the user fixed the interval, it also learns the NAT's
 // mapping lifetime (see lifetime.go) and adapts the interval to it.
-func (d *Daemon) keepaliveLoop(ctx context.Context, p *peer) {
+func (d *Daemon) keepaliveLoop(ctx context.Context, p *serverLink) {
 	retry := firstRetry
 	search := newLifetimeSearch(d.cfg.FixedKeepalive)
 	for {
@@ -78,7 +78,7 @@ func (d *Daemon) keepaliveLoop(ctx context.Context, p *peer) {
 // awaitProbe waits, silent, for the probe ping. It reports whether the
 // mapping survived, and whether the answer counts (a restart ping or the
 // daemon's own traffic cut it short).
-func (d *Daemon) awaitProbe(ctx context.Context, p *peer, x time.Duration) (survived, conclusive bool) {
+func (d *Daemon) awaitProbe(ctx context.Context, p *serverLink, x time.Duration) (survived, conclusive bool) {
 	for {
 		p.mu.Lock()
 		deadline := p.lastSent.Add(x + probeGrace)
@@ -104,7 +104,7 @@ func (d *Daemon) awaitProbe(ctx context.Context, p *peer, x time.Duration) (surv
 	}
 }
 
-func (d *Daemon) setInterval(p *peer, iv time.Duration) {
+func (d *Daemon) setInterval(p *serverLink, iv time.Duration) {
 	p.mu.Lock()
 	p.interval = iv
 	p.mu.Unlock()
@@ -112,7 +112,7 @@ func (d *Daemon) setInterval(p *peer, iv time.Duration) {
 
 // Interval is the keepalive interval in use for a server.
 func (d *Daemon) Interval(server wire.Key) time.Duration {
-	p := d.peer(server)
+	p := d.link(server)
 	if p == nil {
 		return 0
 	}
@@ -138,7 +138,7 @@ func sleepUntil(ctx context.Context, c <-chan struct{}, dur time.Duration) bool 
 
 // sendKeepalive sends a keepalive, quiet (no pong wanted) when the daemon
 // needs nothing from the answer: it reports whether it was.
-func (d *Daemon) sendKeepalive(p *peer, probe time.Duration) (quiet bool) {
+func (d *Daemon) sendKeepalive(p *serverLink, probe time.Duration) (quiet bool) {
 	srv := p.server()
 	d.mu.Lock()
 	subs := make([]wire.Sub, 0, len(srv.Repos))
@@ -167,7 +167,7 @@ func (d *Daemon) sendKeepalive(p *peer, probe time.Duration) (quiet bool) {
 	return quiet
 }
 
-func (d *Daemon) send(p *peer, m wire.Message) {
+func (d *Daemon) send(p *serverLink, m wire.Message) {
 	b, err := wire.Seal(nil, m, d.pub, &p.shared)
 	if err != nil {
 		d.log.Error("cannot seal", "err", err)

@@ -53,7 +53,7 @@ func (d *Daemon) handleGCN(b []byte) {
 		d.count(func(s *Stats) { s.Malformed++ })
 		return
 	}
-	p := d.peer(sender)
+	p := d.link(sender)
 	if p == nil {
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
@@ -114,7 +114,7 @@ func kick(c chan struct{}) {
 	}
 }
 
-func (d *Daemon) onPong(p *peer, m *wire.Pong) {
+func (d *Daemon) onPong(p *serverLink, m *wire.Pong) {
 	p.mu.Lock()
 	repos := p.sentFor
 	if m.Counter != p.counter || len(m.Statuses) != len(repos) {
