@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/gcn-punch
 GOFLAGS ?=
 
-.PHONY: all build demo test test-short race fuzz bench netns-test vet clean deb
+.PHONY: all build demo test test-short fuzz bench netns-test nat-matrix vet client-graph clean deb
 
 VERSION ?= 0.1.0
 
@@ -20,27 +20,41 @@ demo: build
 
 # The full suite: race detector on, every package, integration tests with
 # the real binary. Network-namespace tests run when root, else skip saying so.
-test: vet
+test: vet client-graph
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 # Only the netns NAT lab suite (root; it skips with one line otherwise).
-# It rewrites docs/nat-matrix.md.
 netns-test:
 	$(GO) test -count=1 -v -timeout 20m -run '^TestNAT' ./netsim/
+
+# The netns suite, and on a full pass it rewrites docs/nat-matrix.md.
+nat-matrix:
+	$(GO) test -count=1 -v -timeout 20m -run '^TestNAT' ./netsim/ -args -update
 
 vet:
 	$(GO) vet ./...
 
+# The client depends on nothing server-side and builds off Linux.
+client-graph:
+	@if $(GO) list -deps ./punch/... | grep -E 'gcn-punch/(rendezvous|hook)(/|$$)'; then \
+		echo "client-graph: the client packages above import server-side code" >&2; exit 1; fi
+	GOOS=darwin $(GO) build ./punch/...
+	GOOS=windows $(GO) build ./punch/...
+
+# Seconds, not minutes: no netns lab, no real sshd or system users, no
+# end-to-end process runs.
 test-short:
 	$(GO) test -count=1 -short ./...
 
-# Each native fuzzer for a while (FUZZTIME each).
+# Every native fuzzer in the tree, found by listing them, FUZZTIME each.
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test ./wire -run '^$$' -fuzz '^FuzzParsePlaintext$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./wire -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./rendezvous/store -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./rendezvous/store -run '^$$' -fuzz '^FuzzParseEventLine$$' -fuzztime $(FUZZTIME)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$f"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done
 
 # Fan-out, latency, memory and keepalive cost with the real binaries:
 # prints a table and writes docs/bench.md. Then the Go micro-benchmarks.

@@ -9,12 +9,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/control"
+	"github.com/gitchat/gcn-punch/internal/gitcmd"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -156,12 +156,8 @@ func RepoID(gitDir string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), gitConfigTimeout)
 	defer cancel()
 	// safe.directory: install runs this as root on the git user's repository.
-	cmd := exec.CommandContext(ctx, "git", "-c", "safe.directory=*", "config", "--get", "gcnpunch.repoid")
-	cmd.Env = append(os.Environ(), "GIT_DIR="+abs)
-	if out, err := cmd.Output(); err == nil {
-		if id := strings.TrimSpace(string(out)); id != "" {
-			return id, nil
-		}
+	if id, err := gitcmd.Output(ctx, "", "-c", "safe.directory=*", "--git-dir", abs, "config", "--get", "gcnpunch.repoid"); err == nil && id != "" {
+		return id, nil
 	}
 	base := filepath.Base(abs)
 	if base == ".git" {

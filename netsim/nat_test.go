@@ -2,12 +2,14 @@ package netsim_test
 
 // The NAT lab suite: the real gcn-punch binary in separate processes, in
 // network namespaces behind real nftables NATs. Needs root; otherwise every
-// test skips with one line. It writes docs/nat-matrix.md.
+// test skips with one line, as under -short. With -update (make nat-matrix)
+// a full passing run rewrites docs/nat-matrix.md.
 
 import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +30,8 @@ import (
 )
 
 var binary string
+
+var update = flag.Bool("update", false, "rewrite docs/nat-matrix.md from a full passing run")
 
 // matrix collects one row per scenario and NAT kind.
 var matrix struct {
@@ -84,13 +88,16 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
-	if code == 0 && allScenariosRan() {
+	if code == 0 && *update && allScenariosRan() {
 		writeMatrix()
 	}
 	os.Exit(code)
 }
 
 func skipUnlessLab(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the NAT lab takes minutes")
+	}
 	if err := netsim.Available(); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("NAT lab unavailable in CI: %v", err)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/gitcmd"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -118,20 +119,31 @@ func ParseRemote(url string) (Remote, error) {
 	return r, nil
 }
 
-func gitOut(ctx context.Context, clone string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", clone}, args...)...)
-	out, err := cmd.Output()
-	return strings.TrimSpace(string(out)), err
-}
-
 // OriginHost is the host of the clone's SSH origin.
 func OriginHost(ctx context.Context, clone string) (string, error) {
-	url, err := gitOut(ctx, clone, "config", "--get", "remote.origin.url")
+	url, err := gitcmd.OriginURL(ctx, clone)
 	if err != nil {
-		return "", fmt.Errorf("%s: no origin remote", clone)
+		return "", err
 	}
 	rem, err := ParseRemote(url)
 	return rem.Host, err
+}
+
+// OriginRepoID is the repository id a clone follows by default: the last
+// path element of its origin URL ("git@host:team/chat.git" → "chat.git").
+func OriginRepoID(ctx context.Context, clone string) (string, error) {
+	url, err := gitcmd.OriginURL(ctx, clone)
+	if err != nil {
+		return "", err
+	}
+	url = strings.TrimRight(url, "/")
+	if i := strings.LastIndexAny(url, "/:"); i >= 0 {
+		url = url[i+1:]
+	}
+	if url == "" {
+		return "", fmt.Errorf("%s: cannot take a repository id from its origin URL", clone)
+	}
+	return url, nil
 }
 
 // SSHCommand is the ssh command git would use for the clone:
@@ -140,7 +152,7 @@ func SSHCommand(ctx context.Context, clone string) string {
 	if c := os.Getenv("GIT_SSH_COMMAND"); c != "" {
 		return c
 	}
-	if c, err := gitOut(ctx, clone, "config", "--get", "core.sshCommand"); err == nil && c != "" {
+	if c, err := gitcmd.Output(ctx, clone, "config", "--get", "core.sshCommand"); err == nil && c != "" {
 		return c
 	}
 	return "ssh"
@@ -149,9 +161,9 @@ func SSHCommand(ctx context.Context, clone string) string {
 // Register runs gcn-heartbeat on the clone's origin server over SSH, with
 // BatchMode so it never prompts, and returns the server's reply.
 func Register(ctx context.Context, clone string, id wire.Key, udpPort uint16, reflexive netip.AddrPort) (wire.HeartbeatReply, Remote, error) {
-	url, err := gitOut(ctx, clone, "config", "--get", "remote.origin.url")
+	url, err := gitcmd.OriginURL(ctx, clone)
 	if err != nil {
-		return wire.HeartbeatReply{}, Remote{}, fmt.Errorf("%s: no origin remote", clone)
+		return wire.HeartbeatReply{}, Remote{}, err
 	}
 	rem, err := ParseRemote(url)
 	if err != nil {

@@ -109,6 +109,9 @@ type world struct {
 }
 
 func newWorld(t *testing.T, open bool) *world {
+	if testing.Short() {
+		t.Skip("-short: end-to-end runs with real processes take seconds")
+	}
 	w := &world{t: t, dir: t.TempDir(), open: open}
 	w.store = filepath.Join(w.dir, "store")
 	w.bare = filepath.Join(w.dir, "chat.git")

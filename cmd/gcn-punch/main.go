@@ -454,7 +454,7 @@ func runDaemon(ctx context.Context, args []string) error {
 			if len(*repoIDs) > 0 {
 				break
 			}
-			id, err := action.OriginRepoID(ctx, c)
+			id, err := punch.OriginRepoID(ctx, c)
 			if err != nil {
 				return fmt.Errorf("--repo: %w (or give --repo-id)", err)
 			}

@@ -26,6 +26,9 @@ import (
 
 func needRoot(t *testing.T, programs ...string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: real sshd and system users")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (useradd, sshd): skipped; CI runs as root")
 	}

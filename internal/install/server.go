@@ -1,12 +1,12 @@
 package install
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/gitchat/gcn-punch/hook"
 	"github.com/gitchat/gcn-punch/internal/atomicfile"
+	"github.com/gitchat/gcn-punch/internal/gitcmd"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
@@ -81,11 +82,11 @@ func resolveUser(name string) (account, error) {
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func hooksDir(repo string) (string, error) {
-	out, err := exec.Command("git", "-c", "safe.directory=*", "-C", repo, "rev-parse", "--path-format=absolute", "--git-path", "hooks").Output()
+	out, err := gitcmd.Output(context.Background(), repo, "-c", "safe.directory=*", "rev-parse", "--path-format=absolute", "--git-path", "hooks")
 	if err != nil {
 		return "", fmt.Errorf("%s is not a git repository", repo)
 	}
-	return strings.TrimSpace(string(out)), nil
+	return out, nil
 }
 
 // writeOwned writes a file atomically, chowned to the account.

@@ -2,7 +2,6 @@
 package action
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/gitcmd"
 	"github.com/gitchat/gcn-punch/punch"
 )
 
@@ -92,18 +92,11 @@ func Exec(ctx context.Context, program string, ev punch.Event) error {
 	return cmd.Run()
 }
 
+// git runs git in clone, bounded by gitTimeout.
 func git(ctx context.Context, clone string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, gitTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", clone}, args...)...)
-	// Never prompt: the daemon has no terminal.
-	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("git %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
-	}
-	return strings.TrimSpace(out.String()), nil
+	return gitcmd.Output(ctx, clone, args...)
 }
 
 // FastForward fetches, then fast-forwards every local branch that tracks the
@@ -170,23 +163,6 @@ func fastForwardBranch(ctx context.Context, clone, local, upstream string, check
 	return nil
 }
 
-// OriginRepoID is the repository id a clone follows by default: the last
-// path element of its origin URL ("git@host:team/chat.git" → "chat.git").
-func OriginRepoID(ctx context.Context, clone string) (string, error) {
-	url, err := git(ctx, clone, "config", "--get", "remote.origin.url")
-	if err != nil {
-		return "", fmt.Errorf("%s has no origin remote: %w", clone, err)
-	}
-	url = strings.TrimRight(url, "/")
-	if i := strings.LastIndexAny(url, "/:"); i >= 0 {
-		url = url[i+1:]
-	}
-	if url == "" {
-		return "", fmt.Errorf("%s: cannot take a repository id from its origin URL", clone)
-	}
-	return url, nil
-}
-
 // CloneIndex maps repository ids to the clones that follow them. It is
 // filled from the clones' origin URLs and from SSH registrations.
 type CloneIndex struct {
@@ -199,7 +175,7 @@ type CloneIndex struct {
 func NewCloneIndex(ctx context.Context, clones []string) *CloneIndex {
 	x := &CloneIndex{all: clones, byRepo: map[string][]string{}}
 	for _, c := range clones {
-		if id, err := OriginRepoID(ctx, c); err == nil {
+		if id, err := punch.OriginRepoID(ctx, c); err == nil {
 			x.Add(id, c)
 		}
 	}

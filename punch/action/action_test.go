@@ -149,7 +149,7 @@ func TestOriginRepoID(t *testing.T) {
 		"/srv/git/chat": "chat",
 	} {
 		tgit(t, clone, "remote", "set-url", "origin", url)
-		if got, err := OriginRepoID(context.Background(), clone); err != nil || got != want {
+		if got, err := punch.OriginRepoID(context.Background(), clone); err != nil || got != want {
 			t.Errorf("%s: got %q %v, want %q", url, got, err, want)
 		}
 	}
