@@ -1,8 +1,6 @@
 package rendezvous
 
-import (
-
-)
+import ()
 
 // subSet is a set of subscriptions with constant-time add and remove and a
 // dense list to scan: no hash table, which a 100k fan-out's adds, removals

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/gitchat/gcn-punch/rendezvous/bench"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+func runBench(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "loadgen" {
+		return runLoadgen(ctx, args[1:])
+	}
+	fs := newFlags("bench")
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	o := bench.Options{Binary: bin, Progress: os.Stderr}
+	sizes := fs.IntSlice("sizes", []int{1000, 10000, 100000}, "fan-out sizes (clients)")
+	kaSizes := fs.IntSlice("keepalive-sizes", []int{10000, 100000}, "keepalive-load sizes (clients)")
+	fs.IntVar(&o.Runs, "runs", 3, "runs of each measurement; figures are medians with their range")
+	fs.DurationVar(&o.Window, "window", 30*time.Second, "keepalive-load measuring window")
+	fs.IntVar(&o.LatencyPushes, "pushes", 200, "pushes for the latency measurement")
+	fs.IntVar(&o.PollSample, "poll-sample", 30, "real git fetches for the polling baseline")
+	asJSON := fs.Bool("json", false, "print the results as JSON")
+	doc := fs.String("doc", "", "also write the Markdown report here (e.g. docs/bench.md)")
+	hostNetns := fs.Bool("host-netns", false, "run in the current network namespace (default as root: a namespace of its own, with a UDP hash table sized for the simulated clients)")
+	parse(fs, args)
+	if !*hostNetns && !bench.InOwnNetns() && os.Geteuid() == 0 {
+		code, err := bench.RunInOwnNetns(os.Args)
+		if err == nil {
+			os.Exit(code)
+		}
+		fmt.Fprintf(os.Stderr, "gcn-punch bench: cannot run in a network namespace of its own (%v); running here\n", err)
+	}
+	o.Sizes, o.KeepaliveAt = *sizes, *kaSizes
+	r, err := bench.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	if *doc != "" {
+		if err := os.WriteFile(*doc, []byte(r.Doc()), 0o644); err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	r.Table(os.Stdout)
+	return nil
+}
+
+// runLoadgen is one load-generator process of `gcn-punch bench`.
+func runLoadgen(ctx context.Context, args []string) error {
+	fs := newFlags("bench loadgen")
+	server := fs.String("server", "", "rendezvous address")
+	key := fs.String("server-key", "", "rendezvous key")
+	o := bench.LoadgenOptions{}
+	fs.StringVar(&o.Repo, "repo-id", "chat.git", "repository id")
+	fs.IntVar(&o.Clients, "clients", 1000, "clients to simulate")
+	firstIP := fs.String("first-ip", "127.10.0.1", "first loopback address")
+	fs.IntVar(&o.PerIP, "per-ip", 25, "clients per address")
+	fs.DurationVar(&o.Keepalive, "keepalive", 0, "keepalive interval after registering (0: none)")
+	parse(fs, args)
+	var err error
+	if o.Server, err = netip.ParseAddrPort(*server); err != nil {
+		return err
+	}
+	if o.ServerKey, err = wire.ParseKey(*key); err != nil {
+		return err
+	}
+	if o.FirstIP, err = netip.ParseAddr(*firstIP); err != nil {
+		return err
+	}
+	// A line on stdin starts the keepalives.
+	start := make(chan struct{})
+	go func() {
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		close(start)
+	}()
+	o.Start = start
+	return bench.Loadgen(ctx, o, os.Stdout)
+}

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/punch/action"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+func runDaemon(ctx context.Context, args []string) error {
+	fs := newFlags("daemon")
+	server := fs.String("server", "", "rendezvous UDP address HOST:PORT")
+	serverKey := fs.String("server-key", "", "rendezvous public key: 64 hex characters, or @FILE")
+	repoIDs := fs.StringArray("repo-id", nil, "repository id to follow (repeatable)")
+	stateDir := fs.String("state", defaultStateDir(), "state directory (client key, positions)")
+	clones := fs.StringArray("repo", nil, "clone to fast-forward on each push (repeatable)")
+	program := fs.String("exec", "", "program to run on each notification, with GCN_* variables (no shell)")
+	keepalive := fs.Duration("keepalive", punch.DefaultKeepalive, "fixed keepalive interval (default: learned from the NAT's mapping lifetime, starting at 25s)")
+	listen := fs.String("listen", ":0", "local UDP address")
+	noDesktop := fs.Bool("no-desktop", false, "no desktop notifications even when a session bus exists")
+	verbose := fs.BoolP("verbose", "v", false, "debug logging")
+	parse(fs, args)
+	log := logger(*verbose)
+
+	sshMode := *server == "" && *serverKey == "" && len(*repoIDs) == 0
+	if sshMode && len(*clones) == 0 {
+		return fmt.Errorf("give --repo CLONE (registers over SSH), or --server, --server-key and --repo-id")
+	}
+	var servers []punch.Server
+	if !sshMode {
+		if *server == "" || *serverKey == "" {
+			return fmt.Errorf("--server and --server-key go together (or give only --repo CLONE to register over SSH)")
+		}
+		key, err := readKey(*serverKey)
+		if err != nil {
+			return fmt.Errorf("--server-key: %w", err)
+		}
+		ua, err := net.ResolveUDPAddr("udp", *server)
+		if err != nil {
+			return fmt.Errorf("--server: %w", err)
+		}
+		ids := *repoIDs
+		for _, c := range *clones {
+			if len(*repoIDs) > 0 {
+				break
+			}
+			id, err := punch.OriginRepoID(ctx, c)
+			if err != nil {
+				return fmt.Errorf("--repo: %w (or give --repo-id)", err)
+			}
+			ids = append(ids, id)
+		}
+		if len(ids) == 0 {
+			return fmt.Errorf("--repo-id is required")
+		}
+		ap := ua.AddrPort()
+		servers = []punch.Server{{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Key: key, Repos: ids}}
+	}
+
+	conn, err := udpconn.Listen(*listen, nil)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	index := action.NewCloneIndex(ctx, *clones)
+	runner := &action.Runner{Exec: *program, Clones: *clones, CloneFor: index.For, Logger: log}
+	if !*noDesktop && action.SessionBusAvailable() {
+		runner.Desktop = &action.Desktop{}
+		defer runner.Desktop.Close()
+	}
+	fixed := time.Duration(0)
+	if fs.Changed("keepalive") {
+		fixed = *keepalive
+	}
+	d, err := punch.New(punch.Config{Conn: conn, Servers: servers, StateDir: *stateDir,
+		FixedKeepalive: fixed, Handle: runner.Handle, Control: punch.ControlSocket(*stateDir), Logger: log})
+	if err != nil {
+		return err
+	}
+	log.Info("daemon up", "client", d.PublicKey().String(), "udp", conn.LocalAddrPort().String(), "ssh_registration", sshMode)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if sshMode {
+		for _, c := range *clones {
+			r := &punch.Registrar{Daemon: d, Clone: c, Logger: log, Registered: index.Add}
+			wg.Go(func() { r.Run(ctx) })
+		}
+	}
+	return d.Run(ctx)
+}
+
+// readKey takes 64 hex characters, or @FILE holding them.
+func readKey(s string) (wire.Key, error) {
+	if strings.HasPrefix(s, "@") {
+		b, err := os.ReadFile(s[1:])
+		if err != nil {
+			return wire.Key{}, err
+		}
+		s = string(b)
+	}
+	return wire.ParseKey(s)
+}
+
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "gcn-punch")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "state", "gcn-punch")
+}
+
+// runProbe diagnoses the NAT. It exits 0 with whatever could be learned,
+// 1 when nothing could.
+func runProbe(ctx context.Context, args []string) int {
+	fs := newFlags("probe")
+	server := fs.String("server", "", "rendezvous UDP address (default: the daemon's, else the current clone's origin host, port 3478)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	lifetime := fs.Bool("lifetime", false, "also measure how long the NAT keeps an idle mapping (takes minutes)")
+	lifetimeMax := fs.Duration("lifetime-max", 4*time.Minute, "bound on the waiting of --lifetime")
+	stateDir := fs.String("state", defaultStateDir(), "daemon state directory to take the rendezvous from")
+	parse(fs, args)
+	addr, err := probeServer(ctx, *server, *stateDir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gcn-punch probe: %v\n", err)
+		return 1
+	}
+	r, perr := punch.Probe(ctx, punch.ProbeOptions{Server: addr, Lifetime: *lifetime, LifetimeMax: *lifetimeMax, Progress: os.Stderr})
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(r)
+	} else {
+		r.WriteHuman(os.Stdout)
+	}
+	if perr != nil {
+		fmt.Fprintf(os.Stderr, "gcn-punch probe: %v\n", perr)
+		return 1
+	}
+	return 0
+}
+
+func probeServer(ctx context.Context, flagValue, stateDir string) (netip.AddrPort, error) {
+	if flagValue == "" {
+		if ap, err := punch.LastRendezvous(stateDir); err == nil {
+			return ap, nil
+		}
+		if id, err := punch.OriginHost(ctx, "."); err == nil {
+			flagValue = net.JoinHostPort(id, "3478")
+		} else {
+			return netip.AddrPort{}, fmt.Errorf("give --server HOST:PORT (no daemon state in %s and no SSH origin here)", stateDir)
+		}
+	}
+	ua, err := net.ResolveUDPAddr("udp4", flagValue)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	flag "github.com/spf13/pflag"
+
+	"github.com/gitchat/gcn-punch/hook"
+	"github.com/gitchat/gcn-punch/internal/install"
+	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/rendezvous"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+)
+
+func runRendezvous(ctx context.Context, args []string) error {
+	fs := newFlags("rendezvous")
+	o := rendezvous.Options{}
+	fs.StringVar(&o.Listen, "listen", ":3478", "UDP address for STUN, keepalives and notifications")
+	fs.StringVar(&o.AltListen, "alt-listen", "", "second UDP address (RFC 5780 NAT discovery)")
+	fs.StringVar(&o.StoreDir, "store", store.DefaultDir, "store directory")
+	fs.BoolVar(&o.Open, "open", false, "serve any client key for any repository (public repositories, demos)")
+	verbose := fs.BoolP("verbose", "v", false, "debug logging")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
+	parse(fs, args)
+	o.Logger = logger(*verbose)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	return rendezvous.ListenAndServe(ctx, o)
+}
+
+func runHook(args []string) {
+	fs := newFlags("hook")
+	o := hook.Options{Stdin: os.Stdin, Stderr: os.Stderr}
+	fs.StringVar(&o.StoreDir, "store", store.DefaultDir, "store directory")
+	fs.StringVar(&o.RepoID, "repo-id", "", "repository id (default: git config gcnpunch.repoid, else the directory name)")
+	// A hook that fails would fail the push: a usage error is one line on
+	// stderr and exit 0, like every other hook problem.
+	if err := parseFlags(fs, args); err == flag.ErrHelp {
+		return
+	} else if err != nil {
+		fmt.Fprintf(os.Stderr, "gcn-punch hook: %v; nothing recorded (the push itself succeeded)\n", err)
+		return
+	}
+	if _, err := hook.Run(o); err != nil {
+		fmt.Fprintf(os.Stderr, "gcn-punch hook: %v (the push itself succeeded)\n", err)
+	}
+}
+
+// runHeartbeat registers a client over SSH. Every refusal is one line on
+// stderr and exit status 1; the store is then unchanged.
+func runHeartbeat(args []string) int {
+	fs := newFlags("heartbeat")
+	fs.SetOutput(io.Discard)
+	// The store comes from the git-shell wrapper's environment, never from
+	// the client: over SSH a client chooses the arguments but not GCN_STORE.
+	storeDir := store.DefaultDir
+	if d := os.Getenv("GCN_STORE"); d != "" {
+		storeDir = d
+	}
+	var req rendezvous.HeartbeatRequest
+	fs.StringVar(&req.RepoPath, "repo", "", "repository path, as in the clone's URL")
+	fs.StringVar(&req.ID, "id", "", "client public key, 64 hex characters")
+	fs.StringVar(&req.Port, "port", "", "client UDP port")
+	fs.StringVar(&req.Reflexive, "reflexive", "-", "client public address as STUN saw it, or -")
+	fail := func(err error) int {
+		fmt.Fprintf(os.Stderr, "gcn-heartbeat: %s\n", strings.ReplaceAll(strings.TrimPrefix(err.Error(), "gcn-heartbeat: "), "\n", " "))
+		return 1
+	}
+	if err := fs.Parse(args); err != nil {
+		return fail(err)
+	}
+	if fs.NArg() > 0 {
+		return fail(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	// Opened without creating anything: a refusal leaves the store as it was.
+	if fi, err := os.Stat(storeDir); err != nil || !fi.IsDir() {
+		return fail(fmt.Errorf("no store at %s", storeDir))
+	}
+	st := &store.Store{Dir: storeDir}
+	home, _ := os.UserHomeDir()
+	reply, err := rendezvous.Heartbeat(st, req, os.Getenv("SSH_CONNECTION"), home, time.Now())
+	if err != nil {
+		return fail(err)
+	}
+	fmt.Print(reply.String())
+	return 0
+}
+
+func runInstall(cmd string, args []string) error {
+	if len(args) == 0 || (args[0] != "server" && args[0] != "client") {
+		return fmt.Errorf("usage: gcn-punch %s server|client --repo PATH [flags]", cmd)
+	}
+	side := args[0]
+	fs := newFlags(cmd + " " + side)
+	repo := fs.String("repo", "", "repository (server) or clone (client)")
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	binary := fs.String("binary", bin, "path of gcn-punch that units and hooks run")
+	var srv install.ServerInstall
+	var cli install.ClientInstall
+	printUnit := false
+	if side == "server" {
+		fs.StringVar(&srv.Store, "store", store.DefaultDir, "store directory")
+		fs.StringVar(&srv.Listen, "listen", ":3478", "UDP address for the rendezvous unit")
+		fs.StringVar(&srv.User, "user", "", "the git user (required as root)")
+		fs.StringVar(&srv.RepoID, "repo-id", "", "repository id (default: git config gcnpunch.repoid, else the directory name)")
+		fs.StringVar(&srv.UnitPath, "unit", install.UnitPath, "where root writes the rendezvous's systemd unit")
+		fs.BoolVar(&printUnit, "print-unit", false, "print the rendezvous's systemd unit for --user, --store, --listen, --binary; change nothing")
+	} else {
+		fs.StringVar(&cli.Exec, "exec", "", "program the daemon runs on each notification")
+	}
+	parse(fs, args[1:])
+	if printUnit {
+		fmt.Print(install.Unit(srv.User, *binary, srv.Listen, srv.Store))
+		return nil
+	}
+	if *repo == "" {
+		return fmt.Errorf("--repo is required")
+	}
+	if side == "server" {
+		srv.Repo, srv.Binary, srv.Out = *repo, *binary, os.Stdout
+		if cmd == "install" {
+			return srv.Install()
+		}
+		return srv.Uninstall()
+	}
+	cli.Repo, cli.Binary, cli.Out = *repo, *binary, os.Stdout
+	if cmd == "install" {
+		return cli.Install()
+	}
+	return cli.Uninstall()
+}
+
+func runStatus(args []string) error {
+	fs := newFlags("status")
+	dir := fs.String("store", store.DefaultDir, "store directory (the server side)")
+	stateDir := fs.String("state", "", "a daemon's state directory: the client side")
+	asJSON := fs.Bool("json", false, "print JSON")
+	stats := fs.Bool("stats", false, "print the running rendezvous's (or with --state, daemon's) counters as JSON")
+	parse(fs, args)
+	if *stateDir != "" {
+		if *stats {
+			return punch.WriteStats(os.Stdout, *stateDir)
+		}
+		return punch.WriteStatus(os.Stdout, *stateDir, *asJSON)
+	}
+	if *stats {
+		return rendezvous.WriteStats(os.Stdout, *dir)
+	}
+	return rendezvous.WriteStatus(os.Stdout, *dir, *asJSON)
+}

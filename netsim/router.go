@@ -1,0 +1,224 @@
+package netsim
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func (l *Lab) addRouter(i int, spec RouterSpec) (*Router, error) {
+	if spec.Clients < 1 {
+		spec.Clients = 1
+	}
+	if (spec.Kind == FullCone || spec.Kind == AddressRestricted) && spec.Clients != 1 {
+		return nil, fmt.Errorf("netsim: a %s router forwards to exactly one client", spec.Kind)
+	}
+	if spec.Hairpin && spec.Kind == Symmetric {
+		return nil, fmt.Errorf("netsim: hairpinning is emulated for endpoint-independent mapping only")
+	}
+	r := &Router{Spec: spec, lab: l, LANNet: fmt.Sprintf("198.19.%d.0/24", i)}
+	r.NS = l.ns(fmt.Sprintf("r%d", i))
+	if err := l.addNS(r.NS); err != nil {
+		return nil, err
+	}
+	if spec.CGNAT {
+		// home router wan0 → carrier NAT in0 (198.19.100+i.0/24) → WAN.
+		r.CGN = &Host{NS: l.ns(fmt.Sprintf("cgn%d", i)), Addr: netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", 50+i))}
+		if err := l.addNS(r.CGN.NS); err != nil {
+			return nil, err
+		}
+		if err := l.wanLink(r.CGN.NS, "wan0", fmt.Sprintf("c%d", i), r.CGN.Addr.String()+"/24"); err != nil {
+			return nil, err
+		}
+		inner := fmt.Sprintf("198.19.%d", 100+i)
+		if err := sh("ip", "-n", r.NS, "link", "add", "wan0", "type", "veth", "peer", "name", "in0", "netns", r.CGN.NS); err != nil {
+			return nil, err
+		}
+		r.Addr = netip.MustParseAddr(inner + ".2")
+		for _, c := range [][]string{
+			{r.CGN.NS, "ip", "addr", "add", inner + ".1/24", "dev", "in0"},
+			{r.CGN.NS, "ip", "link", "set", "in0", "up"},
+			{r.NS, "ip", "addr", "add", inner + ".2/24", "dev", "wan0"},
+			{r.NS, "ip", "link", "set", "wan0", "up"},
+			{r.NS, "ip", "route", "add", "default", "via", inner + ".1"},
+			{r.CGN.NS, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		} {
+			if err := inNS(c[0], c[1], c[2:]...); err != nil {
+				return nil, err
+			}
+		}
+		// The carrier NAT is a plain Linux masquerade: port-restricted cone.
+		if err := nftApply(r.CGN.NS, "table ip gcn {\n chain postrouting {\n  type nat hook postrouting priority 100; policy accept;\n  oifname \"wan0\" masquerade\n }\n}\n"); err != nil {
+			return nil, err
+		}
+	} else {
+		r.Addr = netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", 10+i))
+		if err := l.wanLink(r.NS, "wan0", fmt.Sprintf("r%d", i), r.Addr.String()+"/24"); err != nil {
+			return nil, err
+		}
+	}
+	lanGW := fmt.Sprintf("198.19.%d.1", i)
+	for _, c := range [][]string{
+		{"ip", "link", "add", "lan0", "type", "bridge"},
+		{"ip", "addr", "add", lanGW + "/24", "dev", "lan0"},
+		{"ip", "link", "set", "lan0", "up"},
+		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	} {
+		if err := inNS(r.NS, c[0], c[1:]...); err != nil {
+			return nil, err
+		}
+	}
+	for j := 1; j <= spec.Clients; j++ {
+		h := &Host{NS: l.ns(fmt.Sprintf("r%dc%d", i, j)), Addr: netip.MustParseAddr(fmt.Sprintf("198.19.%d.%d", i, 10+j))}
+		if err := l.addNS(h.NS); err != nil {
+			return nil, err
+		}
+		port := fmt.Sprintf("c%d", j)
+		if err := sh("ip", "-n", h.NS, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", r.NS); err != nil {
+			return nil, err
+		}
+		for _, c := range [][]string{
+			{r.NS, "ip", "link", "set", port, "master", "lan0", "up"},
+			{h.NS, "ip", "addr", "add", h.Addr.String() + "/24", "dev", "eth0"},
+			{h.NS, "ip", "link", "set", "eth0", "up"},
+			{h.NS, "ip", "route", "add", "default", "via", lanGW},
+		} {
+			if err := inNS(c[0], c[1], c[2:]...); err != nil {
+				return nil, err
+			}
+		}
+		r.Clients = append(r.Clients, h)
+	}
+	if spec.UDPTimeout > 0 {
+		if err := r.SetUDPTimeout(spec.UDPTimeout); err != nil {
+			return nil, err
+		}
+	}
+	return r, r.apply()
+}
+
+// SetUDPTimeout sets the router's conntrack UDP timeouts (the mapping lifetime).
+func (r *Router) SetUDPTimeout(d time.Duration) error {
+	// Conntrack's sysctls appear in a namespace once it tracks something:
+	// load the NAT rules first if needed.
+	r.mu.Lock()
+	r.Spec.UDPTimeout = d
+	r.mu.Unlock()
+	if err := r.apply(); err != nil {
+		return err
+	}
+	s := strconv.Itoa(int(d.Seconds()))
+	return inNS(r.NS, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout="+s, "net.netfilter.nf_conntrack_udp_timeout_stream="+s)
+}
+
+// ruleset renders the router's nftables rules from its spec.
+func (r *Router) ruleset() string {
+	client := r.Clients[0].Addr.String()
+	var pre, post, fwd []string
+	post = append(post, `oifname "wan0" masquerade`)
+	if r.Spec.Kind == Symmetric {
+		post = []string{`oifname "wan0" masquerade fully-random`}
+	}
+	if r.rebound {
+		// After a reboot the router picks new external ports.
+		post = []string{`oifname "wan0" ip protocol udp masquerade to :40000-49999 random`, `oifname "wan0" masquerade`}
+	}
+	sets := ""
+	switch r.Spec.Kind {
+	case FullCone:
+		pre = append(pre, `iifname "wan0" udp dport 1024-65535 dnat to `+client)
+	case AddressRestricted:
+		timeout := r.Spec.UDPTimeout
+		if timeout == 0 {
+			timeout = 120 * time.Second // Linux's stream timeout
+		}
+		sets = fmt.Sprintf(" set seen {\n  type inet_service . ipv4_addr\n  flags dynamic,timeout\n  timeout %ds\n }\n", int(timeout.Seconds()))
+		fwd = append(fwd, `iifname "lan0" oifname "wan0" ip saddr `+client+` update @seen { udp sport . ip daddr }`)
+		pre = append(pre, `iifname "wan0" udp dport . ip saddr @seen dnat to `+client)
+	}
+	if r.Spec.Hairpin {
+		// Learn public port → client from outbound traffic (the port is
+		// kept by these kinds), send LAN packets for the public address
+		// back in, and make them come from the public address.
+		timeout := r.Spec.UDPTimeout
+		if timeout == 0 {
+			timeout = 120 * time.Second
+		}
+		sets += fmt.Sprintf(" map hairpin {\n  type inet_service : ipv4_addr\n  flags dynamic,timeout\n  timeout %ds\n }\n", int(timeout.Seconds()))
+		fwd = append(fwd, `iifname "lan0" oifname "wan0" update @hairpin { udp sport : ip saddr }`)
+		pre = append(pre, `iifname "lan0" ip daddr `+r.Addr.String()+` dnat to udp dport map @hairpin`)
+		// (postrouting has no input interface: match the LAN source instead)
+		post = append([]string{`ip saddr ` + r.LANNet + ` oifname "lan0" ip protocol udp snat to ` + r.Addr.String()}, post...)
+	}
+	if r.Spec.BlockUDP {
+		fwd = append(fwd, `meta l4proto udp drop`)
+	}
+	if r.Spec.LossPercent > 0 {
+		fwd = append(fwd, fmt.Sprintf(`meta l4proto udp numgen random mod 100 < %d drop`, r.Spec.LossPercent))
+	}
+	chain := func(name, hook string, prio int, stmts []string) string {
+		typ := "nat"
+		if hook == "forward" {
+			typ = "filter"
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, " chain %s {\n  type %s hook %s priority %d; policy accept;\n", name, typ, hook, prio)
+		for _, s := range stmts {
+			b.WriteString("  " + s + "\n")
+		}
+		b.WriteString(" }\n")
+		return b.String()
+	}
+	return "table ip gcn {\n" + sets + chain("prerouting", "prerouting", -100, pre) +
+		chain("postrouting", "postrouting", 100, post) + chain("forward", "forward", 0, fwd) + "}\n"
+}
+
+func nftApply(ns, rules string) error {
+	// Replace the whole table atomically: delete (if present) and add in one run.
+	exec.Command("ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "gcn").Run()
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft in %s: %v: %s\n%s", ns, err, bytes.TrimSpace(out), rules)
+	}
+	return nil
+}
+
+func (r *Router) apply() error {
+	r.mu.Lock()
+	rules := r.ruleset()
+	r.mu.Unlock()
+	return nftApply(r.NS, rules)
+}
+
+// SetLoss changes the router's random UDP loss.
+func (r *Router) SetLoss(percent int) error {
+	r.mu.Lock()
+	r.Spec.LossPercent = percent
+	r.mu.Unlock()
+	return r.apply()
+}
+
+// SetBlockUDP blocks or unblocks forwarded UDP.
+func (r *Router) SetBlockUDP(on bool) error {
+	r.mu.Lock()
+	r.Spec.BlockUDP = on
+	r.mu.Unlock()
+	return r.apply()
+}
+
+// Rebind simulates a router reboot: every mapping is forgotten and new
+// ones get new external ports.
+func (r *Router) Rebind() error {
+	r.mu.Lock()
+	r.rebound = true
+	r.mu.Unlock()
+	if err := r.apply(); err != nil {
+		return err
+	}
+	return inNS(r.NS, "conntrack", "-F")
+}

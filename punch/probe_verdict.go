@@ -1,0 +1,139 @@
+package punch
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// kinds are the other side's NATs a peer-to-peer path is judged against.
+var kinds = []struct{ name, mapping, filtering string }{
+	{"full cone", EndpointIndependent, EndpointIndependent},
+	{"address-restricted cone", EndpointIndependent, AddressDependent},
+	{"port-restricted cone", EndpointIndependent, AddressAndPortDependent},
+	{"symmetric", AddressAndPortDependent, AddressAndPortDependent},
+}
+
+// punchable says whether two NATs can be hole-punched directly: a side
+// whose mapping varies by destination can only be reached by a peer whose
+// filtering does not care about the port.
+func punchable(m1, f1, m2, f2 string) bool {
+	v1, v2 := m1 != EndpointIndependent, m2 != EndpointIndependent
+	switch {
+	case !v1 && !v2:
+		return true
+	case v1 && v2:
+		return false
+	case v1:
+		return f2 != AddressAndPortDependent
+	default:
+		return f1 != AddressAndPortDependent
+	}
+}
+
+func verdict(r ProbeReport) ProbeVerdict {
+	v := ProbeVerdict{PeerToPeer: map[string]string{}}
+	if !r.UDP {
+		v.Push = "no: UDP to the rendezvous gets no answer (blocked here, or the server is down); notifications cannot arrive until that changes"
+		v.Keepalive = "none can help while UDP is blocked"
+		return v
+	}
+	v.Push = "yes: the rendezvous sends each notification down the path your NAT keeps open for the daemon's keepalives; no port needs opening"
+	if r.LifetimeSec != nil {
+		iv := time.Duration(*r.LifetimeSec * safetyMargin * float64(time.Second)).Round(time.Second)
+		v.Keepalive = fmt.Sprintf("your NAT kept an idle mapping %.0f s: a keepalive every %v suffices (the daemon finds this by itself)", *r.LifetimeSec, iv)
+	} else {
+		v.Keepalive = "the daemon learns your NAT's mapping lifetime by itself, starting at 25 s (measure it here with --lifetime)"
+	}
+	if r.Mapping == nil || r.Filtering == nil {
+		for _, k := range kinds {
+			v.PeerToPeer[k.name] = "unknown: mapping or filtering could not be tested"
+		}
+		return v
+	}
+	for _, k := range kinds {
+		if punchable(*r.Mapping, *r.Filtering, k.mapping, k.filtering) {
+			v.PeerToPeer[k.name] = "direct (hole punching works)"
+		} else {
+			v.PeerToPeer[k.name] = "needs a relay; notifications still arrive through the rendezvous"
+		}
+	}
+	return v
+}
+
+// WriteHuman prints the report for a person.
+func (r ProbeReport) WriteHuman(w io.Writer) {
+	val := func(s *string) string {
+		if s == nil {
+			return "not tested"
+		}
+		return *s
+	}
+	yes := func(b *bool) string {
+		switch {
+		case b == nil:
+			return "not tested"
+		case *b:
+			return "yes"
+		}
+		return "no"
+	}
+	fmt.Fprintf(w, "gcn-punch probe: rendezvous %s", r.Server)
+	if r.OtherAddress != "" {
+		fmt.Fprintf(w, " (second address %s)", r.OtherAddress)
+	}
+	fmt.Fprintf(w, ", %d ms\n\n", r.DurationMillis)
+	fmt.Fprintf(w, "  UDP to the rendezvous   %s\n", yes(&r.UDP))
+	if len(r.Reflexive) > 0 {
+		fmt.Fprintf(w, "  public address          %s (port preserved: %s)\n", strings.Join(r.Reflexive, ", "), yes(r.PortPreserving))
+	}
+	if r.NoNAT {
+		fmt.Fprintln(w, "                          (this machine's own address: no NAT in between)")
+	}
+	fmt.Fprintf(w, "  mapping                 %s\n", val(r.Mapping))
+	fmt.Fprintf(w, "  filtering               %s\n", val(r.Filtering))
+	if r.Mapping != nil && r.Filtering != nil && !r.NoNAT {
+		for _, k := range kinds {
+			if k.mapping == *r.Mapping && k.filtering == *r.Filtering {
+				fmt.Fprintf(w, "                          (a %s NAT)\n", k.name)
+			}
+		}
+	}
+	fmt.Fprintf(w, "  hairpinning             %s\n", yes(r.Hairpinning))
+	if r.LifetimeSec != nil {
+		fmt.Fprintf(w, "  mapping lifetime        %.0f s idle\n", *r.LifetimeSec)
+	}
+	fmt.Fprintf(w, "\nWill push notifications reach this machine?\n  %s\nKeepalive:\n  %s\n", r.Verdict.Push, r.Verdict.Keepalive)
+	if len(r.Verdict.PeerToPeer) > 0 {
+		fmt.Fprintln(w, "Peer-to-peer with a client behind:")
+		for _, k := range kinds {
+			fmt.Fprintf(w, "  %-25s %s\n", k.name, r.Verdict.PeerToPeer[k.name])
+		}
+	}
+	if len(r.Untested) > 0 {
+		fmt.Fprintln(w, "\nCould not test:")
+		for _, u := range r.Untested {
+			fmt.Fprintf(w, "  - %s\n", u)
+		}
+	}
+}
+
+func noNATFor(m1 netip.AddrPort, preserved bool) bool { return preserved && isLocalAddr(m1.Addr()) }
+
+// isLocalAddr reports whether ip is one of this machine's own addresses:
+// then there is no NAT between it and the rendezvous.
+func isLocalAddr(ip netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if pfx, err := netip.ParsePrefix(a.String()); err == nil && pfx.Addr().Unmap() == ip {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+)
+
+// fanOutOnce returns ms until all acked, µs CPU per recipient, RSS bytes per idle client.
+func fanOutOnce(ctx context.Context, o Options, n int) ([3]float64, error) {
+	var res [3]float64
+	rp, err := startRendezvous(o)
+	if err != nil {
+		return res, err
+	}
+	defer rp.stop()
+	time.Sleep(300 * time.Millisecond)
+	pid := rp.cmd.Process.Pid
+	rss0, err := procRSS(pid)
+	if err != nil {
+		return res, err
+	}
+	gens, evs, _, err := startGenerators(ctx, o, rp, n, 0)
+	defer stopAll(gens)
+	if err != nil {
+		return res, err
+	}
+	if _, err := await(evs, "registered", 5*time.Minute); err != nil {
+		return res, err
+	}
+	waitIdle(pid)
+	rss1, _ := procRSS(pid)
+	cpu0, _ := procCPU(pid)
+	t0 := time.Now()
+	if err := rp.hook(o, 1); err != nil {
+		return res, err
+	}
+	last, err := await(evs, "notified", 2*time.Minute)
+	if err != nil {
+		return res, err
+	}
+	time.Sleep(200 * time.Millisecond) // the last acks reach the rendezvous
+	cpu1, _ := procCPU(pid)
+	res[0] = float64(time.Unix(0, last).Sub(t0).Microseconds()) / 1000
+	res[1] = float64((cpu1 - cpu0).Microseconds()) / float64(n)
+	res[2] = float64(rss1-rss0) / float64(n)
+	return res, nil
+}
+
+// keepaliveOnce returns the rendezvous's CPU % of one core while n clients
+// keep alive every 25 s.
+func keepaliveOnce(ctx context.Context, o Options, n int) (float64, error) {
+	rp, err := startRendezvous(o)
+	if err != nil {
+		return 0, err
+	}
+	defer rp.stop()
+	gens, evs, starts, err := startGenerators(ctx, o, rp, n, 25*time.Second)
+	defer stopAll(gens)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := await(evs, "registered", 5*time.Minute); err != nil {
+		return 0, err
+	}
+	pid := rp.cmd.Process.Pid
+	waitIdle(pid) // past the registration burst and its record writes
+	for _, s := range starts {
+		io.WriteString(s, "keepalive\n")
+	}
+	time.Sleep(time.Second)
+	cpu0, _ := procCPU(pid)
+	t0 := time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(o.Window):
+	}
+	cpu1, _ := procCPU(pid)
+	return 100 * (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds(), nil
+}
+
+// latencyOnce returns p50 and p99 (ms) from the hook starting to the
+// daemon's --exec program starting, over LatencyPushes pushes.
+func latencyOnce(ctx context.Context, o Options) (float64, float64, error) {
+	rp, err := startRendezvous(o)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rp.stop()
+	out := filepath.Join(rp.dir, "exec.times")
+	prog := filepath.Join(rp.dir, "on-push")
+	// bash's $EPOCHREALTIME: the program's first act records the time.
+	os.WriteFile(prog, []byte("#!/bin/bash\necho \"$EPOCHREALTIME $GCN_SEQ\" >> "+out+"\n"), 0o755)
+	d := exec.CommandContext(ctx, o.Binary, "daemon", "--server", rp.addr.String(), "--server-key", rp.key.String(),
+		"--repo-id", "chat.git", "--state", filepath.Join(rp.dir, "state"), "--exec", prog, "--no-desktop")
+	if err := d.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer func() { d.Process.Kill(); d.Wait() }()
+	for i := 0; i < 200; i++ {
+		if daemonKnowsPosition(filepath.Join(rp.dir, "state")) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	starts := make([]time.Time, o.LatencyPushes+1)
+	for i := 1; i <= o.LatencyPushes; i++ {
+		starts[i] = time.Now()
+		if err := rp.hook(o, i); err != nil {
+			return 0, 0, err
+		}
+		// One push at a time: wait for its exec, bounded.
+		for j := 0; j < 500 && countLines(out) < i; j++ {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	b, _ := os.ReadFile(out)
+	var lat []float64
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 2 {
+			continue
+		}
+		sec, err1 := strconv.ParseFloat(f[0], 64)
+		seq, err2 := strconv.Atoi(f[1])
+		if err1 != nil || err2 != nil || seq < 1 || seq > o.LatencyPushes {
+			continue
+		}
+		lat = append(lat, (sec-float64(starts[seq].UnixNano())/1e9)*1000)
+	}
+	if len(lat) != o.LatencyPushes {
+		return 0, 0, fmt.Errorf("%d of %d pushes reached --exec", len(lat), o.LatencyPushes)
+	}
+	sort.Float64s(lat)
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
+// pollingBaseline measures real `git fetch` runs against a test repository
+// with one new commit each time, as a 60 s polling loop would see.
+func pollingBaseline(ctx context.Context, o Options) (Polling, error) {
+	p := Polling{IntervalSec: 60, MeanLatencySec: 30, WorstLatencySec: 60, Sample: o.PollSample, CPUSecPerMinutePerN: map[int]float64{}}
+	dir, err := os.MkdirTemp("", "gcn-bench-poll")
+	if err != nil {
+		return p, err
+	}
+	defer os.RemoveAll(dir)
+	env := append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "GIT_AUTHOR_NAME=b", "GIT_AUTHOR_EMAIL=b@example.invalid",
+		"GIT_COMMITTER_NAME=b", "GIT_COMMITTER_EMAIL=b@example.invalid")
+	git := func(args ...string) error {
+		cmd := exec.CommandContext(ctx, "git", args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("git %v: %v %s", args, err, out)
+		}
+		return nil
+	}
+	bare, pusher, poller := filepath.Join(dir, "chat.git"), filepath.Join(dir, "pusher"), filepath.Join(dir, "poller")
+	for _, a := range [][]string{{"init", "-q", "--bare", bare}, {"clone", "-q", bare, pusher},
+		{"-C", pusher, "commit", "-q", "--allow-empty", "-m", "0"}, {"-C", pusher, "push", "-q", "origin", "HEAD:main"},
+		{"clone", "-q", bare, poller}} {
+		if err := git(a...); err != nil {
+			return p, err
+		}
+	}
+	var cpu []float64
+	for i := 0; i < o.PollSample; i++ {
+		if err := git("-C", pusher, "commit", "-q", "--allow-empty", "-m", strconv.Itoa(i+1)); err != nil {
+			return p, err
+		}
+		if err := git("-C", pusher, "push", "-q", "origin", "HEAD:main"); err != nil {
+			return p, err
+		}
+		cmd := exec.CommandContext(ctx, "git", "-C", poller, "fetch", "-q", "origin")
+		cmd.Env = env
+		if err := cmd.Run(); err != nil {
+			return p, err
+		}
+		// The fetch's rusage includes git-upload-pack, the server's side.
+		cpu = append(cpu, float64((cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime()).Microseconds())/1000)
+	}
+	p.CPUMillisPerFetch = spread(cpu)
+	for _, n := range o.Sizes {
+		p.CPUSecPerMinutePerN[n] = float64(n) * p.CPUMillisPerFetch.Median / 1000
+	}
+	return p, nil
+}

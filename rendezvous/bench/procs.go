@@ -1,0 +1,233 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/control"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Date: time.Now().UTC().Format("2006-01-02"),
+		UDPHashEntries: udpHashEntries(), OwnNetns: InOwnNetns()}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// procCPU is a process's user+system CPU time, from /proc/PID/stat.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	const clkTck = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / clkTck, nil
+}
+
+// procRSS is a process's resident set, from /proc/PID/status.
+func procRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			return kb * 1024, nil
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// rendezvousProc is a running rendezvous for one measurement.
+type rendezvousProc struct {
+	cmd   *exec.Cmd
+	dir   string
+	addr  netip.AddrPort
+	key   wire.Key
+	store string
+}
+
+func startRendezvous(o Options) (*rendezvousProc, error) {
+	dir, err := os.MkdirTemp("", "gcn-bench")
+	if err != nil {
+		return nil, err
+	}
+	rp := &rendezvousProc{dir: dir, store: filepath.Join(dir, "store")}
+	rp.cmd = exec.Command(o.Binary, "rendezvous", "--listen", "127.0.0.1:0", "--store", rp.store, "--open")
+	log, _ := os.Create(filepath.Join(dir, "rendezvous.log"))
+	rp.cmd.Stdout, rp.cmd.Stderr = log, log
+	if err := rp.cmd.Start(); err != nil {
+		return nil, err
+	}
+	for i := 0; i < 200; i++ {
+		a, err1 := os.ReadFile(filepath.Join(rp.store, "rendezvous.addr"))
+		k, err2 := os.ReadFile(filepath.Join(rp.store, "server.pub"))
+		if err1 == nil && err2 == nil {
+			if rp.addr, err = netip.ParseAddrPort(strings.TrimSpace(string(a))); err == nil {
+				rp.key, err = wire.ParseKey(string(k))
+			}
+			return rp, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rp.stop()
+	return nil, errors.New("rendezvous did not start")
+}
+
+func (rp *rendezvousProc) stop() {
+	rp.cmd.Process.Kill()
+	rp.cmd.Wait()
+	os.RemoveAll(rp.dir)
+}
+
+func (rp *rendezvousProc) hook(o Options, seq int) error {
+	cmd := exec.Command(o.Binary, "hook", "--store", rp.store, "--repo-id", "chat.git")
+	cmd.Stdin = strings.NewReader(fmt.Sprintf("%040x %040x refs/heads/main\n", seq, seq+1))
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err != nil || errb.Len() > 0 {
+		return fmt.Errorf("hook: %v %s", err, errb.String())
+	}
+	return nil
+}
+
+// waitIdle waits (at most 2 minutes) until the process uses less than one
+// clock tick of CPU in 300 ms: the registration burst, and the record
+// writes it caused, are over.
+func waitIdle(pid int) {
+	for i := 0; i < 400; i++ {
+		c0, _ := procCPU(pid)
+		time.Sleep(300 * time.Millisecond)
+		if c1, _ := procCPU(pid); c1-c0 <= 10*time.Millisecond {
+			return
+		}
+	}
+}
+
+// generators starts enough load-generator processes for n clients. Writing
+// a line to a generator's stdin starts its keepalives.
+func startGenerators(ctx context.Context, o Options, rp *rendezvousProc, n int, keepalive time.Duration) ([]*exec.Cmd, []<-chan genEvent, []io.WriteCloser, error) {
+	var cmds []*exec.Cmd
+	var evs []<-chan genEvent
+	var starts []io.WriteCloser
+	per := clientsPerGenerator(n)
+	for g := 0; n > 0; g++ {
+		k := min(n, per)
+		n -= k
+		args := []string{"bench", "loadgen", "--server", rp.addr.String(), "--server-key", rp.key.String(), "--repo-id", "chat.git",
+			"--clients", strconv.Itoa(k), "--first-ip", fmt.Sprintf("127.%d.0.1", 10+g)}
+		if keepalive > 0 {
+			args = append(args, "--keepalive", keepalive.String())
+		}
+		cmd := exec.CommandContext(ctx, o.Binary, args...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return cmds, evs, starts, err
+		}
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return cmds, evs, starts, err
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return cmds, evs, starts, err
+		}
+		cmds = append(cmds, cmd)
+		evs = append(evs, readEvents(out))
+		starts = append(starts, in)
+	}
+	return cmds, evs, starts, nil
+}
+
+func stopAll(cmds []*exec.Cmd) {
+	for _, c := range cmds {
+		c.Process.Kill()
+		c.Wait()
+	}
+}
+
+// await waits for one event of the kind from every generator and returns
+// the latest timestamp among them.
+func await(evs []<-chan genEvent, kind string, limit time.Duration) (int64, error) {
+	var last int64
+	deadline := time.After(limit)
+	for _, ch := range evs {
+		select {
+		case e, ok := <-ch:
+			if !ok {
+				return 0, fmt.Errorf("a generator exited before %q", kind)
+			}
+			if e.Event != kind {
+				return 0, fmt.Errorf("generator: %s %s", e.Event, e.Err)
+			}
+			last = max(last, e.LastUnixNano)
+		case <-deadline:
+			return 0, fmt.Errorf("timed out waiting for %q", kind)
+		}
+	}
+	return last, nil
+}
+
+func countLines(path string) int {
+	b, _ := os.ReadFile(path)
+	return bytes.Count(b, []byte{'\n'})
+}
+
+// daemonKnowsPosition asks a running daemon, on the control socket in its
+// state directory, whether a rendezvous has told it where it starts.
+func daemonKnowsPosition(stateDir string) bool {
+	reply, err := control.Dial(filepath.Join(stateDir, "daemon.sock"), "status", time.Second)
+	if err != nil {
+		return false
+	}
+	var st struct {
+		Servers []struct {
+			Repos []struct {
+				Known bool `json:"known"`
+			} `json:"repos"`
+		} `json:"servers"`
+	}
+	if json.Unmarshal([]byte(reply), &st) != nil {
+		return false
+	}
+	for _, s := range st.Servers {
+		for _, r := range s.Repos {
+			if r.Known {
+				return true
+			}
+		}
+	}
+	return false
+}
