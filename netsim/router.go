@@ -195,22 +195,6 @@ func (r *Router) apply() error {
 	return nftApply(r.NS, rules)
 }
 
-// SetLoss changes the router's random UDP loss.
-func (r *Router) SetLoss(percent int) error {
-	r.mu.Lock()
-	r.Spec.LossPercent = percent
-	r.mu.Unlock()
-	return r.apply()
-}
-
-// SetBlockUDP blocks or unblocks forwarded UDP.
-func (r *Router) SetBlockUDP(on bool) error {
-	r.mu.Lock()
-	r.Spec.BlockUDP = on
-	r.mu.Unlock()
-	return r.apply()
-}
-
 // Rebind simulates a router reboot: every mapping is forgotten and new
 // ones get new external ports.
 func (r *Router) Rebind() error {
