@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/control"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -91,13 +92,11 @@ func startRendezvous(o Options) (*rendezvousProc, error) {
 	if err := rp.cmd.Start(); err != nil {
 		return nil, err
 	}
+	st := &store.Store{Dir: rp.store}
 	for i := 0; i < 200; i++ {
-		a, err1 := os.ReadFile(filepath.Join(rp.store, "rendezvous.addr"))
-		k, err2 := os.ReadFile(filepath.Join(rp.store, "server.pub"))
-		if err1 == nil && err2 == nil {
-			if rp.addr, err = netip.ParseAddrPort(strings.TrimSpace(string(a))); err == nil {
-				rp.key, err = wire.ParseKey(string(k))
-			}
+		// The address is written after the keys, once the rendezvous serves.
+		if rp.addr, err = st.RendezvousAddr(); err == nil {
+			rp.key, err = st.ServerPublicKey()
 			return rp, err
 		}
 		time.Sleep(20 * time.Millisecond)
