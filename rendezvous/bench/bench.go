@@ -7,7 +7,6 @@ import (
 	"sort"
 	"syscall"
 	"time"
-
 )
 
 // Options configure `gcn-punch bench`.

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
 )
 
 // fanOutOnce returns ms until all acked, µs CPU per recipient, RSS bytes per idle client.
