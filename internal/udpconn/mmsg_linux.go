@@ -100,8 +100,14 @@ func (u *mmsgConn) ReadBatch(pkts []Packet) (int, error) {
 		r.bufs[i] = pkts[i].Buf[:cap(pkts[i].Buf)]
 	}
 	k, err := u.readBatch(r, n)
-	for i := range k {
-		pkts[i].Buf, pkts[i].Addr = r.bufs[i][:r.lens[i]], r.srcs[i]
+	// readBatch may have permuted the buffers (skipped datagrams move to
+	// the end): hand every one back, so that no two slots share a buffer.
+	for i := range n {
+		if i < k {
+			pkts[i].Buf, pkts[i].Addr = r.bufs[i][:r.lens[i]], r.srcs[i]
+		} else {
+			pkts[i].Buf = r.bufs[i][:cap(r.bufs[i])]
+		}
 	}
 	clear(r.bufs) // keep no caller's buffer alive in the pool
 	return k, err

@@ -92,3 +92,49 @@ func TestConnBatchesBothFamilies(t *testing.T) {
 		}
 	}
 }
+
+// A datagram larger than its buffer is skipped, and the slots' buffers stay
+// distinct afterwards: skipping permutes the buffers inside a batch.
+func TestSystemConnSkipsTruncatedAndKeepsBuffersApart(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := wrap(pc.(*net.UDPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	cl, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	defer cl.Close()
+	to := net.UDPAddrFromAddrPort(u.LocalAddrPort())
+	for _, m := range []string{"one", string(make([]byte, 100)), "three"} {
+		cl.WriteTo([]byte(m), to)
+	}
+	time.Sleep(50 * time.Millisecond) // all three queued: one batch
+	pkts := make([]Packet, 8)
+	for i := range pkts {
+		pkts[i].Buf = make([]byte, 64)
+	}
+	var got []string
+	for len(got) < 2 {
+		n, err := u.ReadBatch(pkts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pkts[:n] {
+			got = append(got, string(p.Buf))
+		}
+	}
+	if len(got) != 2 || got[0] != "one" || got[1] != "three" {
+		t.Fatalf("got %q, want one and three (the 100-byte datagram skipped)", got)
+	}
+	seen := map[*byte]bool{}
+	for _, p := range pkts {
+		b := p.Buf[:1]
+		if seen[&b[0]] {
+			t.Fatal("two slots share one buffer")
+		}
+		seen[&b[0]] = true
+	}
+}
