@@ -218,6 +218,17 @@ func (m *Notify) AppendPlaintext(b []byte) []byte {
 
 // Validate checks that the notification can be encoded and fits one datagram.
 func (m *Notify) Validate() error {
+	if err := m.validFields(); err != nil {
+		return err
+	}
+	if n := len(m.AppendPlaintext(nil)); n > MaxPlaintext {
+		return fmt.Errorf("%w: notification plaintext is %d bytes, at most %d fit", ErrMessageLarge, n, MaxPlaintext)
+	}
+	return nil
+}
+
+// validFields checks every field of the event, but not the size.
+func (m *Notify) validFields() error {
 	if err := ValidRepoID(m.RepoID); err != nil {
 		return err
 	}
@@ -232,9 +243,6 @@ func (m *Notify) Validate() error {
 	}
 	if len(m.Old) != len(m.New) {
 		return fmt.Errorf("%w: old and new object ids differ in length", ErrField)
-	}
-	if n := len(m.AppendPlaintext(nil)); n > MaxPlaintext {
-		return fmt.Errorf("%w: notification plaintext is %d bytes, at most %d fit", ErrMessageLarge, n, MaxPlaintext)
 	}
 	return nil
 }
@@ -254,9 +262,19 @@ func validOID(s string) error {
 func parseNotify(r *reader) *Notify {
 	m := &Notify{Seq: r.u64(), TimeMilli: int64(r.u64()), Recipient: r.key()}
 	m.RepoID = r.repoID()
-	m.Ref = string(r.take(int(r.u16())))
+	m.Ref, m.Old, m.New = r.refAndOIDs()
+	if r.err == nil && m.Seq == 0 {
+		r.fail(fmt.Errorf("%w: sequence number 0", ErrField))
+	}
+	return m
+}
+
+// refAndOIDs reads a ref (u16 length) and two object ids (u8 length H,
+// then H bytes each), as Notify and Forward carry them.
+func (r *reader) refAndOIDs() (ref, old, new string) {
+	ref = string(r.take(int(r.u16())))
 	if r.err == nil {
-		if err := ValidRef(m.Ref); err != nil {
+		if err := ValidRef(ref); err != nil {
 			r.fail(err)
 		}
 	}
@@ -264,12 +282,9 @@ func parseNotify(r *reader) *Notify {
 	if r.err == nil && h != 20 && h != 32 {
 		r.fail(fmt.Errorf("%w: object id length %d", ErrField, h))
 	}
-	m.Old = hex.EncodeToString(r.take(h))
-	m.New = hex.EncodeToString(r.take(h))
-	if r.err == nil && m.Seq == 0 {
-		r.fail(fmt.Errorf("%w: sequence number 0", ErrField))
-	}
-	return m
+	old = hex.EncodeToString(r.take(h))
+	new = hex.EncodeToString(r.take(h))
+	return ref, old, new
 }
 
 // Ack acknowledges, cumulatively, every event of a repository up to Seq.

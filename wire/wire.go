@@ -220,6 +220,12 @@ const (
 	// TypeKeepaliveQuiet is a keepalive whose sender needs no pong: the
 	// same layout as TypeKeepalive.
 	TypeKeepaliveQuiet Type = 0x07 // client → rendezvous
+	// Peer-to-peer fan-out (peer.go).
+	TypeForward   Type = 0x08 // rendezvous or parent → daemon: a server-signed event
+	TypeFanout    Type = 0x09 // rendezvous → daemon: fan-out is on; the signing key
+	TypePeerInfo  Type = 0x0a // daemon → rendezvous: its offer as a peer
+	TypeEdge      Type = 0x0b // rendezvous → daemon: a tree neighbour, or its end
+	TypeEdgeState Type = 0x0c // daemon → rendezvous: how an edge fares
 )
 
 // Message is any decoded plaintext message.
@@ -251,6 +257,16 @@ func ParsePlaintext(p []byte) (Message, error) {
 		m = parseResync(&r)
 	case TypePing:
 		m = &Ping{Counter: r.u64()}
+	case TypeForward:
+		m = parseForward(&r)
+	case TypeFanout:
+		m = parseFanout(&r)
+	case TypePeerInfo:
+		m = parsePeerInfo(&r)
+	case TypeEdge:
+		m = parseEdge(&r)
+	case TypeEdgeState:
+		m = parseEdgeState(&r)
 	default:
 		return nil, ErrUnknownType
 	}

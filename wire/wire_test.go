@@ -33,6 +33,15 @@ func sampleMessages() []Message {
 		&Ack{RepoID: "chat.git", Seq: 99},
 		&Resync{HeadSeq: 5000, FirstSeq: 904, TimeMilli: 1, Recipient: fixedKey(2), RepoID: "chat.git"},
 		&Ping{Counter: 12},
+		&Forward{Seq: 3, TimeMilli: 1700000000123, RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB, Sig: [SigLen]byte{1, 2, 3}},
+		&Fanout{SigningKey: [32]byte{7}, Arity: 3},
+		&PeerInfo{Flags: PeerFlagParent, Mapping: EndpointIndependent, Filtering: AddressAndPortDependent,
+			Host: []netip.AddrPort{netip.MustParseAddrPort("198.19.1.10:4000"), netip.MustParseAddrPort("[2001:2:1::10]:4000")}},
+		&PeerInfo{},
+		&Edge{ID: 9, Role: RoleChild, RepoID: "chat.git", Peer: fixedKey(4), LocalUfrag: "abcd", LocalPwd: strings.Repeat("p", 22),
+			RemoteUfrag: "efgh", RemotePwd: strings.Repeat("q", 24), Candidates: []Candidate{{CandHost, netip.MustParseAddrPort("198.19.2.10:5000")}, {CandSrflx, netip.MustParseAddrPort("198.18.0.12:40000")}}},
+		&Edge{ID: 10, Role: RoleDrop, RepoID: "chat.git", Peer: fixedKey(4)},
+		&EdgeState{ID: 9, State: EdgeConnected, PathKind: CandSrflx, RTTMicro: 1500},
 	}
 }
 
@@ -55,6 +64,19 @@ func TestGoldenPlaintext(t *testing.T) {
 			"01" + "0000000000000005" + "000061a8" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-25)},
 		{&Keepalive{Counter: 5, Subs: []Sub{{RepoID: "r", Known: true, LastSeq: 3}}, Quiet: true},
 			"07" + "0000000000000005" + "00000000" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-25)},
+		{&Forward{Seq: 1, TimeMilli: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, Sig: [SigLen]byte{0xaa, 63: 0xbb}},
+			"08" + "0000000000000001" + "0000000000000002" + "01" + "72" +
+				"000c" + hex.EncodeToString([]byte("refs/heads/m")) + "14" + oidA + oidB + "aa" + strings.Repeat("00", 62) + "bb"},
+		{&Fanout{SigningKey: [32]byte{31: 1}, Arity: 3}, "09" + strings.Repeat("00", 31) + "01" + "03"},
+		{&PeerInfo{Flags: 1, Mapping: 1, Filtering: 3, Host: []netip.AddrPort{netip.MustParseAddrPort("198.19.1.10:4660")}},
+			"0a" + "01" + "01" + "03" + "01" + "04" + "c613010a" + "1234"},
+		{&Edge{ID: 2, Role: RoleParent, RepoID: "r", Peer: fixedKey(5), LocalUfrag: "abcd", LocalPwd: strings.Repeat("p", 22), RemoteUfrag: "wxyz", RemotePwd: strings.Repeat("q", 22),
+			Candidates: []Candidate{{CandSrflx, netip.MustParseAddrPort("198.18.0.12:4660")}}},
+			"0b" + "0000000000000002" + "01" + "01" + "72" + strings.Repeat("05", 32) +
+				"04" + hex.EncodeToString([]byte("abcd")) + "16" + strings.Repeat("70", 22) +
+				"04" + hex.EncodeToString([]byte("wxyz")) + "16" + strings.Repeat("71", 22) +
+				"01" + "02" + "04" + "c612000c" + "1234"},
+		{&EdgeState{ID: 2, State: EdgeFailed, PathKind: 0, RTTMicro: 258}, "0c" + "0000000000000002" + "03" + "00" + "00000102"},
 	}
 	for _, c := range cases {
 		got := hex.EncodeToString(c.m.AppendPlaintext(nil))
