@@ -22,6 +22,22 @@ type sub struct {
 	// seconds) and when it was read (unix nanoseconds).
 	authExpiry, authRead int64
 	rto                  time.Duration
+	// Fan-out: its place in the repository's tree (nil: not in one), and
+	// while the tree has the next event to deliver, until when (unix
+	// nanoseconds; 0: not waiting for the tree).
+	node     *tnode
+	treeWait int64
+}
+
+// waitForTree gives the tree until the member's deadline to deliver what
+// the subscription is missing, unless the rendezvous is sending to it
+// directly already (the rendezvous's own children always are).
+func (s *Server) waitForTree(su *sub, now time.Time) {
+	if su.node == nil || su.node.parent == nil || su.treeWait != 0 || su.sent > su.acked {
+		return
+	}
+	su.treeWait = now.Add(treeDeadline(su.node.depth)).UnixNano()
+	su.nextSend = su.treeWait
 }
 
 // onAck takes a client's acknowledgement of everything up to m.Seq.
@@ -41,6 +57,13 @@ func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
 	// Progress: restart the timer for whatever is still in flight.
 	su.rto = InitialRTO
 	su.nextSend = now.Add(su.rto).UnixNano()
+	if su.treeWait != 0 {
+		// The tree is delivering: a new deadline for the rest, if any.
+		su.treeWait = 0
+		if su.acked < su.r.head {
+			s.waitForTree(su, now)
+		}
+	}
 	if su.acked < su.r.head {
 		s.pending.add(su)
 		s.kickSender()
@@ -60,6 +83,15 @@ func (s *Server) sendDue() time.Time {
 	if now.Sub(s.swept) >= idleWake {
 		s.swept = now
 		s.forgetSilent(now)
+	}
+	notes := s.notes
+	s.notes = nil
+	if s.fan != nil {
+		if t := s.resendEdges(now); !t.IsZero() && t.Before(next) {
+			next = t
+		}
+		notes = append(notes, s.notes...) // resent edges
+		s.notes = nil
 	}
 	due := s.due[:0]
 	// Backwards, so that removing (which moves the last one here) is safe.
@@ -89,8 +121,8 @@ func (s *Server) sendDue() time.Time {
 		s.stats.Probes++
 	}
 	s.mu.Unlock()
-	if len(probes) > 0 {
-		s.senders[0].sealAndSend(s, probes)
+	if len(probes) > 0 || len(notes) > 0 {
+		s.senders[0].sealAndSend(s, append(probes, notes...))
 	}
 	if t := s.sendChunks(due); !t.IsZero() && t.Before(next) {
 		next = t
@@ -166,8 +198,24 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 	if len(r.events) > 0 {
 		first = r.events[0].Seq
 	}
+	if su.treeWait != 0 {
+		if now.UnixNano() < su.treeWait {
+			su.nextSend = su.treeWait
+			return out // the tree has until then
+		}
+		// The tree did not deliver in time: this client is served directly
+		// until it has caught up.
+		su.treeWait = 0
+		s.stats.DirectFallbacks++
+	}
 	inFlight := su.sent > su.acked
 	expired := inFlight && now.UnixNano() >= su.nextSend
+	if expired && su.node != nil && su.rto >= evictAfterRTO {
+		// It answers nobody: out of the tree, so that its subtree stops
+		// waiting for it; its next packet puts it back.
+		s.leaveTree(su, now)
+		s.stats.TreeEvictions++
+	}
 	if su.acked+1 < first {
 		if inFlight && !expired {
 			return out
@@ -189,7 +237,11 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 	for seq := from; seq <= end; seq++ {
 		// The event is immutable, and loading more of the log never moves
 		// it: the sender may read it outside the lock.
-		out = append(out, job{conn: c.conn, to: c.addr, c: c, r: r, ev: &r.events[seq-first]})
+		j := job{conn: c.conn, to: c.addr, c: c, r: r, ev: &r.events[seq-first]}
+		if c.peer != nil && r.sigs != nil && r.sigs[seq-first] != ([wire.SigLen]byte{}) {
+			j.sig = &r.sigs[seq-first] // a peer gets the signed event, which it may forward
+		}
+		out = append(out, j)
 		if seq <= su.sent {
 			s.stats.Retransmits++
 		} else {

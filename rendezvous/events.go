@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
@@ -18,6 +19,10 @@ type repo struct {
 	// subs are the repository's followers: a subSet, so that a follower
 	// costs 8 bytes here and a poke's scan walks an array.
 	subs subSet
+	// With fan-out: each event's server signature, beside events (zero for
+	// an event too large to forward), and the followers' tree.
+	sigs [][wire.SigLen]byte
+	tree *tree
 }
 
 func (s *Server) repo(id string) *repo {
@@ -54,12 +59,25 @@ func (s *Server) loadPoked() {
 			s.log.Error("cannot read event log", "repo", id, "err", err)
 			continue
 		}
+		now := time.Now()
 		for _, su := range r.subs.list {
 			if su.acked < r.head {
+				s.waitForTree(su, now)
 				s.pending.add(su)
 			}
 		}
 	}
+}
+
+// sign signs an event once for every hop of its trees; an event too large
+// to forward gets no signature (it goes to everyone directly).
+func (s *Server) sign(repoID string, e store.Event) (sig [wire.SigLen]byte) {
+	f := wire.Forward{Seq: e.Seq, TimeMilli: e.TimeMilli, RepoID: repoID, Ref: e.Ref, Old: e.Old, New: e.New}
+	if f.Validate() != nil {
+		return sig
+	}
+	f.Sign(s.fan.signer)
+	return f.Sig
 }
 
 // loadRepo reads what is new in a repository's log; it re-reads the whole
@@ -81,7 +99,7 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 	}
 	ino := inode(fi)
 	if ino != r.ino || fi.Size() < r.offset {
-		r.ino, r.offset, r.events = ino, 0, nil
+		r.ino, r.offset, r.events, r.sigs = ino, 0, nil, nil
 	}
 	if _, err := f.Seek(r.offset, 0); err != nil {
 		return r, err
@@ -93,9 +111,12 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 	r.offset += n
 	for _, e := range evs {
 		if len(r.events) > 0 && e.Seq != r.events[len(r.events)-1].Seq+1 {
-			r.events = nil // a gap: keep only what is contiguous
+			r.events, r.sigs = nil, nil // a gap: keep only what is contiguous
 		}
 		r.events = append(r.events, e)
+		if s.fan != nil {
+			r.sigs = append(r.sigs, s.sign(r.id, e))
+		}
 	}
 	if len(r.events) > 0 {
 		r.head = r.events[len(r.events)-1].Seq

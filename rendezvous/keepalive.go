@@ -17,8 +17,9 @@ type client struct {
 	conn     udpconn.Conn // the socket the client talks to
 	lastSeen int64        // unix nanoseconds of its last authenticated packet
 	counter  uint64
-	written  int64  // unix nanoseconds: when its record was last written
-	subs     []*sub // at most wire.MaxSubs: a slice is smaller than a map
+	written  int64     // unix nanoseconds: when its record was last written
+	subs     []*sub    // at most wire.MaxSubs: a slice is smaller than a map
+	peer     *peerInfo // its fan-out offer; nil: served directly (Notify)
 }
 
 // since is how long before now the unix-nanosecond time t was.
@@ -78,6 +79,9 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 		c.addr = src
 		c.conn = conn
 		s.queueRecord(c, now)
+		if s.fan != nil && c.peer != nil {
+			s.rebound(c, now) // its tree neighbours need its new address
+		}
 	} else if since(now, c.written) >= RecordRefresh {
 		s.queueRecord(c, now)
 	}
@@ -116,13 +120,26 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 			s.pending.add(su)
 			s.kickSender()
 		}
+		if s.fan != nil && c.peer != nil && su.node == nil {
+			s.joinTree(su, now) // a new repository, or back after eviction
+		}
 	}
 	if !news {
 		s.stats.Quiet++
 		return nil
 	}
-	return s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
+	pong := s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
+	if s.fan != nil && c.peer == nil && len(pong)+fanoutSealedLen <= reqLen {
+		// Offer fan-out with each pong until the client answers (or never:
+		// an old or --no-peer daemon is served directly). Both replies
+		// together stay within the keepalive's size.
+		s.note(c, s.fanoutMsg())
+	}
+	return pong
 }
+
+// fanoutSealedLen is the size of a sealed Fanout message.
+const fanoutSealedLen = wire.Overhead + 1 + 32 + 1
 
 // authorised says whether key may follow repoID now. A subscription keeps
 // the authorisation it read for authRecheck; otherwise the file is read.

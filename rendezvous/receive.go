@@ -83,6 +83,18 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 			return nil
 		}
 		s.onAck(c, m, now)
+	case *wire.PeerInfo:
+		if c == nil {
+			s.stats.Unexpected++ // an offer only from a client that subscribed
+			return nil
+		}
+		s.onPeerInfo(c, m, now)
+	case *wire.EdgeState:
+		if c == nil {
+			s.stats.Unexpected++
+			return nil
+		}
+		s.onEdgeState(c, m, now)
 	default:
 		s.stats.Unexpected++
 	}

@@ -79,6 +79,7 @@ func (s *Server) forgetSilent(now time.Time) {
 			continue
 		}
 		for _, su := range c.subs {
+			s.leaveTree(su, now)
 			su.r.subs.remove(su)
 			s.pending.remove(su)
 		}

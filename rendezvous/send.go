@@ -17,9 +17,11 @@ type job struct {
 	conn udpconn.Conn
 	to   netip.AddrPort
 	c    *client // the recipient: its key and shared key never change
-	// Either a notification of ev from r, or msg.
+	// Either a notification of ev from r, or msg. With sig, the
+	// notification is the signed event (a Forward) for a tree member.
 	r   *repo
 	ev  *store.Event
+	sig *[wire.SigLen]byte
 	msg wire.Message
 }
 
@@ -33,6 +35,7 @@ type sender struct {
 	jobs   []job
 	sealer wire.Sealer
 	notify wire.Notify
+	fwd    wire.Forward
 	buf    []byte // sealed datagrams of one batch
 	pkts   []udpconn.Packet
 }
@@ -58,7 +61,11 @@ func (sw *sender) sealAndSend(s *Server, jobs []job) {
 		}
 		conn = j.conn
 		m := j.msg
-		if j.ev != nil {
+		switch {
+		case j.sig != nil:
+			sw.fwd = wire.Forward{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New, Sig: *j.sig}
+			m = &sw.fwd
+		case j.ev != nil:
 			sw.notify = wire.Notify{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, Recipient: j.c.key, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New}
 			m = &sw.notify
 		}

@@ -20,6 +20,7 @@ type Options struct {
 	AltListen string
 	StoreDir  string
 	Open      bool
+	Fanout    int // arity of the peer-to-peer trees; 0: no fan-out
 	Logger    *slog.Logger
 }
 
@@ -35,7 +36,7 @@ func ListenAndServe(ctx context.Context, o Options) error {
 		return err
 	}
 	defer conn.Close()
-	cfg := Config{Conn: conn, Store: st, Open: o.Open, Logger: o.Logger}
+	cfg := Config{Conn: conn, Store: st, Open: o.Open, Fanout: o.Fanout, Logger: o.Logger}
 	if o.AltListen != "" {
 		grid, closeAll, err := listenGrid(conn, o.AltListen, o.Logger)
 		if err != nil {
@@ -56,7 +57,7 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	if err := st.SetRendezvous(conn.LocalAddrPort(), o.Open); err != nil {
 		return err
 	}
-	o.Logger.Info("rendezvous up", "udp", conn.LocalAddrPort().String(), "server_key", srv.PublicKey().String(), "open", o.Open, "store", st.Dir)
+	o.Logger.Info("rendezvous up", "udp", conn.LocalAddrPort().String(), "server_key", srv.PublicKey().String(), "open", o.Open, "fanout", o.Fanout, "store", st.Dir)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -73,6 +74,7 @@ func ListenAndServe(ctx context.Context, o Options) error {
 //	poke <repo-id>\n   → "ok\n" or "error <reason>\n"
 //	status\n           → one JSON array of ClientStatus, then "\n"
 //	stats\n            → one JSON object of Stats (the counters), then "\n"
+//	tree\n             → one JSON array of RepoTree, then "\n"
 func (s *Server) answerControl(w io.Writer, cmd, arg string) {
 	switch cmd {
 	case "poke":
@@ -85,6 +87,8 @@ func (s *Server) answerControl(w io.Writer, cmd, arg string) {
 		json.NewEncoder(w).Encode(s.Clients())
 	case "stats":
 		json.NewEncoder(w).Encode(s.Stats())
+	case "tree":
+		json.NewEncoder(w).Encode(s.Trees())
 	default:
 		fmt.Fprintf(w, "error unknown command %q\n", cmd)
 	}

@@ -3,6 +3,8 @@ package rendezvous
 
 import (
 	"context"
+	"crypto/ed25519"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"sync"
@@ -68,9 +70,12 @@ type Config struct {
 	AltConn udpconn.Conn // optional second address
 	// Grid, when all four cells are set, serves RFC 5780; its [0][0] and
 	// [1][1] are Conn and AltConn.
-	Grid   *Grid
-	Store  *store.Store
-	Open   bool // any key may follow any repository
+	Grid  *Grid
+	Store *store.Store
+	Open  bool // any key may follow any repository
+	// Fanout is the arity of each repository's peer-to-peer tree; 0: the
+	// rendezvous sends every notification to every client itself.
+	Fanout int
 	Logger *slog.Logger
 }
 
@@ -96,6 +101,29 @@ type Stats struct {
 	Amplification uint64 `json:"amplification"` // replies dropped for being larger than the request
 	Rebinds       uint64 `json:"rebinds"`       // client address changes
 	Forgotten     uint64 `json:"forgotten"`     // clients dropped after ForgetAfter silent
+	// Peer-to-peer fan-out (--fanout K).
+	DirectFallbacks uint64 `json:"direct_fallbacks"` // tree members served directly after their deadline
+	TreeJoins       uint64 `json:"tree_joins"`       // subscriptions placed in a tree
+	TreeEvictions   uint64 `json:"tree_evictions"`   // members taken out for answering nobody
+	Edges           uint64 `json:"edges"`            // parent-child edges made
+	PunchOKHost     uint64 `json:"punch_ok_host"`    // edges connected, by the selected path's kind
+	PunchOKSrflx    uint64 `json:"punch_ok_srflx"`
+	PunchOKPrflx    uint64 `json:"punch_ok_prflx"`
+	PunchOKRelay    uint64 `json:"punch_ok_relay"`
+	PunchFailed     uint64 `json:"punch_failed"` // edges on which no path formed
+}
+
+func (st *Stats) punchOK(kind byte) {
+	switch kind {
+	case wire.CandHost:
+		st.PunchOKHost++
+	case wire.CandSrflx:
+		st.PunchOKSrflx++
+	case wire.CandPrflx:
+		st.PunchOKPrflx++
+	case wire.CandRelay:
+		st.PunchOKRelay++
+	}
 }
 
 // Server is a running rendezvous.
@@ -127,6 +155,8 @@ type Server struct {
 	due         []*sub                       // sendDue's list, reused
 	statuses    [wire.MaxSubs]wire.SubStatus // onKeepalive's, reused under mu
 	senders     []*sender                    // one per CPU, each with its own buffers
+	fan         *fanout                      // nil without --fanout
+	notes       []job                        // control messages for the send loop
 }
 
 // New loads the server keys and the event logs.
@@ -149,6 +179,17 @@ func New(cfg Config) (*Server, error) {
 		probes:      make(map[*client]probe),
 		stunRL:      newRateLimiter(stunRate, stunBurst),
 		unkRL:       newRateLimiter(unknownRate, unknownBurst),
+	}
+	if cfg.Fanout > 0 {
+		if cfg.Fanout > wire.MaxFanout {
+			return nil, fmt.Errorf("rendezvous: --fanout %d: at most %d", cfg.Fanout, wire.MaxFanout)
+		}
+		signer, err := cfg.Store.SigningKey()
+		if err != nil {
+			return nil, err
+		}
+		s.fan = &fanout{arity: cfg.Fanout, signer: signer, edges: map[uint64]*edge{}}
+		copy(s.fan.signPub[:], signer.Public().(ed25519.PublicKey))
 	}
 	for range runtime.GOMAXPROCS(0) {
 		s.senders = append(s.senders, new(sender))

@@ -72,6 +72,50 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 	return tw.Flush()
 }
 
+// WriteTrees prints each repository's fan-out tree as the running
+// rendezvous has it: as JSON (RepoTree), or as an indented outline.
+func WriteTrees(w io.Writer, storeDir string, asJSON bool) error {
+	st, err := store.Open(storeDir)
+	if err != nil {
+		return err
+	}
+	reply, err := control.Dial(st.SocketPath(), "tree", statusTimeout)
+	if err != nil {
+		return fmt.Errorf("rendezvous not running (%s): %w", st.SocketPath(), err)
+	}
+	var trees []RepoTree
+	if err := json.Unmarshal([]byte(reply), &trees); err != nil {
+		return fmt.Errorf("rendezvous: bad tree reply: %w", err)
+	}
+	if asJSON {
+		return json.NewEncoder(w).Encode(trees)
+	}
+	if len(trees) == 0 {
+		fmt.Fprintln(w, "no trees: the rendezvous runs without --fanout, or no client takes part yet")
+	}
+	for _, t := range trees {
+		fmt.Fprintf(w, "%s: %d members, arity %d, height %d\n", t.Repo, t.Size, t.Arity, t.Height)
+		for _, m := range t.Members {
+			path := m.Edge
+			if m.Path != "" {
+				path += " via " + m.Path
+			}
+			if m.RTTMicro > 0 {
+				path += fmt.Sprintf(", rtt %.1f ms", float64(m.RTTMicro)/1000)
+			}
+			if m.Parent == "rendezvous" {
+				path = "from the rendezvous"
+			}
+			leaf := ""
+			if m.Leaf {
+				leaf = " (leaf)"
+			}
+			fmt.Fprintf(w, "%s%s%s  %s\n", strings.Repeat("  ", m.Depth+1), m.Client[:16], leaf, path)
+		}
+	}
+	return nil
+}
+
 // WriteStats prints the running rendezvous's counters as one JSON object.
 func WriteStats(w io.Writer, storeDir string) error {
 	st, err := store.Open(storeDir)

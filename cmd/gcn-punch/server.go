@@ -25,6 +25,7 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.StringVar(&o.AltListen, "alt-listen", "", "second UDP address (RFC 5780 NAT discovery)")
 	fs.StringVar(&o.StoreDir, "store", store.DefaultDir, "store directory")
 	fs.BoolVar(&o.Open, "open", false, "serve any client key for any repository (public repositories, demos)")
+	fs.IntVar(&o.Fanout, "fanout", 0, "arity of each repository's peer-to-peer tree; 0: the rendezvous sends to every client itself")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
 	parse(fs, args)
@@ -154,6 +155,7 @@ func runStatus(args []string) error {
 	stateDir := fs.String("state", "", "a daemon's state directory: the client side")
 	asJSON := fs.Bool("json", false, "print JSON")
 	stats := fs.Bool("stats", false, "print the running rendezvous's (or with --state, daemon's) counters as JSON")
+	tree := fs.Bool("tree", false, "print each repository's peer-to-peer tree as the running rendezvous has it")
 	parse(fs, args)
 	if *stateDir != "" {
 		if *stats {
@@ -163,6 +165,9 @@ func runStatus(args []string) error {
 	}
 	if *stats {
 		return rendezvous.WriteStats(os.Stdout, *dir)
+	}
+	if *tree {
+		return rendezvous.WriteTrees(os.Stdout, *dir, *asJSON)
 	}
 	return rendezvous.WriteStatus(os.Stdout, *dir, *asJSON)
 }

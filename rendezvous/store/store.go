@@ -3,6 +3,7 @@ package store
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -75,6 +76,34 @@ func (s *Store) ServerKeys() (pub, priv wire.Key, err error) {
 		}
 	}
 	return pub, priv, nil
+}
+
+// SigningKey loads the server's Ed25519 signing key, creating it on first
+// use: server.sign (mode 0600) holds its 32-byte seed as 64 hex characters
+// and a newline. The rendezvous signs each event with it once, for
+// peer-to-peer fan-out; daemons learn the public half over the sealed path.
+func (s *Store) SigningKey() (ed25519.PrivateKey, error) {
+	path := filepath.Join(s.Dir, "server.sign")
+	b, err := readSmall(path, maxSmallFile)
+	switch {
+	case err == nil:
+		seed, err := hex.DecodeString(strings.TrimSpace(string(b)))
+		if err != nil || len(seed) != ed25519.SeedSize {
+			return nil, fmt.Errorf("store: %s: want %d hex characters", path, 2*ed25519.SeedSize)
+		}
+		return ed25519.NewKeyFromSeed(seed), nil
+	case errors.Is(err, fs.ErrNotExist):
+		_, priv, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			return nil, err
+		}
+		if err := atomicfile.WriteFile(path, []byte(hex.EncodeToString(priv.Seed())+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		return priv, nil
+	default:
+		return nil, fmt.Errorf("store: %w", err)
+	}
 }
 
 // ClientRecord is the seed's per-client record: last heartbeat and address.

@@ -1,0 +1,334 @@
+package rendezvous
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/netsim"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// fanLab is a rendezvous with --fanout on an in-memory network and fake
+// clients whose datagrams the tests hand to it, and whose inboxes collect
+// what it sends. Used inside a synctest bubble.
+type fanLab struct {
+	t       *testing.T
+	s       *Server
+	net     *netsim.MemNet
+	clients []*fanClient
+}
+
+type fanClient struct {
+	*testClient
+	addr netip.AddrPort
+	conn *netsim.MemConn
+	mu   sync.Mutex
+	got  []wire.Message
+}
+
+func newFanLab(t *testing.T, arity, n int) *fanLab {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mn := netsim.NewMemNet(1)
+	conn, _ := mn.Listen("198.18.0.1:3478")
+	s, err := New(Config{Conn: conn, Store: st, Open: true, Fanout: arity})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &fanLab{t: t, s: s, net: mn}
+	t.Cleanup(func() {
+		for _, c := range l.clients {
+			c.conn.Close()
+		}
+		conn.Close()
+	})
+	for i := range n {
+		l.join(fmt.Sprintf("198.18.1.%d:4000", i+1))
+	}
+	return l
+}
+
+// join makes a client that subscribes to chat.git and offers itself.
+func (l *fanLab) join(addr string) *fanClient {
+	ap := netip.MustParseAddrPort(addr)
+	conn, err := l.net.Listen(addr)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	c := &fanClient{testClient: newTestClient(l.s), addr: ap, conn: conn}
+	go func() {
+		pkts := []udpconn.Packet{{Buf: make([]byte, 2048)}}
+		for {
+			if _, err := conn.ReadBatch(pkts); err != nil {
+				return
+			}
+			_, m, err := wire.Open(pkts[0].Buf, &c.shared)
+			if err != nil {
+				l.t.Errorf("client cannot open a datagram: %v", err)
+				continue
+			}
+			c.mu.Lock()
+			c.got = append(c.got, m)
+			c.mu.Unlock()
+		}
+	}()
+	l.clients = append(l.clients, c)
+	pong := l.s.handle(0, 0, c.keepalive(l.t, wire.Sub{RepoID: "chat.git"}), ap)
+	if _, ok := c.open(l.t, pong).(*wire.Pong); !ok {
+		l.t.Fatal("no pong")
+	}
+	l.flush()
+	if len(c.take(func(m wire.Message) bool { _, ok := m.(*wire.Fanout); return ok })) != 1 {
+		l.t.Fatal("the rendezvous did not offer fan-out with its pong")
+	}
+	l.send(c, &wire.PeerInfo{Flags: wire.PeerFlagParent})
+	l.flush()
+	return c
+}
+
+func (l *fanLab) send(c *fanClient, m wire.Message) []byte {
+	b, err := wire.Seal(nil, m, c.pub, &c.shared)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return l.s.handle(0, 0, b, c.addr)
+}
+
+// flush runs the send loop once and lets the datagrams arrive.
+func (l *fanLab) flush() {
+	l.s.loadPoked()
+	l.s.sendDue()
+	synctest.Wait()
+}
+
+// take removes and returns what the client got that matches keep.
+func (c *fanClient) take(keep func(wire.Message) bool) []wire.Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out, rest []wire.Message
+	for _, m := range c.got {
+		if keep(m) {
+			out = append(out, m)
+		} else {
+			rest = append(rest, m)
+		}
+	}
+	c.got = rest
+	return out
+}
+
+func forwards(c *fanClient) []*wire.Forward {
+	var out []*wire.Forward
+	for _, m := range c.take(func(m wire.Message) bool { _, ok := m.(*wire.Forward); return ok }) {
+		out = append(out, m.(*wire.Forward))
+	}
+	return out
+}
+
+func edges(c *fanClient) []*wire.Edge {
+	var out []*wire.Edge
+	for _, m := range c.take(func(m wire.Message) bool { _, ok := m.(*wire.Edge); return ok }) {
+		out = append(out, m.(*wire.Edge))
+	}
+	return out
+}
+
+func (l *fanLab) push() {
+	l.t.Helper()
+	if _, err := l.s.cfg.Store.Append("chat.git", []store.Update{{Old: oid(0), New: oid(1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+		l.t.Fatal(err)
+	}
+	l.s.Poke("chat.git")
+	l.flush()
+}
+
+func oid(i int) string { return fmt.Sprintf("%040x", i) }
+
+// Seven clients with arity 2: two children of the rendezvous, four under
+// them, one more below; each edge is told to both ends at once, with the
+// other's key, credentials and the address the rendezvous sees.
+func TestFanoutBuildsTreeAndTellsBothEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newFanLab(t, 2, 7)
+		trees := l.s.Trees()
+		if len(trees) != 1 || trees[0].Size != 7 || trees[0].Height != 3 {
+			t.Fatalf("trees %+v", trees)
+		}
+		byKey := map[wire.Key]*fanClient{}
+		for _, c := range l.clients {
+			byKey[c.pub] = c
+		}
+		parentOf := map[wire.Key]wire.Key{}
+		childEdges := map[uint64]*wire.Edge{}
+		for _, c := range l.clients {
+			for _, e := range edges(c) {
+				switch e.Role {
+				case wire.RoleParent:
+					parentOf[c.pub] = e.Peer
+					if len(e.Candidates) == 0 || e.Candidates[0].Addr != byKey[e.Peer].addr {
+						t.Errorf("the child is not told where its parent is: %+v", e.Candidates)
+					}
+				case wire.RoleChild:
+					childEdges[e.ID] = e
+				}
+			}
+		}
+		if len(parentOf) != 5 || len(childEdges) != 5 {
+			t.Fatalf("%d members told their parent, %d parents told a child; want 5 and 5", len(parentOf), len(childEdges))
+		}
+		for _, c := range l.clients {
+			if p, ok := parentOf[c.pub]; ok {
+				if p == c.pub {
+					t.Fatal("a member is its own parent")
+				}
+			}
+		}
+	})
+}
+
+// One push: the rendezvous sends the signed event to its two children only.
+// Members that ack in time (the tree delivered) cost it nothing more; a
+// member whose ack is late gets the event directly after its deadline.
+func TestFanoutSendsToKAndFallsBackAfterDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newFanLab(t, 2, 7)
+		for _, c := range l.clients {
+			edges(c)
+		}
+		l.push()
+		pub := ed25519.PublicKey(l.s.fan.signPub[:])
+		direct := 0
+		for _, c := range l.clients {
+			for _, f := range forwards(c) {
+				if f.Seq != 1 || !f.Verify(pub) {
+					t.Fatalf("not the signed event: %+v", f)
+				}
+				direct++
+				l.send(c, &wire.Ack{RepoID: "chat.git", Seq: 1})
+			}
+		}
+		if direct != 2 {
+			t.Fatalf("%d members got the event from the rendezvous, want the 2 it parents", direct)
+		}
+		// Every other member but one acks as if its parent forwarded it.
+		late := l.clients[6]
+		for _, c := range l.clients[2:6] {
+			l.send(c, &wire.Ack{RepoID: "chat.git", Seq: 1})
+		}
+		time.Sleep(treeDeadline(1) - time.Millisecond)
+		l.flush()
+		if n := len(forwards(late)); n != 0 {
+			t.Fatalf("sent directly before the deadline: %d", n)
+		}
+		time.Sleep(treeDeadline(l.s.clients[late.pub].subs[0].node.depth))
+		l.flush()
+		if n := len(forwards(late)); n != 1 {
+			t.Fatalf("the late member got %d direct sends after its deadline, want 1", n)
+		}
+		for _, c := range l.clients[:6] {
+			if n := len(forwards(c)); n != 0 {
+				t.Fatalf("a member that acked got %d more sends", n)
+			}
+		}
+		if st := l.s.Stats(); st.DirectFallbacks != 1 {
+			t.Fatalf("direct fallbacks %d, want 1", st.DirectFallbacks)
+		}
+	})
+}
+
+// A child that reports no path to its parent moves elsewhere, never back
+// under that parent, and both ends of its new edge are told.
+func TestFanoutMovesChildAfterFailedEdge(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newFanLab(t, 2, 7)
+		var child *fanClient
+		var e *wire.Edge
+		for _, c := range l.clients {
+			for _, m := range edges(c) {
+				if m.Role == wire.RoleParent && child == nil {
+					child, e = c, m
+				}
+			}
+		}
+		if child == nil {
+			t.Fatal("no edge")
+		}
+		l.send(child, &wire.EdgeState{ID: e.ID, State: wire.EdgeFailed})
+		l.flush()
+		n := l.s.clients[child.pub].subs[0].node
+		if n.parent != nil && n.parent.su.c.key == e.Peer {
+			t.Fatal("moved back under the parent it could not reach")
+		}
+		if n.parent != nil {
+			got := edges(child)
+			if len(got) == 0 || got[len(got)-1].Role != wire.RoleParent || got[len(got)-1].Peer != n.parent.su.c.key {
+				t.Fatalf("the moved child was not told its new parent: %+v", got)
+			}
+		}
+		if st := l.s.Stats(); st.PunchFailed != 1 {
+			t.Fatalf("punch failures %d", st.PunchFailed)
+		}
+	})
+}
+
+// A member that answers nobody leaves the tree once its own direct sends
+// have backed off, so its children stop waiting for it; they are re-linked.
+func TestFanoutEvictsSilentParent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newFanLab(t, 2, 7)
+		root := l.clients[0]
+		rn := l.s.clients[root.pub].subs[0].node
+		if rn.parent != nil || len(rn.children) == 0 {
+			t.Fatal("the first member should be a child of the rendezvous with children")
+		}
+		for _, c := range l.clients {
+			edges(c)
+		}
+		l.push()
+		// Everyone but the root acks; the root stays silent.
+		for _, c := range l.clients[1:] {
+			l.send(c, &wire.Ack{RepoID: "chat.git", Seq: 1})
+		}
+		for range 10 {
+			time.Sleep(time.Second)
+			l.flush()
+		}
+		if l.s.clients[root.pub].subs[0].node != nil {
+			t.Fatal("a silent member is still in the tree")
+		}
+		if st := l.s.Stats(); st.TreeEvictions != 1 {
+			t.Fatalf("evictions %d", st.TreeEvictions)
+		}
+		trees := l.s.Trees()
+		if trees[0].Size != 6 {
+			t.Fatalf("tree size %d after eviction, want 6", trees[0].Size)
+		}
+		// Its next keepalive puts it back.
+		l.s.handle(0, 0, root.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 1}), root.addr)
+		if l.s.clients[root.pub].subs[0].node == nil {
+			t.Fatal("back after a keepalive, yet not in the tree")
+		}
+	})
+}
+
+// Without --fanout, nothing changes: no Fanout offer, Notify for everyone.
+func TestNoFanoutNoOffer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		c := newTestClient(s)
+		s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+		if len(s.notes) != 0 || s.fan != nil {
+			t.Fatal("fan-out offered without --fanout")
+		}
+	})
+}
