@@ -4,6 +4,8 @@ go 1.26.8
 
 require (
 	github.com/godbus/dbus/v5 v5.2.4
+	github.com/pion/ice/v2 v2.3.38
+	github.com/pion/logging v0.2.2
 	github.com/pion/stun/v2 v2.0.0
 	github.com/spf13/pflag v1.1.0
 	golang.org/x/crypto v0.58.0
@@ -11,8 +13,18 @@ require (
 )
 
 require (
+	github.com/davecgh/go-spew v1.1.1 // indirect
+	github.com/google/uuid v1.3.1 // indirect
 	github.com/pion/dtls/v2 v2.2.7 // indirect
-	github.com/pion/logging v0.2.2 // indirect
-	github.com/pion/transport/v2 v2.2.1 // indirect
+	github.com/pion/mdns v0.0.12 // indirect
+	github.com/pion/randutil v0.1.0 // indirect
+	github.com/pion/stun v0.6.1 // indirect
+	github.com/pion/transport/v2 v2.2.10 // indirect
 	github.com/pion/transport/v3 v3.0.1 // indirect
+	github.com/pion/turn/v2 v2.1.3 // indirect
+	github.com/pmezard/go-difflib v1.0.0 // indirect
+	github.com/stretchr/testify v1.8.4 // indirect
+	github.com/wlynxg/anet v0.0.3 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	gopkg.in/yaml.v3 v3.0.1 // indirect
 )

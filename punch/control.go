@@ -34,11 +34,14 @@ type ServerStatus struct {
 	Repos     []RepoPosition `json:"repos"`
 }
 
-// RepoPosition is the daemon's position in one repository.
+// RepoPosition is the daemon's position in one repository, and its tree
+// neighbours there when the rendezvous fans out.
 type RepoPosition struct {
-	Repo    string `json:"repo"`
-	Known   bool   `json:"known"` // a rendezvous has told the daemon where it starts
-	LastSeq uint64 `json:"last_seq"`
+	Repo     string       `json:"repo"`
+	Known    bool         `json:"known"` // a rendezvous has told the daemon where it starts
+	LastSeq  uint64       `json:"last_seq"`
+	Parent   *PeerStatus  `json:"parent,omitempty"`
+	Children []PeerStatus `json:"children,omitempty"`
 }
 
 // Status reports the daemon's servers and positions.
@@ -58,12 +61,14 @@ func (d *Daemon) Status() Status {
 			ss.Observed = p.observed.String()
 		}
 		p.mu.Unlock()
-		d.mu.Lock()
 		for _, r := range srv.Repos {
+			d.mu.Lock()
 			rs := d.state.repo(p.key, r)
-			ss.Repos = append(ss.Repos, RepoPosition{Repo: r, Known: rs.Known, LastSeq: rs.LastSeq})
+			pos := RepoPosition{Repo: r, Known: rs.Known, LastSeq: rs.LastSeq}
+			d.mu.Unlock()
+			pos.Parent, pos.Children = d.peerStatus(p, r)
+			ss.Repos = append(ss.Repos, pos)
 		}
-		d.mu.Unlock()
 		out.Servers = append(out.Servers, ss)
 	}
 	return out
@@ -112,9 +117,27 @@ func WriteStatus(w io.Writer, stateDir string, asJSON bool) error {
 				seq = fmt.Sprint(r.LastSeq)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Addr, seen, s.Keepalive, r.Repo, seq)
+			if r.Parent != nil {
+				fmt.Fprintf(tw, "\t\t\t  parent %s\t%s\n", r.Parent.Peer, peerLine(*r.Parent))
+			}
+			for _, c := range r.Children {
+				fmt.Fprintf(tw, "\t\t\t  child %s\t%s\n", c.Peer, peerLine(c))
+			}
 		}
 	}
 	return tw.Flush()
+}
+
+// peerLine describes a tree neighbour in one line.
+func peerLine(p PeerStatus) string {
+	if p.Path == "" {
+		return "checking"
+	}
+	line := fmt.Sprintf("%s %s, rtt %.1f ms, forwarded %d, received %d", p.Path, p.Address, float64(p.RTTMicro)/1000, p.Forwarded, p.Received)
+	if !p.LastSeen.IsZero() {
+		line += ", last seen " + p.LastSeen.UTC().Format(time.RFC3339)
+	}
+	return line
 }
 
 // WriteStats prints the running daemon's counters as one JSON object.

@@ -3,6 +3,7 @@ package punch
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"log/slog"
 	"net"
@@ -55,6 +56,10 @@ type Config struct {
 	// Handle runs the user's actions for one event. It is called from one
 	// goroutine, in order; an event stays pending until it returns.
 	Handle func(context.Context, Event)
+	// NoPeer keeps the daemon out of peer-to-peer fan-out: it never
+	// forwards, never takes part in hole punching, and is served by the
+	// rendezvous directly.
+	NoPeer bool
 	// Control, when set, is the path of the control socket that `gcn-punch
 	// status --state` asks (see ControlSocket).
 	Control string
@@ -75,6 +80,28 @@ type Stats struct {
 	Malformed      uint64 `json:"malformed"`       // datagrams that do not parse
 	Forged         uint64 `json:"forged"`          // datagrams that fail authentication
 	Unexpected     uint64 `json:"unexpected"`      // valid messages out of place
+	// Peer-to-peer fan-out.
+	Forwarded     uint64 `json:"forwarded"`      // events sent to children
+	FromPeer      uint64 `json:"from_peer"`      // events taken from the parent
+	PunchAttempts uint64 `json:"punch_attempts"` // edges whose paths were sought
+	PunchOKHost   uint64 `json:"punch_ok_host"`  // paths formed, by the remote candidate's kind
+	PunchOKSrflx  uint64 `json:"punch_ok_srflx"`
+	PunchOKPrflx  uint64 `json:"punch_ok_prflx"`
+	PunchOKRelay  uint64 `json:"punch_ok_relay"`
+	PunchFailed   uint64 `json:"punch_failed"` // edges on which no path formed
+}
+
+func (st *Stats) punchOK(kind byte) {
+	switch kind {
+	case wire.CandHost:
+		st.PunchOKHost++
+	case wire.CandSrflx:
+		st.PunchOKSrflx++
+	case wire.CandPrflx:
+		st.PunchOKPrflx++
+	case wire.CandRelay:
+		st.PunchOKRelay++
+	}
 }
 
 // Daemon follows repositories and handles their notifications.
@@ -95,6 +122,16 @@ type Daemon struct {
 	mu    sync.Mutex
 	state *State
 	stats Stats
+
+	// Fan-out: the edges by id, the ICE machinery once needed, and the
+	// goroutines forming paths.
+	edgesMu sync.Mutex
+	edges   map[uint64]*peerEdge
+	fan     atomic.Pointer[fanoutState]
+	edgeWG  sync.WaitGroup
+	// forwardHook, set only by tests (export_test.go), rewrites what is
+	// forwarded: a hostile parent.
+	forwardHook func([]*wire.Forward) []*wire.Forward
 }
 
 // serverLink is the daemon's side of one rendezvous: keepalive state, the
@@ -119,7 +156,9 @@ type serverLink struct {
 	lastPinged time.Time
 	denied     bool
 	observed   netip.AddrPort
-	held       map[string]map[uint64]*wire.Notify // out-of-order notifications by repo
+	held       map[string]map[uint64]*wire.Forward // out-of-order events by repo (Sig zero: came unsigned)
+	// signing is the rendezvous's event-signing key, from its Fanout.
+	signing ed25519.PublicKey
 }
 
 // New loads the client key and state.
@@ -144,7 +183,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, pub: pub, priv: priv, state: st,
-		links: make(map[wire.Key]*serverLink), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
+		links: make(map[wire.Key]*serverLink), edges: make(map[uint64]*peerEdge), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
 	for _, s := range cfg.Servers {
 		if _, dup := d.links[s.Key]; dup {
 			return nil, fmt.Errorf("punch: server key %s given twice", s.Key)
@@ -194,7 +233,7 @@ func (d *Daemon) Follow(s Server) error {
 		return nil
 	}
 	p := &serverLink{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1), probeOK: make(chan struct{}, 1),
-		held: map[string]map[uint64]*wire.Notify{}}
+		held: map[string]map[uint64]*wire.Forward{}}
 	cp := s
 	cp.Repos = append([]string(nil), s.Repos...)
 	p.srv.Store(&cp)
@@ -283,6 +322,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	cancel()
 	wg.Wait()
+	d.closeEdges()
+	d.edgeWG.Wait()
 	// Stopped: leave the whole state in state.json.
 	d.mu.Lock()
 	if cerr := d.state.compact(d.cfg.StateDir); cerr != nil {

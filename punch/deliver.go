@@ -17,9 +17,16 @@ func (d *Daemon) follows(p *serverLink, repo string) bool {
 	return slices.Contains(p.server().Repos, repo)
 }
 
-// onNotify handles notifications in order, exactly once: the position and
-// the pending action are saved before the ack leaves.
+// onNotify handles a notification sent to this daemon alone (unsigned: it
+// is never forwarded).
 func (d *Daemon) onNotify(p *serverLink, n *wire.Notify) {
+	d.onEvent(p, &wire.Forward{Seq: n.Seq, TimeMilli: n.TimeMilli, RepoID: n.RepoID, Ref: n.Ref, Old: n.Old, New: n.New})
+}
+
+// onEvent handles events in order, exactly once, whichever way they came:
+// the position and the pending action are saved before the ack leaves.
+// A signed event (Sig not zero) is then forwarded to the children.
+func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) {
 	if !d.follows(p, n.RepoID) {
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
@@ -48,16 +55,17 @@ func (d *Daemon) onNotify(p *serverLink, n *wire.Notify) {
 		p.mu.Lock()
 		h := p.held[n.RepoID]
 		if h == nil {
-			h = map[uint64]*wire.Notify{}
+			h = map[uint64]*wire.Forward{}
 			p.held[n.RepoID] = h
 		}
-		if len(h) < reorderWindow {
-			h[n.Seq] = n
+		if old := h[n.Seq]; len(h) < reorderWindow && (old == nil || old.Sig == [wire.SigLen]byte{}) {
+			h[n.Seq] = n // a signed copy replaces an unsigned one: it can be forwarded
 		}
 		p.mu.Unlock()
 		return
 	}
-	// In order: take it and whatever held notifications now follow it.
+	// In order: take it and whatever held events now follow it.
+	var signed []*wire.Forward
 	p.mu.Lock()
 	h := p.held[n.RepoID]
 	for next := n; next != nil; {
@@ -65,6 +73,9 @@ func (d *Daemon) onNotify(p *serverLink, n *wire.Notify) {
 		d.stats.Notifications++
 		d.state.Pending = append(d.state.Pending, Event{ServerKey: p.key.String(), Repo: next.RepoID, Ref: next.Ref,
 			Old: next.Old, New: next.New, Seq: next.Seq, TimeMilli: next.TimeMilli})
+		if next.Sig != ([wire.SigLen]byte{}) {
+			signed = append(signed, next)
+		}
 		delete(h, next.Seq)
 		next = h[next.Seq+1]
 	}
@@ -75,6 +86,7 @@ func (d *Daemon) onNotify(p *serverLink, n *wire.Notify) {
 	}
 	p.mu.Unlock()
 	d.commitLocked(p, n.RepoID, rs.LastSeq)
+	d.forward(p, signed)
 }
 
 // commitLocked saves the state, releases mu, and only then acks and wakes

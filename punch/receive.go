@@ -14,7 +14,8 @@ import (
 const readBatch = 16
 
 // readLoop is the only reader of the daemon's socket: it sorts what arrives
-// into the answers to its own STUN requests and gcn datagrams.
+// into the answers to its own STUN requests, other STUN (ICE's checks, for
+// fan-out) and gcn datagrams.
 func (d *Daemon) readLoop(ctx context.Context) error {
 	pkts := make([]udpconn.Packet, readBatch)
 	for i := range pkts {
@@ -31,9 +32,13 @@ func (d *Daemon) readLoop(ctx context.Context) error {
 		for _, p := range pkts[:n] {
 			switch b := p.Buf; {
 			case wire.LooksLikeSTUN(b):
-				d.stun.handle(b)
+				if !d.stun.handle(b) {
+					if f := d.fan.Load(); f != nil {
+						f.mc.feed(b, p.Addr)
+					}
+				}
 			case wire.LooksLikeGCN(b):
-				d.handleGCN(b)
+				d.handleGCN(ctx, b)
 			default:
 				d.count(func(s *Stats) { s.Malformed++ })
 			}
@@ -47,7 +52,7 @@ func (d *Daemon) count(f func(*Stats)) {
 	d.mu.Unlock()
 }
 
-func (d *Daemon) handleGCN(b []byte) {
+func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {
 		d.count(func(s *Stats) { s.Malformed++ })
@@ -55,7 +60,9 @@ func (d *Daemon) handleGCN(b []byte) {
 	}
 	p := d.link(sender)
 	if p == nil {
-		d.count(func(s *Stats) { s.Unexpected++ })
+		if !d.handlePeer(b, sender) {
+			d.count(func(s *Stats) { s.Unexpected++ })
+		}
 		return
 	}
 	_, msg, err := wire.Open(b, &p.shared)
@@ -84,6 +91,17 @@ func (d *Daemon) handleGCN(b []byte) {
 			return
 		}
 		d.onResync(p, m)
+	case *wire.Forward:
+		// From the rendezvous itself: a tree member's direct delivery.
+		if !d.signedByServer(p, m) {
+			d.count(func(s *Stats) { s.Forged++ })
+			return
+		}
+		d.onEvent(p, m)
+	case *wire.Fanout:
+		d.onFanout(p, m)
+	case *wire.Edge:
+		d.onEdge(ctx, p, m)
 	case *wire.Ping:
 		d.count(func(s *Stats) { s.Pings++ })
 		p.mu.Lock()

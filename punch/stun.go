@@ -86,11 +86,13 @@ func (c *stunClient) bind(ctx context.Context, conn udpconn.Conn, server netip.A
 }
 
 // handle delivers a Binding success response to its waiting request and,
-// when tracking, records a Binding request; anything else is dropped.
-func (c *stunClient) handle(b []byte) {
+// when tracking, records a Binding request. It reports whether the
+// datagram was an answer to a request of this client: anything else is
+// someone else's STUN (ICE's, on the daemon's socket).
+func (c *stunClient) handle(b []byte) bool {
 	m := &stun.Message{Raw: append([]byte(nil), b...)}
 	if m.Decode() != nil {
-		return
+		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -98,17 +100,19 @@ func (c *stunClient) handle(b []byte) {
 		if c.seen != nil {
 			c.seen[m.TransactionID] = true
 		}
-		return
+		return false
 	}
-	if m.Type != stun.BindingSuccess {
-		return // an error answer is no answer: it must not pass for an open filter
+	ch := c.waiting[m.TransactionID]
+	if ch == nil {
+		return false
 	}
-	if ch := c.waiting[m.TransactionID]; ch != nil {
+	if m.Type == stun.BindingSuccess { // an error answer is no answer: it must not pass for an open filter
 		select {
 		case ch <- m:
 		default:
 		}
 	}
+	return true
 }
 
 // sawRequest reports whether a Binding request with this ID arrived.

@@ -29,6 +29,7 @@ func runDaemon(ctx context.Context, args []string) error {
 	keepalive := fs.Duration("keepalive", punch.DefaultKeepalive, "fixed keepalive interval (default: learned from the NAT's mapping lifetime, starting at 25s)")
 	listen := fs.String("listen", ":0", "local UDP address")
 	noDesktop := fs.Bool("no-desktop", false, "no desktop notifications even when a session bus exists")
+	noPeer := fs.Bool("no-peer", false, "never forward to other clients nor take part in hole punching: a leaf served by the rendezvous")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
 	parse(fs, args)
 	log := logger(*verbose)
@@ -84,7 +85,7 @@ func runDaemon(ctx context.Context, args []string) error {
 		fixed = *keepalive
 	}
 	d, err := punch.New(punch.Config{Conn: conn, Servers: servers, StateDir: *stateDir,
-		FixedKeepalive: fixed, Handle: runner.Handle, Control: punch.ControlSocket(*stateDir), Logger: log})
+		FixedKeepalive: fixed, Handle: runner.Handle, NoPeer: *noPeer, Control: punch.ControlSocket(*stateDir), Logger: log})
 	if err != nil {
 		return err
 	}

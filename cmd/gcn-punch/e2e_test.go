@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -453,7 +454,7 @@ func TestE2EClientStatus(t *testing.T) {
 	if err := json.Unmarshal([]byte(run(t, "", binary, "status", "--state", d.state, "--json")), &st); err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Servers) != 1 || len(st.Servers[0].Repos) != 1 || st.Servers[0].Repos[0] != (punch.RepoPosition{Repo: "chat.git", Known: true, LastSeq: 1}) {
+	if len(st.Servers) != 1 || len(st.Servers[0].Repos) != 1 || !reflect.DeepEqual(st.Servers[0].Repos[0], punch.RepoPosition{Repo: "chat.git", Known: true, LastSeq: 1}) {
 		t.Fatalf("status %+v", st)
 	}
 	var stats punch.Stats

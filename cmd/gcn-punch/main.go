@@ -16,11 +16,11 @@ import (
 const usage = `gcn-punch: git push notifications over UDP, through NATs
 
 usage:
-  gcn-punch rendezvous --listen HOST:PORT [--alt-listen HOST:PORT] --store DIR [--open]
+  gcn-punch rendezvous --listen HOST:PORT [--alt-listen HOST:PORT] --store DIR [--open] [--fanout K]
   gcn-punch hook --store DIR [--repo-id ID]         (as post-receive; reads "<old> <new> <ref>")
   gcn-punch daemon --server HOST:PORT --server-key HEX|@FILE --repo-id ID --state DIR
-                   [--repo CLONE] [--exec PROGRAM] [--keepalive DURATION]
-  gcn-punch status --store DIR [--json|--stats]      (server side)
+                   [--repo CLONE] [--exec PROGRAM] [--keepalive DURATION] [--no-peer]
+  gcn-punch status --store DIR [--json|--stats|--tree]   (server side)
   gcn-punch status --state DIR [--json|--stats]      (client side: a running daemon)
   gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
   gcn-punch install client --repo CLONE [--exec PROGRAM]

@@ -1,0 +1,215 @@
+package punch_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/rendezvous"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// fanWorld is a rendezvous with --fanout and daemons, in this process, on
+// real loopback sockets: ICE runs for real on each daemon's one socket.
+type fanWorld struct {
+	t     *testing.T
+	srv   *rendezvous.Server
+	st    *store.Store
+	addr  string
+	daems []*punch.Daemon
+	recs  []*recorder
+}
+
+func newFanWorld(t *testing.T, arity int) *fanWorld {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := udpconn.Listen("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: st, Open: true, Fanout: arity})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &fanWorld{t: t, srv: srv, st: st, addr: conn.LocalAddrPort().String()}
+}
+
+func (w *fanWorld) daemon(noPeer bool) (*punch.Daemon, *recorder) {
+	w.t.Helper()
+	conn, err := udpconn.Listen("127.0.0.1:0", nil)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	rec := &recorder{}
+	d, err := punch.New(punch.Config{Conn: conn, Servers: []punch.Server{{Addr: mustAddr(w.addr), Key: w.srv.PublicKey(), Repos: []string{"chat.git"}}},
+		StateDir: filepath.Join(w.t.TempDir(), "state"), Handle: rec.handle, NoPeer: noPeer})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	w.t.Cleanup(func() { cancel(); <-done })
+	w.daems = append(w.daems, d)
+	w.recs = append(w.recs, rec)
+	return d, rec
+}
+
+func (w *fanWorld) push(n int) {
+	w.t.Helper()
+	for i := range n {
+		if _, err := w.st.Append("chat.git", []store.Update{{Old: fmt.Sprintf("%040x", i), New: fmt.Sprintf("%040x", i+1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+			w.t.Fatal(err)
+		}
+		if err := w.srv.Poke("chat.git"); err != nil {
+			w.t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// realWait polls cond every 10 ms of real time, at most limit.
+func realWait(limit time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+// connected reports whether every tree edge has formed a path.
+func (w *fanWorld) connected(members int) bool {
+	trees := w.srv.Trees()
+	if len(trees) != 1 || trees[0].Size != members {
+		return false
+	}
+	for _, m := range trees[0].Members {
+		if m.Parent != "rendezvous" && m.Edge != "connected" {
+			return false
+		}
+	}
+	return true
+}
+
+// Three daemons in a chain (arity 1): the rendezvous sends to the first, which
+// forwards to the second, which forwards to the third, over paths ICE formed
+// on each daemon's one socket. Every event arrives exactly once, in order,
+// everywhere; the second and third took events from their parents; a daemon
+// with --no-peer stays out of the tree and is served directly.
+func TestFanoutChainOverICE(t *testing.T) {
+	w := newFanWorld(t, 1)
+	for i := range 3 {
+		w.daemon(false) // one at a time: the chain is in the order they start
+		if !realWait(20*time.Second, func() bool { return w.connected(i + 1) }) {
+			t.Fatalf("the tree never formed: %+v", w.srv.Trees())
+		}
+	}
+	leafD, leafRec := w.daemon(true)
+	for _, d := range w.daems {
+		if !realWait(10*time.Second, func() bool { _, ok := d.LastSeq(w.srv.PublicKey(), "chat.git"); return ok }) {
+			t.Fatal("a daemon never learned its position")
+		}
+	}
+	w.push(20)
+	for i, rec := range w.recs {
+		if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= 20 }) {
+			t.Fatalf("daemon %d handled %d of 20", i, len(rec.snapshot()))
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // a late duplicate would show now
+	for i, rec := range w.recs {
+		wantExactlyInOrder(t, fmt.Sprintf("daemon %d", i), rec.snapshot(), 20)
+	}
+	fromPeer := 0
+	for _, d := range w.daems[:3] {
+		st := d.Stats()
+		if st.FromPeer > 0 {
+			fromPeer++
+		}
+	}
+	if fromPeer < 2 {
+		t.Fatalf("%d daemons took events from a peer, want the two below the first", fromPeer)
+	}
+	if st := leafD.Stats(); st.FromPeer != 0 || st.PunchAttempts != 0 {
+		t.Fatalf("--no-peer took part: %+v", st)
+	}
+	wantExactlyInOrder(t, "the --no-peer daemon", leafRec.snapshot(), 20)
+	var st punch.Status = w.daems[1].Status()
+	if r := st.Servers[0].Repos[0]; r.Parent == nil || r.Parent.Path == "" || r.Parent.Received == 0 {
+		t.Fatalf("the middle daemon's status does not show its parent: %+v", r)
+	}
+	if r := w.daems[0].Status().Servers[0].Repos[0]; len(r.Children) != 1 || r.Children[0].Forwarded == 0 {
+		t.Fatalf("the first daemon's status does not show its child: %+v", r)
+	}
+}
+
+// A hostile parent (a test hook in the forwarding path) drops every third
+// event, alters every fourth, replays what it forwarded before, and invents
+// an event of its own. Its child still handles every real event exactly
+// once, in order, and nothing else: altered and invented events fail the
+// server's signature, replays are duplicates, and what was dropped reaches
+// the child directly after its deadline.
+func TestFanoutHostileParent(t *testing.T) {
+	w := newFanWorld(t, 1)
+	bad, _ := w.daemon(false)
+	var sent []*wire.Forward
+	punch.SetForwardHook(bad, func(evs []*wire.Forward) []*wire.Forward {
+		var out []*wire.Forward
+		for _, f := range evs {
+			switch {
+			case f.Seq%3 == 0:
+				continue // dropped
+			case f.Seq%4 == 0:
+				c := *f
+				c.Ref = "refs/heads/evil" // altered: the signature no longer holds
+				out = append(out, &c)
+			default:
+				out = append(out, f)
+			}
+			invented := *f
+			invented.Seq += 1000 // invented: signed by nobody
+			invented.Sig[0] ^= 0xff
+			out = append(out, &invented)
+		}
+		out = append(out, sent...) // replayed
+		sent = append(sent, evs...)
+		return out
+	})
+	// The hostile daemon joins first, so it is the rendezvous's child and
+	// the next one's parent.
+	if !realWait(20*time.Second, func() bool { return w.connected(1) }) {
+		t.Fatalf("the first daemon never joined: %+v", w.srv.Trees())
+	}
+	_, childRec := w.daemon(false)
+	if !realWait(20*time.Second, func() bool { return w.connected(2) }) {
+		t.Fatalf("the tree never formed: %+v", w.srv.Trees())
+	}
+	for _, d := range w.daems {
+		if !realWait(10*time.Second, func() bool { _, ok := d.LastSeq(w.srv.PublicKey(), "chat.git"); return ok }) {
+			t.Fatal("a daemon never learned its position")
+		}
+	}
+	w.push(12)
+	if !realWait(30*time.Second, func() bool { return len(childRec.snapshot()) >= 12 }) {
+		t.Fatalf("the child handled %d of 12", len(childRec.snapshot()))
+	}
+	time.Sleep(300 * time.Millisecond)
+	wantExactlyInOrder(t, "the hostile parent's child", childRec.snapshot(), 12)
+	st := w.daems[1].Stats()
+	if st.Forged == 0 || st.Duplicates == 0 {
+		t.Fatalf("the child's counters do not show the forgeries and replays it refused: %+v", st)
+	}
+}
