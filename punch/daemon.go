@@ -157,8 +157,11 @@ type serverLink struct {
 	denied     bool
 	observed   netip.AddrPort
 	held       map[string]map[uint64]*wire.Forward // out-of-order events by repo (Sig zero: came unsigned)
-	// signing is the rendezvous's event-signing key, from its Fanout.
-	signing ed25519.PublicKey
+	// signing is the rendezvous's event-signing key, from its Fanout; nat
+	// what the daemon measured of its NAT toward this rendezvous.
+	signing   ed25519.PublicKey
+	nat       *natBehaviour
+	natProbed bool
 }
 
 // New loads the client key and state.

@@ -51,17 +51,89 @@ type fanoutState struct {
 	mux *ice.UDPMuxDefault
 }
 
-// onFanout takes a rendezvous's offer of fan-out and answers with what this
-// daemon offers. The rendezvous repeats the offer with its pongs until it
-// has the answer.
-func (d *Daemon) onFanout(p *serverLink, m *wire.Fanout) {
+// onFanout takes a rendezvous's offer of fan-out. The daemon answers with
+// what it offers once it knows its NAT's behaviour: the first offer starts
+// a probe (RFC 5780, a few seconds, on sockets of its own); later offers,
+// which the rendezvous repeats with its pongs until it has the answer, are
+// answered at once.
+func (d *Daemon) onFanout(ctx context.Context, p *serverLink, m *wire.Fanout) {
 	if d.cfg.NoPeer {
 		return // a leaf served by the rendezvous: never answer
 	}
 	p.mu.Lock()
 	p.signing = ed25519.PublicKey(append([]byte(nil), m.SigningKey[:]...))
+	nat, started := p.nat, p.natProbed
+	p.natProbed = true
 	p.mu.Unlock()
-	d.send(p, &wire.PeerInfo{Flags: wire.PeerFlagParent, Host: d.hostCandidates()})
+	if nat != nil {
+		d.send(p, d.peerInfo(nat))
+		return
+	}
+	if started {
+		return // the probe answers when it ends
+	}
+	d.edgeWG.Go(func() {
+		nat := d.probeNAT(ctx, p.server().Addr)
+		p.mu.Lock()
+		p.nat = nat
+		p.mu.Unlock()
+		d.log.Info("peer: NAT behaviour", "server", p.server().Addr, "mapping", behaviourName(nat.Mapping), "filtering", behaviourName(nat.Filtering))
+		d.send(p, d.peerInfo(nat))
+	})
+}
+
+// natBehaviour is what the daemon measured of its NAT, in wire codes.
+type natBehaviour struct{ Mapping, Filtering byte }
+
+// probeNATTimeout bounds the NAT measurement at start: the probe takes
+// about a second where every test answers and at most about 3 s.
+const probeNATTimeout = 5 * time.Second
+
+// probeNAT measures the NAT's mapping and filtering toward the rendezvous
+// (unknown where the rendezvous has no second address, or no NAT at all:
+// then both are endpoint-independent).
+func (d *Daemon) probeNAT(ctx context.Context, server netip.AddrPort) *natBehaviour {
+	ctx, cancel := context.WithTimeout(ctx, probeNATTimeout)
+	defer cancel()
+	r, _ := Probe(ctx, ProbeOptions{Server: server})
+	code := func(s *string) byte {
+		switch {
+		case s == nil:
+			return wire.BehaviourUnknown
+		case *s == EndpointIndependent:
+			return wire.EndpointIndependent
+		case *s == AddressDependent:
+			return wire.AddressDependent
+		}
+		return wire.AddressAndPortDependent
+	}
+	nat := &natBehaviour{Mapping: code(r.Mapping), Filtering: code(r.Filtering)}
+	if r.NoNAT {
+		nat.Mapping, nat.Filtering = wire.EndpointIndependent, wire.EndpointIndependent
+	}
+	return nat
+}
+
+func behaviourName(b byte) string {
+	switch b {
+	case wire.EndpointIndependent:
+		return EndpointIndependent
+	case wire.AddressDependent:
+		return AddressDependent
+	case wire.AddressAndPortDependent:
+		return AddressAndPortDependent
+	}
+	return "unknown"
+}
+
+// peerInfo is this daemon's offer: it may parent unless its NAT maps per
+// destination (a child could not reach the mapping its candidates name).
+func (d *Daemon) peerInfo(nat *natBehaviour) *wire.PeerInfo {
+	var flags byte
+	if nat.Mapping != wire.AddressDependent && nat.Mapping != wire.AddressAndPortDependent {
+		flags = wire.PeerFlagParent
+	}
+	return &wire.PeerInfo{Flags: flags, Mapping: nat.Mapping, Filtering: nat.Filtering, Host: d.hostCandidates()}
 }
 
 // hostCandidates are this machine's own addresses with the socket's port:

@@ -99,7 +99,7 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 		}
 		d.onEvent(p, m)
 	case *wire.Fanout:
-		d.onFanout(p, m)
+		d.onFanout(ctx, p, m)
 	case *wire.Edge:
 		d.onEdge(ctx, p, m)
 	case *wire.Ping:

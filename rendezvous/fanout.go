@@ -60,10 +60,27 @@ type peerInfo struct {
 }
 
 // canParent reports whether a client may be given children: it offered to,
-// and its NAT maps endpoint-independently (a symmetric NAT's mapping to a
+// and its NAT does not map per destination (a symmetric NAT's mapping to a
 // child would differ from the one its candidates name).
 func (p *peerInfo) canParent() bool {
-	return p.flags&wire.PeerFlagParent != 0 && p.mapping != wire.AddressAndPortDependent
+	return p.flags&wire.PeerFlagParent != 0 && !p.mapsPerDestination()
+}
+
+func (p *peerInfo) mapsPerDestination() bool {
+	return p.mapping == wire.AddressDependent || p.mapping == wire.AddressAndPortDependent
+}
+
+// canReach says whether child can hang under parent. A child whose NAT
+// maps per destination reaches a parent only through a mapping the parent
+// learns from the child's own checks (peer-reflexive): the parent's NAT must
+// let those in, so it filters by address at most (RFC 4787; what ICE can do
+// without a relay). Unknown behaviour is tried: a failed edge moves the child.
+func canReach(parent, child *tnode) bool {
+	if !child.su.c.peer.mapsPerDestination() {
+		return true
+	}
+	f := parent.su.c.peer.filtering
+	return f != wire.AddressAndPortDependent
 }
 
 // edge is one parent-child link of a tree.
@@ -112,6 +129,7 @@ func (s *Server) joinTree(su *sub, now time.Time) {
 	r := su.r
 	if r.tree == nil {
 		r.tree = newTree(s.fan.arity)
+		r.tree.canReach = canReach
 	}
 	n, adopted := r.tree.insert(su, !su.c.peer.canParent())
 	su.node = n

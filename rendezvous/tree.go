@@ -28,6 +28,9 @@ type tree struct {
 	// openAt[d] lists members at depth d that may have room for a child,
 	// oldest first; entries that filled up or left are skipped lazily.
 	openAt [][]*tnode
+	// canReach, when set, says whether a child can have that parent (its
+	// NAT must let the child's checks in); nil: any.
+	canReach func(parent, child *tnode) bool
 }
 
 func newTree(arity int) *tree { return &tree{arity: arity} }
@@ -48,10 +51,10 @@ func (t *tree) markOpen(n *tnode) {
 	t.openAt[n.depth] = append(t.openAt[n.depth], n)
 }
 
-// slot returns the shallowest member with room whose ancestors do not
-// include avoid (nil for any), or nil when the rendezvous itself must take
-// the child.
-func (t *tree) slot(avoid *tnode) *tnode {
+// slot returns the shallowest member with room that can be child's parent
+// and is not in child's own subtree, or nil when the rendezvous itself must
+// take the child.
+func (t *tree) slot(child *tnode) *tnode {
 	if len(t.roots) < t.arity {
 		return nil
 	}
@@ -71,7 +74,7 @@ func (t *tree) slot(avoid *tnode) *tnode {
 				i--
 				continue
 			}
-			if avoid != nil && n.under(avoid) {
+			if n.under(child) || (t.canReach != nil && !t.canReach(n, child)) {
 				continue
 			}
 			t.openAt[d] = q
@@ -79,7 +82,7 @@ func (t *tree) slot(avoid *tnode) *tnode {
 		}
 		t.openAt[d] = q
 	}
-	return nil // every member is full or a leaf: the rendezvous takes more
+	return nil // every member is full, a leaf or unreachable: the rendezvous takes more
 }
 
 // under reports whether n is a or lies in a's subtree.
@@ -97,11 +100,11 @@ func (n *tnode) under(a *tnode) bool {
 // nothing had room for them): those it returns, moved.
 func (t *tree) insert(su *sub, leaf bool) (n *tnode, adopted []*tnode) {
 	n = &tnode{su: su, leaf: leaf}
-	t.attach(n, t.slot(nil))
+	t.attach(n, t.slot(n))
 	t.size++
 	for i := len(t.roots) - 1; i >= 0 && len(t.roots) > t.arity && t.room(n); i-- {
 		r := t.roots[i]
-		if r == n || n.under(r) {
+		if r == n || n.under(r) || (t.canReach != nil && !t.canReach(n, r)) {
 			continue
 		}
 		t.detach(r) // removes index i: the ones before keep theirs

@@ -168,3 +168,26 @@ func TestTreeMoveAvoidsFailedParent(t *testing.T) {
 	}
 	checkTree(t, two)
 }
+
+// A child that can only hang under some parents (a symmetric NAT under a
+// parent that filters by port) goes to the shallowest one that fits, or to
+// the rendezvous when none does.
+func TestTreePlacementHonoursReach(t *testing.T) {
+	tr := newTree(2)
+	strict := map[*tnode]bool{}
+	picky := map[*tnode]bool{}
+	tr.canReach = func(p, c *tnode) bool { return !picky[c] || !strict[p] }
+	a, _ := tr.insert(&sub{}, false)
+	b, _ := tr.insert(&sub{}, false)
+	strict[a] = true // a filters by port: no picky child under it
+	c := &tnode{su: &sub{}, leaf: true}
+	picky[c] = true
+	p := tr.slot(c)
+	if p != b {
+		t.Fatalf("picky child placed under %p, want the reachable parent %p", p, b)
+	}
+	strict[b] = true
+	if p := tr.slot(c); p != nil {
+		t.Fatal("with no reachable parent the rendezvous must take the child")
+	}
+}
