@@ -45,7 +45,7 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 // all of them ran, so a filtered run never overwrites it with a part.
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
 	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
-	"TestNATProbeInterop", "TestNATProbeLifetime"}
+	"TestNATProbeInterop", "TestNATProbeLifetime", "TestNATFanoutPairMatrix", "TestNATFanoutCrowd", "TestNATFanoutChurn"}
 
 var contributed sync.Map
 
@@ -167,10 +167,11 @@ type server struct {
 	rv    *proc
 	mu    sync.Mutex
 	n     int
+	extra []string // more rendezvous flags
 }
 
-func startServer(t *testing.T, lab *netsim.Lab) *server {
-	s := &server{t: t, lab: lab, dir: t.TempDir()}
+func startServer(t *testing.T, lab *netsim.Lab, rendezvousFlags ...string) *server {
+	s := &server{t: t, lab: lab, dir: t.TempDir(), extra: rendezvousFlags}
 	s.store = filepath.Join(s.dir, "store")
 	bare := filepath.Join(s.dir, "chat.git")
 	run(t, "git", "init", "-q", "--bare", bare)
@@ -191,9 +192,11 @@ func run(t *testing.T, name string, args ...string) {
 
 func (s *server) startRendezvous() {
 	os.Remove(filepath.Join(s.store, "rendezvous.addr"))
-	s.rv = startIn(s.t, s.lab.Server, filepath.Join(s.dir, fmt.Sprintf("rendezvous-%d.log", time.Now().UnixNano())),
-		"rendezvous", "--listen", netsim.ServerAddr.String()+":3478", "--alt-listen", netsim.ServerAltAddr.String()+":3478",
-		"--store", s.store, "--open")
+	// The alternate address on another IP and port: RFC 5780 discovery, which
+	// daemons use to measure their NAT when the rendezvous fans out.
+	args := append([]string{"rendezvous", "--listen", netsim.ServerAddr.String() + ":3478", "--alt-listen", netsim.ServerAltAddr.String() + ":3479",
+		"--store", s.store, "--open"}, s.extra...)
+	s.rv = startIn(s.t, s.lab.Server, filepath.Join(s.dir, fmt.Sprintf("rendezvous-%d.log", time.Now().UnixNano())), args...)
 	if !poll(10*time.Second, func() bool { _, err := os.Stat(filepath.Join(s.store, "rendezvous.addr")); return err == nil }) {
 		s.t.Fatalf("rendezvous did not start:\n%s", s.rv.text())
 	}
@@ -225,6 +228,7 @@ type client struct {
 	host             *netsim.Host
 	kind             string
 	extra            []string
+	repo             string // "" : chat.git
 	s                *server
 }
 
@@ -232,15 +236,25 @@ func (s *server) startClient(h *netsim.Host, kind string, extra ...string) *clie
 	name := h.NS[strings.LastIndex(h.NS, "-")+1:]
 	c := &client{name: name, host: h, kind: kind, extra: extra, s: s,
 		out: filepath.Join(s.dir, name+".seqs"), state: filepath.Join(s.dir, name+"-state")}
-	prog := filepath.Join(s.dir, name+".sh")
-	os.WriteFile(prog, []byte(fmt.Sprintf("#!/bin/sh\necho \"$(date +%%s%%3N) $GCN_SEQ\" >> %q\n", c.out)), 0o755)
+	writeExecProgram(c)
 	c.start()
 	return c
 }
 
+// writeExecProgram writes the client's --exec program: it appends
+// "<ms> <seq>" to the client's output file.
+func writeExecProgram(c *client) {
+	prog := filepath.Join(c.s.dir, c.name+".sh")
+	os.WriteFile(prog, []byte(fmt.Sprintf("#!/bin/sh\necho \"$(date +%%s%%3N) $GCN_SEQ\" >> %q\n", c.out)), 0o755)
+}
+
 func (c *client) start() {
+	repo := "chat.git"
+	if c.repo != "" {
+		repo = c.repo
+	}
 	args := append([]string{"daemon", "--server", netsim.ServerAddr.String() + ":3478", "--server-key", "@" + filepath.Join(c.s.store, "server.pub"),
-		"--repo-id", "chat.git", "--state", c.state, "--exec", filepath.Join(c.s.dir, c.name+".sh"), "--no-desktop", "-v"}, c.extra...)
+		"--repo-id", repo, "--state", c.state, "--exec", filepath.Join(c.s.dir, c.name+".sh"), "--no-desktop", "-v"}, c.extra...)
 	c.proc = startIn(c.s.t, c.host, filepath.Join(c.s.dir, fmt.Sprintf("%s-%d.log", c.name, time.Now().UnixNano())), args...)
 }
 
@@ -595,11 +609,32 @@ func writeMatrix() {
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", r.scenario, r.kind, r.result, r.recovery, r.keepalive)
 	}
+	pairs.Lock()
+	prs := pairs.rows
+	pairs.Unlock()
+	if len(prs) > 0 {
+		b.WriteString("\n## Peer-to-peer pairs\n\nWritten by `TestNATFanoutPairMatrix`: for each pair of NAT kinds, and two clients behind one NAT, a\n" +
+			"two-member tree (`--fanout 1`); the parent joins first, then the rendezvous tells both ends about the edge at once\n" +
+			"and ICE (pion/ice/v2, on each daemon's one socket) forms the path. \"formed in\" runs from the edge's arrival at\n" +
+			"the child to the selected path. A daemon behind a symmetric NAT is a leaf, so the other side parents.\n" +
+			"Where no direct path can form without a relay (RFC 4787), the child is served by the rendezvous directly.\n\n" +
+			"| parent's NAT | child's NAT | result | path | formed in | RTT |\n|---|---|---|---|---|---|\n")
+		for _, r := range prs {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", r.parent, r.child, r.result, orDash(r.kind), orDash(r.took), orDash(r.rtt))
+		}
+	}
 	b.WriteString("\nNot covered here: rebinding behind the address-restricted emulation (its filter is keyed on the\n" +
 		"pre-NAT port, which a reboot changes), and hairpinning behind symmetric NATs.\n")
 	if err := os.WriteFile(filepath.Join("..", "docs", "nat-matrix.md"), []byte(b.String()), 0o644); err != nil {
 		fmt.Fprintf(os.Stderr, "writing nat-matrix.md: %v\n", err)
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // udpHelper is this test binary run inside a namespace as a tiny UDP tool:

@@ -52,7 +52,8 @@ func (l *Lab) addRouter(i int, spec RouterSpec) (*Router, error) {
 			}
 		}
 		// The carrier NAT is a plain Linux masquerade: port-restricted cone.
-		if err := nftApply(r.CGN.NS, "table ip gcn {\n chain postrouting {\n  type nat hook postrouting priority 100; policy accept;\n  oifname \"wan0\" masquerade\n }\n}\n"); err != nil {
+		if err := nftApply(r.CGN.NS, "table ip gcn {\n chain postrouting {\n  type nat hook postrouting priority 100; policy accept;\n  oifname \"wan0\" masquerade\n }\n"+
+			" chain input {\n  type filter hook input priority 0; policy accept;\n  "+wanInputDrop+"\n }\n}\n"); err != nil {
 			return nil, err
 		}
 	} else {
@@ -116,6 +117,16 @@ func (r *Router) SetUDPTimeout(d time.Duration) error {
 }
 
 // ruleset renders the router's nftables rules from its spec.
+// wanInputDrop drops unsolicited UDP arriving on the WAN for the router
+// itself, as home routers' firewalls do. It matters for hole punching: the
+// drop comes before conntrack commits the packet, so a peer's first check,
+// arriving before this side has sent anything, leaves no entry behind.
+// Without it, that entry would hold the mapping's public port and tuple, and
+// the masquerade would give this side's own checks another port (a
+// conntrack clash): two address-and-port-dependent NATs would then never
+// meet.
+const wanInputDrop = `iifname "wan0" meta l4proto udp drop`
+
 func (r *Router) ruleset() string {
 	client := r.Clients[0].Addr.String()
 	var pre, post, fwd []string
@@ -162,7 +173,7 @@ func (r *Router) ruleset() string {
 	}
 	chain := func(name, hook string, prio int, stmts []string) string {
 		typ := "nat"
-		if hook == "forward" {
+		if hook == "forward" || hook == "input" {
 			typ = "filter"
 		}
 		var b strings.Builder
@@ -174,7 +185,8 @@ func (r *Router) ruleset() string {
 		return b.String()
 	}
 	return "table ip gcn {\n" + sets + chain("prerouting", "prerouting", -100, pre) +
-		chain("postrouting", "postrouting", 100, post) + chain("forward", "forward", 0, fwd) + "}\n"
+		chain("postrouting", "postrouting", 100, post) + chain("forward", "forward", 0, fwd) +
+		chain("input", "input", 0, []string{wanInputDrop}) + "}\n"
 }
 
 func nftApply(ns, rules string) error {

@@ -188,7 +188,7 @@ func (d *Daemon) onEdge(ctx context.Context, p *serverLink, m *wire.Edge) {
 		return
 	}
 	if m.Role == wire.RoleDrop {
-		d.dropEdge(m.ID)
+		d.dropEdge(m.ID, true)
 		d.send(p, &wire.EdgeState{ID: m.ID, State: wire.EdgeDropped})
 		return
 	}
@@ -204,7 +204,17 @@ func (d *Daemon) onEdge(ctx context.Context, p *serverLink, m *wire.Edge) {
 		d.send(p, &wire.EdgeState{ID: m.ID, State: state, PathKind: kind, RTTMicro: uint32(rtt.Microseconds())})
 		return
 	}
+	// An older edge to the same peer (the rendezvous re-made it) goes first.
+	var stale []uint64
+	for id, old := range d.edges {
+		if old.peer == m.Peer && old.link == p {
+			stale = append(stale, id)
+		}
+	}
 	d.edgesMu.Unlock()
+	for _, id := range stale {
+		d.dropEdge(id, true)
+	}
 	fan := d.fanoutMachine()
 	agent, err := newAgent(fan.mux, m, d.Interval(p.key))
 	if err != nil {
@@ -248,7 +258,7 @@ func (d *Daemon) connectEdge(ctx context.Context, e *peerEdge, ufrag, pwd string
 		}
 		d.log.Info("peer: no path formed", "peer", e.peer.String()[:16], "repo", e.repo, "err", err)
 		d.count(func(s *Stats) { s.PunchFailed++ })
-		d.dropEdge(e.id)
+		d.dropEdge(e.id, false)
 		d.send(e.link, &wire.EdgeState{ID: e.id, State: wire.EdgeFailed})
 		return
 	}
@@ -263,7 +273,7 @@ func (d *Daemon) connectEdge(ctx context.Context, e *peerEdge, ufrag, pwd string
 		"address", addr, "kind", kindName(kind), "rtt", rtt, "took", time.Since(start).Round(time.Millisecond))
 	e.agent.OnConnectionStateChange(func(st ice.ConnectionState) {
 		if st == ice.ConnectionStateFailed {
-			if d.dropEdge(e.id) {
+			if d.dropEdge(e.id, false) {
 				d.log.Info("peer: path lost", "peer", e.peer.String()[:16], "repo", e.repo)
 				d.send(e.link, &wire.EdgeState{ID: e.id, State: wire.EdgeFailed})
 			}
@@ -299,8 +309,12 @@ func (d *Daemon) edge(id uint64) *peerEdge {
 	return d.edges[id]
 }
 
-// dropEdge ends an edge; it reports whether there was one.
-func (d *Daemon) dropEdge(id uint64) bool {
+// dropEdge ends an edge; it reports whether there was one. With wait, the
+// agent is closed before it returns, so that a new agent toward the same
+// peer never shares ICE's mux with a dying one (the mux sorts answers by
+// remote address: the old agent would take the new one's answers). An
+// agent's own callbacks must not wait: Close waits for them.
+func (d *Daemon) dropEdge(id uint64, wait bool) bool {
 	d.edgesMu.Lock()
 	e := d.edges[id]
 	delete(d.edges, id)
@@ -309,7 +323,11 @@ func (d *Daemon) dropEdge(id uint64) bool {
 		return false
 	}
 	e.cancel()
-	go e.agent.Close() // Close waits for the agent's loop: never under a lock
+	if wait {
+		e.agent.Close()
+	} else {
+		go e.agent.Close()
+	}
 	return true
 }
 

@@ -70,13 +70,17 @@ func (p *peerInfo) mapsPerDestination() bool {
 	return p.mapping == wire.AddressDependent || p.mapping == wire.AddressAndPortDependent
 }
 
+// sameSite says whether two members share a public address: behind one
+// NAT, their host candidates reach each other directly.
+func sameSite(a, b *tnode) bool { return a.su.c.addr.Addr() == b.su.c.addr.Addr() }
+
 // canReach says whether child can hang under parent. A child whose NAT
 // maps per destination reaches a parent only through a mapping the parent
 // learns from the child's own checks (peer-reflexive): the parent's NAT must
 // let those in, so it filters by address at most (RFC 4787; what ICE can do
 // without a relay). Unknown behaviour is tried: a failed edge moves the child.
 func canReach(parent, child *tnode) bool {
-	if !child.su.c.peer.mapsPerDestination() {
+	if !child.su.c.peer.mapsPerDestination() || sameSite(parent, child) {
 		return true
 	}
 	f := parent.su.c.peer.filtering
@@ -130,6 +134,7 @@ func (s *Server) joinTree(su *sub, now time.Time) {
 	if r.tree == nil {
 		r.tree = newTree(s.fan.arity)
 		r.tree.canReach = canReach
+		r.tree.sameSite = sameSite
 	}
 	n, adopted := r.tree.insert(su, !su.c.peer.canParent())
 	su.node = n

@@ -31,6 +31,10 @@ type tree struct {
 	// canReach, when set, says whether a child can have that parent (its
 	// NAT must let the child's checks in); nil: any.
 	canReach func(parent, child *tnode) bool
+	// sameSite, when set, says whether two members sit behind the same NAT,
+	// where they reach each other on their own network whatever the NAT
+	// does: a leaf may take such a child when nothing else can.
+	sameSite func(a, b *tnode) bool
 }
 
 func newTree(arity int) *tree { return &tree{arity: arity} }
@@ -81,6 +85,17 @@ func (t *tree) slot(child *tnode) *tnode {
 			return n
 		}
 		t.openAt[d] = q
+	}
+	if t.sameSite != nil && child.su != nil {
+		var found *tnode
+		t.walk(func(n *tnode) {
+			if found == nil && n.su != nil && len(n.children) < t.arity && !n.under(child) && t.sameSite(n, child) {
+				found = n
+			}
+		})
+		if found != nil {
+			return found
+		}
 	}
 	return nil // every member is full, a leaf or unreachable: the rendezvous takes more
 }
