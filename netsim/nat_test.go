@@ -602,7 +602,7 @@ func writeMatrix() {
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "# NAT matrix\n\nWritten by the netns suite (`make netns-test`, also part of `make test` as root) on %s, %s.\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), host)
 	b.WriteString("Each row: the real `gcn-punch` binaries, a rendezvous in a server namespace and a daemon behind a router namespace\n")
-	b.WriteString("running nftables NAT (see `netsim/lab.go` and `shared/nat-lab-recipes.md`). \"ok\" means every notification\n")
+	b.WriteString("running nftables NAT (see `netsim/lab.go` and `netsim/router.go`). \"ok\" means every notification\n")
 	b.WriteString("arrived exactly once, in order. Keepalive: \"(learned)\" is what the daemon chose from the NAT's mapping\n")
 	b.WriteString("lifetime with no flag; \"(set)\" was given with `--keepalive`.\n\n")
 	b.WriteString("| scenario | NAT | result | recovery / latency | keepalive |\n|---|---|---|---|---|\n")
