@@ -47,6 +47,15 @@ func newFanWorld(t *testing.T, arity int) *fanWorld {
 }
 
 func (w *fanWorld) daemon(noPeer bool) (*punch.Daemon, *recorder) {
+	return w.start(noPeer, 0)
+}
+
+// daemonKeepalive starts a daemon with a fixed keepalive interval.
+func (w *fanWorld) daemonKeepalive(ka time.Duration) (*punch.Daemon, *recorder) {
+	return w.start(false, ka)
+}
+
+func (w *fanWorld) start(noPeer bool, keepalive time.Duration) (*punch.Daemon, *recorder) {
 	w.t.Helper()
 	conn, err := udpconn.Listen("127.0.0.1:0", nil)
 	if err != nil {
@@ -54,7 +63,7 @@ func (w *fanWorld) daemon(noPeer bool) (*punch.Daemon, *recorder) {
 	}
 	rec := &recorder{}
 	d, err := punch.New(punch.Config{Conn: conn, Servers: []punch.Server{{Addr: mustAddr(w.addr), Key: w.srv.PublicKey(), Repos: []string{"chat.git"}}},
-		StateDir: filepath.Join(w.t.TempDir(), "state"), Handle: rec.handle, NoPeer: noPeer})
+		StateDir: filepath.Join(w.t.TempDir(), "state"), Handle: rec.handle, NoPeer: noPeer, FixedKeepalive: keepalive})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -211,5 +220,50 @@ func TestFanoutHostileParent(t *testing.T) {
 	st := w.daems[1].Stats()
 	if st.Forged == 0 || st.Duplicates == 0 {
 		t.Fatalf("the child's counters do not show the forgeries and replays it refused: %+v", st)
+	}
+}
+
+// Across every keepalive interval the daemon may use, ICE's consent checks
+// come more often than its timeouts: an idle peer path is never declared
+// dead between two checks (it was, with fixed 5 s and 10 s timeouts and a
+// check every half keepalive).
+func TestICEConsentOutlastsItsInterval(t *testing.T) {
+	for ka := punch.MinKeepalive; ka <= punch.MaxKeepalive; ka += time.Second {
+		every, suspect, failed := punch.ICEConsent(ka)
+		if every > ka/2+time.Second || suspect <= 2*every || failed <= every {
+			t.Fatalf("keepalive %v: checks every %v, suspect after %v, failed %v later", ka, every, suspect, failed)
+		}
+	}
+}
+
+// An idle peer path outlives a keepalive interval without being torn down:
+// with a 30 s keepalive, 20 s of silence, then a push still goes through
+// the parent.
+func TestFanoutIdlePathSurvives(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: 20 s of idle time")
+	}
+	w := newFanWorld(t, 1)
+	for i := range 2 {
+		w.daemonKeepalive(30 * time.Second)
+		if !realWait(20*time.Second, func() bool { return w.connected(i + 1) }) {
+			t.Fatalf("the tree never formed: %+v", w.srv.Trees())
+		}
+	}
+	for _, d := range w.daems {
+		if !realWait(10*time.Second, func() bool { _, ok := d.LastSeq(w.srv.PublicKey(), "chat.git"); return ok }) {
+			t.Fatal("a daemon never learned its position")
+		}
+	}
+	time.Sleep(20 * time.Second)
+	if !w.connected(2) {
+		t.Fatalf("the idle edge was torn down: %+v", w.srv.Trees())
+	}
+	w.push(1)
+	if !realWait(10*time.Second, func() bool { return len(w.recs[1].snapshot()) == 1 }) {
+		t.Fatal("the push did not arrive")
+	}
+	if st := w.daems[1].Stats(); st.FromPeer != 1 {
+		t.Fatalf("the child took %d events from its parent after the idle time, want 1", st.FromPeer)
 	}
 }

@@ -26,16 +26,19 @@ const (
 	// a path in about two round trips, yet 8 candidate pairs cost at most
 	// 160 small datagrams a second while checking.
 	iceCheckInterval = 50 * time.Millisecond
-	// iceConnectTimeout bounds forming a path: ICE's own checks give up
-	// long before (iceFailed); past this the edge is reported failed and
-	// the rendezvous moves the child.
+	// iceConnectTimeout bounds forming a path: past it the edge is
+	// reported failed and the rendezvous moves the child.
 	iceConnectTimeout = 15 * time.Second
-	// iceDisconnected and iceFailed: a selected path with no answer to its
-	// consent checks for 5 s is suspect and after 10 s gone, so a child
-	// whose parent vanished asks for another within seconds (its acks fall
-	// back to the rendezvous meanwhile, so nothing waits on this).
-	iceDisconnected = 5 * time.Second
-	iceFailed       = 10 * time.Second
+	// A selected path is kept open by consent checks every half keepalive
+	// interval (the NAT's mapping must not idle out), at least every
+	// iceMinConsent. It is suspect after missing two checks and gone after
+	// missing four more: ICE's timeouts must exceed the check interval, or an
+	// idle path would be declared dead between two checks. Nothing waits on
+	// this: a child's events fall back to the rendezvous after its tree
+	// deadline, and a parent that answers nobody leaves the tree.
+	iceMinConsent     = time.Second
+	iceSuspectChecks  = 2
+	iceGoneAfterCheck = 4
 	// muxQueue is how many STUN datagrams wait for ICE; past it, like a
 	// full socket buffer, they are dropped (ICE retransmits its checks).
 	muxQueue = 256
@@ -116,8 +119,8 @@ var iceLogs = func() logging.LoggerFactory {
 // other side), no mDNS, and no waiting before a pair may be chosen.
 func newAgent(mux ice.UDPMux, e *wire.Edge, keepalive time.Duration) (*ice.Agent, error) {
 	zero := time.Duration(0)
-	check, disc, failed := iceCheckInterval, iceDisconnected, iceFailed
-	ka := max(keepalive/2, time.Second)
+	check := iceCheckInterval
+	ka, disc, failed := iceConsent(keepalive)
 	a, err := ice.NewAgent(&ice.AgentConfig{
 		UDPMux:                 mux,
 		NetworkTypes:           []ice.NetworkType{ice.NetworkTypeUDP4, ice.NetworkTypeUDP6},
@@ -155,6 +158,14 @@ func newAgent(mux ice.UDPMux, e *wire.Edge, keepalive time.Duration) (*ice.Agent
 		a.AddRemoteCandidate(rc)
 	}
 	return a, nil
+}
+
+// iceConsent derives from the keepalive interval ICE's consent-check
+// interval and its disconnected and failed timeouts (pion counts the failed
+// one on top of the disconnected one).
+func iceConsent(keepalive time.Duration) (every, suspect, failed time.Duration) {
+	every = max(keepalive/2, iceMinConsent)
+	return every, iceSuspectChecks*every + every/2, iceGoneAfterCheck * every
 }
 
 // remoteCandidate turns a signalled candidate into ICE's.
