@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -85,17 +86,24 @@ func (d *Daemon) onFanout(ctx context.Context, p *serverLink, m *wire.Fanout) {
 // natBehaviour is what the daemon measured of its NAT, in wire codes.
 type natBehaviour struct{ Mapping, Filtering byte }
 
-// probeNATTimeout bounds the NAT measurement at start: the probe takes
-// about a second where every test answers and at most about 3 s.
+// probeNATTimeout bounds one NAT measurement: the probe takes about a
+// second where every test answers and at most about 3 s.
 const probeNATTimeout = 5 * time.Second
 
+// probeNATTries and probeNATSpread: a measurement that learned nothing is
+// tried again, after a random 1 to 4 s, twice. The rendezvous limits STUN
+// per source address (20 at once, then 10 a second), and daemons behind one
+// NAT that start together share that budget: spreading them out lets each
+// measure.
+const (
+	probeNATTries  = 3
+	probeNATSpread = 3 * time.Second
+)
+
 // probeNAT measures the NAT's mapping and filtering toward the rendezvous
-// (unknown where the rendezvous has no second address, or no NAT at all:
-// then both are endpoint-independent).
+// (unknown where the rendezvous has no second address; endpoint-independent
+// when there is no NAT at all).
 func (d *Daemon) probeNAT(ctx context.Context, server netip.AddrPort) *natBehaviour {
-	ctx, cancel := context.WithTimeout(ctx, probeNATTimeout)
-	defer cancel()
-	r, _ := Probe(ctx, ProbeOptions{Server: server})
 	code := func(s *string) byte {
 		switch {
 		case s == nil:
@@ -107,9 +115,29 @@ func (d *Daemon) probeNAT(ctx context.Context, server netip.AddrPort) *natBehavi
 		}
 		return wire.AddressAndPortDependent
 	}
-	nat := &natBehaviour{Mapping: code(r.Mapping), Filtering: code(r.Filtering)}
-	if r.NoNAT {
-		nat.Mapping, nat.Filtering = wire.EndpointIndependent, wire.EndpointIndependent
+	nat := &natBehaviour{}
+	for try := range probeNATTries {
+		if try > 0 {
+			wait := time.Second + rand.N(probeNATSpread)
+			select {
+			case <-ctx.Done():
+				return nat
+			case <-time.After(wait):
+			}
+		}
+		pctx, cancel := context.WithTimeout(ctx, probeNATTimeout)
+		r, _ := Probe(pctx, ProbeOptions{Server: server})
+		cancel()
+		if r.NoNAT {
+			return &natBehaviour{Mapping: wire.EndpointIndependent, Filtering: wire.EndpointIndependent}
+		}
+		nat = &natBehaviour{Mapping: code(r.Mapping), Filtering: code(r.Filtering)}
+		if r.UDP && r.OtherAddress == "" {
+			return nat // no RFC 5780 here: trying again learns nothing more
+		}
+		if nat.Mapping != wire.BehaviourUnknown && nat.Filtering != wire.BehaviourUnknown {
+			return nat
+		}
 	}
 	return nat
 }

@@ -32,6 +32,10 @@ const (
 	// ack deadlines serve it directly meanwhile).
 	edgeRetry = time.Second
 	edgeTries = 5
+	// maxFailedEdges: after this many edges on which no path formed, a
+	// member is served by the rendezvous directly (as a leaf): its NAT and
+	// its parents' evidently do not meet, and each try costs up to 15 s.
+	maxFailedEdges = 2
 	// evictAfterRTO takes a tree member out of the tree once its own direct
 	// retransmission has backed off this far (two unanswered repeats): a
 	// parent that answers nobody must not keep costing its subtree the
@@ -293,7 +297,14 @@ func (s *Server) onEdgeState(c *client, m *wire.EdgeState, now time.Time) {
 		s.stats.PunchFailed++
 		n := e.child
 		s.unlink(e)
-		n.su.r.tree.move(n)
+		if n.failed++; n.failed >= maxFailedEdges {
+			n.su.r.tree.serveDirectly(n)
+			for _, c := range n.children {
+				s.relink(c, now)
+			}
+		} else {
+			n.su.r.tree.move(n)
+		}
 		s.relink(n, now)
 	case wire.EdgeChecking:
 		if e.state == 0 {

@@ -278,6 +278,15 @@ func TestFanoutMovesChildAfterFailedEdge(t *testing.T) {
 		if st := l.s.Stats(); st.PunchFailed != 1 {
 			t.Fatalf("punch failures %d", st.PunchFailed)
 		}
+		// A second failure: the rendezvous serves it directly, as a leaf.
+		if n.edge == nil {
+			t.Fatal("the moved child has no edge to fail")
+		}
+		l.send(child, &wire.EdgeState{ID: n.edge.id, State: wire.EdgeFailed})
+		l.flush()
+		if n.parent != nil || !n.leaf {
+			t.Fatalf("after %d failed edges the child still hangs under a member (leaf %v)", maxFailedEdges, n.leaf)
+		}
 	})
 }
 

@@ -16,6 +16,7 @@ type tnode struct {
 	depth    int   // 0 for the rendezvous's children
 	leaf     bool  // never given children
 	edge     *edge // to its parent; nil for the rendezvous's children
+	failed   int   // edges to a parent on which no path formed
 	// open is whether the node sits in its tree's open queue.
 	open bool
 }
@@ -208,6 +209,20 @@ func (t *tree) move(n *tnode) {
 		t.markOpen(old)
 	}
 	t.attach(n, p)
+}
+
+// serveDirectly makes n a leaf that the rendezvous serves itself; its
+// children move, each with its subtree, to the shallowest free places.
+func (t *tree) serveDirectly(n *tnode) {
+	t.detach(n)
+	n.leaf = true
+	kids := n.children
+	n.children = nil
+	for _, c := range kids {
+		c.parent = nil
+		t.attach(c, t.slot(c))
+	}
+	t.attach(n, nil)
 }
 
 // walk calls fn for every member, parents before children.
