@@ -29,17 +29,19 @@ const (
 	ModeRegistered = "registered" // only keys registered over SSH
 )
 
-// SetRendezvous records, at the rendezvous's start, its UDP address
-// (rendezvous.addr) and its access mode (rendezvous.mode), one line each.
+// SetRendezvous records, at the rendezvous's start, its access mode
+// (rendezvous.mode) and its UDP address (rendezvous.addr), one line each.
+// The address comes last: its appearance says that the rendezvous is up
+// and everything it writes at start is written.
 func (s *Store) SetRendezvous(addr netip.AddrPort, open bool) error {
-	if err := atomicfile.WriteFile(s.addrPath(), []byte(addr.String()+"\n"), 0o644); err != nil {
-		return err
-	}
 	mode := ModeRegistered
 	if open {
 		mode = ModeOpen
 	}
-	return atomicfile.WriteFile(s.modePath(), []byte(mode+"\n"), 0o644)
+	if err := atomicfile.WriteFile(s.modePath(), []byte(mode+"\n"), 0o644); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(s.addrPath(), []byte(addr.String()+"\n"), 0o644)
 }
 
 // ErrNeverStarted says that no rendezvous has run on this store yet.
