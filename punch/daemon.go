@@ -84,24 +84,8 @@ type Stats struct {
 	Forwarded     uint64 `json:"forwarded"`      // events sent to children
 	FromPeer      uint64 `json:"from_peer"`      // events taken from the parent
 	PunchAttempts uint64 `json:"punch_attempts"` // edges whose paths were sought
-	PunchOKHost   uint64 `json:"punch_ok_host"`  // paths formed, by the remote candidate's kind
-	PunchOKSrflx  uint64 `json:"punch_ok_srflx"`
-	PunchOKPrflx  uint64 `json:"punch_ok_prflx"`
-	PunchOKRelay  uint64 `json:"punch_ok_relay"`
+	wire.PunchOK         // paths formed, by the remote candidate's kind
 	PunchFailed   uint64 `json:"punch_failed"` // edges on which no path formed
-}
-
-func (st *Stats) punchOK(kind byte) {
-	switch kind {
-	case wire.CandHost:
-		st.PunchOKHost++
-	case wire.CandSrflx:
-		st.PunchOKSrflx++
-	case wire.CandPrflx:
-		st.PunchOKPrflx++
-	case wire.CandRelay:
-		st.PunchOKRelay++
-	}
 }
 
 // Daemon follows repositories and handles their notifications.

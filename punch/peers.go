@@ -296,9 +296,9 @@ func (d *Daemon) connectEdge(ctx context.Context, e *peerEdge, ufrag, pwd string
 	d.edgesMu.Lock()
 	e.addr, e.kind, e.rtt, e.state, e.lastSeen = addr, kind, rtt, wire.EdgeConnected, time.Now()
 	d.edgesMu.Unlock()
-	d.count(func(s *Stats) { s.punchOK(kind) })
+	d.count(func(s *Stats) { s.Count(kind) })
 	d.log.Info("peer: path formed", "peer", e.peer.String()[:16], "repo", e.repo, "role", roleName(e.role),
-		"address", addr, "kind", kindName(kind), "rtt", rtt, "took", time.Since(start).Round(time.Millisecond))
+		"address", addr, "kind", wire.CandidateKindName(kind), "rtt", rtt, "took", time.Since(start).Round(time.Millisecond))
 	e.agent.OnConnectionStateChange(func(st ice.ConnectionState) {
 		if st == ice.ConnectionStateFailed {
 			if d.dropEdge(e.id, false) {
@@ -315,20 +315,6 @@ func roleName(r byte) string {
 		return "parent"
 	}
 	return "child"
-}
-
-func kindName(k byte) string {
-	switch k {
-	case wire.CandHost:
-		return "host"
-	case wire.CandSrflx:
-		return "srflx"
-	case wire.CandPrflx:
-		return "prflx"
-	case wire.CandRelay:
-		return "relay"
-	}
-	return ""
 }
 
 func (d *Daemon) edge(id uint64) *peerEdge {
@@ -504,7 +490,7 @@ func (d *Daemon) peerStatus(p *serverLink, repo string) (parent *PeerStatus, chi
 		if e.link != p || e.repo != repo {
 			continue
 		}
-		ps := PeerStatus{Peer: e.peer.String()[:16], Path: kindName(e.kind), RTTMicro: e.rtt.Microseconds(),
+		ps := PeerStatus{Peer: e.peer.String()[:16], Path: wire.CandidateKindName(e.kind), RTTMicro: e.rtt.Microseconds(),
 			Forwarded: e.forwarded, Received: e.received, LastSeen: e.lastSeen}
 		if e.addr.IsValid() {
 			ps.Address = e.addr.String()

@@ -290,7 +290,7 @@ func (s *Server) onEdgeState(c *client, m *wire.EdgeState, now time.Time) {
 	switch m.State {
 	case wire.EdgeConnected:
 		if e.state != wire.EdgeConnected {
-			s.stats.punchOK(m.PathKind)
+			s.stats.Count(m.PathKind)
 		}
 		e.state, e.kind, e.rttMicro = m.State, m.PathKind, m.RTTMicro
 	case wire.EdgeFailed:
@@ -369,9 +369,6 @@ type RepoTree struct {
 
 var edgeStateNames = map[byte]string{wire.EdgeChecking: "checking", wire.EdgeConnected: "connected", wire.EdgeFailed: "failed"}
 
-// PathKindNames names candidate kinds as status shows them.
-var PathKindNames = map[byte]string{wire.CandHost: "host", wire.CandSrflx: "srflx", wire.CandPrflx: "prflx", wire.CandRelay: "relay"}
-
 // Trees reports every repository's tree.
 func (s *Server) Trees() []RepoTree {
 	s.mu.Lock()
@@ -388,7 +385,7 @@ func (s *Server) Trees() []RepoTree {
 				m.Parent = n.parent.su.c.key.String()
 			}
 			if e := n.edge; e != nil {
-				m.Edge, m.Path, m.RTTMicro = edgeStateNames[e.state], PathKindNames[e.kind], e.rttMicro
+				m.Edge, m.Path, m.RTTMicro = edgeStateNames[e.state], wire.CandidateKindName(e.kind), e.rttMicro
 			}
 			rt.Members = append(rt.Members, m)
 		})

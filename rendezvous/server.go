@@ -106,24 +106,8 @@ type Stats struct {
 	TreeJoins       uint64 `json:"tree_joins"`       // subscriptions placed in a tree
 	TreeEvictions   uint64 `json:"tree_evictions"`   // members taken out for answering nobody
 	Edges           uint64 `json:"edges"`            // parent-child edges made
-	PunchOKHost     uint64 `json:"punch_ok_host"`    // edges connected, by the selected path's kind
-	PunchOKSrflx    uint64 `json:"punch_ok_srflx"`
-	PunchOKPrflx    uint64 `json:"punch_ok_prflx"`
-	PunchOKRelay    uint64 `json:"punch_ok_relay"`
+	wire.PunchOK           // paths formed, by the remote candidate's kind
 	PunchFailed     uint64 `json:"punch_failed"` // edges on which no path formed
-}
-
-func (st *Stats) punchOK(kind byte) {
-	switch kind {
-	case wire.CandHost:
-		st.PunchOKHost++
-	case wire.CandSrflx:
-		st.PunchOKSrflx++
-	case wire.CandPrflx:
-		st.PunchOKPrflx++
-	case wire.CandRelay:
-		st.PunchOKRelay++
-	}
 }
 
 // Server is a running rendezvous.

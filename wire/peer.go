@@ -210,6 +210,45 @@ const (
 	CandRelay byte = 4
 )
 
+// CandidateKindName names a candidate kind as status output and logs do:
+// host, srflx, prflx, relay ("" for none).
+func CandidateKindName(k byte) string {
+	switch k {
+	case CandHost:
+		return "host"
+	case CandSrflx:
+		return "srflx"
+	case CandPrflx:
+		return "prflx"
+	case CandRelay:
+		return "relay"
+	}
+	return ""
+}
+
+// PunchOK counts edges whose path formed, by the selected path's remote
+// candidate kind: both ends keep it among their counters, with these JSON keys.
+type PunchOK struct {
+	PunchOKHost  uint64 `json:"punch_ok_host"`
+	PunchOKSrflx uint64 `json:"punch_ok_srflx"`
+	PunchOKPrflx uint64 `json:"punch_ok_prflx"`
+	PunchOKRelay uint64 `json:"punch_ok_relay"`
+}
+
+// Count counts one formed path of kind k.
+func (p *PunchOK) Count(k byte) {
+	switch k {
+	case CandHost:
+		p.PunchOKHost++
+	case CandSrflx:
+		p.PunchOKSrflx++
+	case CandPrflx:
+		p.PunchOKPrflx++
+	case CandRelay:
+		p.PunchOKRelay++
+	}
+}
+
 // Candidate is one address a peer may be reached at.
 type Candidate struct {
 	Kind byte
