@@ -389,13 +389,7 @@ func (d *Daemon) handlePeer(b []byte, sender wire.Key) bool {
 	}
 	_, msg, err := wire.Open(b, &cands[0].shared)
 	if err != nil {
-		d.count(func(s *Stats) {
-			if errors.Is(err, wire.ErrAuth) {
-				s.Forged++
-			} else {
-				s.Malformed++
-			}
-		})
+		d.countOpenFailure(err)
 		return true
 	}
 	f, ok := msg.(*wire.Forward)

@@ -52,6 +52,18 @@ func (d *Daemon) count(f func(*Stats)) {
 	d.mu.Unlock()
 }
 
+// countOpenFailure counts a datagram that did not open: forged (it fails
+// authentication) or malformed (anything else).
+func (d *Daemon) countOpenFailure(err error) {
+	d.count(func(s *Stats) {
+		if errors.Is(err, wire.ErrAuth) {
+			s.Forged++
+		} else {
+			s.Malformed++
+		}
+	})
+}
+
 func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {
@@ -67,13 +79,7 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 	}
 	_, msg, err := wire.Open(b, &p.shared)
 	if err != nil {
-		d.count(func(s *Stats) {
-			if errors.Is(err, wire.ErrAuth) {
-				s.Forged++
-			} else {
-				s.Malformed++
-			}
-		})
+		d.countOpenFailure(err)
 		return
 	}
 	switch m := msg.(type) {
