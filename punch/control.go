@@ -92,13 +92,9 @@ const controlTimeout = 2 * time.Second
 // WriteStatus prints the running daemon's servers and positions, as JSON
 // (Status) or as a table.
 func WriteStatus(w io.Writer, stateDir string, asJSON bool) error {
-	reply, err := control.Dial(ControlSocket(stateDir), "status", controlTimeout)
-	if err != nil {
-		return fmt.Errorf("no daemon is running on %s (%v)", stateDir, err)
-	}
 	var st Status
-	if err := json.Unmarshal([]byte(reply), &st); err != nil {
-		return fmt.Errorf("bad status reply: %w", err)
+	if err := control.AskJSON(ControlSocket(stateDir), "status", controlTimeout, &st); err != nil {
+		return fmt.Errorf("daemon on %s: %w", stateDir, err)
 	}
 	if asJSON {
 		return json.NewEncoder(w).Encode(st)
@@ -142,13 +138,9 @@ func peerLine(p PeerStatus) string {
 
 // WriteStats prints the running daemon's counters as one JSON object.
 func WriteStats(w io.Writer, stateDir string) error {
-	reply, err := control.Dial(ControlSocket(stateDir), "stats", controlTimeout)
-	if err != nil {
-		return fmt.Errorf("no daemon is running on %s (%v)", stateDir, err)
-	}
 	var stats Stats
-	if err := json.Unmarshal([]byte(reply), &stats); err != nil {
-		return fmt.Errorf("bad stats reply: %w", err)
+	if err := control.AskJSON(ControlSocket(stateDir), "stats", controlTimeout, &stats); err != nil {
+		return fmt.Errorf("daemon on %s: %w", stateDir, err)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -25,7 +25,7 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 		return err
 	}
 	rows, live := []ClientStatus(nil), false
-	if reply, err := control.Dial(st.SocketPath(), "status", statusTimeout); err == nil && json.Unmarshal([]byte(reply), &rows) == nil {
+	if control.AskJSON(st.SocketPath(), "status", statusTimeout, &rows) == nil {
 		live = true
 	}
 	seen := map[string]bool{}
@@ -79,13 +79,9 @@ func WriteTrees(w io.Writer, storeDir string, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	reply, err := control.Dial(st.SocketPath(), "tree", statusTimeout)
-	if err != nil {
-		return fmt.Errorf("rendezvous not running (%s): %w", st.SocketPath(), err)
-	}
 	var trees []RepoTree
-	if err := json.Unmarshal([]byte(reply), &trees); err != nil {
-		return fmt.Errorf("rendezvous: bad tree reply: %w", err)
+	if err := control.AskJSON(st.SocketPath(), "tree", statusTimeout, &trees); err != nil {
+		return fmt.Errorf("rendezvous %w", err)
 	}
 	if asJSON {
 		return json.NewEncoder(w).Encode(trees)
@@ -122,13 +118,9 @@ func WriteStats(w io.Writer, storeDir string) error {
 	if err != nil {
 		return err
 	}
-	reply, err := control.Dial(st.SocketPath(), "stats", statusTimeout)
-	if err != nil {
-		return fmt.Errorf("rendezvous not running (%s): %w", st.SocketPath(), err)
-	}
 	var stats Stats
-	if err := json.Unmarshal([]byte(reply), &stats); err != nil {
-		return fmt.Errorf("rendezvous: bad stats reply: %w", err)
+	if err := control.AskJSON(st.SocketPath(), "stats", statusTimeout, &stats); err != nil {
+		return fmt.Errorf("rendezvous %w", err)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -4,6 +4,7 @@ package control
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +34,22 @@ func Dial(socket, request string, timeout time.Duration) (string, error) {
 		return "", err
 	}
 	return sb.String(), nil
+}
+
+// ErrNotRunning says that nothing answers on the control socket.
+var ErrNotRunning = errors.New("not running")
+
+// AskJSON sends one request and decodes the JSON reply into v. A socket
+// that does not answer is ErrNotRunning (wrapping the reason).
+func AskJSON(socket, request string, timeout time.Duration, v any) error {
+	reply, err := Dial(socket, request, timeout)
+	if err != nil {
+		return fmt.Errorf("%w (%s: %v)", ErrNotRunning, socket, err)
+	}
+	if err := json.Unmarshal([]byte(reply), v); err != nil {
+		return fmt.Errorf("bad %s reply from %s: %w", request, socket, err)
+	}
+	return nil
 }
 
 // Listen opens the control socket at path, mode 0660. A socket left behind

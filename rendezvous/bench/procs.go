@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -207,10 +206,6 @@ func countLines(path string) int {
 // daemonKnowsPosition asks a running daemon, on the control socket in its
 // state directory, whether a rendezvous has told it where it starts.
 func daemonKnowsPosition(stateDir string) bool {
-	reply, err := control.Dial(filepath.Join(stateDir, "daemon.sock"), "status", time.Second)
-	if err != nil {
-		return false
-	}
 	var st struct {
 		Servers []struct {
 			Repos []struct {
@@ -218,7 +213,7 @@ func daemonKnowsPosition(stateDir string) bool {
 			} `json:"repos"`
 		} `json:"servers"`
 	}
-	if json.Unmarshal([]byte(reply), &st) != nil {
+	if control.AskJSON(filepath.Join(stateDir, "daemon.sock"), "status", time.Second, &st) != nil {
 		return false
 	}
 	for _, s := range st.Servers {
