@@ -74,10 +74,12 @@ func (d *Daemon) onEdge(ctx context.Context, p *serverLink, m *wire.Edge) {
 		d.send(p, &wire.EdgeState{ID: m.ID, State: state, PathKind: kind, RTTMicro: uint32(rtt.Microseconds())})
 		return
 	}
-	// An older edge to the same peer (the rendezvous re-made it) goes first.
+	// An older edge to the same peer in the same repository (the rendezvous
+	// re-made it) goes first. The same peer may be a neighbour in another
+	// repository too: that edge stays.
 	var stale []uint64
 	for id, old := range d.edges {
-		if old.peer == m.Peer && old.link == p {
+		if old.peer == m.Peer && old.link == p && old.repo == m.RepoID {
 			stale = append(stale, id)
 		}
 	}
