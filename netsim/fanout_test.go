@@ -139,7 +139,7 @@ func TestNATFanoutPairMatrix(t *testing.T) {
 			hosts[i] = [2]*netsim.Host{lab.Routers[ri].Clients[0], lab.Routers[ri+1].Clients[0]}
 			ri += 2
 		}
-		members[i].parent = s.startClientRepo(hosts[i][0], kindName(p.parent), fmt.Sprintf("pair%02d.git", i))
+		members[i].parent = s.launchClient(hosts[i][0], kindName(p.parent), fmt.Sprintf("pair%02d.git", i))
 	}
 	// Every parent first: each alone in its tree.
 	for i := range ps {
@@ -149,7 +149,7 @@ func TestNATFanoutPairMatrix(t *testing.T) {
 		}
 	}
 	for i, p := range ps {
-		members[i].child = s.startClientRepo(hosts[i][1], kindName(p.child), fmt.Sprintf("pair%02d.git", i))
+		members[i].child = s.launchClient(hosts[i][1], kindName(p.child), fmt.Sprintf("pair%02d.git", i))
 	}
 	// An edge ends connected, or failed (ICE gives up within about 15 s), or
 	// is never tried: the rendezvous serves both members itself, knowing the
@@ -203,16 +203,6 @@ func TestNATFanoutPairMatrix(t *testing.T) {
 		pairs.Unlock()
 	}
 	contributed.Store(t.Name(), true)
-}
-
-// startClientRepo starts a daemon following repo instead of chat.git.
-func (s *server) startClientRepo(h *netsim.Host, kind, repo string) *client {
-	name := h.NS[strings.LastIndex(h.NS, "-")+1:]
-	c := &client{name: name, host: h, kind: kind, s: s, repo: repo,
-		out: s.dir + "/" + name + ".seqs", state: s.dir + "/" + name + "-state"}
-	writeExecProgram(c)
-	c.start()
-	return c
 }
 
 func readFile(path string) string {

@@ -233,19 +233,19 @@ type client struct {
 }
 
 func (s *server) startClient(h *netsim.Host, kind string, extra ...string) *client {
-	name := h.NS[strings.LastIndex(h.NS, "-")+1:]
-	c := &client{name: name, host: h, kind: kind, extra: extra, s: s,
-		out: filepath.Join(s.dir, name+".seqs"), state: filepath.Join(s.dir, name+"-state")}
-	writeExecProgram(c)
-	c.start()
-	return c
+	return s.launchClient(h, kind, "", extra...)
 }
 
-// writeExecProgram writes the client's --exec program: it appends
-// "<ms> <seq>" to the client's output file.
-func writeExecProgram(c *client) {
-	prog := filepath.Join(c.s.dir, c.name+".sh")
+// launchClient starts a daemon following repo ("" : chat.git), with an
+// --exec program that appends "<ms> <seq>" to the client's output file.
+func (s *server) launchClient(h *netsim.Host, kind, repo string, extra ...string) *client {
+	name := h.NS[strings.LastIndex(h.NS, "-")+1:]
+	c := &client{name: name, host: h, kind: kind, extra: extra, repo: repo, s: s,
+		out: filepath.Join(s.dir, name+".seqs"), state: filepath.Join(s.dir, name+"-state")}
+	prog := filepath.Join(s.dir, name+".sh")
 	os.WriteFile(prog, []byte(fmt.Sprintf("#!/bin/sh\necho \"$(date +%%s%%3N) $GCN_SEQ\" >> %q\n", c.out)), 0o755)
+	c.start()
+	return c
 }
 
 func (c *client) start() {

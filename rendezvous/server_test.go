@@ -374,3 +374,12 @@ func TestQuietKeepaliveRefusalIsAnswered(t *testing.T) {
 		}
 	})
 }
+
+// The store's "recent record" horizon is the rendezvous's own timing: a live
+// client's record is rewritten every RecordRefresh, and a client lapses
+// ClientTimeout after its last packet. The two must not drift apart.
+func TestRecentRecordMatchesRendezvousTiming(t *testing.T) {
+	if store.RecentRecord != RecordRefresh+ClientTimeout {
+		t.Fatalf("store.RecentRecord %v, want RecordRefresh+ClientTimeout = %v", store.RecentRecord, RecordRefresh+ClientTimeout)
+	}
+}
