@@ -133,6 +133,7 @@ func (s *Server) readLoop(ip, port int) error {
 		if err != nil {
 			return s.readFailed(err)
 		}
+		s.datagramsIn.Add(uint64(n))
 		replies = replies[:0]
 		for _, p := range pkts[:n] {
 			if reply := s.handle(ip, port, p.Buf, p.Addr); reply != nil {
@@ -141,6 +142,7 @@ func (s *Server) readLoop(ip, port int) error {
 		}
 		if len(replies) > 0 {
 			conn.WriteBatch(replies)
+			s.datagramsOut.Add(uint64(len(replies)))
 		}
 		now := time.Now()
 		if now.Sub(windowStart) > time.Second {

@@ -51,6 +51,7 @@ func (sw *sender) sealAndSend(s *Server, jobs []job) {
 	flush := func() {
 		if len(sw.pkts) > 0 {
 			conn.WriteBatch(sw.pkts)
+			s.datagramsOut.Add(uint64(len(sw.pkts)))
 		}
 		sw.pkts, sw.buf = sw.pkts[:0], sw.buf[:0]
 	}

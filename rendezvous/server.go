@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/udpconn"
@@ -108,6 +109,10 @@ type Stats struct {
 	Edges           uint64 `json:"edges"`            // parent-child edges made
 	wire.PunchOK           // paths formed, by the remote candidate's kind
 	PunchFailed     uint64 `json:"punch_failed"` // edges on which no path formed
+	// Every datagram the rendezvous's sockets took in and handed out, of any kind
+	// (STUN too): what a push costs it, whatever path each event took.
+	DatagramsIn  uint64 `json:"datagrams_in"`
+	DatagramsOut uint64 `json:"datagrams_out"`
 }
 
 // Server is a running rendezvous.
@@ -118,6 +123,8 @@ type Server struct {
 	priv wire.Key
 	kick chan struct{}
 	mu   sync.Mutex
+	// Datagram counts, kept outside mu: the socket loops add to them per batch.
+	datagramsIn, datagramsOut atomic.Uint64
 	// dirty holds the latest record of each client still to be written;
 	// the writer drains it, so no update is ever dropped.
 	dirty       map[wire.Key]store.ClientRecord
@@ -172,7 +179,7 @@ func New(cfg Config) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.fan = &fanout{arity: cfg.Fanout, signer: signer, edges: map[uint64]*edge{}}
+		s.fan = &fanout{arity: cfg.Fanout, signer: signer, edges: map[uint64]*edge{}, waiting: map[uint64]*edge{}}
 		copy(s.fan.signPub[:], signer.Public().(ed25519.PublicKey))
 	}
 	for range runtime.GOMAXPROCS(0) {
@@ -203,8 +210,10 @@ func (s *Server) PublicKey() wire.Key { return s.pub }
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stats
+	st := s.stats
+	s.mu.Unlock()
+	st.DatagramsIn, st.DatagramsOut = s.datagramsIn.Load(), s.datagramsOut.Load()
+	return st
 }
 
 // Run serves until ctx is done. It pings recently seen clients first, so a
