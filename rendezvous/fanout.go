@@ -43,6 +43,10 @@ const (
 	evictAfterRTO = 4 * InitialRTO
 )
 
+// DefaultFanout is --fanout's default: the rendezvous sends to every
+// client itself until a measurement says otherwise (docs/operations.md).
+const DefaultFanout = 0
+
 // treeDeadline is how long a member at depth d may take to ack.
 func treeDeadline(depth int) time.Duration {
 	return treeDeadlineBase + time.Duration(depth)*treeDeadlinePerHop
@@ -54,6 +58,12 @@ type fanout struct {
 	signer  ed25519.PrivateKey
 	signPub [ed25519.PublicKeySize]byte
 	edges   map[uint64]*edge
+	// waiting holds the edges that an end has not taken yet, and resendAt
+	// (unix nanoseconds; 0: none) is the earliest time one is due again:
+	// the send loop runs on every datagram it is kicked for, and must not
+	// walk every edge of every tree each time.
+	waiting  map[uint64]*edge
+	resendAt int64
 	edgeSeq uint64
 }
 
@@ -229,6 +239,10 @@ func (s *Server) sendEdge(e *edge, now time.Time) {
 	}
 	e.tries++
 	e.next = now.Add(edgeRetry << (e.tries - 1)).UnixNano()
+	s.fan.waiting[e.id] = e
+	if s.fan.resendAt == 0 || e.next < s.fan.resendAt {
+		s.fan.resendAt = e.next
+	}
 }
 
 // candidates are the addresses a client may be reached at: the one the
@@ -251,6 +265,7 @@ func candidates(c *client) []wire.Candidate {
 // unlink ends an edge and tells each end that is still in its tree.
 func (s *Server) unlink(e *edge) {
 	delete(s.fan.edges, e.id)
+	delete(s.fan.waiting, e.id)
 	if e.child.edge == e {
 		e.child.edge = nil
 	}
@@ -287,6 +302,9 @@ func (s *Server) onEdgeState(c *client, m *wire.EdgeState, now time.Time) {
 		return
 	}
 	e.took[end] = true
+	if e.took[0] && e.took[1] {
+		delete(s.fan.waiting, e.id)
+	}
 	switch m.State {
 	case wire.EdgeConnected:
 		if e.state != wire.EdgeConnected {
@@ -315,24 +333,32 @@ func (s *Server) onEdgeState(c *client, m *wire.EdgeState, now time.Time) {
 
 // resendEdges repeats the Edges that an end has not taken; after edgeTries
 // it gives up on them (each end's deadlines serve it directly meanwhile).
-// Called with mu held.
+// It returns when one is next due (zero: none). Called with mu held.
 func (s *Server) resendEdges(now time.Time) (next time.Time) {
-	for _, e := range s.fan.edges {
-		if e.took[0] && e.took[1] {
-			continue
-		}
-		if e.tries >= edgeTries {
-			continue
-		}
-		if t := time.Unix(0, e.next); now.Before(t) {
-			if next.IsZero() || t.Before(next) {
-				next = t
-			}
-			continue
-		}
-		s.sendEdge(e, now)
+	f := s.fan
+	if f.resendAt == 0 {
+		return time.Time{}
 	}
-	return next
+	if now.UnixNano() < f.resendAt {
+		return time.Unix(0, f.resendAt)
+	}
+	f.resendAt = 0
+	for id, e := range f.waiting {
+		switch {
+		case e.took[0] && e.took[1], e.tries >= edgeTries:
+			delete(f.waiting, id)
+		case now.UnixNano() < e.next:
+			if f.resendAt == 0 || e.next < f.resendAt {
+				f.resendAt = e.next
+			}
+		default:
+			s.sendEdge(e, now) // sets resendAt
+		}
+	}
+	if f.resendAt == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, f.resendAt)
 }
 
 // note queues a control message to a client; the send loop seals and sends it.

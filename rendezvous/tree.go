@@ -67,15 +67,13 @@ func (t *tree) slot(child *tnode) *tnode {
 		q := t.openAt[d]
 		for i := 0; i < len(q); i++ {
 			n := q[i]
-			if n.depth != d {
-				// Stale: it moved, and sits in its new depth's queue.
-				q = append(q[:i], q[i+1:]...)
-				i--
-				continue
-			}
-			if !t.room(n) {
-				n.open = false
-				q = append(q[:i], q[i+1:]...)
+			// Stale: it moved (and sits in its new depth's queue), or it
+			// has no room left.
+			if stale := n.depth != d; stale || !t.room(n) {
+				if !stale {
+					n.open = false
+				}
+				q = dropAt(q, i)
 				i--
 				continue
 			}
@@ -99,6 +97,17 @@ func (t *tree) slot(child *tnode) *tnode {
 		}
 	}
 	return nil // every member is full, a leaf or unreachable: the rendezvous takes more
+}
+
+// dropAt removes q[i]. The queues fill from their front, so that is where
+// most removals are: there it costs nothing, where copying the rest would
+// make building a tree of N members cost N² (seconds at 100k).
+func dropAt(q []*tnode, i int) []*tnode {
+	if i == 0 {
+		q[0] = nil
+		return q[1:]
+	}
+	return append(q[:i], q[i+1:]...)
 }
 
 // under reports whether n is a or lies in a's subtree.

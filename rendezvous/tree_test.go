@@ -191,3 +191,14 @@ func TestTreePlacementHonoursReach(t *testing.T) {
 		t.Fatal("with no reachable parent the rendezvous must take the child")
 	}
 }
+
+// BenchmarkTreeInsert100k builds a 100k-member tree of arity 3: the cost of
+// forming a large repository's tree, which must grow with N, not N².
+func BenchmarkTreeInsert100k(b *testing.B) {
+	for b.Loop() {
+		tr := newTree(3)
+		for range 100000 {
+			tr.insert(&sub{}, false)
+		}
+	}
+}
