@@ -64,7 +64,7 @@ type fanout struct {
 	// walk every edge of every tree each time.
 	waiting  map[uint64]*edge
 	resendAt int64
-	edgeSeq uint64
+	edgeSeq  uint64
 }
 
 // peerInfo is what a client offered in its PeerInfo.
