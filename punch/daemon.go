@@ -146,6 +146,7 @@ type serverLink struct {
 	signing   ed25519.PublicKey
 	nat       *natBehaviour
 	natProbed bool
+	rejoinAt  time.Time // when this daemon last asked to rejoin the trees
 }
 
 // New loads the client key and state.

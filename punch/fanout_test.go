@@ -23,6 +23,8 @@ type fanWorld struct {
 	addr  string
 	daems []*punch.Daemon
 	recs  []*recorder
+	stops []func() // each daemon's: stops it and waits
+	dirs  []string // each daemon's state directory
 }
 
 func newFanWorld(t *testing.T, arity int) *fanWorld {
@@ -57,23 +59,41 @@ func (w *fanWorld) daemonKeepalive(ka time.Duration) (*punch.Daemon, *recorder) 
 
 func (w *fanWorld) start(noPeer bool, keepalive time.Duration) (*punch.Daemon, *recorder) {
 	w.t.Helper()
+	rec := &recorder{}
+	dir := filepath.Join(w.t.TempDir(), "state")
+	d, stop := w.run(dir, rec, noPeer, keepalive)
+	w.daems = append(w.daems, d)
+	w.recs = append(w.recs, rec)
+	w.stops = append(w.stops, stop)
+	w.dirs = append(w.dirs, dir)
+	return d, rec
+}
+
+// run starts a daemon on a new socket with the state in dir.
+func (w *fanWorld) run(dir string, rec *recorder, noPeer bool, keepalive time.Duration) (*punch.Daemon, func()) {
+	w.t.Helper()
 	conn, err := udpconn.Listen("127.0.0.1:0", nil)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	rec := &recorder{}
 	d, err := punch.New(punch.Config{Conn: conn, Servers: []punch.Server{{Addr: mustAddr(w.addr), Key: w.srv.PublicKey(), Repos: []string{"chat.git"}}},
-		StateDir: filepath.Join(w.t.TempDir(), "state"), Handle: rec.handle, NoPeer: noPeer, FixedKeepalive: keepalive})
+		StateDir: dir, Handle: rec.handle, NoPeer: noPeer, FixedKeepalive: keepalive})
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.Run(ctx); close(done) }()
-	w.t.Cleanup(func() { cancel(); <-done })
-	w.daems = append(w.daems, d)
-	w.recs = append(w.recs, rec)
-	return d, rec
+	stop := func() { cancel(); <-done }
+	w.t.Cleanup(stop)
+	return d, stop
+}
+
+// restart stops daemon i and starts it again with the same key and state,
+// on a new socket (a new port), as a reboot does.
+func (w *fanWorld) restart(i int) {
+	w.stops[i]()
+	w.daems[i], w.stops[i] = w.run(w.dirs[i], w.recs[i], false, 0)
 }
 
 func (w *fanWorld) push(n int) {
@@ -162,6 +182,50 @@ func TestFanoutChainOverICE(t *testing.T) {
 	}
 	if r := w.daems[0].Status().Servers[0].Repos[0]; len(r.Children) != 1 || r.Children[0].Forwarded == 0 {
 		t.Fatalf("the first daemon's status does not show its child: %+v", r)
+	}
+}
+
+// The middle of a chain restarts (same key, new port, nothing of the tree
+// remembered): it rejoins, the rendezvous makes both its edges again, and
+// the events after the restart reach the last daemon through its parent
+// again, exactly once, in order, everywhere.
+func TestFanoutRestartedParentRejoins(t *testing.T) {
+	w := newFanWorld(t, 1)
+	for i := range 3 {
+		w.daemon(false)
+		if !realWait(20*time.Second, func() bool { return w.connected(i + 1) }) {
+			t.Fatalf("the tree never formed: %+v", w.srv.Trees())
+		}
+	}
+	w.push(5)
+	for i, rec := range w.recs {
+		if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= 5 }) {
+			t.Fatalf("daemon %d handled %d of 5", i, len(rec.snapshot()))
+		}
+	}
+	w.restart(1)
+	// The first event after the restart reaches the restarted daemon from
+	// the rendezvous after its deadline, and makes it rejoin.
+	w.push(1)
+	if !realWait(30*time.Second, func() bool { return len(w.recs[1].snapshot()) >= 6 }) {
+		t.Fatalf("the restarted daemon handled %d of 6", len(w.recs[1].snapshot()))
+	}
+	if !realWait(30*time.Second, func() bool { return w.connected(3) && w.daems[1].Stats().PunchAttempts > 0 }) {
+		t.Fatalf("the tree did not heal: %+v", w.srv.Trees())
+	}
+	fromPeer := w.daems[2].Stats().FromPeer
+	w.push(10)
+	for i, rec := range w.recs {
+		if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= 16 }) {
+			t.Fatalf("daemon %d handled %d of 16", i, len(rec.snapshot()))
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // a late duplicate would show now
+	for i, rec := range w.recs {
+		wantExactlyInOrder(t, fmt.Sprintf("daemon %d", i), rec.snapshot(), 16)
+	}
+	if got := w.daems[2].Stats().FromPeer - fromPeer; got == 0 {
+		t.Fatal("after the rejoin the last daemon took nothing from its parent")
 	}
 }
 

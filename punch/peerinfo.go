@@ -33,13 +33,63 @@ func (d *Daemon) onFanout(ctx context.Context, p *serverLink, m *wire.Fanout) {
 		return // the probe answers when it ends
 	}
 	d.edgeWG.Go(func() {
-		nat := d.probeNAT(ctx, p.server().Addr)
-		p.mu.Lock()
-		p.nat = nat
-		p.mu.Unlock()
-		d.log.Info("peer: NAT behaviour", "server", p.server().Addr, "mapping", behaviourName(nat.Mapping), "filtering", behaviourName(nat.Filtering))
-		d.send(p, d.peerInfo(nat))
+		d.send(p, d.peerInfo(d.measureNAT(ctx, p)))
 	})
+}
+
+// measureNAT probes the NAT toward p's rendezvous and keeps the result.
+func (d *Daemon) measureNAT(ctx context.Context, p *serverLink) *natBehaviour {
+	nat := d.probeNAT(ctx, p.server().Addr)
+	p.mu.Lock()
+	p.nat = nat
+	p.mu.Unlock()
+	d.log.Info("peer: NAT behaviour", "server", p.server().Addr, "mapping", behaviourName(nat.Mapping), "filtering", behaviourName(nat.Filtering))
+	return nat
+}
+
+// rejoinMinGap spaces a daemon's rejoins: the rendezvous repeats an Edge
+// 5 times in 15 s, and one answered rejoin makes every edge again.
+const rejoinMinGap = 5 * time.Second
+
+// rejoinIfForgotten handles an Edge or a Forward from a rendezvous that
+// this daemon never took a Fanout offer from: the rendezvous still counts
+// it in its trees from before a restart. The daemon measures its NAT if it
+// must and sends a PeerInfo that asks to rejoin. It reports whether the
+// daemon lacks the signing key (and so cannot take an edge yet).
+func (d *Daemon) rejoinIfForgotten(ctx context.Context, p *serverLink) bool {
+	if d.cfg.NoPeer {
+		return false
+	}
+	p.mu.Lock()
+	if p.signing != nil {
+		p.mu.Unlock()
+		return false
+	}
+	now := time.Now()
+	if now.Sub(p.rejoinAt) < rejoinMinGap {
+		p.mu.Unlock()
+		return true
+	}
+	p.rejoinAt = now
+	nat, started := p.nat, p.natProbed
+	p.natProbed = true
+	p.mu.Unlock()
+	rejoin := func(nat *natBehaviour) {
+		m := d.peerInfo(nat)
+		m.Flags |= wire.PeerFlagRejoin
+		d.send(p, m)
+	}
+	switch {
+	case nat != nil:
+		rejoin(nat)
+	case !started:
+		d.log.Info("peer: the rendezvous counts this daemon in a tree from before; rejoining", "server", p.server().Addr)
+		d.edgeWG.Go(func() {
+			nat := d.measureNAT(ctx, p)
+			rejoin(nat)
+		})
+	}
+	return true
 }
 
 // natBehaviour is what the daemon measured of its NAT, in wire codes.

@@ -55,7 +55,15 @@ func (d *Daemon) fanoutMachine() *fanoutState {
 // onEdge takes a tree neighbour, or its end, from the rendezvous.
 func (d *Daemon) onEdge(ctx context.Context, p *serverLink, m *wire.Edge) {
 	if d.cfg.NoPeer {
+		if m.Role != wire.RoleDrop {
+			// Taken part before, with the same key: say no, so that the
+			// rendezvous serves this daemon directly.
+			d.send(p, &wire.EdgeState{ID: m.ID, State: wire.EdgeFailed})
+		}
 		return
+	}
+	if d.rejoinIfForgotten(ctx, p) {
+		return // the rendezvous makes every edge again once it hears the rejoin
 	}
 	if m.Role == wire.RoleDrop {
 		d.dropEdge(m.ID, true)

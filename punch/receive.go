@@ -98,11 +98,11 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 		}
 		d.onResync(p, m)
 	case *wire.Forward:
-		// From the rendezvous itself: a tree member's direct delivery.
-		if !d.signedByServer(p, m) {
-			d.count(func(s *Stats) { s.Forged++ })
-			return
-		}
+		// From the rendezvous itself, in its box: a tree member's direct
+		// delivery. The box proves where it comes from; the signature
+		// only matters to the children it is forwarded to. A daemon that
+		// does not know the signing key restarted while in a tree.
+		d.rejoinIfForgotten(ctx, p)
 		d.onEvent(p, m)
 	case *wire.Fanout:
 		d.onFanout(ctx, p, m)

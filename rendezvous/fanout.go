@@ -134,7 +134,16 @@ func (s *Server) onPeerInfo(c *client, m *wire.PeerInfo, now time.Time) {
 		return
 	}
 	c.lastSeen = now.UnixNano()
+	member := c.peer != nil
 	c.peer = &peerInfo{flags: m.Flags, mapping: m.Mapping, filtering: m.Filtering, host: m.Host}
+	if m.Flags&wire.PeerFlagRejoin != 0 {
+		// A daemon that restarted while in trees: it needs the signing key
+		// again, and every edge it was an end of, made anew.
+		s.note(c, s.fanoutMsg())
+		if member {
+			s.rebound(c, now)
+		}
+	}
 	for _, su := range c.subs {
 		if su.node == nil {
 			s.joinTree(su, now)

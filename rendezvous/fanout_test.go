@@ -341,3 +341,66 @@ func TestNoFanoutNoOffer(t *testing.T) {
 		}
 	})
 }
+
+// A member that restarted asks to rejoin: it gets the signing key again
+// (a Fanout), and every edge it is an end of is made anew, told to both
+// ends; the tree keeps its shape. A plain repeat of a PeerInfo changes
+// nothing.
+func TestFanoutRejoinRemakesTheMembersEdges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newFanLab(t, 2, 7)
+		for _, c := range l.clients {
+			edges(c)
+		}
+		before := l.s.Trees()[0]
+		// clients[0] is a child of the rendezvous with two children.
+		restarted := l.clients[0]
+		l.send(restarted, &wire.PeerInfo{Flags: wire.PeerFlagParent})
+		l.flush()
+		for _, c := range l.clients {
+			if n := len(edges(c)); n != 0 {
+				t.Fatalf("a repeated PeerInfo sent %d edges", n)
+			}
+		}
+		l.send(restarted, &wire.PeerInfo{Flags: wire.PeerFlagParent | wire.PeerFlagRejoin})
+		l.flush()
+		if n := len(restarted.take(func(m wire.Message) bool { _, ok := m.(*wire.Fanout); return ok })); n != 1 {
+			t.Fatalf("the rejoining member got %d Fanout offers, want 1", n)
+		}
+		var mine []*wire.Edge
+		drops := 0
+		for _, e := range edges(restarted) {
+			if e.Role == wire.RoleDrop {
+				drops++ // the old edges go first
+			} else {
+				mine = append(mine, e)
+			}
+		}
+		if len(mine) != 2 || drops != 2 {
+			t.Fatalf("the rejoining member was told %d new edges and %d drops, want its 2 children and 2 drops", len(mine), drops)
+		}
+		for _, e := range mine {
+			if e.Role != wire.RoleChild {
+				t.Fatalf("role %d, want child edges", e.Role)
+			}
+			var child *fanClient
+			for _, c := range l.clients {
+				if c.pub == e.Peer {
+					child = c
+				}
+			}
+			got := edges(child)
+			var remade bool
+			for _, ce := range got {
+				remade = remade || (ce.ID == e.ID && ce.Role == wire.RoleParent && ce.Peer == restarted.pub)
+			}
+			if !remade {
+				t.Fatalf("the child was not told the new edge: %+v", got)
+			}
+		}
+		after := l.s.Trees()[0]
+		if after.Size != before.Size || after.Height != before.Height {
+			t.Fatalf("the tree changed shape: %d members height %d, was %d height %d", after.Size, after.Height, before.Size, before.Height)
+		}
+	})
+}

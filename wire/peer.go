@@ -151,7 +151,8 @@ const (
 	AddressAndPortDependent byte = 3
 	maxBehaviour                 = AddressAndPortDependent
 	PeerFlagParent          byte = 1 << 0 // the daemon may forward to children
-	peerFlagsKnown               = PeerFlagParent
+	PeerFlagRejoin          byte = 1 << 1 // the daemon lost its edges and signing key (it restarted): send them again
+	peerFlagsKnown               = PeerFlagParent | PeerFlagRejoin
 )
 
 // PeerInfo is a daemon's offer to take part in fan-out, for every
@@ -159,7 +160,10 @@ const (
 //
 //	offset  size  field
 //	0       1     type 0x0a
-//	1       1     flags: bit 0 = may be a parent (forward to children)
+//	1       1     flags: bit 0 = may be a parent (forward to children);
+//	              bit 1 = rejoin: the daemon restarted, and holds neither its
+//	              edges nor the signing key (the rendezvous answers with its
+//	              Fanout and makes each of the daemon's edges again)
 //	2       1     NAT mapping: 0 unknown, 1 endpoint-independent,
 //	              2 address-dependent, 3 address-and-port-dependent
 //	3       1     NAT filtering, the same codes
@@ -167,7 +171,7 @@ const (
 //	then N × address: 1 length (4 or 16), the IP, 2 port
 //
 // The daemon's reflexive address is the one the rendezvous sees; it is not
-// repeated here. The rendezvous never answers a PeerInfo.
+// repeated here. The rendezvous answers only a rejoin, with a Fanout.
 type PeerInfo struct {
 	Flags              byte
 	Mapping, Filtering byte

@@ -82,6 +82,7 @@ func TestPeerMessagesRejectBadFields(t *testing.T) {
 		&Fanout{Arity: 0},
 		&Fanout{Arity: MaxFanout + 1},
 		&PeerInfo{Flags: 0x80},
+		&PeerInfo{Flags: 0x04},
 		&PeerInfo{Mapping: 4},
 		&PeerInfo{Host: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:1")}},
 		&PeerInfo{Host: []netip.AddrPort{netip.MustParseAddrPort("198.19.1.1:0")}},

@@ -38,6 +38,7 @@ func sampleMessages() []Message {
 		&PeerInfo{Flags: PeerFlagParent, Mapping: EndpointIndependent, Filtering: AddressAndPortDependent,
 			Host: []netip.AddrPort{netip.MustParseAddrPort("198.19.1.10:4000"), netip.MustParseAddrPort("[2001:2:1::10]:4000")}},
 		&PeerInfo{},
+		&PeerInfo{Flags: PeerFlagRejoin},
 		&Edge{ID: 9, Role: RoleChild, RepoID: "chat.git", Peer: fixedKey(4), LocalUfrag: "abcd", LocalPwd: strings.Repeat("p", 22),
 			RemoteUfrag: "efgh", RemotePwd: strings.Repeat("q", 24), Candidates: []Candidate{{CandHost, netip.MustParseAddrPort("198.19.2.10:5000")}, {CandSrflx, netip.MustParseAddrPort("198.18.0.12:40000")}}},
 		&Edge{ID: 10, Role: RoleDrop, RepoID: "chat.git", Peer: fixedKey(4)},
@@ -70,6 +71,7 @@ func TestGoldenPlaintext(t *testing.T) {
 		{&Fanout{SigningKey: [32]byte{31: 1}, Arity: 3}, "09" + strings.Repeat("00", 31) + "01" + "03"},
 		{&PeerInfo{Flags: 1, Mapping: 1, Filtering: 3, Host: []netip.AddrPort{netip.MustParseAddrPort("198.19.1.10:4660")}},
 			"0a" + "01" + "01" + "03" + "01" + "04" + "c613010a" + "1234"},
+		{&PeerInfo{Flags: PeerFlagParent | PeerFlagRejoin, Mapping: 3, Filtering: 3}, "0a" + "03" + "03" + "03" + "00"},
 		{&Edge{ID: 2, Role: RoleParent, RepoID: "r", Peer: fixedKey(5), LocalUfrag: "abcd", LocalPwd: strings.Repeat("p", 22), RemoteUfrag: "wxyz", RemotePwd: strings.Repeat("q", 22),
 			Candidates: []Candidate{{CandSrflx, netip.MustParseAddrPort("198.18.0.12:4660")}}},
 			"0b" + "0000000000000002" + "01" + "01" + "72" + strings.Repeat("05", 32) +
