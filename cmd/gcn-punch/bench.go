@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/gitchat/gcn-punch/rendezvous"
 	"github.com/gitchat/gcn-punch/rendezvous/bench"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -23,12 +24,14 @@ func runBench(ctx context.Context, args []string) error {
 		return err
 	}
 	o := bench.Options{Binary: bin, Progress: os.Stderr}
-	sizes := fs.IntSlice("sizes", []int{1000, 10000, 100000}, "fan-out sizes (clients)")
-	kaSizes := fs.IntSlice("keepalive-sizes", []int{10000, 100000}, "keepalive-load sizes (clients)")
+	sizes := fs.IntSlice("sizes", []int{1000, 10000, 100000}, "fan-out sizes (clients; 0: none)")
+	kaSizes := fs.IntSlice("keepalive-sizes", []int{10000, 100000}, "keepalive-load sizes (clients; 0: none)")
 	fs.IntVar(&o.Runs, "runs", 3, "runs of each measurement; figures are medians with their range")
 	fs.DurationVar(&o.Window, "window", 30*time.Second, "keepalive-load measuring window")
-	fs.IntVar(&o.LatencyPushes, "pushes", 200, "pushes for the latency measurement")
-	fs.IntVar(&o.PollSample, "poll-sample", 30, "real git fetches for the polling baseline")
+	fs.IntVar(&o.LatencyPushes, "pushes", 200, "pushes for the latency measurement (0: skip it)")
+	fs.IntVar(&o.PollSample, "poll-sample", 30, "real git fetches for the polling baseline (0: skip it)")
+	treeSizes := fs.IntSlice("tree-sizes", []int{10000, 100000}, "sizes of the fan-out tree comparison (clients; 0: none)")
+	fanouts := fs.IntSlice("fanouts", []int{rendezvous.DefaultFanout}, "tree arities compared with --fanout 0")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	doc := fs.String("doc", "", "also write the Markdown report here (e.g. docs/bench.md)")
 	hostNetns := fs.Bool("host-netns", false, "run in the current network namespace (default as root: a namespace of its own, with a UDP hash table sized for the simulated clients)")
@@ -40,7 +43,7 @@ func runBench(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(os.Stderr, "gcn-punch bench: cannot run in a network namespace of its own (%v); running here\n", err)
 	}
-	o.Sizes, o.KeepaliveAt = *sizes, *kaSizes
+	o.Sizes, o.KeepaliveAt, o.TreeSizes, o.Fanouts = positive(*sizes), positive(*kaSizes), positive(*treeSizes), positive(*fanouts)
 	r, err := bench.Run(ctx, o)
 	if err != nil {
 		return err
@@ -59,6 +62,18 @@ func runBench(ctx context.Context, args []string) error {
 	return nil
 }
 
+// positive drops the zeros (and negatives) of a list of sizes: "--sizes 0"
+// measures none.
+func positive(xs []int) []int {
+	var out []int
+	for _, x := range xs {
+		if x > 0 {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 // runLoadgen is one load-generator process of `gcn-punch bench`.
 func runLoadgen(ctx context.Context, args []string) error {
 	fs := newFlags("bench loadgen")
@@ -70,12 +85,14 @@ func runLoadgen(ctx context.Context, args []string) error {
 	firstIP := fs.String("first-ip", "127.10.0.1", "first loopback address")
 	fs.IntVar(&o.PerIP, "per-ip", 25, "clients per address")
 	fs.DurationVar(&o.Keepalive, "keepalive", 0, "keepalive interval after registering (0: none)")
+	fs.BoolVar(&o.Peer, "peer", false, "take part in fan-out trees, forwarding as daemons do")
+	fs.BoolVar(&o.Echo, "echo", false, "echo for the floor measurement: no protocol, no crypto")
 	parse(fs, args)
 	var err error
 	if o.Server, err = netip.ParseAddrPort(*server); err != nil {
 		return err
 	}
-	if o.ServerKey, err = wire.ParseKey(*key); err != nil {
+	if o.ServerKey, err = wire.ParseKey(*key); err != nil && !o.Echo {
 		return err
 	}
 	if o.FirstIP, err = netip.ParseAddr(*firstIP); err != nil {

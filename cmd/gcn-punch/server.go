@@ -25,7 +25,7 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.StringVar(&o.AltListen, "alt-listen", "", "second UDP address (RFC 5780 NAT discovery)")
 	fs.StringVar(&o.StoreDir, "store", store.DefaultDir, "store directory")
 	fs.BoolVar(&o.Open, "open", false, "serve any client key for any repository (public repositories, demos)")
-	fs.IntVar(&o.Fanout, "fanout", 0, "arity of each repository's peer-to-peer tree; 0: the rendezvous sends to every client itself")
+	fs.IntVar(&o.Fanout, "fanout", rendezvous.DefaultFanout, "arity of each repository's peer-to-peer tree; 0: the rendezvous sends to every client itself")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
 	parse(fs, args)

@@ -18,6 +18,8 @@ type Options struct {
 	Window        time.Duration // keepalive-load measuring window
 	LatencyPushes int           // pushes for the latency measurement
 	PollSample    int           // real git fetches for the polling baseline
+	TreeSizes     []int         // sizes of the fan-out tree comparison, e.g. 10000, 100000
+	Fanouts       []int         // tree arities compared with direct sending (--fanout 0)
 	Progress      io.Writer     // progress lines
 }
 
@@ -105,11 +107,36 @@ type Machine struct {
 	OwnNetns       bool `json:"own_netns"`
 }
 
+// TreeRun is one arity's figures in the tree comparison: what one push to
+// Clients simulated daemons cost the rendezvous with --fanout Fanout (0:
+// it sends to every client itself). Ratios are to figures of the same run.
+type TreeRun struct {
+	Clients         int    `json:"clients"`
+	Fanout          int    `json:"fanout"`
+	AllAckedMillis  Spread `json:"all_acked_ms"`
+	FloorRatio      Spread `json:"all_acked_over_floor"`
+	CPUMillis       Spread `json:"cpu_ms_per_push"`
+	CPURatio        Spread `json:"cpu_over_direct"` // to --fanout 0 in the same run
+	DatagramsOut    Spread `json:"datagrams_out_per_push"`
+	DatagramsIn     Spread `json:"datagrams_in_per_push"`
+	DirectFallbacks Spread `json:"direct_fallbacks"`
+}
+
+// Floor is the same number of datagrams with no protocol and no crypto
+// (see floor.go).
+type Floor struct {
+	Clients         int    `json:"clients"`
+	AllEchoedMillis Spread `json:"all_echoed_ms"`
+	CPUMillis       Spread `json:"sender_cpu_ms"`
+}
+
 // Results is everything `gcn-punch bench --json` prints.
 type Results struct {
 	Machine   Machine         `json:"machine"`
 	Runs      int             `json:"runs"`
 	FanOut    []FanOut        `json:"fan_out"`
+	Floors    []Floor         `json:"floor,omitempty"`
+	Trees     []TreeRun       `json:"tree,omitempty"`
 	Latency   Latency         `json:"latency"`
 	Keepalive []KeepaliveLoad `json:"keepalive_load"`
 	Polling   Polling         `json:"polling_baseline"`
@@ -127,17 +154,26 @@ func Run(ctx context.Context, o Options) (Results, error) {
 	for _, n := range o.Sizes {
 		var ms, cpu, rss []float64
 		for run := 0; run < o.Runs; run++ {
-			f, err := fanOutOnce(ctx, o, n)
+			f, err := pushOnce(ctx, o, n, 0)
 			if err != nil {
 				return r, fmt.Errorf("fan-out %d: %w", n, err)
 			}
-			o.progress("fan-out %d, run %d: all acked in %.1f ms, %.2f µs CPU per recipient, %.0f B RSS per client", n, run+1, f[0], f[1], f[2])
-			ms, cpu, rss = append(ms, f[0]), append(cpu, f[1]), append(rss, f[2])
+			perRecip := 1000 * f.CPUMs / float64(n)
+			o.progress("fan-out %d, run %d: all acked in %.1f ms, %.2f µs CPU per recipient, %.0f B RSS per client", n, run+1, f.AllAckedMs, perRecip, f.RSSPerClient)
+			ms, cpu, rss = append(ms, f.AllAckedMs), append(cpu, perRecip), append(rss, f.RSSPerClient)
 		}
 		r.FanOut = append(r.FanOut, FanOut{Clients: n, AllAckedMillis: spread(ms), CPUMicrosPerRecip: spread(cpu), RSSBytesPerClient: spread(rss)})
 	}
+	for _, n := range o.TreeSizes {
+		fl, trees, err := treeComparison(ctx, o, n)
+		if err != nil {
+			return r, fmt.Errorf("tree comparison at %d: %w", n, err)
+		}
+		r.Floors = append(r.Floors, fl)
+		r.Trees = append(r.Trees, trees...)
+	}
 	var p50s, p99s []float64
-	for run := 0; run < o.Runs; run++ {
+	for run := 0; run < o.Runs && o.LatencyPushes > 0; run++ {
 		p50, p99, err := latencyOnce(ctx, o)
 		if err != nil {
 			return r, fmt.Errorf("latency: %w", err)
@@ -145,7 +181,9 @@ func Run(ctx context.Context, o Options) (Results, error) {
 		o.progress("latency, run %d: p50 %.2f ms, p99 %.2f ms", run+1, p50, p99)
 		p50s, p99s = append(p50s, p50), append(p99s, p99)
 	}
-	r.Latency = Latency{Pushes: o.LatencyPushes, P50Millis: spread(p50s), P99Millis: spread(p99s)}
+	if o.LatencyPushes > 0 {
+		r.Latency = Latency{Pushes: o.LatencyPushes, P50Millis: spread(p50s), P99Millis: spread(p99s)}
+	}
 	for _, n := range o.KeepaliveAt {
 		var pct []float64
 		for run := 0; run < o.Runs; run++ {
@@ -158,10 +196,52 @@ func Run(ctx context.Context, o Options) (Results, error) {
 		}
 		r.Keepalive = append(r.Keepalive, KeepaliveLoad{Clients: n, IntervalSec: 25, WindowSec: o.Window.Seconds(), CPUPercentCore: spread(pct)})
 	}
-	p, err := pollingBaseline(ctx, o)
-	if err != nil {
-		return r, fmt.Errorf("polling baseline: %w", err)
+	if o.PollSample > 0 {
+		p, err := pollingBaseline(ctx, o)
+		if err != nil {
+			return r, fmt.Errorf("polling baseline: %w", err)
+		}
+		r.Polling = p
 	}
-	r.Polling = p
 	return r, nil
+}
+
+// treeComparison measures, run by run, the floor, direct sending and each
+// arity at n clients, so that each ratio compares figures of one run.
+func treeComparison(ctx context.Context, o Options, n int) (Floor, []TreeRun, error) {
+	arities := append([]int{0}, o.Fanouts...)
+	var flMs, flCPU []float64
+	type series struct{ ms, ratio, cpu, cpuRatio, out, in, fb []float64 }
+	ser := make([]series, len(arities))
+	for run := 0; run < o.Runs; run++ {
+		floor, floorCPU, err := floorOnce(ctx, o, n)
+		if err != nil {
+			return Floor{}, nil, err
+		}
+		o.progress("floor %d, run %d: all echoed in %.1f ms, sender CPU %.1f ms", n, run+1, floor, floorCPU)
+		flMs, flCPU = append(flMs, floor), append(flCPU, floorCPU)
+		var direct float64
+		for i, k := range arities {
+			f, err := pushOnce(ctx, o, n, k)
+			if err != nil {
+				return Floor{}, nil, fmt.Errorf("--fanout %d: %w", k, err)
+			}
+			if k == 0 {
+				direct = f.CPUMs
+			}
+			o.progress("push to %d, --fanout %d, run %d: all acked in %.1f ms (%.2f× floor), rendezvous CPU %.1f ms, datagrams out %d in %d, %d direct fallbacks",
+				n, k, run+1, f.AllAckedMs, f.AllAckedMs/floor, f.CPUMs, f.Out, f.In, f.DirectFallbacks)
+			s := &ser[i]
+			s.ms, s.ratio, s.cpu = append(s.ms, f.AllAckedMs), append(s.ratio, f.AllAckedMs/floor), append(s.cpu, f.CPUMs)
+			s.cpuRatio = append(s.cpuRatio, f.CPUMs/direct)
+			s.out, s.in, s.fb = append(s.out, float64(f.Out)), append(s.in, float64(f.In)), append(s.fb, float64(f.DirectFallbacks))
+		}
+	}
+	trees := make([]TreeRun, len(arities))
+	for i, k := range arities {
+		s := ser[i]
+		trees[i] = TreeRun{Clients: n, Fanout: k, AllAckedMillis: spread(s.ms), FloorRatio: spread(s.ratio), CPUMillis: spread(s.cpu),
+			CPURatio: spread(s.cpuRatio), DatagramsOut: spread(s.out), DatagramsIn: spread(s.in), DirectFallbacks: spread(s.fb)}
+	}
+	return Floor{Clients: n, AllEchoedMillis: spread(flMs), CPUMillis: spread(flCPU)}, trees, nil
 }

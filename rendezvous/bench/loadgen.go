@@ -39,6 +39,12 @@ type LoadgenOptions struct {
 	// Workers is how many threads serve the clients' sockets (default 1:
 	// the bench runs several generator processes).
 	Workers int
+	// Peer makes the clients take part in fan-out trees (see peer.go).
+	Peer bool
+	// Echo makes the clients the floor's echoers instead (see floor.go):
+	// no protocol and no crypto, each datagram answered with one of an
+	// ack's size.
+	Echo bool
 }
 
 // Report lines the generator writes on stdout, one JSON object each.
@@ -59,10 +65,14 @@ type genEvent struct {
 type simClient struct {
 	fd       int
 	pub      wire.Key
+	priv     wire.Key
 	shared   [32]byte
+	peer     *simPeer // with LoadgenOptions.Peer
 	counter  atomic.Uint64
 	lastSeq  atomic.Uint64
-	ponged   atomic.Bool
+	ponged   atomic.Bool  // the rendezvous answered its first keepalive
+	linked   atomic.Bool  // it was given a tree edge (with LoadgenOptions.Peer)
+	counted  atomic.Bool  // counted as registered
 	lastPong atomic.Int64 // unix nanos
 	notified atomic.Int64 // unix nanos of the first notification
 }
@@ -124,7 +134,10 @@ func Loadgen(ctx context.Context, o LoadgenOptions, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		g.clients[i] = &simClient{fd: fd, pub: pub, shared: wire.SharedKey(o.ServerKey, priv)}
+		g.clients[i] = &simClient{fd: fd, pub: pub, priv: priv, shared: wire.SharedKey(o.ServerKey, priv)}
+		if o.Peer {
+			g.clients[i].peer = &simPeer{}
+		}
 		ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(i)} // the data word carries the client's index
 		if err := syscall.EpollCtl(epfds[i%o.Workers], syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
 			return fmt.Errorf("loadgen: epoll add: %w", err)
@@ -138,19 +151,30 @@ func Loadgen(ctx context.Context, o LoadgenOptions, out io.Writer) error {
 		wg.Go(func() { g.serve(ctx, ep) })
 	}
 
-	// Register: a fresh keepalive from each, repeated until it is answered.
-	// Pace the first round so the rendezvous's socket buffer is not flooded.
+	// Register: a keepalive from each, repeated until it is answered (and,
+	// taking part in fan-out, the offer too). Closed loop: each chunk of
+	// registrations waits, a bounded time, for the one before to be
+	// answered, so that the rendezvous's socket buffer is not flooded
+	// whatever its speed (several generators register at once).
 	reg := g.newWorker()
+	const regChunk = 500
 	for round := 0; g.registered.Load() < int64(o.Clients); round++ {
 		if round > 20 || ctx.Err() != nil {
 			return fmt.Errorf("only %d of %d clients registered", g.registered.Load(), o.Clients)
 		}
 		for i, c := range g.clients {
-			if !c.ponged.Load() {
-				reg.sendKeepalive(c, false)
+			if !c.counted.Load() {
+				if o.Echo {
+					syscall.Sendto(c.fd, []byte{echoHello}, 0, &reg.dst)
+				} else {
+					reg.keepalive(c, c.ponged.Load(), false) // asking for a pong, which carries the fan-out offer
+				}
 			}
-			if i%500 == 499 {
-				time.Sleep(5 * time.Millisecond)
+			if i%regChunk == regChunk-1 {
+				wait := time.Now().Add(2 * time.Second)
+				for g.registered.Load() < int64(i+1-regChunk) && time.Now().Before(wait) {
+					time.Sleep(time.Millisecond)
+				}
 			}
 		}
 		deadline := time.Now().Add(2 * time.Second)
@@ -209,6 +233,8 @@ type generator struct {
 	closers              []int
 	registered, notified atomic.Int64
 	lastReg, lastNote    atomic.Int64
+	sigs                 sigCache
+	forged               atomic.Int64 // forwarded events that failed the signature check
 }
 
 func (g *generator) close() {
@@ -270,17 +296,23 @@ type worker struct {
 	sealer wire.Sealer
 	opener wire.Opener
 	pkt    []byte
+	fwd    []byte // a forwarded event being sealed
+	signed []byte // the signed bytes of an event being checked
 	dst    syscall.SockaddrInet4
 }
 
 func (g *generator) newWorker() *worker {
-	return &worker{g: g, pkt: make([]byte, 0, wire.MaxDatagram), dst: g.dst}
+	return &worker{g: g, pkt: make([]byte, 0, wire.MaxDatagram), fwd: make([]byte, 0, wire.MaxDatagram),
+		signed: make([]byte, 0, wire.MaxDatagram), dst: g.dst}
 }
 
 // sendKeepalive sends what the daemon would: quiet (no pong wanted) when
 // its position is known and its last pong is under PongRefresh old.
 func (w *worker) sendKeepalive(c *simClient, known bool) {
-	quiet := known && time.Since(time.Unix(0, c.lastPong.Load())) < wire.PongRefresh
+	w.keepalive(c, known, known && time.Since(time.Unix(0, c.lastPong.Load())) < wire.PongRefresh)
+}
+
+func (w *worker) keepalive(c *simClient, known, quiet bool) {
 	m := &wire.Keepalive{Counter: c.counter.Add(1), Subs: []wire.Sub{{RepoID: w.g.o.Repo, Known: known, LastSeq: c.lastSeq.Load()}}, Quiet: quiet}
 	if b, err := w.sealer.Seal(w.pkt[:0], m, c.pub, &c.shared); err == nil {
 		syscall.Sendto(c.fd, b, 0, &w.dst)
@@ -300,7 +332,27 @@ func maxStore(a *atomic.Int64, v int64) {
 // notification is acknowledged, a ping is answered with a keepalive.
 func (w *worker) receive(c *simClient, b []byte) {
 	g := w.g
-	_, m, err := w.opener.Open(b, &c.shared)
+	if g.o.Echo {
+		w.echo(c, b)
+		return
+	}
+	shared := &c.shared
+	if sender, _, _, err := wire.ParseHeader(b); err != nil {
+		return
+	} else if sender != g.o.ServerKey {
+		var ok bool
+		if shared, ok = c.fromParent(sender); !ok {
+			return // only the parent may send to a client
+		}
+		// From the parent, only a signed event counts.
+		if _, m, err := w.opener.Open(b, shared); err == nil {
+			if f, ok := m.(*wire.Forward); ok && w.onForward(c, f) {
+				w.noteNotified(c)
+			}
+		}
+		return
+	}
+	_, m, err := w.opener.Open(b, shared)
 	if err != nil {
 		return
 	}
@@ -310,22 +362,49 @@ func (w *worker) receive(c *simClient, b []byte) {
 		if len(m.Statuses) == 1 && !c.ponged.Load() {
 			c.lastSeq.Store(m.Statuses[0].Position)
 			c.ponged.Store(true)
-			g.registered.Add(1)
-			maxStore(&g.lastReg, time.Now().UnixNano())
+			w.noteRegistered(c)
 		}
 	case *wire.Notify:
 		if m.Seq > c.lastSeq.Load() {
 			c.lastSeq.Store(m.Seq)
 		}
-		if ack, err := w.sealer.Seal(w.pkt[:0], &wire.Ack{RepoID: m.RepoID, Seq: c.lastSeq.Load()}, c.pub, &c.shared); err == nil {
-			syscall.Sendto(c.fd, ack, 0, &w.dst)
+		w.ack(c, m.RepoID)
+		w.noteNotified(c)
+	case *wire.Forward:
+		if c.peer != nil && w.onForward(c, m) {
+			w.noteNotified(c)
 		}
-		if c.notified.CompareAndSwap(0, time.Now().UnixNano()) {
-			g.notified.Add(1)
-			maxStore(&g.lastNote, c.notified.Load())
-		}
+	case *wire.Fanout:
+		w.onFanout(c, m)
+	case *wire.Edge:
+		w.onEdge(c, m)
 	case *wire.Ping:
 		w.sendKeepalive(c, true)
+	}
+}
+
+// noteRegistered counts c as registered once it is: answered, and when
+// simulating peers, in a tree, which every member of a tree of more than
+// K(K+1) has an edge in. A client whose PeerInfo was lost is not: its
+// next keepalive asks for a pong, which carries the offer again.
+func (w *worker) noteRegistered(c *simClient) {
+	if !c.ponged.Load() || (c.peer != nil && !c.linked.Load()) || !c.counted.CompareAndSwap(false, true) {
+		return
+	}
+	w.g.registered.Add(1)
+	maxStore(&w.g.lastReg, time.Now().UnixNano())
+}
+
+// ack tells the rendezvous what c has handled.
+func (w *worker) ack(c *simClient, repo string) {
+	w.sendToServer(c, &wire.Ack{RepoID: repo, Seq: c.lastSeq.Load()})
+}
+
+// noteNotified counts c's first notification.
+func (w *worker) noteNotified(c *simClient) {
+	if c.notified.CompareAndSwap(0, time.Now().UnixNano()) {
+		w.g.notified.Add(1)
+		maxStore(&w.g.lastNote, c.notified.Load())
 	}
 }
 

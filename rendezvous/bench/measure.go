@@ -11,12 +11,24 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gitchat/gcn-punch/rendezvous"
 )
 
-// fanOutOnce returns ms until all acked, µs CPU per recipient, RSS bytes per idle client.
-func fanOutOnce(ctx context.Context, o Options, n int) ([3]float64, error) {
-	var res [3]float64
-	rp, err := startRendezvous(o)
+// pushRun is what one push to n registered clients cost the rendezvous.
+type pushRun struct {
+	AllAckedMs      float64 // hook start → the last client's ack sent
+	CPUMs           float64 // the rendezvous's CPU for the push
+	RSSPerClient    float64 // bytes of the rendezvous's RSS per idle client
+	In, Out         uint64  // the rendezvous's datagrams for the push
+	DirectFallbacks uint64  // tree members it served directly
+}
+
+// pushOnce starts a rendezvous with --fanout k and n simulated clients
+// (taking part in its trees when k > 0), and measures one push.
+func pushOnce(ctx context.Context, o Options, n, k int) (pushRun, error) {
+	var res pushRun
+	rp, err := startRendezvous(o, k)
 	if err != nil {
 		return res, err
 	}
@@ -27,7 +39,7 @@ func fanOutOnce(ctx context.Context, o Options, n int) ([3]float64, error) {
 	if err != nil {
 		return res, err
 	}
-	gens, evs, _, err := startGenerators(ctx, o, rp, n, 0)
+	gens, evs, _, err := startGenerators(ctx, o, rp.target(k > 0), n, 0)
 	defer stopAll(gens)
 	if err != nil {
 		return res, err
@@ -35,8 +47,17 @@ func fanOutOnce(ctx context.Context, o Options, n int) ([3]float64, error) {
 	if _, err := await(evs, "registered", 5*time.Minute); err != nil {
 		return res, err
 	}
+	if k > 0 {
+		if err := awaitTree(rp, n, 5*time.Minute); err != nil {
+			return res, err
+		}
+	}
 	waitIdle(pid)
 	rss1, _ := procRSS(pid)
+	st0, err := rp.stats()
+	if err != nil {
+		return res, err
+	}
 	cpu0, _ := procCPU(pid)
 	t0 := time.Now()
 	if err := rp.hook(o, 1); err != nil {
@@ -48,21 +69,49 @@ func fanOutOnce(ctx context.Context, o Options, n int) ([3]float64, error) {
 	}
 	time.Sleep(200 * time.Millisecond) // the last acks reach the rendezvous
 	cpu1, _ := procCPU(pid)
-	res[0] = float64(time.Unix(0, last).Sub(t0).Microseconds()) / 1000
-	res[1] = float64((cpu1 - cpu0).Microseconds()) / float64(n)
-	res[2] = float64(rss1-rss0) / float64(n)
+	st1, err := rp.stats()
+	if err != nil {
+		return res, err
+	}
+	res.AllAckedMs = float64(time.Unix(0, last).Sub(t0).Microseconds()) / 1000
+	res.CPUMs = float64((cpu1 - cpu0).Microseconds()) / 1000
+	res.RSSPerClient = float64(rss1-rss0) / float64(n)
+	// Less the two stats requests' own datagrams: none (a Unix socket).
+	res.In, res.Out = st1.DatagramsIn-st0.DatagramsIn, st1.DatagramsOut-st0.DatagramsOut
+	res.DirectFallbacks = st1.DirectFallbacks - st0.DirectFallbacks
 	return res, nil
+}
+
+// awaitTree waits until all n clients are in the tree, every edge made so
+// far reported its path, and the rendezvous hears nothing for a second (no
+// Edge is being repeated): the counters stop moving.
+func awaitTree(rp *rendezvousProc, n int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	var last rendezvous.Stats
+	for time.Now().Before(deadline) {
+		time.Sleep(time.Second)
+		st, err := rp.stats()
+		if err != nil {
+			return err
+		}
+		ok := st.PunchOKHost + st.PunchOKSrflx + st.PunchOKPrflx
+		if st.TreeJoins >= uint64(n) && ok > 0 && ok == last.PunchOKHost+last.PunchOKSrflx+last.PunchOKPrflx && st.DatagramsIn == last.DatagramsIn {
+			return nil
+		}
+		last = st
+	}
+	return fmt.Errorf("the tree did not form: %d joins, %d edges, %d paths", last.TreeJoins, last.Edges, last.PunchOKSrflx+last.PunchOKHost)
 }
 
 // keepaliveOnce returns the rendezvous's CPU % of one core while n clients
 // keep alive every 25 s.
 func keepaliveOnce(ctx context.Context, o Options, n int) (float64, error) {
-	rp, err := startRendezvous(o)
+	rp, err := startRendezvous(o, 0)
 	if err != nil {
 		return 0, err
 	}
 	defer rp.stop()
-	gens, evs, starts, err := startGenerators(ctx, o, rp, n, 25*time.Second)
+	gens, evs, starts, err := startGenerators(ctx, o, rp.target(false), n, 25*time.Second)
 	defer stopAll(gens)
 	if err != nil {
 		return 0, err
@@ -90,7 +139,7 @@ func keepaliveOnce(ctx context.Context, o Options, n int) (float64, error) {
 // latencyOnce returns p50 and p99 (ms) from the hook starting to the
 // daemon's --exec program starting, over LatencyPushes pushes.
 func latencyOnce(ctx context.Context, o Options) (float64, float64, error) {
-	rp, err := startRendezvous(o)
+	rp, err := startRendezvous(o, 0)
 	if err != nil {
 		return 0, 0, err
 	}

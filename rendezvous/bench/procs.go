@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/control"
+	"github.com/gitchat/gcn-punch/rendezvous"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -79,13 +80,14 @@ type rendezvousProc struct {
 	store string
 }
 
-func startRendezvous(o Options) (*rendezvousProc, error) {
+// startRendezvous starts an open rendezvous with --fanout k.
+func startRendezvous(o Options, k int) (*rendezvousProc, error) {
 	dir, err := os.MkdirTemp("", "gcn-bench")
 	if err != nil {
 		return nil, err
 	}
 	rp := &rendezvousProc{dir: dir, store: filepath.Join(dir, "store")}
-	rp.cmd = exec.Command(o.Binary, "rendezvous", "--listen", "127.0.0.1:0", "--store", rp.store, "--open")
+	rp.cmd = exec.Command(o.Binary, "rendezvous", "--listen", "127.0.0.1:0", "--store", rp.store, "--open", "--fanout", strconv.Itoa(k))
 	log, _ := os.Create(filepath.Join(dir, "rendezvous.log"))
 	rp.cmd.Stdout, rp.cmd.Stderr = log, log
 	if err := rp.cmd.Start(); err != nil {
@@ -134,9 +136,29 @@ func waitIdle(pid int) {
 	}
 }
 
+// genTarget is what the simulated clients talk to, and how.
+type genTarget struct {
+	addr netip.AddrPort
+	key  wire.Key
+	peer bool // take part in fan-out trees
+	echo bool // echo for the floor instead of speaking the protocol
+}
+
+// target is a rendezvous as the generators' target.
+func (rp *rendezvousProc) target(peer bool) genTarget {
+	return genTarget{addr: rp.addr, key: rp.key, peer: peer}
+}
+
+// stats asks the rendezvous for its counters.
+func (rp *rendezvousProc) stats() (rendezvous.Stats, error) {
+	var st rendezvous.Stats
+	err := control.AskJSON((&store.Store{Dir: rp.store}).SocketPath(), "stats", 10*time.Second, &st)
+	return st, err
+}
+
 // generators starts enough load-generator processes for n clients. Writing
 // a line to a generator's stdin starts its keepalives.
-func startGenerators(ctx context.Context, o Options, rp *rendezvousProc, n int, keepalive time.Duration) ([]*exec.Cmd, []<-chan genEvent, []io.WriteCloser, error) {
+func startGenerators(ctx context.Context, o Options, t genTarget, n int, keepalive time.Duration) ([]*exec.Cmd, []<-chan genEvent, []io.WriteCloser, error) {
 	var cmds []*exec.Cmd
 	var evs []<-chan genEvent
 	var starts []io.WriteCloser
@@ -144,10 +166,16 @@ func startGenerators(ctx context.Context, o Options, rp *rendezvousProc, n int, 
 	for g := 0; n > 0; g++ {
 		k := min(n, per)
 		n -= k
-		args := []string{"bench", "loadgen", "--server", rp.addr.String(), "--server-key", rp.key.String(), "--repo-id", "chat.git",
+		args := []string{"bench", "loadgen", "--server", t.addr.String(), "--server-key", t.key.String(), "--repo-id", "chat.git",
 			"--clients", strconv.Itoa(k), "--first-ip", fmt.Sprintf("127.%d.0.1", 10+g)}
 		if keepalive > 0 {
 			args = append(args, "--keepalive", keepalive.String())
+		}
+		if t.peer {
+			args = append(args, "--peer")
+		}
+		if t.echo {
+			args = append(args, "--echo")
 		}
 		cmd := exec.CommandContext(ctx, o.Binary, args...)
 		out, err := cmd.StdoutPipe()
