@@ -10,8 +10,8 @@ import (
 // Targets are the goals the figures are read against; they are never
 // asserted in tests.
 var Targets = struct {
-	FanOutMillis100k, RSSBytes, P50Millis, P99Millis, KeepaliveCPUPercent100k float64
-}{1000, 1024, 5, 20, 5}
+	FanOutMillis100k, RSSBytes, P50Millis, P99Millis, KeepaliveCPUPercent100k, TreeCPURatio, TreeFloorRatio float64
+}{1000, 1024, 5, 20, 5, 0.25, 2}
 
 func (s Spread) fmt(unit string, prec int) string {
 	return fmt.Sprintf("%.*f %s (%.*f–%.*f)", prec, s.Median, unit, prec, s.Min, prec, s.Max)
@@ -34,6 +34,27 @@ func (r Results) Table(w io.Writer) {
 		fmt.Fprintf(w, "| %d | %s | %s | %s |\n", f.Clients, f.AllAckedMillis.fmt("ms", 1), f.CPUMicrosPerRecip.fmt("µs", 2), f.RSSBytesPerClient.fmt("B", 0))
 	}
 	fmt.Fprintln(w)
+	if len(r.Trees) > 0 {
+		fmt.Fprintln(w, "### Peer-to-peer fan-out: the tree against direct sending, one push")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Simulated daemons that forward as real ones do (`--peer`), each run measuring the floor, `--fanout 0`")
+		fmt.Fprintln(w, "and each arity one after another; ratios are to the floor and to `--fanout 0` of the same run.")
+		fmt.Fprintln(w, "Datagrams and CPU are the rendezvous's own. The floor: the same number of datagrams, sent and")
+		fmt.Fprintln(w, "read as the rendezvous does, echoed by the same simulated sockets, with no protocol and no crypto.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| clients | floor: all echoed | floor sender's CPU |\n|---|---|---|")
+		for _, f := range r.Floors {
+			fmt.Fprintf(w, "| %d | %s | %s |\n", f.Clients, f.AllEchoedMillis.fmt("ms", 1), f.CPUMillis.fmt("ms", 1))
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| clients | --fanout | all acked | ÷ floor | rendezvous CPU per push | ÷ direct | datagrams out | datagrams in | direct fallbacks |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+		for _, t := range r.Trees {
+			fmt.Fprintf(w, "| %d | %d | %s | %s | %s | %s | %.0f | %.0f | %.0f |\n", t.Clients, t.Fanout, t.AllAckedMillis.fmt("ms", 1), t.FloorRatio.fmt("×", 2),
+				t.CPUMillis.fmt("ms", 0), t.CPURatio.fmt("×", 2), t.DatagramsOut.Median, t.DatagramsIn.Median, t.DirectFallbacks.Median)
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "### Latency: hook start → `--exec` start, %d pushes, one daemon, loopback\n\n", r.Latency.Pushes)
 	fmt.Fprintln(w, "| p50 | p99 |\n|---|---|")
 	fmt.Fprintf(w, "| %s | %s |\n\n", r.Latency.P50Millis.fmt("ms", 2), r.Latency.P99Millis.fmt("ms", 2))
@@ -82,6 +103,15 @@ func (r Results) Table(w io.Writer) {
 	}
 	fmt.Fprintf(w, "| rendezvous RSS per idle client | ≤ %.0f B | %s |\n", Targets.RSSBytes, strings.Join(rss, ", "))
 	fmt.Fprintf(w, "| latency hook → exec | p50 ≤ %.0f ms, p99 ≤ %.0f ms | p50 %.2f ms, p99 %.2f ms |\n", Targets.P50Millis, Targets.P99Millis, r.Latency.P50Millis.Median, r.Latency.P99Millis.Median)
+	for _, t := range r.Trees {
+		if t.Fanout == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "| tree (--fanout %d), %d clients: rendezvous CPU per push | ≤ %.2f× direct | %.2f× |\n", t.Fanout, t.Clients, Targets.TreeCPURatio, t.CPURatio.Median)
+		if t.Clients == 100000 {
+			fmt.Fprintf(w, "| tree (--fanout %d), 100k clients all acked | ≤ %.0f ms, ≤ %.0f× floor | %.1f ms, %.2f× |\n", t.Fanout, Targets.FanOutMillis100k, Targets.TreeFloorRatio, t.AllAckedMillis.Median, t.FloorRatio.Median)
+		}
+	}
 	for _, k := range r.Keepalive {
 		if k.Clients == 100000 {
 			fmt.Fprintf(w, "| keepalives from 100k clients | ≤ %.0f%% of one core | %.2f%% |\n", Targets.KeepaliveCPUPercent100k, k.CPUPercentCore.Median)
