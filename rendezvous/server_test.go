@@ -383,3 +383,28 @@ func TestRecentRecordMatchesRendezvousTiming(t *testing.T) {
 		t.Fatalf("store.RecentRecord %v, want RecordRefresh+ClientTimeout = %v", store.RecentRecord, RecordRefresh+ClientTimeout)
 	}
 }
+
+// With one address the rendezvous serves plain Binding only, as
+// docs/protocol.md says: a request that asks for the answer at another port
+// (RESPONSE-PORT) or from another address (CHANGE-REQUEST) gets nothing, so
+// that nobody can point its answers at a port that did not ask.
+func TestSingleAddressAnswersPlainBindingOnly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		withAttr := func(typ stun.AttrType, v []byte) []byte {
+			m := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+			m.Add(typ, v)
+			return m.Raw
+		}
+		if r := s.handle(0, 0, withAttr(stun.AttrResponsePort, []byte{0x30, 0x39, 0, 0}), srcA); r != nil {
+			t.Fatal("answered a RESPONSE-PORT request with one address")
+		}
+		resp, _, _, to := stunAnswer(&s.grid, 0, 0, withAttr(stun.AttrResponsePort, []byte{0x30, 0x39, 0, 0}), srcA)
+		if resp != nil {
+			t.Fatalf("would answer a RESPONSE-PORT request at %v with one address", to)
+		}
+		if r := s.handle(0, 0, withAttr(stun.AttrChangeRequest, []byte{0, 0, 0, changePort}), srcA); r != nil {
+			t.Fatal("answered a CHANGE-REQUEST with one address")
+		}
+	})
+}

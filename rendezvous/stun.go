@@ -63,7 +63,7 @@ func stunAnswer(g *Grid, ip, port int, req []byte, src netip.AddrPort) (resp []b
 		}
 	}
 	if v, err := m.Get(stun.AttrResponsePort); err == nil {
-		if len(v) != 4 {
+		if len(v) != 4 || !rfc5780 {
 			return nil, 0, 0, src
 		}
 		p := binary.BigEndian.Uint16(v)
