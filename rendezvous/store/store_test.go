@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -269,4 +270,38 @@ func FuzzParseEventLine(f *testing.F) {
 			t.Fatalf("event line round trip: %v %+v %+v", err, e, e2)
 		}
 	})
+}
+
+// A client record is one short line: a 2 GB (sparse) file under clients/
+// is listed as malformed without being read, beside the good records, and
+// reading it alone is an error, not 2 GB of memory (issue 14, item 2).
+func TestOversizedClientRecordIsRefusedUnread(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	good := ClientRecord{ID: wire.Key{1}, Heartbeat: time.Unix(1700000000, 0), Addr: netip.MustParseAddrPort("198.18.0.10:4000")}
+	if err := s.WriteClient(good); err != nil {
+		t.Fatal(err)
+	}
+	big := wire.Key{2}
+	if err := s.WriteClient(ClientRecord{ID: big, Heartbeat: good.Heartbeat, Addr: good.Addr}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(s.clientPath(big), 2<<30); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	recs, bad, err := s.Clients()
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0] != good || len(bad) != 1 || bad[0] != big.String() {
+		t.Fatalf("records %v, malformed %v; want the good one, and the big one malformed", recs, bad)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Fatalf("listing the records allocated %d bytes", grew)
+	}
+	if _, err := s.ReadClient(big); err == nil {
+		t.Fatal("read a 2 GB record")
+	}
 }
