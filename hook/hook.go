@@ -84,8 +84,13 @@ func Run(o Options) (Result, error) {
 		return res, err
 	}
 	res.Events, err = st.Append(id, ups, o.Now())
-	if err != nil {
+	if err != nil && len(res.Events) == 0 {
 		return res, err
+	}
+	if err != nil {
+		// Recorded all the same (a log that went backwards, a compaction
+		// that failed): say so loudly, and deliver.
+		fmt.Fprintf(o.Stderr, "gcn-punch: %s: %v\n", id, err)
 	}
 	reply, err := control.Dial(st.SocketPath(), "poke "+id, PokeTimeout)
 	if err == nil && reply == "ok\n" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,5 +154,39 @@ func TestOversizedUpdateDoesNotCostItsNeighbours(t *testing.T) {
 	}
 	if n := strings.Count(errb.String(), "skipping"); n != 1 {
 		t.Fatalf("want exactly one refusal line, got %q", errb.String())
+	}
+}
+
+// After the log was cut back, a push is recorded after the highest number
+// ever given out, says so in one line, and is still delivered (the hook
+// goes on to poke the rendezvous: here it is down, and the hook says so).
+func TestHookAfterTruncatedLogRecordsAndSaysSo(t *testing.T) {
+	st, _ := store.Open(t.TempDir())
+	push := func(i int) (Result, string, error) {
+		var errb bytes.Buffer
+		in := fmt.Sprintf("%040x %040x refs/heads/main\n", i, i+1)
+		res, err := Run(Options{StoreDir: st.Dir, RepoID: "chat.git", Stdin: strings.NewReader(in), Stderr: &errb})
+		return res, errb.String(), err
+	}
+	for i := range 4 {
+		if _, _, err := push(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Truncate(st.LogPath("chat.git"), 0); err != nil {
+		t.Fatal(err)
+	}
+	res, stderr, err := push(4)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(res.Events) != 1 || res.Events[0].Seq != 5 {
+		t.Fatalf("events %+v, want seq 5", res.Events)
+	}
+	if !strings.Contains(stderr, "went backwards") || !strings.Contains(stderr, "continue at 5") {
+		t.Fatalf("stderr %q does not say the log went backwards", stderr)
+	}
+	if !strings.Contains(stderr, "rendezvous not reachable") {
+		t.Fatalf("the hook did not go on to deliver the event: stderr %q", stderr)
 	}
 }

@@ -37,6 +37,12 @@ type Update struct{ Old, New, Ref string }
 // ErrBadEvent reports a log line that does not parse.
 var ErrBadEvent = errors.New("store: malformed event line")
 
+// ErrLogRewound reports a log that went backwards: its last sequence number
+// is below the highest ever given out (it was truncated, or replaced by an
+// older copy). Append still records the new events, numbered after the
+// highest, in a fresh log; the old one is set aside for inspection.
+var ErrLogRewound = errors.New("store: event log went backwards")
+
 // Log line layout, one event a line, fields separated by one space:
 //
 //	<seq> <unix-ms> <old> <new> <ref>\n
@@ -67,6 +73,28 @@ func (s *Store) repoDir(repoID string) string {
 // LogPath is the event log of a repository.
 func (s *Store) LogPath(repoID string) string { return filepath.Join(s.repoDir(repoID), "events.log") }
 
+// seqPath holds the highest sequence number ever given out in a repository,
+// 20 digits and a newline, rewritten in place (one sector: it is written
+// whole or not at all) and synced after each append. It survives what
+// happens to the log, so that no number is ever given out twice.
+func (s *Store) seqPath(repoID string) string { return filepath.Join(s.repoDir(repoID), "seq") }
+
+const seqLen = 21 // "%020d\n"
+
+// readSeq reads the high-water mark (0 when there is none yet, or it is
+// unreadable: the log's own last number then stands alone).
+func readSeq(f *os.File) uint64 {
+	b := make([]byte, seqLen)
+	if n, _ := f.ReadAt(b, 0); n != seqLen || b[seqLen-1] != '\n' {
+		return 0
+	}
+	v, err := strconv.ParseUint(string(b[:seqLen-1]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
 func (s *Store) retain() int {
 	if s.Retain > 0 {
 		return s.Retain
@@ -77,6 +105,10 @@ func (s *Store) retain() int {
 // Append gives each update the next sequence number, appends them to the
 // repository's log and fsyncs it before returning. Concurrent appenders are
 // serialised with flock. It compacts the log when it holds twice Retain.
+// A number is never given out twice: when the log went backwards, the
+// events are recorded all the same, after the highest number ever given
+// out, and the error wraps ErrLogRewound. With any other error returned
+// beside events, those events were recorded too.
 func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, error) {
 	if err := wire.ValidRepoID(repoID); err != nil {
 		return nil, err
@@ -99,14 +131,37 @@ func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, err
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		return nil, err
 	}
+	seqf, err := os.OpenFile(s.seqPath(repoID), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	defer seqf.Close()
+	highest := readSeq(seqf)
 	f, err := os.OpenFile(s.LogPath(repoID), os.O_CREATE|os.O_RDWR, 0o640)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { f.Close() }() // f may be replaced below
 	first, last, end, err := logBounds(f)
 	if err != nil {
 		return nil, err
+	}
+	var rewound error
+	if last < highest {
+		// The log went backwards. Numbers up to highest were given out
+		// (and may have been acked): set this log aside, and go on after
+		// highest in a fresh one.
+		aside := fmt.Sprintf("%s.rewound-%d", s.LogPath(repoID), now.UnixNano())
+		if err := os.Rename(s.LogPath(repoID), aside); err != nil {
+			return nil, err
+		}
+		f.Close()
+		if f, err = os.OpenFile(s.LogPath(repoID), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o640); err != nil {
+			return nil, err
+		}
+		rewound = fmt.Errorf("%w: it ends at sequence %d, but %d was given out; set aside as %s, new events continue at %d",
+			ErrLogRewound, last, highest, filepath.Base(aside), highest+1)
+		first, last, end = 0, highest, 0
 	}
 	if err := f.Truncate(end); err != nil { // drop a torn tail
 		return nil, err
@@ -128,12 +183,20 @@ func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, err
 		return nil, err
 	}
 	head := last + uint64(len(ups))
+	// The mark follows the log: after a crash between the two it may lag,
+	// never lead, and the log's own last number stands.
+	if _, err := seqf.WriteAt(fmt.Appendf(nil, "%020d\n", head), 0); err != nil {
+		return evs, fmt.Errorf("store: sequence mark: %w", err)
+	}
+	if err := seqf.Sync(); err != nil {
+		return evs, fmt.Errorf("store: sequence mark: %w", err)
+	}
 	if first != 0 && head-first+1 >= uint64(2*s.retain()) {
 		if err := s.compact(repoID, head); err != nil {
 			return evs, fmt.Errorf("store: compaction: %w", err)
 		}
 	}
-	return evs, nil
+	return evs, rewound
 }
 
 // logBounds finds the first and last sequence numbers of a log and the

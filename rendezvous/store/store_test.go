@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -303,5 +304,58 @@ func TestOversizedClientRecordIsRefusedUnread(t *testing.T) {
 	}
 	if _, err := s.ReadClient(big); err == nil {
 		t.Fatal("read a 2 GB record")
+	}
+}
+
+// Cut the log back by a few lines, or empty it: the next push never gets a
+// number that was given out before. It gets the next one after the highest,
+// in a fresh log, with ErrLogRewound naming the old log, kept beside it
+// (issue 14, item 4). Before: seq 4 was handed out again, with no error.
+func TestTruncatedLogNeverReusesASequenceNumber(t *testing.T) {
+	for _, cut := range []struct {
+		name string
+		keep func([]byte) []byte
+	}{
+		{"three lines cut", func(b []byte) []byte {
+			lines := bytes.SplitAfter(b, []byte{'\n'})
+			return bytes.Join(lines[:3], nil)
+		}},
+		{"emptied", func([]byte) []byte { return nil }},
+	} {
+		t.Run(cut.name, func(t *testing.T) {
+			s, _ := Open(t.TempDir())
+			for i := range 6 {
+				if _, err := s.Append("chat.git", []Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, _ := os.ReadFile(s.LogPath("chat.git"))
+			if err := os.WriteFile(s.LogPath("chat.git"), cut.keep(b), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			evs, err := s.Append("chat.git", []Update{{Old: oid(6), New: oid(7), Ref: "refs/heads/main"}}, time.Now())
+			if !errors.Is(err, ErrLogRewound) {
+				t.Fatalf("append after the cut: %v, want ErrLogRewound", err)
+			}
+			if len(evs) != 1 || evs[0].Seq != 7 {
+				t.Fatalf("the push after the cut got %+v, want seq 7", evs)
+			}
+			got, err := s.ReadLog("chat.git", 0)
+			if err != nil || len(got) != 1 || got[0].Seq != 7 {
+				t.Fatalf("the fresh log holds %+v (%v), want seq 7 alone", got, err)
+			}
+			aside, _ := filepath.Glob(s.LogPath("chat.git") + ".rewound-*")
+			if len(aside) != 1 {
+				t.Fatalf("%d logs set aside, want 1", len(aside))
+			}
+			if kept, _ := os.ReadFile(aside[0]); !bytes.Equal(kept, cut.keep(b)) {
+				t.Fatal("the log set aside is not the damaged one")
+			}
+			// And on from there, quietly.
+			evs, err = s.Append("chat.git", []Update{{Old: oid(7), New: oid(8), Ref: "refs/heads/main"}}, time.Now())
+			if err != nil || len(evs) != 1 || evs[0].Seq != 8 {
+				t.Fatalf("next push: %+v %v, want seq 8", evs, err)
+			}
+		})
 	}
 }
