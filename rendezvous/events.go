@@ -105,6 +105,13 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 		return r, err
 	}
 	evs, n, err := store.ReadEvents(f, r.head)
+	var dmg *store.DamageError
+	if errors.As(err, &dmg) {
+		// Damage costs only the damaged lines: serve the rest, and say it.
+		s.log.Error("event log damaged: serving the events around it; a client that needs a lost one gets a resync notice",
+			"repo", id, "log", s.cfg.Store.LogPath(id), "err", err)
+		err = nil
+	}
 	if err != nil {
 		return r, fmt.Errorf("rendezvous: log of %s: %w", id, err)
 	}

@@ -197,8 +197,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	for _, id := range ids {
+		// One repository's unreadable log costs that repository only.
 		if _, err := s.loadRepo(id); err != nil {
-			return nil, err
+			s.log.Error("cannot read event log: this repository is served from its next readable push", "repo", id, "err", err)
 		}
 	}
 	return s, nil

@@ -1,9 +1,13 @@
 package rendezvous
 
 import (
+	"bytes"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -407,4 +411,52 @@ func TestSingleAddressAnswersPlainBindingOnly(t *testing.T) {
 			t.Fatal("answered a CHANGE-REQUEST with one address")
 		}
 	})
+}
+
+// A flipped byte in an old line of one repository's log, and 8 MiB of
+// garbage without a line end in another's: the rendezvous starts, says so
+// for each, serves the first repository's other events, and serves a third,
+// healthy repository as ever (issue 14, item 3). Before, New refused to
+// start at all.
+func TestDamagedLogCostsOnlyItsRepository(t *testing.T) {
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"flipped.git", "garbage.git", "healthy.git"} {
+		for i := range 5 {
+			if _, err := st.Append(id, []store.Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b, _ := os.ReadFile(st.LogPath("flipped.git"))
+	lines := strings.SplitAfter(string(b), "\n")
+	lines[1] = strings.Replace(lines[1], " ", "\x00", 1) // event 2 no longer parses
+	os.WriteFile(st.LogPath("flipped.git"), []byte(strings.Join(lines, "")), 0o640)
+	os.WriteFile(st.LogPath("garbage.git"), bytes.Repeat([]byte("x"), 8<<20), 0o640)
+
+	var logged bytes.Buffer
+	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
+	s, err := New(Config{Conn: conn, Store: st, Open: true, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatalf("the rendezvous refused to start: %v", err)
+	}
+	seqs := func(id string) (out []uint64) {
+		for _, e := range s.repos[id].events {
+			out = append(out, e.Seq)
+		}
+		return out
+	}
+	if got := seqs("flipped.git"); !slices.Equal(got, []uint64{3, 4, 5}) {
+		t.Fatalf("flipped.git serves %v, want 3 4 5 (the contiguous events after the damaged one)", got)
+	}
+	if got := seqs("healthy.git"); !slices.Equal(got, []uint64{1, 2, 3, 4, 5}) {
+		t.Fatalf("healthy.git serves %v", got)
+	}
+	for _, id := range []string{"flipped.git", "garbage.git"} {
+		if n := strings.Count(logged.String(), "repo="+id); n != 1 {
+			t.Fatalf("%s: %d log lines, want one clear error:\n%s", id, n, logged.String())
+		}
+	}
 }

@@ -43,6 +43,12 @@ var ErrBadEvent = errors.New("store: malformed event line")
 // highest, in a fresh log; the old one is set aside for inspection.
 var ErrLogRewound = errors.New("store: event log went backwards")
 
+// ErrLogDamaged reports a log whose end cannot be read (its last line does
+// not parse, or it ends in more than a line's worth of bytes without a line
+// end). Append sets it aside and records the new events in a fresh log,
+// after the highest number ever given out.
+var ErrLogDamaged = errors.New("store: event log damaged at its end")
+
 // Log line layout, one event a line, fields separated by one space:
 //
 //	<seq> <unix-ms> <old> <new> <ref>\n
@@ -142,25 +148,45 @@ func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, err
 		return nil, err
 	}
 	defer func() { f.Close() }() // f may be replaced below
+	// setAside renames the log for inspection and opens a fresh one.
+	setAside := func(kind string) (string, error) {
+		aside := fmt.Sprintf("%s.%s-%d", s.LogPath(repoID), kind, now.UnixNano())
+		if err := os.Rename(s.LogPath(repoID), aside); err != nil {
+			return "", err
+		}
+		f.Close()
+		f, err = os.OpenFile(s.LogPath(repoID), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o640)
+		return filepath.Base(aside), err
+	}
+	var recovered error // what was wrong, when the events are recorded all the same
 	first, last, end, err := logBounds(f)
 	if err != nil {
-		return nil, err
-	}
-	var rewound error
-	if last < highest {
+		// Its end cannot be read: set it aside, and go on after the highest
+		// number it or the mark holds.
+		if _, serr := f.Seek(0, io.SeekStart); serr != nil {
+			return nil, serr
+		}
+		if evs, _, rerr := ReadEvents(f, 0); len(evs) > 0 {
+			highest = max(highest, evs[len(evs)-1].Seq)
+		} else if rerr != nil && !errors.As(rerr, new(*DamageError)) {
+			return nil, rerr
+		}
+		aside, aerr := setAside("damaged")
+		if aerr != nil {
+			return nil, aerr
+		}
+		recovered = fmt.Errorf("%w (%v); set aside as %s, new events continue at %d", ErrLogDamaged, err, aside, highest+1)
+		first, last, end = 0, highest, 0
+	} else if last < highest {
 		// The log went backwards. Numbers up to highest were given out
 		// (and may have been acked): set this log aside, and go on after
 		// highest in a fresh one.
-		aside := fmt.Sprintf("%s.rewound-%d", s.LogPath(repoID), now.UnixNano())
-		if err := os.Rename(s.LogPath(repoID), aside); err != nil {
-			return nil, err
+		aside, aerr := setAside("rewound")
+		if aerr != nil {
+			return nil, aerr
 		}
-		f.Close()
-		if f, err = os.OpenFile(s.LogPath(repoID), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o640); err != nil {
-			return nil, err
-		}
-		rewound = fmt.Errorf("%w: it ends at sequence %d, but %d was given out; set aside as %s, new events continue at %d",
-			ErrLogRewound, last, highest, filepath.Base(aside), highest+1)
+		recovered = fmt.Errorf("%w: it ends at sequence %d, but %d was given out; set aside as %s, new events continue at %d",
+			ErrLogRewound, last, highest, aside, highest+1)
 		first, last, end = 0, highest, 0
 	}
 	if err := f.Truncate(end); err != nil { // drop a torn tail
@@ -196,7 +222,7 @@ func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, err
 			return evs, fmt.Errorf("store: compaction: %w", err)
 		}
 	}
-	return evs, rewound
+	return evs, recovered
 }
 
 // logBounds finds the first and last sequence numbers of a log and the
@@ -234,18 +260,19 @@ func logBounds(f *os.File) (first, last uint64, end int64, err error) {
 		return 0, 0, 0, err
 	}
 	firstLine, _, _ := bytes.Cut(head, []byte{'\n'})
-	fe, err := parseEventLine(firstLine)
-	if err != nil {
-		return 0, 0, 0, err
+	first = 1 // a damaged first line leaves the start unknown: compaction then comes early, and drops it
+	if fe, err := parseEventLine(firstLine); err == nil {
+		first = fe.Seq
 	}
-	return fe.Seq, e.Seq, end, nil
+	return first, e.Seq, end, nil
 }
 
 // compact rewrites the log keeping the last Retain events. Called with the lock held.
 func (s *Store) compact(repoID string, head uint64) error {
 	evs, err := s.ReadLog(repoID, head-uint64(s.retain()))
-	if err != nil {
-		return err
+	var dmg *DamageError
+	if err != nil && !errors.As(err, &dmg) {
+		return err // damaged lines are left out of the compacted log
 	}
 	var buf []byte
 	for _, e := range evs {
@@ -255,7 +282,8 @@ func (s *Store) compact(repoID string, head uint64) error {
 }
 
 // ReadLog returns the events of a repository with Seq > after, in order.
-// A torn last line is ignored; any other malformed line is an error.
+// A torn last line is ignored. Damage (see ReadEvents) costs only the
+// damaged lines: the events around them are returned, with a *DamageError.
 func (s *Store) ReadLog(repoID string, after uint64) ([]Event, error) {
 	f, err := os.Open(s.LogPath(repoID))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -269,31 +297,91 @@ func (s *Store) ReadLog(repoID string, after uint64) ([]Event, error) {
 	return evs, err
 }
 
-// ReadEvents reads complete event lines from r, keeping those with Seq > after,
-// and returns how many bytes of complete lines it consumed.
+// DamageError describes the damaged lines of a log that ReadEvents skipped.
+type DamageError struct {
+	Lines int    // damaged lines skipped
+	Gaps  int    // places where lines are missing
+	First string // what was wrong first, and where
+}
+
+func (e *DamageError) Error() string {
+	return fmt.Sprintf("%v: %d damaged line(s) skipped, %d gap(s); first %s", ErrBadEvent, e.Lines, e.Gaps, e.First)
+}
+
+func (e *DamageError) Unwrap() error { return ErrBadEvent }
+
+// maxLogLine bounds a log line: the longest event is about 1.2 KB.
+const maxLogLine = 4 << 10
+
+// ReadEvents reads complete event lines from r, keeping those with Seq >
+// after, and returns how many bytes of complete lines it consumed. A damaged
+// line (one that does not parse, is longer than maxLogLine, or does not
+// number after the line before it) is skipped, with the events around it
+// returned, so that damage costs only what is damaged: then err is a
+// *DamageError and evs and consumed are as complete as without it. The
+// events may have gaps where lines were lost. Any other error is a read
+// error.
 func ReadEvents(r io.Reader, after uint64) (evs []Event, consumed int64, err error) {
-	br := bufio.NewReaderSize(r, 64<<10)
+	br := bufio.NewReaderSize(r, maxLogLine)
 	var prev uint64
+	var dmg *DamageError
+	note := func(offset int64, what string) {
+		if dmg == nil {
+			dmg = &DamageError{First: fmt.Sprintf("at byte %d: %s", offset, what)}
+		}
+	}
+	damaged := func(offset int64, what string) { note(offset, what); dmg.Lines++ }
+	done := func() ([]Event, int64, error) {
+		if dmg != nil {
+			return evs, consumed, dmg
+		}
+		return evs, consumed, nil
+	}
 	for {
 		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			// Longer than any event: skip to the end of this line, if it has one.
+			n := int64(len(line))
+			for err == bufio.ErrBufferFull {
+				line, err = br.ReadSlice('\n')
+				n += int64(len(line))
+			}
+			if err == io.EOF {
+				// More than a line's worth without a line end: not a
+				// write in progress but damage.
+				damaged(consumed, fmt.Sprintf("%d bytes at the end without a line end", n))
+				return done()
+			}
+			if err != nil {
+				return evs, consumed, err
+			}
+			damaged(consumed, fmt.Sprintf("a line of %d bytes", n))
+			consumed += n
+			continue
+		}
 		if err == io.EOF {
-			return evs, consumed, nil // a torn tail, or none
+			return done() // a torn tail, or none
 		}
 		if err != nil {
 			return evs, consumed, err
 		}
 		e, perr := parseEventLine(line[:len(line)-1])
-		if perr != nil {
-			return evs, consumed, perr
+		switch {
+		case perr != nil:
+			damaged(consumed, perr.Error())
+		case prev != 0 && e.Seq <= prev:
+			damaged(consumed, fmt.Sprintf("sequence %d after %d", e.Seq, prev))
+		default:
+			if prev != 0 && e.Seq != prev+1 {
+				note(consumed, fmt.Sprintf("sequence %d follows %d", e.Seq, prev))
+				dmg.Gaps++ // the line itself is good: the ones before it are missing
+			}
+			prev = e.Seq
+			if e.Seq > after {
+				evs = append(evs, e)
+			}
 		}
-		if prev != 0 && e.Seq != prev+1 {
-			return evs, consumed, fmt.Errorf("%w: sequence %d follows %d", ErrBadEvent, e.Seq, prev)
-		}
-		prev = e.Seq
 		consumed += int64(len(line))
-		if e.Seq > after {
-			evs = append(evs, e)
-		}
 	}
 }
 

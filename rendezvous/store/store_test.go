@@ -273,6 +273,40 @@ func FuzzParseEventLine(f *testing.F) {
 	})
 }
 
+// FuzzReadEvents feeds whole damaged logs to the reader the rendezvous uses:
+// it never panics, never claims more bytes than it was given, returns only
+// events with increasing numbers, each from a line of the input, and reports
+// damage only as a *DamageError.
+func FuzzReadEvents(f *testing.F) {
+	good := string(appendEventLine(appendEventLine(nil, Event{Seq: 1, TimeMilli: 5, Old: zero40, New: oid(1), Ref: "refs/heads/main"}),
+		Event{Seq: 2, TimeMilli: 6, Old: oid(1), New: oid(2), Ref: "refs/heads/main"}))
+	f.Add([]byte(good))
+	f.Add([]byte(good + "3 7 " + zero40[:10]))             // torn tail
+	f.Add([]byte(strings.Replace(good, " ", "\x00", 1)))   // flipped byte
+	f.Add([]byte(good + strings.Repeat("x", 5000)))        // garbage tail
+	f.Add([]byte(strings.Repeat("y", 5000) + "\n" + good)) // overlong line
+	f.Add([]byte(good + good))                             // numbers going back
+	f.Add([]byte(strings.Replace(good, "2 6", "4 6", 1)))  // a gap
+	f.Fuzz(func(t *testing.T, b []byte) {
+		evs, consumed, err := ReadEvents(bytes.NewReader(b), 0)
+		var dmg *DamageError
+		if err != nil && !errors.As(err, &dmg) {
+			t.Fatalf("a reader over memory failed: %v", err)
+		}
+		if consumed < 0 || consumed > int64(len(b)) {
+			t.Fatalf("consumed %d of %d bytes", consumed, len(b))
+		}
+		for i, e := range evs {
+			if i > 0 && e.Seq <= evs[i-1].Seq {
+				t.Fatalf("sequence %d after %d", e.Seq, evs[i-1].Seq)
+			}
+			if !bytes.Contains(b[:consumed], []byte(" "+e.Old+" "+e.New+" "+e.Ref+"\n")) {
+				t.Fatalf("event %+v is not a line of the input", e)
+			}
+		}
+	})
+}
+
 // A client record is one short line: a 2 GB (sparse) file under clients/
 // is listed as malformed without being read, beside the good records, and
 // reading it alone is an error, not 2 GB of memory (issue 14, item 2).
@@ -358,4 +392,63 @@ func TestTruncatedLogNeverReusesASequenceNumber(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A log whose end cannot be read (its last complete line damaged, or 1 MiB
+// of garbage after it without a line end) no longer stops every later push
+// (issue 14, item 5): the push is recorded after the highest number given
+// out, ErrLogDamaged says so once, the damaged log is kept beside the new
+// one, and the push after that goes through quietly. A damaged first line
+// stops nothing.
+func TestDamagedLogEndRecoversOnItsOwn(t *testing.T) {
+	for _, damage := range []struct {
+		name string
+		do   func(b []byte) []byte
+	}{
+		{"last line", func(b []byte) []byte {
+			b[bytes.LastIndexByte(b[:len(b)-1], '\n')+1] = 'z' // its sequence number no longer parses
+			return b
+		}},
+		{"garbage tail", func(b []byte) []byte { return append(b, bytes.Repeat([]byte("x"), 1<<20)...) }},
+	} {
+		t.Run(damage.name, func(t *testing.T) {
+			s, _ := Open(t.TempDir())
+			for i := range 5 {
+				if _, err := s.Append("chat.git", []Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, _ := os.ReadFile(s.LogPath("chat.git"))
+			os.WriteFile(s.LogPath("chat.git"), damage.do(b), 0o640)
+			evs, err := s.Append("chat.git", []Update{{Old: oid(5), New: oid(6), Ref: "refs/heads/main"}}, time.Now())
+			if !errors.Is(err, ErrLogDamaged) || len(evs) != 1 || evs[0].Seq != 6 {
+				t.Fatalf("push after the damage: %+v %v; want seq 6 with ErrLogDamaged", evs, err)
+			}
+			if aside, _ := filepath.Glob(s.LogPath("chat.git") + ".damaged-*"); len(aside) != 1 {
+				t.Fatalf("%d damaged logs kept, want 1", len(aside))
+			}
+			evs, err = s.Append("chat.git", []Update{{Old: oid(6), New: oid(7), Ref: "refs/heads/main"}}, time.Now())
+			if err != nil || evs[0].Seq != 7 {
+				t.Fatalf("next push: %+v %v", evs, err)
+			}
+		})
+	}
+	t.Run("first line", func(t *testing.T) {
+		s, _ := Open(t.TempDir())
+		for i := range 3 {
+			s.Append("chat.git", []Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now())
+		}
+		b, _ := os.ReadFile(s.LogPath("chat.git"))
+		b[0] = 'q'
+		os.WriteFile(s.LogPath("chat.git"), b, 0o640)
+		evs, err := s.Append("chat.git", []Update{{Old: oid(3), New: oid(4), Ref: "refs/heads/main"}}, time.Now())
+		if err != nil || evs[0].Seq != 4 {
+			t.Fatalf("push after a damaged first line: %+v %v", evs, err)
+		}
+		got, err := s.ReadLog("chat.git", 0)
+		var dmg *DamageError
+		if !errors.As(err, &dmg) || dmg.Lines != 1 || len(got) != 3 || got[0].Seq != 2 {
+			t.Fatalf("reading: %+v %v; want events 2-4 and one damaged line", got, err)
+		}
+	})
 }
