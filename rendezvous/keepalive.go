@@ -32,6 +32,28 @@ type probe struct {
 	counter uint64
 }
 
+// namedOK reports whether a keepalive's subscription to repoID was accepted.
+func namedOK(subs []wire.Sub, statuses []wire.SubStatus, repoID string) bool {
+	for i, sb := range subs {
+		if sb.RepoID == repoID && statuses[i].Status == wire.StatusOK {
+			return true
+		}
+	}
+	return false
+}
+
+// dropSub ends a subscription (its client's list is the caller's to
+// update), and forgets a repository that nobody follows and that has no
+// events in memory. Called with mu held.
+func (s *Server) dropSub(su *sub, now time.Time) {
+	s.leaveTree(su, now)
+	su.r.subs.remove(su)
+	s.pending.remove(su)
+	if r := su.r; len(r.subs.list) == 0 && r.head == 0 {
+		delete(s.repos, r.id)
+	}
+}
+
 // sub finds the client's subscription to a repository.
 func (c *client) sub(repoID string) *sub {
 	for _, su := range c.subs {
@@ -122,6 +144,16 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 		}
 		if s.fan != nil && c.peer != nil && su.node == nil {
 			s.joinTree(su, now) // a new repository, or back after eviction
+		}
+	}
+	// A daemon's keepalive names everything it follows here (at most
+	// wire.MaxSubs): what it no longer names, or may no longer follow, is
+	// dropped, so a client holds at most wire.MaxSubs subscriptions
+	// however many keepalives it sends.
+	for i := len(c.subs) - 1; i >= 0; i-- {
+		if su := c.subs[i]; !namedOK(m.Subs, statuses, su.r.id) {
+			s.dropSub(su, now)
+			c.subs = append(c.subs[:i], c.subs[i+1:]...)
 		}
 	}
 	if !news {

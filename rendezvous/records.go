@@ -79,9 +79,7 @@ func (s *Server) forgetSilent(now time.Time) {
 			continue
 		}
 		for _, su := range c.subs {
-			s.leaveTree(su, now)
-			su.r.subs.remove(su)
-			s.pending.remove(su)
+			s.dropSub(su, now)
 		}
 		delete(s.probes, c)
 		delete(s.clients, k)

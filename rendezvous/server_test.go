@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -301,7 +302,7 @@ func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
 		}
 		time.Sleep(2 * time.Minute)
 		s.sendDue()
-		if len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || len(s.repos["chat.git"].subs.list) != 0 {
+		if r := s.repos["chat.git"]; len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || r != nil && len(r.subs.list) != 0 {
 			t.Fatalf("silent client kept: %d clients", len(s.Clients()))
 		}
 		pong := c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
@@ -459,4 +460,33 @@ func TestDamagedLogCostsOnlyItsRepository(t *testing.T) {
 			t.Fatalf("%s: %d log lines, want one clear error:\n%s", id, n, logged.String())
 		}
 	}
+}
+
+// In open mode one key once subscribed to 37,728 repositories in 8 s, 16 a
+// keepalive, all kept (issue 14, item 9). A keepalive names everything its
+// daemon follows: what it no longer names is dropped, so a client holds at
+// most wire.MaxSubs, and a repository nobody follows (and with no events)
+// is forgotten.
+func TestSubscriptionsAreCappedAndLapse(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		c := newTestClient(s)
+		for round := range 100 {
+			subs := make([]wire.Sub, wire.MaxSubs)
+			for i := range subs {
+				subs[i] = wire.Sub{RepoID: fmt.Sprintf("r%d-%d.git", round, i)}
+			}
+			if s.handle(0, 0, c.keepalive(t, subs...), srcA) == nil {
+				t.Fatal("no pong")
+			}
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if n := len(s.clients[c.pub].subs); n != wire.MaxSubs {
+			t.Fatalf("the client holds %d subscriptions, want the %d it names", n, wire.MaxSubs)
+		}
+		if n := len(s.repos); n != wire.MaxSubs {
+			t.Fatalf("the rendezvous keeps %d repositories, want the %d followed", n, wire.MaxSubs)
+		}
+	})
 }
