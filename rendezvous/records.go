@@ -19,13 +19,24 @@ func (s *Server) queueRecord(c *client, now time.Time) {
 	}
 }
 
+// recordSweep is how often the records of clients silent for
+// store.RecordExpiry are removed: hourly keeps at most an hour's worth of
+// extra files, and walking 100k records costs about a second.
+const recordSweep = time.Hour
+
 // recordWriter writes client records off the packet path, the latest of
-// each client, in batches.
+// each client, in batches, and removes the records of long-silent clients.
 func (s *Server) recordWriter(ctx context.Context) {
+	s.sweepRecords(time.Now())
+	sweep := time.NewTicker(recordSweep)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-sweep.C:
+			s.sweepRecords(time.Now())
+			continue
 		case <-s.recordsKick:
 		}
 		s.mu.Lock()
@@ -40,6 +51,17 @@ func (s *Server) recordWriter(ctx context.Context) {
 				return
 			}
 		}
+	}
+}
+
+// sweepRecords removes the records of clients silent for store.RecordExpiry.
+func (s *Server) sweepRecords(now time.Time) {
+	n, err := s.cfg.Store.RemoveStaleClients(now.Add(-store.RecordExpiry))
+	if err != nil {
+		s.log.Warn("cannot remove old client records", "err", err)
+	}
+	if n > 0 {
+		s.log.Info("removed the records of long-silent clients", "records", n, "silent_for_more_than", store.RecordExpiry)
 	}
 }
 

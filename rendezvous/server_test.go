@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -487,6 +488,31 @@ func TestSubscriptionsAreCappedAndLapse(t *testing.T) {
 		}
 		if n := len(s.repos); n != wire.MaxSubs {
 			t.Fatalf("the rendezvous keeps %d repositories, want the %d followed", n, wire.MaxSubs)
+		}
+	})
+}
+
+// 3,000 fresh keys once left 3,000 records on disk for good (issue 14,
+// item 9). The record of a client silent for store.RecordExpiry is removed
+// by the hourly sweep; a recent one stays.
+func TestRecordsOfLongSilentClientsAreRemoved(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		st := s.cfg.Store
+		now := time.Now()
+		old := store.ClientRecord{ID: wire.Key{1}, Heartbeat: now.Add(-store.RecordExpiry - time.Minute), Addr: srcA}
+		recent := store.ClientRecord{ID: wire.Key{2}, Heartbeat: now.Add(-store.RecordExpiry + time.Hour), Addr: srcB}
+		for _, r := range []store.ClientRecord{old, recent} {
+			if err := st.WriteClient(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.sweepRecords(now)
+		if _, err := st.ReadClient(old.ID); !errors.Is(err, store.ErrNoClient) {
+			t.Fatalf("the record silent for a day and a minute: %v, want it removed", err)
+		}
+		if _, err := st.ReadClient(recent.ID); err != nil {
+			t.Fatalf("the recent record: %v", err)
 		}
 	})
 }

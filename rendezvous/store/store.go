@@ -231,6 +231,34 @@ func (s *Store) walkClients(fn func(name string, r ClientRecord, err error) bool
 // older than both together is behind a mapping long gone.
 const RecentRecord = 15 * time.Minute
 
+// RecordExpiry is how long a silent client's record stays on disk: nothing
+// sends to a record older than RecentRecord, and `status --store` lists the
+// clients seen within the last day. Without it, every key that ever spoke
+// (in open mode, anyone's) would leave a file behind for good.
+const RecordExpiry = 24 * time.Hour
+
+// RemoveStaleClients removes the well-formed records whose heartbeat is
+// older than before, and returns how many it removed. Malformed records are
+// left for the operator (the rendezvous logs them at start).
+func (s *Store) RemoveStaleClients(before time.Time) (int, error) {
+	removed := 0
+	var firstErr error
+	err := s.walkClients(func(_ string, r ClientRecord, err error) bool {
+		if err == nil && r.Heartbeat.Before(before) {
+			if err := os.Remove(s.clientPath(r.ID)); err == nil {
+				removed++
+			} else if firstErr == nil && !errors.Is(err, fs.ErrNotExist) {
+				firstErr = err
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = firstErr
+	}
+	return removed, err
+}
+
 // Recent reports whether a record is recent enough to send to (RecentRecord).
 func (r ClientRecord) Recent(now time.Time) bool { return now.Sub(r.Heartbeat) <= RecentRecord }
 
