@@ -2,9 +2,9 @@ package hook
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
