@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -30,6 +31,25 @@ func (d *Daemon) Pin(server string, key wire.Key) error {
 	}
 	d.state.Pins[server] = key.String()
 	return d.state.save(d.cfg.StateDir)
+}
+
+// heartbeatProof proves to the server pinned under name that this daemon
+// holds its key (wire.HeartbeatProof), or returns "" when no key is pinned
+// for it yet.
+func (d *Daemon) heartbeatProof(server, repoPath, port string) string {
+	d.mu.Lock()
+	pinned := d.state.Pins[server]
+	d.mu.Unlock()
+	key, err := wire.ParseKey(pinned)
+	if pinned == "" || err != nil {
+		return ""
+	}
+	shared := wire.SharedKey(key, d.priv)
+	p, err := wire.HeartbeatProof(&shared, repoPath, port, time.Now())
+	if err != nil {
+		return ""
+	}
+	return p
 }
 
 // rememberServer records the server's address in the state for `probe`.

@@ -159,8 +159,12 @@ func SSHCommand(ctx context.Context, clone string) string {
 }
 
 // Register runs gcn-heartbeat on the clone's origin server over SSH, with
-// BatchMode so it never prompts, and returns the server's reply.
-func Register(ctx context.Context, clone string, id wire.Key, udpPort uint16, reflexive netip.AddrPort) (wire.HeartbeatReply, Remote, error) {
+// BatchMode so it never prompts, and returns the server's reply. prove, if
+// set, makes the proof that this daemon holds its key for the server it
+// names (empty when the daemon does not know that server's key yet); a
+// server too old to take a proof, or that refuses it, is asked again
+// without one.
+func Register(ctx context.Context, clone string, id wire.Key, udpPort uint16, reflexive netip.AddrPort, prove func(server, repoPath, port string) string) (wire.HeartbeatReply, Remote, error) {
 	url, err := gitcmd.OriginURL(ctx, clone)
 	if err != nil {
 		return wire.HeartbeatReply{}, Remote{}, err
@@ -177,8 +181,35 @@ func Register(ctx context.Context, clone string, id wire.Key, udpPort uint16, re
 	if rem.Port != "" {
 		args = append(args, "-p", rem.Port)
 	}
+	port := strconv.Itoa(int(udpPort))
 	args = append(args, rem.Target(), "gcn-heartbeat", "--repo", rem.Path, "--id", id.String(),
-		"--port", strconv.Itoa(int(udpPort)), "--reflexive", refl)
+		"--port", port, "--reflexive", refl)
+	if prove != nil {
+		if p := prove(rem.String(), rem.Path, port); p != "" {
+			reply, err := runHeartbeat(ctx, clone, append(args, "--proof", p))
+			// A server too old for proofs, or one that refuses this one
+			// (its key changed: the pin check below says so loudly; or
+			// the clocks differ by minutes) is asked again without: that
+			// authorises the key, and the keepalives move the record.
+			if err == nil || !strings.Contains(err.Error(), "unknown flag: --proof") && !strings.Contains(err.Error(), "registration proof refused") {
+				return reply, rem, annotate(err, rem)
+			}
+		}
+	}
+	reply, err := runHeartbeat(ctx, clone, args)
+	return reply, rem, annotate(err, rem)
+}
+
+// annotate says which server a registration failed with.
+func annotate(err error, rem Remote) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("ssh registration with %s failed %w", rem, err)
+}
+
+// runHeartbeat runs ssh with args and parses gcn-heartbeat's reply.
+func runHeartbeat(ctx context.Context, clone string, args []string) (wire.HeartbeatReply, error) {
 	ctx, cancel := context.WithTimeout(ctx, sshTimeout)
 	defer cancel()
 	// As git does: the command is a shell snippet and our arguments follow
@@ -191,10 +222,9 @@ func Register(ctx context.Context, clone string, id wire.Key, udpPort uint16, re
 	cmd.Stdin = nil
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(errb.String())
-		return wire.HeartbeatReply{}, rem, fmt.Errorf("ssh registration with %s failed (%v): %s%s", rem, err, msg, sshHint(msg))
+		return wire.HeartbeatReply{}, fmt.Errorf("(%v): %s%s", err, msg, sshHint(msg))
 	}
-	reply, err := wire.ParseHeartbeatReply(out.String())
-	return reply, rem, err
+	return wire.ParseHeartbeatReply(out.String())
 }
 
 // sshHint turns a known ssh or server error into advice.
@@ -237,7 +267,7 @@ func (r *Registrar) Run(ctx context.Context) {
 		if !following.IsZero() {
 			reflexive = r.Daemon.Observed(following)
 		}
-		reply, rem, err := Register(ctx, r.Clone, r.Daemon.PublicKey(), r.Daemon.LocalPort(), reflexive)
+		reply, rem, err := Register(ctx, r.Clone, r.Daemon.PublicKey(), r.Daemon.LocalPort(), reflexive, r.Daemon.heartbeatProof)
 		if err == nil {
 			err = r.Daemon.Pin(rem.String(), reply.ServerKey)
 			if errors.Is(err, ErrServerKeyChanged) {

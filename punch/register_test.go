@@ -3,6 +3,7 @@ package punch
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/wire"
@@ -56,5 +57,28 @@ func TestPinRefusesChangedKey(t *testing.T) {
 	d2, _ := New(Config{Conn: conn, StateDir: dir})
 	if err := d2.Pin("git@h:22", k2); !errors.Is(err, ErrServerKeyChanged) {
 		t.Fatalf("after restart: got %v", err)
+	}
+}
+
+// A daemon proves its key only to a server whose key it pinned, and the
+// server's side of the key pair accepts the proof for that registration.
+func TestHeartbeatProofOnlyForPinnedServer(t *testing.T) {
+	conn, _ := udpconn.Listen("127.0.0.1:0", nil)
+	defer conn.Close()
+	d, err := New(Config{Conn: conn, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := d.heartbeatProof("git@h:22", "chat.git", "4000"); p != "" {
+		t.Fatalf("a proof for a server never pinned: %q", p)
+	}
+	serverPub, serverPriv, _ := wire.GenerateKey()
+	if err := d.Pin("git@h:22", serverPub); err != nil {
+		t.Fatal(err)
+	}
+	p := d.heartbeatProof("git@h:22", "chat.git", "4000")
+	shared := wire.SharedKey(d.PublicKey(), serverPriv)
+	if err := wire.VerifyHeartbeatProof(p, &shared, "chat.git", "4000", time.Now()); err != nil {
+		t.Fatalf("the server refuses the daemon's proof: %v", err)
 	}
 }

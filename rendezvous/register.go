@@ -27,11 +27,18 @@ type HeartbeatRequest struct {
 	ID        string // 64 hex characters: the client's public key
 	Port      string // the daemon's local UDP port, 1..65535
 	Reflexive string // the daemon's public address as STUN saw it, or "" / "-"
+	// Proof, when set, is wire.HeartbeatProof: that the caller holds the
+	// client key. Without it the key is authorised, but an existing record
+	// of the client (its address) is left as it is.
+	Proof string
 }
 
 // Heartbeat registers a client for a repository it reached over SSH. It
 // validates everything before it writes anything: on any error the store is
-// unchanged. sshConnection is $SSH_CONNECTION ("cip cport sip sport"), home
+// unchanged. A client's record (where the rendezvous may reach it) changes
+// only with a proof that the caller holds the client's key; without one it
+// is written only when there is none yet (a first registration, before the
+// daemon knows the server key to make a proof with). sshConnection is $SSH_CONNECTION ("cip cport sip sport"), home
 // the git user's home directory.
 func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string, now time.Time) (wire.HeartbeatReply, error) {
 	var reply wire.HeartbeatReply
@@ -73,6 +80,21 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 	if err != nil {
 		return fail("%v", err)
 	}
+	writeRecord := true
+	if req.Proof != "" {
+		_, priv, err := st.ExistingServerKeys()
+		if err != nil {
+			return fail("%v", err)
+		}
+		shared := wire.SharedKey(id, priv)
+		if err := wire.VerifyHeartbeatProof(req.Proof, &shared, req.RepoPath, req.Port, now); err != nil {
+			return fail("%w", err)
+		}
+	} else if _, err := st.ReadClient(id); !errors.Is(err, store.ErrNoClient) {
+		// Anyone with SSH access could otherwise point another client's
+		// record at themselves: without proof, an existing one stays.
+		writeRecord = false
+	}
 	// The UDP port the rendezvous should use: the NAT's mapping (the
 	// reflexive port) when STUN saw the same public IP SSH sees, else the
 	// daemon's own port (no NAT, or nothing known yet). Keepalives correct
@@ -85,8 +107,10 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 	if err := st.Authorise(repoID, id, expiry); err != nil {
 		return fail("%v", err)
 	}
-	if err := st.WriteClient(store.ClientRecord{ID: id, Heartbeat: now, Addr: netip.AddrPortFrom(clientIP.Unmap(), udpPort)}); err != nil {
-		return fail("%v", err)
+	if writeRecord {
+		if err := st.WriteClient(store.ClientRecord{ID: id, Heartbeat: now, Addr: netip.AddrPortFrom(clientIP.Unmap(), udpPort)}); err != nil {
+			return fail("%v", err)
+		}
 	}
 	return wire.HeartbeatReply{RepoID: repoID, Addrs: addrs, ServerKey: pub, Expiry: expiry}, nil
 }

@@ -1,12 +1,16 @@
 package wire
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/nacl/box"
 )
 
 // ErrReply reports a heartbeat reply line that does not parse.
@@ -68,4 +72,61 @@ func ParseHeartbeatReply(s string) (HeartbeatReply, error) {
 	}
 	r.Expiry = time.Unix(exp, 0)
 	return r, nil
+}
+
+// ErrProof reports a registration proof that is malformed, stale, or not
+// the client's.
+var ErrProof = errors.New("wire: registration proof refused")
+
+// ProofWindow is how far a registration proof's time may be from the
+// server's clock: a daemon makes it just before its SSH call, and clocks
+// of machines that use NTP agree within seconds.
+const ProofWindow = 10 * time.Minute
+
+// maxProofHex bounds a proof's text: a repository path and a port are short.
+const maxProofHex = 4096
+
+// proofContext separates registration proofs from every other box.
+const proofContext = "gcn-heartbeat proof v1\x00"
+
+// HeartbeatProof proves to the server that the daemon holds the private key
+// of the client id it registers: a box from the client's key to the
+// server's over the repository path, the UDP port and the time, so that it
+// is worth nothing for another registration or, after ProofWindow, at all.
+// Text form: "<unix seconds>.<hex of nonce and box>". shared is
+// SharedKey(serverPub, clientPriv).
+func HeartbeatProof(shared *[32]byte, repo, port string, now time.Time) (string, error) {
+	var nonce [NonceLen]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", err
+	}
+	ts := strconv.FormatInt(now.Unix(), 10)
+	msg := proofContext + repo + "\x00" + port + "\x00" + ts
+	sealed := box.SealAfterPrecomputation(nonce[:], []byte(msg), &nonce, shared)
+	return ts + "." + hex.EncodeToString(sealed), nil
+}
+
+// VerifyHeartbeatProof checks a proof made by HeartbeatProof for this
+// registration; shared is SharedKey(clientPub, serverPriv).
+func VerifyHeartbeatProof(proof string, shared *[32]byte, repo, port string, now time.Time) error {
+	ts, sealedHex, ok := strings.Cut(proof, ".")
+	secs, err := strconv.ParseInt(ts, 10, 64)
+	if !ok || err != nil || strconv.FormatInt(secs, 10) != ts || len(sealedHex) > maxProofHex {
+		return fmt.Errorf("%w: want <unix seconds>.<hex>", ErrProof)
+	}
+	sealed, err := hex.DecodeString(sealedHex)
+	if err != nil || len(sealed) < NonceLen+box.Overhead {
+		return fmt.Errorf("%w: want <unix seconds>.<hex>", ErrProof)
+	}
+	if d := now.Sub(time.Unix(secs, 0)); d > ProofWindow || d < -ProofWindow {
+		return fmt.Errorf("%w: made at %s, more than %v from the server's clock (%s)", ErrProof,
+			time.Unix(secs, 0).UTC().Format(time.RFC3339), ProofWindow, now.UTC().Format(time.RFC3339))
+	}
+	var nonce [NonceLen]byte
+	copy(nonce[:], sealed)
+	msg, ok := box.OpenAfterPrecomputation(nil, sealed[NonceLen:], &nonce, shared)
+	if !ok || string(msg) != proofContext+repo+"\x00"+port+"\x00"+ts {
+		return fmt.Errorf("%w: not made with this client key for this registration", ErrProof)
+	}
+	return nil
 }

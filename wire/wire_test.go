@@ -326,3 +326,48 @@ func FuzzParseHeartbeatReply(f *testing.F) {
 		}
 	})
 }
+
+// A registration proof opens only with the server's side of the same key
+// pair, for the same repository path and port, within ProofWindow; anything
+// else, including a proof cut short or with a non-canonical time, is
+// ErrProof.
+func TestHeartbeatProof(t *testing.T) {
+	clientPub, clientPriv, _ := GenerateKey()
+	serverPub, serverPriv, _ := GenerateKey()
+	_, strangerPriv, _ := GenerateKey()
+	now := time.Unix(1800000000, 0)
+	mine, theirs := SharedKey(serverPub, clientPriv), SharedKey(clientPub, serverPriv)
+	p, err := HeartbeatProof(&mine, "chat.git", "4000", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(p, "1800000000.") {
+		t.Fatalf("proof %q does not start with its time", p)
+	}
+	if err := VerifyHeartbeatProof(p, &theirs, "chat.git", "4000", now.Add(ProofWindow)); err != nil {
+		t.Fatalf("a fresh proof refused: %v", err)
+	}
+	stranger := SharedKey(serverPub, strangerPriv)
+	forged, _ := HeartbeatProof(&stranger, "chat.git", "4000", now)
+	ts, rest, _ := strings.Cut(p, ".")
+	for name, c := range map[string]struct {
+		proof, repo, port string
+		at                time.Time
+	}{
+		"another key":     {forged, "chat.git", "4000", now},
+		"another repo":    {p, "other.git", "4000", now},
+		"another port":    {p, "chat.git", "4001", now},
+		"too old":         {p, "chat.git", "4000", now.Add(ProofWindow + time.Second)},
+		"from the future": {p, "chat.git", "4000", now.Add(-ProofWindow - time.Second)},
+		"time changed":    {"1800000001." + rest, "chat.git", "4000", now},
+		"time padded":     {"0" + ts + "." + rest, "chat.git", "4000", now},
+		"cut short":       {p[:len(p)-2], "chat.git", "4000", now},
+		"no box":          {ts + ".", "chat.git", "4000", now},
+		"empty":           {"", "chat.git", "4000", now},
+		"oversized":       {ts + "." + strings.Repeat("ab", 5000), "chat.git", "4000", now},
+	} {
+		if err := VerifyHeartbeatProof(c.proof, &theirs, c.repo, c.port, c.at); !errors.Is(err, ErrProof) {
+			t.Errorf("%s: %v, want ErrProof", name, err)
+		}
+	}
+}

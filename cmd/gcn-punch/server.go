@@ -78,6 +78,7 @@ func runHeartbeat(args []string) int {
 	fs.StringVar(&req.ID, "id", "", "client public key, 64 hex characters")
 	fs.StringVar(&req.Port, "port", "", "client UDP port")
 	fs.StringVar(&req.Reflexive, "reflexive", "-", "client public address as STUN saw it, or -")
+	fs.StringVar(&req.Proof, "proof", "", "proof of holding the client key (wire.HeartbeatProof); without it an existing record is kept")
 	fail := func(err error) int {
 		fmt.Fprintf(os.Stderr, "gcn-heartbeat: %s\n", strings.ReplaceAll(strings.TrimPrefix(err.Error(), "gcn-heartbeat: "), "\n", " "))
 		return 1

@@ -1,0 +1,98 @@
+package rendezvous
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// Anyone with SSH access could point another client's record at their own
+// address with `gcn-heartbeat --id THEIRS` (issue 14, item 7). Now a record
+// changes only with a proof that the caller holds the client's key: a
+// registration without one is authorised but leaves an existing record as
+// it is; a wrong, reused-elsewhere or stale proof is refused outright.
+func TestRegistrationRecordChangesOnlyWithProof(t *testing.T) {
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverPub, _, err := st.ServerKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetRendezvous(netip.MustParseAddrPort("198.18.0.1:3478"), false); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(home, "chat.git"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Serve("chat.git", filepath.Join(home, "chat.git")); err != nil {
+		t.Fatal(err)
+	}
+	victimPub, victimPriv, _ := wire.GenerateKey()
+	_, otherPriv, _ := wire.GenerateKey()
+	now := time.Unix(1800000000, 0)
+	register := func(ip string, proof string) error {
+		req := HeartbeatRequest{RepoPath: "chat.git", ID: victimPub.String(), Port: "4000", Reflexive: "-", Proof: proof}
+		_, err := Heartbeat(st, req, ip+" 50000 198.18.0.1 22", home, now)
+		return err
+	}
+	recordIP := func() string {
+		r, err := st.ReadClient(victimPub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Addr.Addr().String()
+	}
+	proof := func(priv wire.Key, repo, port string, at time.Time) string {
+		shared := wire.SharedKey(serverPub, priv)
+		p, err := wire.HeartbeatProof(&shared, repo, port, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	// First registration: no record yet, no key to prove with yet.
+	if err := register("198.18.5.1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if ip := recordIP(); ip != "198.18.5.1" {
+		t.Fatalf("first registration recorded %s", ip)
+	}
+	// Another SSH user, without the key: authorised, but the record stays.
+	if err := register("198.18.6.66", ""); err != nil {
+		t.Fatal(err)
+	}
+	if ip := recordIP(); ip != "198.18.5.1" {
+		t.Fatalf("a registration without proof moved the record to %s", ip)
+	}
+	for name, p := range map[string]string{
+		"another key":        proof(otherPriv, "chat.git", "4000", now),
+		"another port":       proof(victimPriv, "chat.git", "4001", now),
+		"another repo":       proof(victimPriv, "other.git", "4000", now),
+		"eleven minutes old": proof(victimPriv, "chat.git", "4000", now.Add(-11*time.Minute)),
+		"garbage":            "123.zz",
+	} {
+		if err := register("198.18.6.66", p); !errors.Is(err, wire.ErrProof) {
+			t.Fatalf("%s: %v, want a refused proof", name, err)
+		}
+		if ip := recordIP(); ip != "198.18.5.1" {
+			t.Fatalf("%s: the record moved to %s", name, ip)
+		}
+	}
+	// The daemon itself, with its key, moves it.
+	if err := register("198.18.7.7", proof(victimPriv, "chat.git", "4000", now.Add(-time.Minute))); err != nil {
+		t.Fatal(err)
+	}
+	if ip := recordIP(); ip != "198.18.7.7" {
+		t.Fatalf("a proven registration recorded %s", ip)
+	}
+}
