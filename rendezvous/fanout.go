@@ -45,7 +45,7 @@ const (
 
 // DefaultFanout is --fanout's default: the rendezvous sends to every
 // client itself until a measurement says otherwise (docs/operations.md).
-const DefaultFanout = 0
+const DefaultFanout = 3
 
 // treeDeadline is how long a member at depth d may take to ack.
 func treeDeadline(depth int) time.Duration {
