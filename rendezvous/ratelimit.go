@@ -20,6 +20,22 @@ type bucket struct {
 	last   time.Time
 }
 
+// take spends a token of a bucket that refills at rate up to burst (it
+// starts full), and reports whether there was one.
+func (b *bucket) take(rate, burst float64, now time.Time) bool {
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
 // maxBuckets bounds the limiter's memory under a flood of spoofed sources;
 // past it, new sources are refused until the next sweep.
 const maxBuckets = 65536
@@ -44,14 +60,8 @@ func (r *rateLimiter) allow(ip netip.Addr, now time.Time) bool {
 		if len(r.buckets) >= maxBuckets {
 			return false
 		}
-		b = &bucket{tokens: r.burst, last: now}
+		b = &bucket{}
 		r.buckets[ip] = b
 	}
-	b.tokens = min(r.burst, b.tokens+now.Sub(b.last).Seconds()*r.rate)
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	return b.take(r.rate, r.burst, now)
 }

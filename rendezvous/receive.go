@@ -29,7 +29,12 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 	conn := s.grid[ip][port]
 	now := time.Now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			s.mu.Unlock()
+		}
+	}()
 	if wire.LooksLikeSTUN(b) {
 		if !s.stunRL.allow(src.Addr(), now) {
 			s.stats.STUNLimited++
@@ -58,12 +63,19 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 		shared = c.shared
 	} else {
 		// Precomputing a key for an unseen sender is the expensive step:
-		// limit it per source so a flood of random keys cannot burn the CPU.
-		if !s.unkRL.allow(src.Addr(), now) {
+		// limit it per source and over all sources, so that a flood of
+		// random keys cannot burn the CPU, and do it outside the lock, so
+		// that no known client's datagram waits for it.
+		if !s.unkRL.allow(src.Addr(), now) || !s.newKeys.take(newKeyRate, newKeyBurst, now) {
 			s.stats.Limited++
 			return nil
 		}
+		s.mu.Unlock()
+		locked = false
 		shared = wire.SharedKey(sender, s.priv)
+		s.mu.Lock()
+		locked = true
+		c = s.clients[sender] // another socket's reader may have let it in meanwhile
 	}
 	_, msg, err := s.opener.Open(b, &shared)
 	switch {

@@ -62,6 +62,14 @@ const (
 	// unknownRate and unknownBurst limit, per source IP, how often a packet
 	// from a key not yet seen may cost a Curve25519 precomputation.
 	unknownRate, unknownBurst = 20, 40
+	// newKeyRate and newKeyBurst bound the same over all sources together:
+	// a flood of random keys from thousands of forged sources (each under
+	// its own limit) once cost a precomputation per datagram, 50-120 µs,
+	// and starved every known client. 4000 a second is at most half a core
+	// here; known clients' datagrams cost none. After a restart 100k
+	// clients are all new: they are back within about 25 s (their
+	// keepalives retry).
+	newKeyRate, newKeyBurst = 4000, 4000
 )
 
 // Config is what a Server needs. Conn is the seam in front of the network;
@@ -136,6 +144,7 @@ type Server struct {
 	probes      map[*client]probe
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter
+	newKeys     bucket // all sources together: see newKeyRate
 	stats       Stats
 	grid        Grid // [0][0] Conn, [1][1] AltConn, the others for RFC 5780
 	pingSeq     uint64

@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -513,6 +514,52 @@ func TestRecordsOfLongSilentClientsAreRemoved(t *testing.T) {
 		}
 		if _, err := st.ReadClient(recent.ID); err != nil {
 			t.Fatalf("the recent record: %v", err)
+		}
+	})
+}
+
+// A flood of unknown keys from 5,000 forged sources, each under its own
+// per-source limit, once cost a Curve25519 precomputation per datagram and
+// starved everyone (issue 14, item 8). Now at most newKeyBurst of them cost
+// one before the budget refills, the rest are dropped unopened, and a known
+// client's keepalives in the middle of the flood are all answered.
+func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := testServer(t, true)
+		known := newTestClient(s)
+		if s.handle(0, 0, known.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA) == nil {
+			t.Fatal("no pong")
+		}
+		const flood = 6000
+		answered := 0
+		for i := range flood {
+			var sender wire.Key
+			rand.Read(sender[:])
+			// Sealed with a key the server cannot share: opening it fails,
+			// but only after the precomputation the flood is after.
+			b, err := wire.Seal(nil, &wire.Ack{RepoID: "chat.git", Seq: 1}, sender, &[32]byte{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i % 250)}), 5000)
+			s.handle(0, 0, b, src)
+			if i%100 == 0 && s.handle(0, 0, known.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA) != nil {
+				answered++
+			}
+		}
+		st := s.Stats()
+		budget := uint64(newKeyBurst - 1) // the known client's first keepalive took one
+		if st.Forged != budget || st.Limited != flood-budget {
+			t.Fatalf("%d unknown keys precomputed, %d dropped unopened; want %d and %d", st.Forged, st.Limited, budget, flood-budget)
+		}
+		if answered != flood/100 {
+			t.Fatalf("the known client was answered %d times of %d", answered, flood/100)
+		}
+		// The budget refills: a second later, new keys are let in again.
+		time.Sleep(time.Second)
+		newcomer := newTestClient(s)
+		if s.handle(0, 0, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
+			t.Fatal("a new client was refused a second after the flood")
 		}
 	})
 }
