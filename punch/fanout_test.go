@@ -109,6 +109,21 @@ func (w *fanWorld) push(n int) {
 	}
 }
 
+// wantAllExactly waits (bounded) until every daemon handled n events, then
+// checks that each handled 1..n exactly once, in order.
+func (w *fanWorld) wantAllExactly(t *testing.T, n int) {
+	t.Helper()
+	for i, rec := range w.recs {
+		if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= n }) {
+			t.Fatalf("daemon %d handled %d of %d", i, len(rec.snapshot()), n)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // a late duplicate would show now
+	for i, rec := range w.recs {
+		wantExactlyInOrder(t, fmt.Sprintf("daemon %d", i), rec.snapshot(), n)
+	}
+}
+
 // realWait polls cond every 10 ms of real time, at most limit.
 func realWait(limit time.Duration, cond func() bool) bool {
 	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
@@ -153,15 +168,7 @@ func TestFanoutChainOverICE(t *testing.T) {
 		}
 	}
 	w.push(20)
-	for i, rec := range w.recs {
-		if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= 20 }) {
-			t.Fatalf("daemon %d handled %d of 20", i, len(rec.snapshot()))
-		}
-	}
-	time.Sleep(200 * time.Millisecond) // a late duplicate would show now
-	for i, rec := range w.recs {
-		wantExactlyInOrder(t, fmt.Sprintf("daemon %d", i), rec.snapshot(), 20)
-	}
+	w.wantAllExactly(t, 20)
 	fromPeer := 0
 	for _, d := range w.daems[:3] {
 		st := d.Stats()
@@ -215,15 +222,7 @@ func TestFanoutRestartedParentRejoins(t *testing.T) {
 	}
 	fromPeer := w.daems[2].Stats().FromPeer
 	w.push(10)
-	for i, rec := range w.recs {
-		if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= 16 }) {
-			t.Fatalf("daemon %d handled %d of 16", i, len(rec.snapshot()))
-		}
-	}
-	time.Sleep(200 * time.Millisecond) // a late duplicate would show now
-	for i, rec := range w.recs {
-		wantExactlyInOrder(t, fmt.Sprintf("daemon %d", i), rec.snapshot(), 16)
-	}
+	w.wantAllExactly(t, 16)
 	if got := w.daems[2].Stats().FromPeer - fromPeer; got == 0 {
 		t.Fatal("after the rejoin the last daemon took nothing from its parent")
 	}
