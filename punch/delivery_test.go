@@ -2,6 +2,7 @@ package punch_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -54,6 +55,7 @@ type lab struct {
 	addr  string
 	// fixedKeepalive, when set, is given to the daemons started after.
 	fixedKeepalive time.Duration
+	stopServer     func() // stops the rendezvous and waits for it
 }
 
 func newLab(t *testing.T, loss int, open bool) *lab {
@@ -67,15 +69,35 @@ func newLab(t *testing.T, loss int, open bool) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: st, Open: open})
+	l := &lab{net: mn, store: st, addr: "198.18.0.1:3478"}
+	l.startServer(t, conn, open)
+	return l
+}
+
+// startServer runs a rendezvous on conn with the lab's store.
+func (l *lab) startServer(t *testing.T, conn *netsim.MemConn, open bool) {
+	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: l.store, Open: open})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { srv.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); conn.Close(); <-done })
-	return &lab{net: mn, store: st, srv: srv, addr: "198.18.0.1:3478"}
+	var once sync.Once
+	l.srv = srv
+	l.stopServer = func() { once.Do(func() { cancel(); conn.Close(); <-done }) }
+	t.Cleanup(l.stopServer)
+}
+
+// restartServer stops the rendezvous and starts a new one on the same
+// address and store, as a crash and a restart would.
+func (l *lab) restartServer(t *testing.T, open bool) {
+	l.stopServer()
+	conn, err := l.net.Listen(l.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.startServer(t, conn, open)
 }
 
 func (l *lab) daemon(t *testing.T, addr string, rec *recorder) *punch.Daemon {
@@ -354,5 +376,49 @@ func TestKeepalivesAreMostlyQuiet(t *testing.T) {
 		}
 		l.pushArrivesAtOnce(t, &a, "with quiet keepalives")
 		synctest.Wait()
+	})
+}
+
+// The event log is cut back, then its end is damaged, then the rendezvous
+// crashes and restarts: through all of it the daemon handles every pushed
+// event exactly once, in order, and no sequence number is ever given out
+// twice (issue 14's crash-and-corrupt test; the full disk is still open).
+func TestEventLogCutDamagedAndRestartedLosesNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		var rec recorder
+		l.daemon(t, "198.19.1.2:40000", &rec)
+		if !waitFor(time.Minute, func() bool { return len(l.srv.Clients()) == 1 }) {
+			t.Fatal("the daemon did not register")
+		}
+		time.Sleep(5 * time.Second) // it learns its start position
+		next := 0
+		push := func(wantErr error) {
+			t.Helper()
+			evs, err := l.store.Append("chat.git", []store.Update{{Old: fmt.Sprintf("%040x", next), New: fmt.Sprintf("%040x", next+1), Ref: "refs/heads/main"}}, time.Now())
+			next++
+			if !errors.Is(err, wantErr) || len(evs) != 1 || evs[0].Seq != uint64(next) {
+				t.Fatalf("push %d: %+v %v, want seq %d (error %v)", next, evs, err, next, wantErr)
+			}
+			l.srv.Poke("chat.git")
+			if !waitFor(time.Minute, func() bool { return len(rec.snapshot()) >= next }) {
+				t.Fatalf("event %d never handled: %v", next, rec.snapshot())
+			}
+		}
+		for range 10 {
+			push(nil)
+		}
+		b, _ := os.ReadFile(l.store.LogPath("chat.git"))
+		lines := strings.SplitAfter(string(b), "\n")
+		os.WriteFile(l.store.LogPath("chat.git"), []byte(strings.Join(lines[:7], "")), 0o640)
+		push(store.ErrLogRewound) // 11, never 8 again
+		f, _ := os.OpenFile(l.store.LogPath("chat.git"), os.O_APPEND|os.O_WRONLY, 0)
+		f.WriteString("12 zz damaged\n")
+		f.Close()
+		push(store.ErrLogDamaged) // 12
+		l.restartServer(t, true)
+		push(nil) // 13, from the restarted rendezvous
+		synctest.Wait()
+		wantExactlyInOrder(t, "the daemon", rec.snapshot(), 13)
 	})
 }
