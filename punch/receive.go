@@ -104,6 +104,10 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 		// does not know the signing key restarted while in a tree.
 		d.rejoinIfForgotten(ctx, p)
 		d.onEvent(p, m)
+	case *wire.Challenge:
+		// The rendezvous sends nothing more here until this daemon shows
+		// that it receives here: echo the cookie, under this daemon's key.
+		d.send(p, &wire.ChallengeReply{Cookie: m.Cookie})
 	case *wire.Fanout:
 		d.onFanout(ctx, p, m)
 	case *wire.Edge:

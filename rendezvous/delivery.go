@@ -1,6 +1,7 @@
 package rendezvous
 
 import (
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,14 +42,14 @@ func (s *Server) waitForTree(su *sub, now time.Time) {
 }
 
 // onAck takes a client's acknowledgement of everything up to m.Seq.
-func (s *Server) onAck(c *client, m *wire.Ack, now time.Time) {
+func (s *Server) onAck(c *client, m *wire.Ack, src netip.AddrPort, now time.Time) {
 	su := c.sub(m.RepoID)
 	if su == nil {
 		s.stats.Unexpected++
 		return
 	}
 	s.stats.Acks++
-	c.lastSeen = now.UnixNano()
+	c.seenFrom(src, now)
 	if m.Seq <= su.acked || m.Seq > su.r.head {
 		return // duplicate or stale ack
 	}
@@ -117,6 +118,9 @@ func (s *Server) sendDue() time.Time {
 			continue
 		}
 		delete(s.probes, c)
+		if c.proven != c.addr {
+			continue // a probe only where the client receives
+		}
 		probes = append(probes, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Ping{Counter: pr.counter}})
 		s.stats.Probes++
 	}
@@ -194,6 +198,12 @@ func (s *Server) sendChunks(due []*sub) time.Time {
 // or, when the timer has expired, the whole window again.
 func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 	r, c := su.r, su.c
+	if c.proven != c.addr {
+		// Not until the client shows that it receives there: look again
+		// after a round trip's worth (the Challenge is on its way).
+		su.nextSend = now.Add(InitialRTO).UnixNano()
+		return out
+	}
 	first := r.head + 1
 	if len(r.events) > 0 {
 		first = r.events[0].Seq

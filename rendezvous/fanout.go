@@ -135,7 +135,6 @@ func (s *Server) onPeerInfo(c *client, m *wire.PeerInfo, now time.Time) {
 		s.stats.Unexpected++
 		return
 	}
-	c.lastSeen = now.UnixNano()
 	member := c.peer != nil
 	c.peer = &peerInfo{flags: m.Flags, mapping: m.Mapping, filtering: m.Filtering, host: m.Host}
 	if m.Flags&wire.PeerFlagRejoin != 0 {
@@ -293,7 +292,6 @@ func (s *Server) unlink(e *edge) {
 // onEdgeState takes an end's report on an edge. A failed edge moves the
 // child elsewhere, never back under the same parent. Called with mu held.
 func (s *Server) onEdgeState(c *client, m *wire.EdgeState, now time.Time) {
-	c.lastSeen = now.UnixNano()
 	if s.fan == nil {
 		s.stats.Unexpected++
 		return
@@ -372,8 +370,13 @@ func (s *Server) resendEdges(now time.Time) (next time.Time) {
 	return time.Unix(0, f.resendAt)
 }
 
-// note queues a control message to a client; the send loop seals and sends it.
+// note queues a control message to a client; the send loop seals and sends
+// it. Nothing goes to an address the client has not shown it receives at:
+// an Edge is repeated, and the Fanout offered again, once it has.
 func (s *Server) note(c *client, m wire.Message) {
+	if c.proven != c.addr {
+		return
+	}
 	s.notes = append(s.notes, job{conn: c.conn, to: c.addr, c: c, msg: m})
 	s.kickSender()
 }

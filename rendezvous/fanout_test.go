@@ -88,8 +88,14 @@ func (l *fanLab) join(addr string) *fanClient {
 		l.t.Fatal("no pong")
 	}
 	l.flush()
+	chal := c.take(func(m wire.Message) bool { _, ok := m.(*wire.Challenge); return ok })
+	if len(chal) != 1 {
+		l.t.Fatal("the rendezvous did not challenge a new address")
+	}
+	l.send(c, &wire.ChallengeReply{Cookie: chal[0].(*wire.Challenge).Cookie})
+	l.flush()
 	if len(c.take(func(m wire.Message) bool { _, ok := m.(*wire.Fanout); return ok })) != 1 {
-		l.t.Fatal("the rendezvous did not offer fan-out with its pong")
+		l.t.Fatal("the rendezvous did not offer fan-out once the address was shown")
 	}
 	l.send(c, &wire.PeerInfo{Flags: wire.PeerFlagParent})
 	l.flush()

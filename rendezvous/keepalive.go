@@ -20,6 +20,10 @@ type client struct {
 	written  int64     // unix nanoseconds: when its record was last written
 	subs     []*sub    // at most wire.MaxSubs: a slice is smaller than a map
 	peer     *peerInfo // its fan-out offer; nil: served directly (Notify)
+	// proven is the address the client showed it receives at (it answered
+	// a Challenge sent there). Nothing larger than what arrived from addr
+	// goes to addr until proven equals it (validate.go).
+	proven netip.AddrPort
 }
 
 // since is how long before now the unix-nanosecond time t was.
@@ -93,19 +97,19 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 		c = &client{key: key, shared: shared, addr: src, conn: conn}
 		s.clients[key] = c
 		s.log.Info("client up", "client", key.String()[:16], "addr", src)
-		s.queueRecord(c, now)
 	} else if c.addr != src {
 		s.stats.Rebinds++
 		news = true
 		s.log.Info("client address changed (NAT rebinding)", "client", key.String()[:16], "from", c.addr, "to", src)
 		c.addr = src
 		c.conn = conn
+		// Its record and its tree neighbours learn the new address once
+		// it has shown that it receives there (onChallengeReply).
+	} else if c.proven == src && since(now, c.written) >= RecordRefresh {
 		s.queueRecord(c, now)
-		if s.fan != nil && c.peer != nil {
-			s.rebound(c, now) // its tree neighbours need its new address
-		}
-	} else if since(now, c.written) >= RecordRefresh {
-		s.queueRecord(c, now)
+	}
+	if c.proven != src {
+		news = true // the pong carries nothing new, but the Challenge must go
 	}
 	c.counter = m.Counter
 	c.lastSeen = now.UnixNano()
@@ -161,6 +165,10 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 		return nil
 	}
 	pong := s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
+	if c.proven != src {
+		s.challenge(c, src, reqLen-len(pong), now)
+		return pong
+	}
 	if s.fan != nil && c.peer == nil && len(pong)+fanoutSealedLen <= reqLen {
 		// Offer fan-out with each pong until the client answers (or never:
 		// an old or --no-peer daemon is served directly). Both replies

@@ -94,19 +94,27 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 			s.stats.Unexpected++ // acks only make sense from a live client
 			return nil
 		}
-		s.onAck(c, m, now)
+		s.onAck(c, m, src, now)
 	case *wire.PeerInfo:
 		if c == nil {
 			s.stats.Unexpected++ // an offer only from a client that subscribed
 			return nil
 		}
+		c.seenFrom(src, now)
 		s.onPeerInfo(c, m, now)
 	case *wire.EdgeState:
 		if c == nil {
 			s.stats.Unexpected++
 			return nil
 		}
+		c.seenFrom(src, now)
 		s.onEdgeState(c, m, now)
+	case *wire.ChallengeReply:
+		if c == nil {
+			s.stats.Unexpected++
+			return nil
+		}
+		s.onChallengeReply(c, m, src, now)
 	default:
 		s.stats.Unexpected++
 	}

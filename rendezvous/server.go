@@ -4,6 +4,7 @@ package rendezvous
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -117,6 +118,9 @@ type Stats struct {
 	Edges           uint64 `json:"edges"`            // parent-child edges made
 	wire.PunchOK           // paths formed, by the remote candidate's kind
 	PunchFailed     uint64 `json:"punch_failed"` // edges on which no path formed
+	// Address validation (validate.go).
+	Challenges uint64 `json:"challenges"` // Challenges sent to addresses not yet shown to receive
+	Validated  uint64 `json:"validated"`  // addresses shown to receive
 	// Every datagram the rendezvous's sockets took in and handed out, of any kind
 	// (STUN too): what a push costs it, whatever path each event took.
 	DatagramsIn  uint64 `json:"datagrams_in"`
@@ -144,7 +148,8 @@ type Server struct {
 	probes      map[*client]probe
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter
-	newKeys     bucket // all sources together: see newKeyRate
+	newKeys     bucket   // all sources together: see newKeyRate
+	cookieKey   [32]byte // the secret under which Challenge cookies are made
 	stats       Stats
 	grid        Grid // [0][0] Conn, [1][1] AltConn, the others for RFC 5780
 	pingSeq     uint64
@@ -190,6 +195,9 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.fan = &fanout{arity: cfg.Fanout, signer: signer, edges: map[uint64]*edge{}, waiting: map[uint64]*edge{}}
 		copy(s.fan.signPub[:], signer.Public().(ed25519.PublicKey))
+	}
+	if _, err := rand.Read(s.cookieKey[:]); err != nil {
+		return nil, err
 	}
 	for range runtime.GOMAXPROCS(0) {
 		s.senders = append(s.senders, new(sender))

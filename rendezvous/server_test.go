@@ -11,12 +11,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/pion/stun/v2"
 
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/netsim"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
@@ -57,6 +59,17 @@ func (c *testClient) keepalive(t *testing.T, subs ...wire.Sub) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// prove answers the Challenge the rendezvous sent to src (the test reads
+// the cookie from the server, as the client would from the datagram).
+func (c *testClient) prove(t *testing.T, s *Server, src netip.AddrPort) {
+	t.Helper()
+	b, err := wire.Seal(nil, &wire.ChallengeReply{Cookie: s.cookie(c.pub, src, cookieEpochOf(time.Now()))}, c.pub, &c.shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.handle(0, 0, b, src)
 }
 
 func (c *testClient) open(t *testing.T, b []byte) wire.Message {
@@ -156,6 +169,10 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 		if !ok || pong.Observed != srcA || pong.Statuses[0].Status != wire.StatusOK {
 			t.Fatalf("pong %+v", pong)
 		}
+		if _, ok := s.dirty[c.pub]; ok {
+			t.Fatal("recorded an address before the client showed it receives there")
+		}
+		c.prove(t, s, srcA)
 		rec := s.dirty[c.pub]
 		if rec.Addr != srcA || rec.ID != c.pub {
 			t.Fatalf("record %+v", rec)
@@ -168,10 +185,12 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 		if got := s.Clients()[0].Addr; got != srcA.String() || s.Stats().Replayed != 1 {
 			t.Fatalf("after replay: address %s, replayed %d", got, s.Stats().Replayed)
 		}
-		// A fresh keepalive from a new address is NAT rebinding: the record moves.
+		// A fresh keepalive from a new address is NAT rebinding: the record
+		// moves once the client shows it receives there.
 		if s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
 			t.Fatal("no pong after rebinding")
 		}
+		c.prove(t, s, srcB)
 		rec = s.dirty[c.pub]
 		if rec.Addr != srcB || s.Stats().Rebinds != 1 {
 			t.Fatalf("after rebinding: record %+v, rebinds %d", rec, s.Stats().Rebinds)
@@ -333,6 +352,7 @@ func TestQuietKeepaliveAnsweredOnlyWithNews(t *testing.T) {
 		if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) == nil {
 			t.Fatal("first contact: no pong")
 		}
+		c.prove(t, s, srcA)
 		time.Sleep(25 * time.Second)
 		if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) != nil {
 			t.Fatal("answered a quiet keepalive with nothing new")
@@ -560,6 +580,92 @@ func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 		newcomer := newTestClient(s)
 		if s.handle(0, 0, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
 			t.Fatal("a new client was refused a second after the flood")
+		}
+	})
+}
+
+// Reflection through keepalives (issue 14, item 1). Before: one 253-byte
+// keepalive from a forged source, claiming position 0, made the rendezvous
+// send the last 32 events there and retransmit them for five minutes
+// (18 KB in the first second, 257 KB in all). Now an address gets nothing
+// beyond the Pong and a Challenge, together no larger than the request,
+// until the client answers the Challenge from it under its own key; the
+// same holds for a registered client's keepalive replayed after a restart.
+func TestForgedSourceGetsNoMoreThanItSent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		st, err := store.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 40 {
+			st.Append("chat.git", []store.Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now())
+		}
+		mn := netsim.NewMemNet(1)
+		victimAddr := netip.MustParseAddrPort("198.18.9.9:5000")
+		victim, _ := mn.Listen(victimAddr.String())
+		var got atomic.Int64
+		go func() {
+			pkts := []udpconn.Packet{{Buf: make([]byte, 2048)}}
+			for {
+				if _, err := victim.ReadBatch(pkts); err != nil {
+					return
+				}
+				got.Add(int64(len(pkts[0].Buf)))
+			}
+		}()
+		defer victim.Close()
+		start := func() *Server {
+			conn, err := mn.Listen("198.18.0.1:3478")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := New(Config{Conn: conn, Store: st, Open: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			return s
+		}
+		run := func(s *Server, d time.Duration) {
+			for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+				s.sendDue()
+			}
+			synctest.Wait()
+		}
+
+		s := start()
+		attacker := newTestClient(s)
+		ka := attacker.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0})
+		s.handle(0, 0, ka, victimAddr)
+		run(s, 5*time.Minute)
+		if n := got.Load(); n == 0 || n > int64(len(ka)) {
+			t.Fatalf("a %d-byte keepalive from a forged source sent %d bytes there, want at least the pong and at most %d", len(ka), n, len(ka))
+		}
+		if st := s.Stats(); st.Notifies+st.Retransmits != 0 {
+			t.Fatalf("sent %d events to an address that never showed it receives", st.Notifies+st.Retransmits)
+		}
+
+		// A real client, proven at srcA, is restarted upon: its captured
+		// keepalive replayed from the victim's address gets the same.
+		client := newTestClient(s)
+		s.handle(0, 0, client.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 40}), srcA)
+		client.prove(t, s, srcA)
+		captured := client.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0})
+		s.handle(0, 0, captured, srcA)
+		run(s, time.Second)
+		for _, r := range s.dirty { // what the record writer would write
+			st.WriteClient(r)
+		}
+		s.cfg.Conn.Close()
+		s = start() // the restart forgets every counter
+		got.Store(0)
+		s.handle(0, 0, captured, victimAddr)
+		run(s, 5*time.Minute)
+		if n := got.Load(); n > int64(len(captured)) {
+			t.Fatalf("a replayed %d-byte keepalive sent %d bytes to the forged source", len(captured), n)
+		}
+		if r, err := st.ReadClient(client.pub); err != nil || r.Addr != srcA {
+			t.Fatalf("the replay moved the client's record: %+v %v", r, err)
 		}
 	})
 }

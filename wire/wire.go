@@ -226,6 +226,9 @@ const (
 	TypePeerInfo  Type = 0x0a // daemon → rendezvous: its offer as a peer
 	TypeEdge      Type = 0x0b // rendezvous → daemon: a tree neighbour, or its end
 	TypeEdgeState Type = 0x0c // daemon → rendezvous: how an edge fares
+	// Address validation (challenge.go).
+	TypeChallenge      Type = 0x0d // rendezvous → client: show that you receive here
+	TypeChallengeReply Type = 0x0e // client → rendezvous: the cookie, under the client's key
 )
 
 // Message is any decoded plaintext message.
@@ -267,6 +270,14 @@ func ParsePlaintext(p []byte) (Message, error) {
 		m = parseEdge(&r)
 	case TypeEdgeState:
 		m = parseEdgeState(&r)
+	case TypeChallenge:
+		c := &Challenge{}
+		copy(c.Cookie[:], r.take(CookieLen))
+		m = c
+	case TypeChallengeReply:
+		c := &ChallengeReply{}
+		copy(c.Cookie[:], r.take(CookieLen))
+		m = c
 	default:
 		return nil, ErrUnknownType
 	}

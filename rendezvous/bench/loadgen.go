@@ -374,6 +374,8 @@ func (w *worker) receive(c *simClient, b []byte) {
 		if c.peer != nil && w.onForward(c, m) {
 			w.noteNotified(c)
 		}
+	case *wire.Challenge:
+		w.sendToServer(c, &wire.ChallengeReply{Cookie: m.Cookie})
 	case *wire.Fanout:
 		w.onFanout(c, m)
 	case *wire.Edge:

@@ -1,0 +1,98 @@
+package rendezvous
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// Address validation: before the rendezvous sends a client more than the
+// client sent it from an address (events, resync notices, edges, probes),
+// the client shows that it receives there, by answering a Challenge sent
+// to that address with a ChallengeReply sealed with its own key. A forged
+// source address, or a keepalive replayed from one (even after a restart,
+// when the replay guard's memory is gone), gets the Pong and the Challenge,
+// together smaller than the keepalive, and nothing else.
+
+// cookieEpoch is how long a cookie is good for: it is answered within a
+// round trip, and a rotation every two minutes keeps a captured one from
+// serving for long. The current and the previous epoch are accepted.
+const cookieEpoch = 2 * time.Minute
+
+// cookie is what a Challenge to the client key at addr carries in an
+// epoch: a MAC under the rendezvous's secret, so nothing is stored.
+func (s *Server) cookie(key wire.Key, addr netip.AddrPort, epoch int64) (c [wire.CookieLen]byte) {
+	mac := hmac.New(sha256.New, s.cookieKey[:])
+	var e [8]byte
+	binary.BigEndian.PutUint64(e[:], uint64(epoch))
+	mac.Write(e[:])
+	mac.Write(key[:])
+	a, _ := addr.MarshalBinary()
+	mac.Write(a)
+	copy(c[:], mac.Sum(nil))
+	return c
+}
+
+func cookieEpochOf(now time.Time) int64 { return now.UnixNano() / int64(cookieEpoch) }
+
+// challenge sends a Challenge to src when it fits in room (what is left of
+// the request's size after the Pong). Called with mu held.
+func (s *Server) challenge(c *client, src netip.AddrPort, room int, now time.Time) {
+	ck := s.cookie(c.key, src, cookieEpochOf(now))
+	b, err := s.sealer.Seal(nil, &wire.Challenge{Cookie: ck}, s.pub, &c.shared)
+	if err != nil || len(b) > room {
+		s.stats.Amplification++
+		return
+	}
+	s.stats.Challenges++
+	udpconn.WriteTo(c.conn, b, src)
+}
+
+// onChallengeReply takes a client's answer: from the address the challenge
+// went to, with a cookie of this or the last epoch, the address is proven.
+// What waited for it (events, the record, the tree) goes on. Called with
+// mu held.
+func (s *Server) onChallengeReply(c *client, m *wire.ChallengeReply, src netip.AddrPort, now time.Time) {
+	if src != c.addr || c.proven == src {
+		return // an answer for an address the client has left, or a repeat
+	}
+	e := cookieEpochOf(now)
+	cur, prev := s.cookie(c.key, src, e), s.cookie(c.key, src, e-1)
+	if !hmac.Equal(m.Cookie[:], cur[:]) && !hmac.Equal(m.Cookie[:], prev[:]) {
+		s.stats.Forged++
+		return
+	}
+	rebound := c.proven.IsValid()
+	c.proven = src
+	c.lastSeen = now.UnixNano()
+	s.stats.Validated++
+	s.queueRecord(c, now)
+	if s.fan != nil {
+		if c.peer == nil {
+			s.note(c, s.fanoutMsg())
+		} else if rebound {
+			s.rebound(c, now) // its tree neighbours need its new address
+		}
+	}
+	for _, su := range c.subs {
+		if su.acked < su.r.head {
+			su.nextSend = now.UnixNano()
+			s.pending.add(su)
+		}
+	}
+	s.kickSender()
+}
+
+// seenFrom counts a packet as a sign of life only from where the client
+// has shown it receives: otherwise replayed acks from anywhere would keep a
+// client that moved on "live".
+func (c *client) seenFrom(src netip.AddrPort, now time.Time) {
+	if src == c.proven {
+		c.lastSeen = now.UnixNano()
+	}
+}
