@@ -107,7 +107,18 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 	case *wire.Challenge:
 		// The rendezvous sends nothing more here until this daemon shows
 		// that it receives here: echo the cookie, under this daemon's key.
+		// If the answer is lost, a keepalive a little later brings a new
+		// Challenge; if it arrived, that keepalive costs one datagram.
 		d.send(p, &wire.ChallengeReply{Cookie: m.Cookie})
+		d.edgeWG.Go(func() {
+			t := time.NewTimer(challengeRecheck)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+				kick(p.ping)
+			}
+		})
 	case *wire.Fanout:
 		d.onFanout(ctx, p, m)
 	case *wire.Edge:
@@ -134,6 +145,12 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 		d.count(func(s *Stats) { s.Unexpected++ })
 	}
 }
+
+// challengeRecheck is when a daemon that answered a Challenge sends another
+// keepalive: a lost answer would otherwise cost it every delivery until
+// its next keepalive (up to its interval, 25 s or more); a round trip is
+// well under a second.
+const challengeRecheck = time.Second
 
 func kick(c chan struct{}) {
 	select {

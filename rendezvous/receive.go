@@ -49,6 +49,7 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 		if fromIP == ip && fromPort == port && to == src {
 			return resp
 		}
+		s.datagramsOut.Add(1)
 		udpconn.WriteTo(s.grid[fromIP][fromPort], resp, to)
 		return nil
 	}

@@ -50,6 +50,7 @@ func (s *Server) challenge(c *client, src netip.AddrPort, room int, now time.Tim
 		return
 	}
 	s.stats.Challenges++
+	s.datagramsOut.Add(1)
 	udpconn.WriteTo(c.conn, b, src)
 }
 

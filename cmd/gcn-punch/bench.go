@@ -87,6 +87,7 @@ func runLoadgen(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.Keepalive, "keepalive", 0, "keepalive interval after registering (0: none)")
 	fs.BoolVar(&o.Peer, "peer", false, "take part in fan-out trees, forwarding as daemons do")
 	fs.BoolVar(&o.Echo, "echo", false, "echo for the floor measurement: no protocol, no crypto")
+	fs.IntVar(&o.RegisterRate, "register-rate", 0, "registrations a second at most (0: as fast as answered)")
 	parse(fs, args)
 	var err error
 	if o.Server, err = netip.ParseAddrPort(*server); err != nil {

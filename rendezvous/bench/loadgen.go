@@ -41,6 +41,11 @@ type LoadgenOptions struct {
 	Workers int
 	// Peer makes the clients take part in fan-out trees (see peer.go).
 	Peer bool
+	// RegisterRate, when set, paces the first registrations to this many a
+	// second: each costs the rendezvous a Curve25519 precomputation and
+	// brings a Challenge, its answer and a keepalive a second later, and
+	// several generators register at once.
+	RegisterRate int
 	// Echo makes the clients the floor's echoers instead (see floor.go):
 	// no protocol and no crypto, each datagram answered with one of an
 	// ack's size.
@@ -158,6 +163,7 @@ func Loadgen(ctx context.Context, o LoadgenOptions, out io.Writer) error {
 	// whatever its speed (several generators register at once).
 	reg := g.newWorker()
 	const regChunk = 500
+	paceStart, paced := time.Now(), 0
 	for round := 0; g.registered.Load() < int64(o.Clients); round++ {
 		if round > 20 || ctx.Err() != nil {
 			return fmt.Errorf("only %d of %d clients registered", g.registered.Load(), o.Clients)
@@ -168,6 +174,11 @@ func Loadgen(ctx context.Context, o LoadgenOptions, out io.Writer) error {
 					syscall.Sendto(c.fd, []byte{echoHello}, 0, &reg.dst)
 				} else {
 					reg.keepalive(c, c.ponged.Load(), false) // asking for a pong, which carries the fan-out offer
+				}
+				if paced++; o.RegisterRate > 0 && paced%50 == 0 {
+					if d := time.Until(paceStart.Add(time.Duration(paced) * time.Second / time.Duration(o.RegisterRate))); d > 0 {
+						time.Sleep(d)
+					}
 				}
 			}
 			if i%regChunk == regChunk-1 {
@@ -282,6 +293,14 @@ func (g *generator) serve(ctx context.Context, ep int) {
 			}
 			w.receive(c, buf[:m])
 		}
+		if len(w.recheck) > 0 && time.Now().After(w.recheck[0].at) {
+			now := time.Now()
+			i := 0
+			for ; i < len(w.recheck) && now.After(w.recheck[i].at); i++ {
+				w.sendKeepalive(w.recheck[i].c, true)
+			}
+			w.recheck = append(w.recheck[:0], w.recheck[i:]...)
+		}
 		if n > 0 && n < len(events) {
 			ts := syscall.NsecToTimespec(int64(coalesceWait))
 			syscall.Nanosleep(&ts, nil) // on this locked thread: no scheduler round trip
@@ -289,16 +308,23 @@ func (g *generator) serve(ctx context.Context, ep int) {
 	}
 }
 
+// recheck is a keepalive a simulated daemon owes after a Challenge.
+type recheck struct {
+	c  *simClient
+	at time.Time
+}
+
 // worker is what one goroutine needs to send: buffers, and its own copy of
 // the destination (a syscall.Sockaddr keeps scratch space inside it).
 type worker struct {
-	g      *generator
-	sealer wire.Sealer
-	opener wire.Opener
-	pkt    []byte
-	fwd    []byte // a forwarded event being sealed
-	signed []byte // the signed bytes of an event being checked
-	dst    syscall.SockaddrInet4
+	g       *generator
+	recheck []recheck // keepalives due after answering a Challenge
+	sealer  wire.Sealer
+	opener  wire.Opener
+	pkt     []byte
+	fwd     []byte // a forwarded event being sealed
+	signed  []byte // the signed bytes of an event being checked
+	dst     syscall.SockaddrInet4
 }
 
 func (g *generator) newWorker() *worker {
@@ -375,7 +401,10 @@ func (w *worker) receive(c *simClient, b []byte) {
 			w.noteNotified(c)
 		}
 	case *wire.Challenge:
+		// As the daemon: answer, and keepalive again a second later, which
+		// brings a new Challenge if the answer was lost.
 		w.sendToServer(c, &wire.ChallengeReply{Cookie: m.Cookie})
+		w.recheck = append(w.recheck, recheck{c: c, at: time.Now().Add(time.Second)})
 	case *wire.Fanout:
 		w.onFanout(c, m)
 	case *wire.Edge:

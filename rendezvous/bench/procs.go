@@ -156,6 +156,10 @@ func (rp *rendezvousProc) stats() (rendezvous.Stats, error) {
 	return st, err
 }
 
+// registerRate is how many registrations a second all generators make
+// together (see startGenerators).
+const registerRate = 3000
+
 // generators starts enough load-generator processes for n clients. Writing
 // a line to a generator's stdin starts its keepalives.
 func startGenerators(ctx context.Context, o Options, t genTarget, n int, keepalive time.Duration) ([]*exec.Cmd, []<-chan genEvent, []io.WriteCloser, error) {
@@ -163,6 +167,7 @@ func startGenerators(ctx context.Context, o Options, t genTarget, n int, keepali
 	var evs []<-chan genEvent
 	var starts []io.WriteCloser
 	per := clientsPerGenerator(n)
+	gens := (n + per - 1) / per
 	for g := 0; n > 0; g++ {
 		k := min(n, per)
 		n -= k
@@ -173,6 +178,13 @@ func startGenerators(ctx context.Context, o Options, t genTarget, n int, keepali
 		}
 		if t.peer {
 			args = append(args, "--peer")
+		}
+		if !t.echo {
+			// All generators together register at most registerRate a
+			// second: faster, the rendezvous's socket overflows with the
+			// registrations' Challenges, answers and rechecks, and a
+			// simulated client that lost its answer stays unproven.
+			args = append(args, "--register-rate", strconv.Itoa(max(1, registerRate/gens)))
 		}
 		if t.echo {
 			args = append(args, "--echo")
