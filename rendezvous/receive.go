@@ -90,31 +90,23 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 	switch m := msg.(type) {
 	case *wire.Keepalive:
 		return s.onKeepalive(conn, c, sender, shared, m, src, len(b), now)
+	}
+	if c == nil {
+		// Everything else (acks, offers, edge reports, challenge answers)
+		// only makes sense from a live client: it subscribed first.
+		s.stats.Unexpected++
+		return nil
+	}
+	switch m := msg.(type) {
 	case *wire.Ack:
-		if c == nil {
-			s.stats.Unexpected++ // acks only make sense from a live client
-			return nil
-		}
 		s.onAck(c, m, src, now)
 	case *wire.PeerInfo:
-		if c == nil {
-			s.stats.Unexpected++ // an offer only from a client that subscribed
-			return nil
-		}
 		c.seenFrom(src, now)
 		s.onPeerInfo(c, m, now)
 	case *wire.EdgeState:
-		if c == nil {
-			s.stats.Unexpected++
-			return nil
-		}
 		c.seenFrom(src, now)
 		s.onEdgeState(c, m, now)
 	case *wire.ChallengeReply:
-		if c == nil {
-			s.stats.Unexpected++
-			return nil
-		}
 		s.onChallengeReply(c, m, src, now)
 	default:
 		s.stats.Unexpected++

@@ -21,6 +21,12 @@ type Challenge struct {
 	Cookie [CookieLen]byte
 }
 
+// cookie reads a Challenge's cookie.
+func (r *reader) cookie() (c [CookieLen]byte) {
+	copy(c[:], r.take(CookieLen))
+	return c
+}
+
 // AppendPlaintext implements Message.
 func (m *Challenge) AppendPlaintext(b []byte) []byte {
 	return append(append(b, byte(TypeChallenge)), m.Cookie[:]...)

@@ -271,13 +271,9 @@ func ParsePlaintext(p []byte) (Message, error) {
 	case TypeEdgeState:
 		m = parseEdgeState(&r)
 	case TypeChallenge:
-		c := &Challenge{}
-		copy(c.Cookie[:], r.take(CookieLen))
-		m = c
+		m = &Challenge{Cookie: r.cookie()}
 	case TypeChallengeReply:
-		c := &ChallengeReply{}
-		copy(c.Cookie[:], r.take(CookieLen))
-		m = c
+		m = &ChallengeReply{Cookie: r.cookie()}
 	default:
 		return nil, ErrUnknownType
 	}
