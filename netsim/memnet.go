@@ -21,6 +21,9 @@ type MemNet struct {
 	rng   *rand.Rand
 	// LossPercent drops that share of datagrams, each independently.
 	LossPercent int
+	// Drop, when set, drops the datagrams it reports true for: a test's
+	// targeted loss. Called with the network's lock held.
+	Drop func(from, to netip.AddrPort, b []byte) bool
 	Dropped     int
 	Delivered   int
 }
@@ -147,7 +150,7 @@ func (c *MemConn) write(b []byte, to netip.AddrPort) error {
 	n := c.net
 	n.mu.Lock()
 	dst := n.conns[to]
-	lost := n.LossPercent > 0 && n.rng.IntN(100) < n.LossPercent
+	lost := n.LossPercent > 0 && n.rng.IntN(100) < n.LossPercent || n.Drop != nil && n.Drop(c.addr, to, b)
 	if lost || dst == nil || !dst.open(c.addr, now) {
 		n.Dropped++
 		n.mu.Unlock()

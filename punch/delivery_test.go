@@ -422,3 +422,53 @@ func TestEventLogCutDamagedAndRestartedLosesNothing(t *testing.T) {
 		wantExactlyInOrder(t, "the daemon", rec.snapshot(), 13)
 	})
 }
+
+// The daemon's first answer to the rendezvous's Challenge is lost: the
+// keepalive it sends a second later brings a new Challenge, and a push is
+// handled within seconds, not at its next keepalive 25 s later.
+func TestLostChallengeAnswerIsRecoveredAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		_, serverPriv, err := l.store.ServerKeys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dropped := 0
+		l.net.Drop = func(_, to netip.AddrPort, b []byte) bool {
+			if to.String() != l.addr || dropped > 0 {
+				return false
+			}
+			sender, _, _, err := wire.ParseHeader(b)
+			if err != nil {
+				return false
+			}
+			shared := wire.SharedKey(sender, serverPriv)
+			if _, m, err := wire.Open(b, &shared); err == nil {
+				if _, ok := m.(*wire.ChallengeReply); ok {
+					dropped++
+					return true
+				}
+			}
+			return false
+		}
+		var rec recorder
+		l.daemon(t, "198.19.1.2:40000", &rec)
+		if !waitFor(time.Minute, func() bool { return len(l.srv.Clients()) == 1 }) {
+			t.Fatal("the daemon did not register")
+		}
+		start := time.Now()
+		if !waitFor(time.Minute, func() bool { return l.srv.Stats().Validated == 1 }) {
+			t.Fatal("the daemon's address was never validated")
+		}
+		if dropped != 1 {
+			t.Fatalf("dropped %d answers, want the first", dropped)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Fatalf("validated %v after the lost answer, want within a few seconds", took)
+		}
+		l.push(t, 1)
+		if !waitFor(10*time.Second, func() bool { return len(rec.snapshot()) == 1 }) {
+			t.Fatal("the push was not handled")
+		}
+	})
+}
