@@ -23,9 +23,9 @@ type MemNet struct {
 	LossPercent int
 	// Drop, when set, drops the datagrams it reports true for: a test's
 	// targeted loss. Called with the network's lock held.
-	Drop func(from, to netip.AddrPort, b []byte) bool
-	Dropped     int
-	Delivered   int
+	Drop      func(from, to netip.AddrPort, b []byte) bool
+	Dropped   int
+	Delivered int
 }
 
 // NewMemNet makes a network whose loss pattern is fixed by seed.
