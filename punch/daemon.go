@@ -147,6 +147,9 @@ type serverLink struct {
 	nat       *natBehaviour
 	natProbed bool
 	rejoinAt  time.Time // when this daemon last asked to rejoin the trees
+	// Address validation: whether the rendezvous said this daemon's
+	// address is validated, and whether a recheck loop runs.
+	validated, rechecking bool
 }
 
 // New loads the client key and state.

@@ -110,15 +110,18 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 		// If the answer is lost, a keepalive a little later brings a new
 		// Challenge; if it arrived, that keepalive costs one datagram.
 		d.send(p, &wire.ChallengeReply{Cookie: m.Cookie})
-		d.edgeWG.Go(func() {
-			t := time.NewTimer(challengeRecheck)
-			defer t.Stop()
-			select {
-			case <-ctx.Done():
-			case <-t.C:
-				kick(p.ping)
-			}
-		})
+		p.mu.Lock()
+		p.validated = false
+		start := !p.rechecking
+		p.rechecking = true
+		p.mu.Unlock()
+		if start {
+			d.edgeWG.Go(func() { d.recheck(ctx, p) })
+		}
+	case *wire.Validated:
+		p.mu.Lock()
+		p.validated = true
+		p.mu.Unlock()
 	case *wire.Fanout:
 		d.onFanout(ctx, p, m)
 	case *wire.Edge:
@@ -151,6 +154,38 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 // its next keepalive (up to its interval, 25 s or more); a round trip is
 // well under a second.
 const challengeRecheck = time.Second
+
+// challengeTries bounds the rechecks: at 25% loss each way one round
+// (keepalive, Challenge, answer) succeeds 42% of the time, so eight leave a
+// daemon unvalidated once in 80 starts, until its next keepalive.
+const challengeTries = 8
+
+// recheck sends a keepalive every challengeRecheck until the rendezvous
+// says the address is validated, at most challengeTries times: each one
+// from an address not yet validated brings a new Challenge.
+func (d *Daemon) recheck(ctx context.Context, p *serverLink) {
+	defer func() {
+		p.mu.Lock()
+		p.rechecking = false
+		p.mu.Unlock()
+	}()
+	t := time.NewTicker(challengeRecheck)
+	defer t.Stop()
+	for range challengeTries {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		done := p.validated
+		p.mu.Unlock()
+		if done {
+			return
+		}
+		kick(p.ping)
+	}
+}
 
 func kick(c chan struct{}) {
 	select {

@@ -72,6 +72,7 @@ func (s *Server) onChallengeReply(c *client, m *wire.ChallengeReply, src netip.A
 	c.proven = src
 	c.lastSeen = now.UnixNano()
 	s.stats.Validated++
+	s.note(c, &wire.Validated{}) // the client stops rechecking
 	s.queueRecord(c, now)
 	if s.fan != nil {
 		if c.peer == nil {

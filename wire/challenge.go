@@ -46,3 +46,13 @@ type ChallengeReply struct {
 func (m *ChallengeReply) AppendPlaintext(b []byte) []byte {
 	return append(append(b, byte(TypeChallengeReply)), m.Cookie[:]...)
 }
+
+// Validated tells the client that its address is shown to receive: it may
+// stop sending keepalives to bring a new Challenge (its answer arrived).
+//
+//	offset  size  field
+//	0       1     type 0x0f
+type Validated struct{}
+
+// AppendPlaintext implements Message.
+func (m *Validated) AppendPlaintext(b []byte) []byte { return append(b, byte(TypeValidated)) }

@@ -229,6 +229,7 @@ const (
 	// Address validation (challenge.go).
 	TypeChallenge      Type = 0x0d // rendezvous → client: show that you receive here
 	TypeChallengeReply Type = 0x0e // client → rendezvous: the cookie, under the client's key
+	TypeValidated      Type = 0x0f // rendezvous → client: the address is shown to receive
 )
 
 // Message is any decoded plaintext message.
@@ -274,6 +275,8 @@ func ParsePlaintext(p []byte) (Message, error) {
 		m = &Challenge{Cookie: r.cookie()}
 	case TypeChallengeReply:
 		m = &ChallengeReply{Cookie: r.cookie()}
+	case TypeValidated:
+		m = &Validated{}
 	default:
 		return nil, ErrUnknownType
 	}

@@ -41,6 +41,7 @@ func sampleMessages() []Message {
 		&PeerInfo{Flags: PeerFlagRejoin},
 		&Challenge{Cookie: [CookieLen]byte{1, 15: 2}},
 		&ChallengeReply{Cookie: [CookieLen]byte{3, 15: 4}},
+		&Validated{},
 		&Edge{ID: 9, Role: RoleChild, RepoID: "chat.git", Peer: fixedKey(4), LocalUfrag: "abcd", LocalPwd: strings.Repeat("p", 22),
 			RemoteUfrag: "efgh", RemotePwd: strings.Repeat("q", 24), Candidates: []Candidate{{CandHost, netip.MustParseAddrPort("198.19.2.10:5000")}, {CandSrflx, netip.MustParseAddrPort("198.18.0.12:40000")}}},
 		&Edge{ID: 10, Role: RoleDrop, RepoID: "chat.git", Peer: fixedKey(4)},
@@ -76,6 +77,7 @@ func TestGoldenPlaintext(t *testing.T) {
 		{&PeerInfo{Flags: PeerFlagParent | PeerFlagRejoin, Mapping: 3, Filtering: 3}, "0a" + "03" + "03" + "03" + "00"},
 		{&Challenge{Cookie: [CookieLen]byte{0xaa, 15: 0xbb}}, "0d" + "aa" + strings.Repeat("00", 14) + "bb"},
 		{&ChallengeReply{Cookie: [CookieLen]byte{0xcc, 15: 0xdd}}, "0e" + "cc" + strings.Repeat("00", 14) + "dd"},
+		{&Validated{}, "0f"},
 		{&Edge{ID: 2, Role: RoleParent, RepoID: "r", Peer: fixedKey(5), LocalUfrag: "abcd", LocalPwd: strings.Repeat("p", 22), RemoteUfrag: "wxyz", RemotePwd: strings.Repeat("q", 22),
 			Candidates: []Candidate{{CandSrflx, netip.MustParseAddrPort("198.18.0.12:4660")}}},
 			"0b" + "0000000000000002" + "01" + "01" + "72" + strings.Repeat("05", 32) +
