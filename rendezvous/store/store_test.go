@@ -341,6 +341,16 @@ func TestOversizedClientRecordIsRefusedUnread(t *testing.T) {
 	}
 }
 
+// pushN appends n updates of refs/heads/main to chat.git: seq 1..n.
+func pushN(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := s.Append("chat.git", []Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // Cut the log back by a few lines, or empty it: the next push never gets a
 // number that was given out before. It gets the next one after the highest,
 // in a fresh log, with ErrLogRewound naming the old log, kept beside it
@@ -358,11 +368,7 @@ func TestTruncatedLogNeverReusesASequenceNumber(t *testing.T) {
 	} {
 		t.Run(cut.name, func(t *testing.T) {
 			s, _ := Open(t.TempDir())
-			for i := range 6 {
-				if _, err := s.Append("chat.git", []Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
-					t.Fatal(err)
-				}
-			}
+			pushN(t, s, 6)
 			b, _ := os.ReadFile(s.LogPath("chat.git"))
 			if err := os.WriteFile(s.LogPath("chat.git"), cut.keep(b), 0o640); err != nil {
 				t.Fatal(err)
@@ -413,11 +419,7 @@ func TestDamagedLogEndRecoversOnItsOwn(t *testing.T) {
 	} {
 		t.Run(damage.name, func(t *testing.T) {
 			s, _ := Open(t.TempDir())
-			for i := range 5 {
-				if _, err := s.Append("chat.git", []Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
-					t.Fatal(err)
-				}
-			}
+			pushN(t, s, 5)
 			b, _ := os.ReadFile(s.LogPath("chat.git"))
 			os.WriteFile(s.LogPath("chat.git"), damage.do(b), 0o640)
 			evs, err := s.Append("chat.git", []Update{{Old: oid(5), New: oid(6), Ref: "refs/heads/main"}}, time.Now())
@@ -435,9 +437,7 @@ func TestDamagedLogEndRecoversOnItsOwn(t *testing.T) {
 	}
 	t.Run("first line", func(t *testing.T) {
 		s, _ := Open(t.TempDir())
-		for i := range 3 {
-			s.Append("chat.git", []Update{{Old: oid(i), New: oid(i + 1), Ref: "refs/heads/main"}}, time.Now())
-		}
+		pushN(t, s, 3)
 		b, _ := os.ReadFile(s.LogPath("chat.git"))
 		b[0] = 'q'
 		os.WriteFile(s.LogPath("chat.git"), b, 0o640)
