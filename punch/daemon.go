@@ -80,6 +80,7 @@ type Stats struct {
 	Malformed      uint64 `json:"malformed"`       // datagrams that do not parse
 	Forged         uint64 `json:"forged"`          // datagrams that fail authentication
 	Unexpected     uint64 `json:"unexpected"`      // valid messages out of place
+	Busy           uint64 `json:"busy"`            // Busy replies: the rendezvous asked for a cookie
 	// Peer-to-peer fan-out.
 	Forwarded     uint64 `json:"forwarded"`      // events sent to children
 	FromPeer      uint64 `json:"from_peer"`      // events taken from the parent
@@ -150,6 +151,10 @@ type serverLink struct {
 	// Address validation: whether the rendezvous said this daemon's
 	// address is validated, and whether a recheck loop runs.
 	validated, rechecking bool
+	// A Busy cookie, which keepalives carry while it is fresh (busy.go),
+	// and when a Busy last made the daemon resend its keepalive.
+	cookie               [wire.CookieLen]byte
+	cookieAt, busyResent time.Time
 }
 
 // New loads the client key and state.

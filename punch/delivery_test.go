@@ -55,7 +55,9 @@ type lab struct {
 	addr  string
 	// fixedKeepalive, when set, is given to the daemons started after.
 	fixedKeepalive time.Duration
-	stopServer     func() // stops the rendezvous and waits for it
+	// newKeyRate, when set, is the rendezvous's budget for new keys.
+	newKeyRate float64
+	stopServer func() // stops the rendezvous and waits for it
 }
 
 func newLab(t *testing.T, loss int, open bool) *lab {
@@ -76,7 +78,7 @@ func newLab(t *testing.T, loss int, open bool) *lab {
 
 // startServer runs a rendezvous on conn with the lab's store.
 func (l *lab) startServer(t *testing.T, conn *netsim.MemConn, open bool) {
-	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: l.store, Open: open})
+	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: l.store, Open: open, NewKeyRate: l.newKeyRate})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -173,6 +173,9 @@ func (d *Daemon) send(p *serverLink, m wire.Message) {
 		d.log.Error("cannot seal", "err", err)
 		return
 	}
+	if _, ok := m.(*wire.Keepalive); ok {
+		b = p.withCookie(b, time.Now())
+	}
 	// Every datagram refreshes the NAT mapping: a probe's silence counts
 	// from the last one.
 	p.mu.Lock()

@@ -37,6 +37,8 @@ func (d *Daemon) readLoop(ctx context.Context) error {
 						f.mc.feed(b, p.Addr)
 					}
 				}
+			case wire.IsBusy(b):
+				d.onBusy(b, p.Addr)
 			case wire.LooksLikeGCN(b):
 				d.handleGCN(ctx, b)
 			default:

@@ -53,6 +53,17 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 		udpconn.WriteTo(s.grid[fromIP][fromPort], resp, to)
 		return nil
 	}
+	cookied := false
+	if wire.IsCookied(b) {
+		var ck [wire.CookieLen]byte
+		var err error
+		if ck, b, err = wire.ParseCookied(b); err != nil {
+			s.stats.Malformed++
+			return nil
+		}
+		sender, _, _, _ := wire.ParseHeader(b)
+		cookied = s.cookieValid(cookieBusy, ck, sender, src, now)
+	}
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {
 		s.stats.Malformed++
@@ -67,9 +78,12 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 		// limit it per source and over all sources, so that a flood of
 		// random keys cannot burn the CPU, and do it outside the lock, so
 		// that no known client's datagram waits for it.
-		if !s.unkRL.allow(src.Addr(), now) || !s.newKeys.take(newKeyRate, newKeyBurst, now) {
+		if !s.unkRL.allow(src.Addr(), now) {
 			s.stats.Limited++
 			return nil
+		}
+		if !s.admitNewKey(cookied, now) {
+			return s.busy(sender, src, cookied, now)
 		}
 		s.mu.Unlock()
 		locked = false

@@ -63,14 +63,23 @@ const (
 	// unknownRate and unknownBurst limit, per source IP, how often a packet
 	// from a key not yet seen may cost a Curve25519 precomputation.
 	unknownRate, unknownBurst = 20, 40
-	// newKeyRate and newKeyBurst bound the same over all sources together:
+	// newKeyRate bounds the same over all sources together:
 	// a flood of random keys from thousands of forged sources (each under
 	// its own limit) once cost a precomputation per datagram, 50-120 µs,
 	// and starved every known client. 4000 a second is at most half a core
 	// here; known clients' datagrams cost none. After a restart 100k
 	// clients are all new: they are back within about 25 s (their
 	// keepalives retry).
-	newKeyRate, newKeyBurst = 4000, 4000
+	newKeyRate = 4000
+	// cookiedKeyRate is a second budget of the same
+	// size, open only to new keys that echo a Busy cookie: under a flood
+	// from forged sources, which never see their cookies, real newcomers
+	// still get in (busy.go).
+	cookiedKeyRate = 4000
+	// busyRate and busyBurst bound the Busy replies: each is 20 bytes, an
+	// HMAC and a send, so 20000 a second is about 0.4 MB/s and a few
+	// percent of a core; past it, new keys are dropped unanswered.
+	busyRate, busyBurst = 20000, 20000
 )
 
 // Config is what a Server needs. Conn is the seam in front of the network;
@@ -86,7 +95,11 @@ type Config struct {
 	// Fanout is the arity of each repository's peer-to-peer tree; 0: the
 	// rendezvous sends every notification to every client itself.
 	Fanout int
-	Logger *slog.Logger
+	// NewKeyRate is how many keys not seen before may cost a Curve25519
+	// precomputation a second, over all sources (and again with a Busy
+	// cookie); 0 means newKeyRate. A small server may lower it.
+	NewKeyRate float64
+	Logger     *slog.Logger
 }
 
 // Stats counts what the server did; every dropped datagram is counted.
@@ -121,6 +134,9 @@ type Stats struct {
 	// Address validation (validate.go).
 	Challenges uint64 `json:"challenges"` // Challenges sent to addresses not yet shown to receive
 	Validated  uint64 `json:"validated"`  // addresses shown to receive
+	// Under a flood of new keys (busy.go).
+	Busy    uint64 `json:"busy"`    // Busy replies (a cookie) to new keys over the budget
+	Cookied uint64 `json:"cookied"` // new keys let in with a valid cookie
 	// Every datagram the rendezvous's sockets took in and handed out, of any kind
 	// (STUN too): what a push costs it, whatever path each event took.
 	DatagramsIn  uint64 `json:"datagrams_in"`
@@ -149,6 +165,8 @@ type Server struct {
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter
 	newKeys     bucket   // all sources together: see newKeyRate
+	cookiedKeys bucket   // new keys with a valid cookie: see cookiedKeyRate
+	busyOut     bucket   // Busy replies: see busyRate
 	cookieKey   [32]byte // the secret under which Challenge cookies are made
 	stats       Stats
 	grid        Grid // [0][0] Conn, [1][1] AltConn, the others for RFC 5780

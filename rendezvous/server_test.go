@@ -301,6 +301,8 @@ func FuzzHandle(f *testing.F) {
 	f.Add(ack)
 	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw)
 	f.Add([]byte("gcn\x01"))
+	f.Add(wire.AppendCookied(nil, [wire.CookieLen]byte{1}, ka))
+	f.Add(wire.AppendBusy(nil, [wire.CookieLen]byte{1}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		reply := s.handle(0, 0, b, srcA)
 		if reply != nil && len(reply) > len(b) && !wire.LooksLikeSTUN(b) {
@@ -540,9 +542,13 @@ func TestRecordsOfLongSilentClientsAreRemoved(t *testing.T) {
 
 // A flood of unknown keys from 5,000 forged sources, each under its own
 // per-source limit, once cost a Curve25519 precomputation per datagram and
-// starved everyone (issue 14, item 8). Now at most newKeyBurst of them cost
-// one before the budget refills, the rest are dropped unopened, and a known
-// client's keepalives in the middle of the flood are all answered.
+// starved everyone (issue 14, item 8). Now at most newKeyRate of them cost
+// one before the budget refills, the rest get a 20-byte Busy reply and are
+// not opened, and a known client's keepalives in the middle of the flood
+// are all answered. A new client that arrives while the budget is spent
+// echoes its Busy cookie and is let in at once through the cookie lane,
+// which the flood cannot reach: a cookie is good only for the key and the
+// address it was sent to.
 func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, _ := testServer(t, true)
@@ -552,6 +558,7 @@ func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 		}
 		const flood = 6000
 		answered := 0
+		var stolen []byte // a Busy cookie sent to one of the flood's addresses
 		for i := range flood {
 			var sender wire.Key
 			rand.Read(sender[:])
@@ -562,23 +569,65 @@ func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 				t.Fatal(err)
 			}
 			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i % 250)}), 5000)
-			s.handle(0, 0, b, src)
+			if reply := s.handle(0, 0, b, src); reply != nil {
+				if len(reply) > len(b) {
+					t.Fatalf("a %d-byte reply to a %d-byte datagram from a forged source", len(reply), len(b))
+				}
+				stolen = reply
+			}
 			if i%100 == 0 && s.handle(0, 0, known.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA) != nil {
 				answered++
 			}
 		}
 		st := s.Stats()
-		budget := uint64(newKeyBurst - 1) // the known client's first keepalive took one
-		if st.Forged != budget || st.Limited != flood-budget {
-			t.Fatalf("%d unknown keys precomputed, %d dropped unopened; want %d and %d", st.Forged, st.Limited, budget, flood-budget)
+		budget := uint64(newKeyRate - 1) // the known client's first keepalive took one
+		if st.Forged != budget || st.Busy != flood-budget || st.Limited != 0 {
+			t.Fatalf("%d unknown keys precomputed, %d answered Busy, %d dropped; want %d, %d and 0",
+				st.Forged, st.Busy, st.Limited, budget, flood-budget)
 		}
 		if answered != flood/100 {
 			t.Fatalf("the known client was answered %d times of %d", answered, flood/100)
 		}
+		// A newcomer in the middle of the flood: Busy, then in with its cookie.
+		newcomer := newTestClient(s)
+		ka := newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"})
+		reply := s.handle(0, 0, ka, srcB)
+		ck, err := wire.ParseBusy(reply)
+		if err != nil {
+			t.Fatalf("a newcomer during the flood got %x, want a Busy: %v", reply, err)
+		}
+		// The cookie opens nothing from another address, nor for another key,
+		// nor does one sent to a flood address open anything for the
+		// newcomer: each of those gets a fresh Busy, as a stale cookie does.
+		other := newTestClient(s)
+		stolenCk, _ := wire.ParseBusy(stolen)
+		for name, try := range map[string]struct {
+			b   []byte
+			src netip.AddrPort
+		}{
+			"another address":  {wire.AppendCookied(nil, ck, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"})), srcA},
+			"another key":      {wire.AppendCookied(nil, ck, other.keepalive(t, wire.Sub{RepoID: "chat.git"})), srcB},
+			"a flood's cookie": {wire.AppendCookied(nil, stolenCk, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"})), srcB},
+		} {
+			before := s.Stats()
+			if _, err := wire.ParseBusy(s.handle(0, 0, try.b, try.src)); err != nil {
+				t.Fatalf("%s: the reply is not a Busy: %v", name, err)
+			}
+			if after := s.Stats(); after.Cookied != before.Cookied || after.Forged != before.Forged {
+				t.Fatalf("%s: cookied %d→%d, precomputed %d→%d", name, before.Cookied, after.Cookied, before.Forged, after.Forged)
+			}
+		}
+		reply = s.handle(0, 0, wire.AppendCookied(nil, ck, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"})), srcB)
+		if _, _, err := wire.Open(reply, &newcomer.shared); err != nil {
+			t.Fatalf("the newcomer with its cookie got no Pong: %x (%v)", reply, err)
+		}
+		if st := s.Stats(); st.Cookied != 1 {
+			t.Fatalf("cookied = %d, want 1", st.Cookied)
+		}
 		// The budget refills: a second later, new keys are let in again.
 		time.Sleep(time.Second)
-		newcomer := newTestClient(s)
-		if s.handle(0, 0, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
+		late := newTestClient(s)
+		if _, _, err := wire.Open(s.handle(0, 0, late.keepalive(t, wire.Sub{RepoID: "chat.git"}), netip.MustParseAddrPort("198.18.0.12:42000")), &late.shared); err != nil {
 			t.Fatal("a new client was refused a second after the flood")
 		}
 	})

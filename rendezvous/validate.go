@@ -24,12 +24,25 @@ import (
 // serving for long. The current and the previous epoch are accepted.
 const cookieEpoch = 2 * time.Minute
 
+// Cookie kinds: a Challenge's and a Busy's cookie for the same key and
+// address differ, so that neither can stand for the other.
+const (
+	cookieChallenge byte = 'c'
+	cookieBusy      byte = 'b'
+)
+
 // cookie is what a Challenge to the client key at addr carries in an
 // epoch: a MAC under the rendezvous's secret, so nothing is stored.
-func (s *Server) cookie(key wire.Key, addr netip.AddrPort, epoch int64) (c [wire.CookieLen]byte) {
+func (s *Server) cookie(key wire.Key, addr netip.AddrPort, epoch int64) [wire.CookieLen]byte {
+	return s.cookieOf(cookieChallenge, key, addr, epoch)
+}
+
+// cookieOf is the cookie of a kind for a key at an address in an epoch.
+func (s *Server) cookieOf(kind byte, key wire.Key, addr netip.AddrPort, epoch int64) (c [wire.CookieLen]byte) {
 	mac := hmac.New(sha256.New, s.cookieKey[:])
-	var e [8]byte
-	binary.BigEndian.PutUint64(e[:], uint64(epoch))
+	var e [9]byte
+	e[0] = kind
+	binary.BigEndian.PutUint64(e[1:], uint64(epoch))
 	mac.Write(e[:])
 	mac.Write(key[:])
 	a, _ := addr.MarshalBinary()
@@ -39,6 +52,14 @@ func (s *Server) cookie(key wire.Key, addr netip.AddrPort, epoch int64) (c [wire
 }
 
 func cookieEpochOf(now time.Time) int64 { return now.UnixNano() / int64(cookieEpoch) }
+
+// cookieValid says whether ck is the cookie of a kind for key at addr in
+// this epoch or the last.
+func (s *Server) cookieValid(kind byte, ck [wire.CookieLen]byte, key wire.Key, addr netip.AddrPort, now time.Time) bool {
+	e := cookieEpochOf(now)
+	cur, prev := s.cookieOf(kind, key, addr, e), s.cookieOf(kind, key, addr, e-1)
+	return hmac.Equal(ck[:], cur[:]) || hmac.Equal(ck[:], prev[:])
+}
 
 // challenge sends a Challenge to src when it fits in room (what is left of
 // the request's size after the Pong). Called with mu held.
@@ -62,9 +83,7 @@ func (s *Server) onChallengeReply(c *client, m *wire.ChallengeReply, src netip.A
 	if src != c.addr || c.proven == src {
 		return // an answer for an address the client has left, or a repeat
 	}
-	e := cookieEpochOf(now)
-	cur, prev := s.cookie(c.key, src, e), s.cookie(c.key, src, e-1)
-	if !hmac.Equal(m.Cookie[:], cur[:]) && !hmac.Equal(m.Cookie[:], prev[:]) {
+	if !s.cookieValid(cookieChallenge, m.Cookie, c.key, src, now) {
 		s.stats.Forged++
 		return
 	}
