@@ -50,6 +50,10 @@ type Result struct {
 	Events []store.Event
 	Poked  bool
 	Direct int // datagrams sent directly because the rendezvous was down
+	// Held says that the log could not be written and the events are held
+	// in memory, by the rendezvous or (when it is down) by no one: their
+	// numbers are given out and they were sent directly as a best effort.
+	Held bool
 }
 
 // Run appends the updates read from Stdin and notifies. Every problem is
@@ -85,7 +89,9 @@ func Run(o Options) (Result, error) {
 	}
 	res.Events, err = st.Append(id, ups, o.Now())
 	if err != nil && len(res.Events) == 0 {
-		return res, err
+		// Not recorded: the disk is full, or a rendezvous already holds
+		// events of this repository for want of disk.
+		return res, hold(st, id, ups, err, &res, o)
 	}
 	if err != nil {
 		// Recorded all the same (a log that went backwards, a compaction

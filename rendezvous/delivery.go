@@ -230,9 +230,17 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 		if inFlight && !expired {
 			return out
 		}
-		out = append(out, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Resync{HeadSeq: r.head, FirstSeq: first, TimeMilli: now.UnixMilli(), Recipient: c.key, RepoID: r.id}})
+		// The notice puts the client at the head; but when what follows
+		// the missing events fits in one window (a gap left by lost held
+		// events, or a short damaged stretch), it puts the client just
+		// before them, and they come as notifications, refs and all.
+		at := r.head
+		if len(r.events) > 0 && r.head-first < Window {
+			at = first - 1
+		}
+		out = append(out, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Resync{HeadSeq: at, FirstSeq: first, TimeMilli: now.UnixMilli(), Recipient: c.key, RepoID: r.id}})
 		s.stats.Resyncs++
-		su.sent = r.head
+		su.sent = at
 		s.armTimer(su, now, expired)
 		return out
 	}

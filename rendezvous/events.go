@@ -23,6 +23,9 @@ type repo struct {
 	// an event too large to forward), and the followers' tree.
 	sigs [][wire.SigLen]byte
 	tree *tree
+	// held are events given numbers while the log could not be written,
+	// delivered from memory until the disk takes them (held.go).
+	held []store.Event
 }
 
 func (s *Server) repo(id string) *repo {
@@ -59,12 +62,17 @@ func (s *Server) loadPoked() {
 			s.log.Error("cannot read event log", "repo", id, "err", err)
 			continue
 		}
-		now := time.Now()
-		for _, su := range r.subs.list {
-			if su.acked < r.head {
-				s.waitForTree(su, now)
-				s.pending.add(su)
-			}
+		s.followersDue(r, time.Now())
+	}
+}
+
+// followersDue marks the followers that lack the repository's head due.
+// Called with mu held.
+func (s *Server) followersDue(r *repo, now time.Time) {
+	for _, su := range r.subs.list {
+		if su.acked < r.head {
+			s.waitForTree(su, now)
+			s.pending.add(su)
 		}
 	}
 }
@@ -98,13 +106,17 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 		return r, err
 	}
 	ino := inode(fi)
+	after := r.head
 	if ino != r.ino || fi.Size() < r.offset {
+		// Replaced (compacted): read it whole, so that what it retains
+		// stays servable, not only what is newer than the head.
 		r.ino, r.offset, r.events, r.sigs = ino, 0, nil, nil
+		after = 0
 	}
 	if _, err := f.Seek(r.offset, 0); err != nil {
 		return r, err
 	}
-	evs, n, err := store.ReadEvents(f, r.head)
+	evs, n, err := store.ReadEvents(f, after)
 	var dmg *store.DamageError
 	if errors.As(err, &dmg) {
 		// Damage costs only the damaged lines: serve the rest, and say it.
@@ -116,6 +128,20 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 		return r, fmt.Errorf("rendezvous: log of %s: %w", id, err)
 	}
 	r.offset += n
+	s.addEvents(r, evs)
+	// Held events not yet in the log stay served from memory, also after
+	// the log was read again from its start.
+	for _, e := range r.held {
+		if e.Seq > r.head {
+			s.addEvents(r, []store.Event{e})
+		}
+	}
+	return r, nil
+}
+
+// addEvents appends events that follow the repository's head; after a gap
+// it keeps only what is contiguous. Called with mu held, or before Run.
+func (s *Server) addEvents(r *repo, evs []store.Event) {
 	for _, e := range evs {
 		if len(r.events) > 0 && e.Seq != r.events[len(r.events)-1].Seq+1 {
 			r.events, r.sigs = nil, nil // a gap: keep only what is contiguous
@@ -128,5 +154,4 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 	if len(r.events) > 0 {
 		r.head = r.events[len(r.events)-1].Seq
 	}
-	return r, nil
 }

@@ -75,8 +75,26 @@ func ListenAndServe(ctx context.Context, o Options) error {
 //	status\n           → one JSON array of ClientStatus, then "\n"
 //	stats\n            → one JSON object of Stats (the counters), then "\n"
 //	tree\n             → one JSON array of RepoTree, then "\n"
+//	hold <json>\n      → "ok held|recorded <first> <last>\n" or "error <reason>\n"
+//	                     (a store.HoldRequest: updates the hook could not write)
 func (s *Server) answerControl(w io.Writer, cmd, arg string) {
 	switch cmd {
+	case "hold":
+		var req store.HoldRequest
+		if err := json.Unmarshal([]byte(arg), &req); err != nil || len(req.Updates) == 0 || len(req.Updates) > store.MaxHoldUpdates {
+			fmt.Fprintf(w, "error bad hold request (%d updates, %v)\n", len(req.Updates), err)
+			return
+		}
+		evs, held, err := s.Hold(req.Repo, req.Updates)
+		if err != nil {
+			fmt.Fprintf(w, "error %v\n", err)
+			return
+		}
+		how := "recorded"
+		if held {
+			how = "held"
+		}
+		fmt.Fprintf(w, "ok %s %d %d\n", how, evs[0].Seq, evs[len(evs)-1].Seq)
 	case "poke":
 		if err := s.Poke(arg); err != nil {
 			fmt.Fprintf(w, "error %v\n", err)

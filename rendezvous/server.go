@@ -137,6 +137,9 @@ type Stats struct {
 	// Under a flood of new keys (busy.go).
 	Busy    uint64 `json:"busy"`    // Busy replies (a cookie) to new keys over the budget
 	Cookied uint64 `json:"cookied"` // new keys let in with a valid cookie
+	// For want of disk (held.go).
+	Held        uint64 `json:"held"`         // events held in memory because the log could not be written
+	HeldWritten uint64 `json:"held_written"` // held events written to the log since
 	// Every datagram the rendezvous's sockets took in and handed out, of any kind
 	// (STUN too): what a push costs it, whatever path each event took.
 	DatagramsIn  uint64 `json:"datagrams_in"`
@@ -158,6 +161,7 @@ type Server struct {
 	dirty       map[wire.Key]store.ClientRecord
 	recordsKick chan struct{}
 	poked       map[string]struct{} // repositories whose log grew
+	holdMu      sync.Mutex          // one Hold or write-back of held events at a time
 	clients     map[wire.Key]*client
 	repos       map[string]*repo
 	pending     subSet // subscriptions that may owe events
@@ -270,6 +274,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	wg.Go(func() { s.recordWriter(ctx) })
+	wg.Go(func() { s.heldWriter(ctx) })
 	wg.Go(func() { s.pingKnownClients() })
 	// No fixed tick: sleep until the earliest retransmission or probe is
 	// due, or until a poke, keepalive or ack kicks the loop.

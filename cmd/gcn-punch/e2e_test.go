@@ -109,12 +109,15 @@ type world struct {
 	open   bool
 }
 
-func newWorld(t *testing.T, open bool) *world {
+func newWorld(t *testing.T, open bool, prepare ...func(*world)) *world {
 	if testing.Short() {
 		t.Skip("-short: end-to-end runs with real processes take seconds")
 	}
 	w := &world{t: t, dir: t.TempDir(), open: open}
 	w.store = filepath.Join(w.dir, "store")
+	for _, f := range prepare {
+		f(w) // before anything is in the store
+	}
 	w.bare = filepath.Join(w.dir, "chat.git")
 	w.clone = filepath.Join(w.dir, "clone")
 	run(t, "", "git", "init", "-q", "--bare", w.bare)

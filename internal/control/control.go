@@ -68,6 +68,10 @@ func Listen(path string) (net.Listener, error) {
 	return l, nil
 }
 
+// maxRequest bounds one request line: the largest, a hook's "hold", is
+// under 400 KB.
+const maxRequest = 1 << 20
+
 // requestTimeout is how long one control client may take: a person's
 // `status` or the hook's poke, never more than this.
 const requestTimeout = time.Second
@@ -90,7 +94,7 @@ func Serve(ctx context.Context, l net.Listener, log *slog.Logger, handle func(w 
 		wg.Go(func() {
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(requestTimeout))
-			line, err := bufio.NewReaderSize(c, 256).ReadString('\n')
+			line, err := bufio.NewReaderSize(io.LimitReader(c, maxRequest), 4096).ReadString('\n')
 			if err != nil {
 				return
 			}

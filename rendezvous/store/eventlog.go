@@ -32,7 +32,11 @@ type Event struct {
 }
 
 // Update is a ref update as post-receive reads it: "<old> <new> <ref>".
-type Update struct{ Old, New, Ref string }
+type Update struct {
+	Old string `json:"old"`
+	New string `json:"new"`
+	Ref string `json:"ref"`
+}
 
 // ErrBadEvent reports a log line that does not parse.
 var ErrBadEvent = errors.New("store: malformed event line")
@@ -82,23 +86,72 @@ func (s *Store) LogPath(repoID string) string { return filepath.Join(s.repoDir(r
 // seqPath holds the highest sequence number ever given out in a repository,
 // 20 digits and a newline, rewritten in place (one sector: it is written
 // whole or not at all) and synced after each append. It survives what
-// happens to the log, so that no number is ever given out twice.
+// happens to the log, so that no number is ever given out twice. An "H" in
+// place of the newline says that the numbers above the log's end were given
+// out to events held in memory for want of disk (held.go).
 func (s *Store) seqPath(repoID string) string { return filepath.Join(s.repoDir(repoID), "seq") }
 
-const seqLen = 21 // "%020d\n"
+const seqLen = 21 // "%020d\n" or "%020dH"
 
 // readSeq reads the high-water mark (0 when there is none yet, or it is
-// unreadable: the log's own last number then stands alone).
-func readSeq(f *os.File) uint64 {
-	b := make([]byte, seqLen)
-	if n, _ := f.ReadAt(b, 0); n != seqLen || b[seqLen-1] != '\n' {
-		return 0
+// unreadable: the log's own last number then stands alone), and whether
+// events above the log's end are held in memory.
+func readSeq(f *os.File) (v uint64, held bool) {
+	b := make([]byte, seqLen+1)
+	n, _ := f.ReadAt(b, 0)
+	return readSeqBytes(b[:n])
+}
+
+// readSeqBytes parses a sequence mark's bytes.
+func readSeqBytes(b []byte) (v uint64, held bool) {
+	if len(b) != seqLen || b[seqLen-1] != '\n' && b[seqLen-1] != 'H' {
+		return 0, false
 	}
 	v, err := strconv.ParseUint(string(b[:seqLen-1]), 10, 64)
 	if err != nil {
-		return 0
+		return 0, false
 	}
-	return v
+	return v, b[seqLen-1] == 'H'
+}
+
+// writeSeq rewrites the mark in place and syncs it. Overwriting the bytes
+// of a file that has them needs no new disk blocks on ext4, xfs or tmpfs,
+// so it works on a full disk there (a copy-on-write file system may refuse).
+func writeSeq(f *os.File, v uint64, held bool) error {
+	end := byte('\n')
+	if held {
+		end = 'H'
+	}
+	if _, err := f.WriteAt(append(fmt.Appendf(nil, "%020d", v), end), 0); err != nil {
+		return fmt.Errorf("store: sequence mark: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("store: sequence mark: %w", err)
+	}
+	return nil
+}
+
+// lockRepo takes a repository's append lock (flock, so hooks and the
+// rendezvous exclude each other) and opens its sequence mark.
+func (s *Store) lockRepo(repoID string) (seqf *os.File, unlock func(), err error) {
+	dir := s.repoDir(repoID)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, nil, err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, nil, err
+	}
+	seqf, err = os.OpenFile(s.seqPath(repoID), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		lock.Close()
+		return nil, nil, err
+	}
+	return seqf, func() { seqf.Close(); lock.Close() }, nil
 }
 
 func (s *Store) retain() int {
@@ -114,35 +167,34 @@ func (s *Store) retain() int {
 // A number is never given out twice: when the log went backwards, the
 // events are recorded all the same, after the highest number ever given
 // out, and the error wraps ErrLogRewound. With any other error returned
-// beside events, those events were recorded too.
+// beside events, those events were recorded too. While a rendezvous holds
+// events in memory for want of disk, Append records nothing and returns
+// ErrHeld: the updates go to that rendezvous (Hold), or, if it is gone,
+// to AppendAfterLostHold.
 func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, error) {
-	if err := wire.ValidRepoID(repoID); err != nil {
+	return s.append(repoID, ups, now, false)
+}
+
+// AppendAfterLostHold is Append for when the rendezvous that held events
+// in memory is gone: their numbers stay given out, the new events follow
+// them, and the error wraps ErrHeldLost.
+func (s *Store) AppendAfterLostHold(repoID string, ups []Update, now time.Time) ([]Event, error) {
+	return s.append(repoID, ups, now, true)
+}
+
+func (s *Store) append(repoID string, ups []Update, now time.Time, takeOver bool) ([]Event, error) {
+	if err := checkUpdates(repoID, ups); err != nil {
 		return nil, err
 	}
-	for _, u := range ups {
-		n := wire.Notify{Seq: 1, RepoID: repoID, Ref: u.Ref, Old: u.Old, New: u.New}
-		if err := n.Validate(); err != nil {
-			return nil, fmt.Errorf("ref update %s: %w", u.Ref, err)
-		}
-	}
-	dir := s.repoDir(repoID)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, err
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o640)
+	seqf, unlock, err := s.lockRepo(repoID)
 	if err != nil {
 		return nil, err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, err
+	defer unlock()
+	highest, held := readSeq(seqf)
+	if held && !takeOver {
+		return nil, ErrHeld
 	}
-	seqf, err := os.OpenFile(s.seqPath(repoID), os.O_CREATE|os.O_RDWR, 0o640)
-	if err != nil {
-		return nil, err
-	}
-	defer seqf.Close()
-	highest := readSeq(seqf)
 	f, err := os.OpenFile(s.LogPath(repoID), os.O_CREATE|os.O_RDWR, 0o640)
 	if err != nil {
 		return nil, err
@@ -177,6 +229,13 @@ func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, err
 		}
 		recovered = fmt.Errorf("%w (%v); set aside as %s, new events continue at %d", ErrLogDamaged, err, aside, highest+1)
 		first, last, end = 0, highest, 0
+	} else if held && last < highest {
+		// A rendezvous held events above the log's end and is gone: their
+		// numbers stay given out (clients may have acked them), and the new
+		// events follow them. Clients that missed them get a resync notice.
+		recovered = fmt.Errorf("%w: events %d to %d were held in memory by a rendezvous that stopped before it could write them; new events continue at %d",
+			ErrHeldLost, last+1, highest, highest+1)
+		last = highest
 	} else if last < highest {
 		// The log went backwards. Numbers up to highest were given out
 		// (and may have been acked): set this log aside, and go on after
@@ -211,11 +270,8 @@ func (s *Store) Append(repoID string, ups []Update, now time.Time) ([]Event, err
 	head := last + uint64(len(ups))
 	// The mark follows the log: after a crash between the two it may lag,
 	// never lead, and the log's own last number stands.
-	if _, err := seqf.WriteAt(fmt.Appendf(nil, "%020d\n", head), 0); err != nil {
-		return evs, fmt.Errorf("store: sequence mark: %w", err)
-	}
-	if err := seqf.Sync(); err != nil {
-		return evs, fmt.Errorf("store: sequence mark: %w", err)
+	if err := writeSeq(seqf, head, false); err != nil {
+		return evs, err
 	}
 	if first != 0 && head-first+1 >= uint64(2*s.retain()) {
 		if err := s.compact(repoID, head); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -449,6 +450,102 @@ func TestDamagedLogEndRecoversOnItsOwn(t *testing.T) {
 		var dmg *DamageError
 		if !errors.As(err, &dmg) || dmg.Lines != 1 || len(got) != 3 || got[0].Seq != 2 {
 			t.Fatalf("reading: %+v %v; want events 2-4 and one damaged line", got, err)
+		}
+	})
+}
+
+// Events held for want of disk keep their numbers: while they are held,
+// Append records nothing (ErrHeld), so no hook writes past them; written
+// back, the log goes on after them. When their holder is gone, the numbers
+// stay given out and new events follow them (ErrHeldLost), and a late
+// write-back is refused rather than written out of order (issue 14, item 6).
+func TestHeldEventsKeepTheirNumbers(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushN(t, s, 2)
+	up := []Update{{Old: oid(1), New: oid(2), Ref: "refs/heads/main"}}
+	held, err := s.Hold("chat.git", up, time.Now(), 0)
+	if err != nil || len(held) != 1 || held[0].Seq != 3 {
+		t.Fatalf("Hold: %+v, %v; want seq 3", held, err)
+	}
+	if evs, err := s.Append("chat.git", up, time.Now()); !errors.Is(err, ErrHeld) || len(evs) != 0 {
+		t.Fatalf("Append while held: %+v, %v; want ErrHeld", evs, err)
+	}
+	more, err := s.Hold("chat.git", up, time.Now(), 3)
+	if err != nil || more[0].Seq != 4 {
+		t.Fatalf("second Hold: %+v, %v; want seq 4", more, err)
+	}
+	if err := s.WriteHeld("chat.git", append(held, more...)); err != nil {
+		t.Fatal(err)
+	}
+	if evs, err := s.Append("chat.git", up, time.Now()); err != nil || evs[0].Seq != 5 {
+		t.Fatalf("Append after write-back: %+v, %v; want seq 5", evs, err)
+	}
+	if evs, _ := s.ReadLog("chat.git", 0); len(evs) != 5 || evs[4].Seq != 5 {
+		t.Fatalf("log %+v, want 1..5", evs)
+	}
+
+	// The holder is gone: 6 stays given out, 7 follows, 6 is never written.
+	lost, err := s.Hold("chat.git", up, time.Now(), 5)
+	if err != nil || lost[0].Seq != 6 {
+		t.Fatalf("Hold: %+v, %v", lost, err)
+	}
+	evs, err := s.AppendAfterLostHold("chat.git", up, time.Now())
+	if !errors.Is(err, ErrHeldLost) || len(evs) != 1 || evs[0].Seq != 7 {
+		t.Fatalf("AppendAfterLostHold: %+v, %v; want seq 7 and ErrHeldLost", evs, err)
+	}
+	if err := s.WriteHeld("chat.git", lost); !errors.Is(err, ErrHeldLost) {
+		t.Fatalf("a write-back after the take-over: %v, want ErrHeldLost", err)
+	}
+	if evs, err := s.Append("chat.git", up, time.Now()); err != nil || evs[0].Seq != 8 {
+		t.Fatalf("Append after the take-over: %+v, %v; want seq 8", evs, err)
+	}
+	var seqs []uint64
+	got, _ := s.ReadLog("chat.git", 0)
+	for _, e := range got {
+		seqs = append(seqs, e.Seq)
+	}
+	if fmt.Sprint(seqs) != "[1 2 3 4 5 7 8]" {
+		t.Fatalf("log %v, want [1 2 3 4 5 7 8]", seqs)
+	}
+}
+
+// Whatever the sequence mark and the log hold (damaged, oversized, torn,
+// rewound), Append never panics, records the update, and gives it a number
+// above every number the two show.
+func FuzzAppendOverDamagedStore(f *testing.F) {
+	f.Add([]byte("00000000000000000005\n"), []byte("1 1 "+oid(0)+" "+oid(1)+" refs/heads/main\n"))
+	f.Add([]byte("00000000000000000009H"), []byte("1 1 "+oid(0)+" "+oid(1)+" refs/heads/main\n2 1 x"))
+	f.Add([]byte("garbage"), bytes.Repeat([]byte("x"), 5000))
+	f.Add([]byte{}, []byte("18446744073709551610 1 "+oid(0)+" "+oid(1)+" refs/heads/main\n"))
+	f.Fuzz(func(t *testing.T, mark, log []byte) {
+		s, err := Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(s.repoDir("chat.git"), 0o750)
+		os.WriteFile(s.seqPath("chat.git"), mark, 0o640)
+		os.WriteFile(s.LogPath("chat.git"), log, 0o640)
+		floor, _ := readSeqBytes(mark)
+		evs, _, _ := ReadEvents(bytes.NewReader(log), 0)
+		for _, e := range evs {
+			floor = max(floor, e.Seq)
+		}
+		up := []Update{{Old: oid(1), New: oid(2), Ref: "refs/heads/main"}}
+		got, err := s.Append("chat.git", up, time.Now())
+		if errors.Is(err, ErrHeld) {
+			got, err = s.AppendAfterLostHold("chat.git", up, time.Now())
+		}
+		if len(got) != 1 {
+			if floor > math.MaxUint64-2 {
+				return // numbers exhausted: refusing is right
+			}
+			t.Fatalf("update not recorded: %v", err)
+		}
+		if got[0].Seq <= floor && floor < math.MaxUint64-2 {
+			t.Fatalf("seq %d given out again (mark %q, highest in log %d)", got[0].Seq, mark, floor)
 		}
 	})
 }
