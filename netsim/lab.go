@@ -208,6 +208,24 @@ func New(specs ...RouterSpec) (lab *Lab, err error) {
 
 func (l *Lab) ns(role string) string { return l.Prefix + "-" + role }
 
+// AddWANHost adds a host with no NAT on the WAN, at addr (inside
+// 198.18.0.0/24, away from the server's .1-.2, the routers' .11-.. and
+// the carrier NATs' .51-..: e.g. .200 and up), named role: an attacker, or
+// the victim an attacker names as its source.
+func (l *Lab) AddWANHost(role string, addr netip.Addr) (*Host, error) {
+	if !netip.MustParsePrefix("198.18.0.0/24").Contains(addr) {
+		return nil, fmt.Errorf("netsim: WAN host %s outside 198.18.0.0/24", addr)
+	}
+	h := &Host{NS: l.ns(role), Addr: addr}
+	if err := l.addNS(h.NS); err != nil {
+		return nil, err
+	}
+	if err := l.wanLink(h.NS, "eth0", "w"+role, addr.String()+"/24"); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
 func (l *Lab) addNS(ns string) error {
 	exec.Command("ip", "netns", "del", ns).Run()
 	if err := sh("ip", "netns", "add", ns); err != nil {

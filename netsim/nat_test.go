@@ -641,6 +641,8 @@ func orDash(s string) string {
 //
 //	send LOCALPORT DST TEXT    one datagram from LOCALPORT to DST
 //	recv PORT SECONDS          print "SOURCE TEXT" of the first datagram, or exit 1
+//
+// and the attacker's and victim's tools of attack_test.go.
 func udpHelper(mode string) int {
 	f := strings.Fields(mode)
 	switch {
@@ -678,7 +680,7 @@ func udpHelper(mode string) int {
 		fmt.Printf("%s %s\n", from, buf[:n])
 		return 0
 	}
-	return 2
+	return attackHelper(f)
 }
 
 func helper(h *netsim.Host, mode string) *exec.Cmd {

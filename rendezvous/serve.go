@@ -21,7 +21,10 @@ type Options struct {
 	StoreDir  string
 	Open      bool
 	Fanout    int // arity of the peer-to-peer trees; 0: no fan-out
-	Logger    *slog.Logger
+	// NewKeyRate bounds the keys not seen before that may cost a
+	// precomputation each second (0: 4000); see Config.
+	NewKeyRate float64
+	Logger     *slog.Logger
 }
 
 // ListenAndServe opens the UDP sockets and the control socket and serves
@@ -36,7 +39,7 @@ func ListenAndServe(ctx context.Context, o Options) error {
 		return err
 	}
 	defer conn.Close()
-	cfg := Config{Conn: conn, Store: st, Open: o.Open, Fanout: o.Fanout, Logger: o.Logger}
+	cfg := Config{Conn: conn, Store: st, Open: o.Open, Fanout: o.Fanout, NewKeyRate: o.NewKeyRate, Logger: o.Logger}
 	if o.AltListen != "" {
 		grid, closeAll, err := listenGrid(conn, o.AltListen, o.Logger)
 		if err != nil {

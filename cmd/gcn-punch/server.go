@@ -26,6 +26,7 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.StringVar(&o.StoreDir, "store", store.DefaultDir, "store directory")
 	fs.BoolVar(&o.Open, "open", false, "serve any client key for any repository (public repositories, demos)")
 	fs.IntVar(&o.Fanout, "fanout", rendezvous.DefaultFanout, "arity of each repository's peer-to-peer tree; 0: the rendezvous sends to every client itself")
+	fs.Float64Var(&o.NewKeyRate, "new-key-rate", 4000, "keys not seen before that may cost a key computation each second; past it, new keys must echo a cookie")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
 	parse(fs, args)
