@@ -3,6 +3,7 @@ package punch_test
 import (
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -71,5 +72,53 @@ func TestNewDaemonGetsInDuringAKeyFlood(t *testing.T) {
 		l.pushArrivesAtOnce(t, &rec, "during the flood")
 		close(stop)
 		<-done
+	})
+}
+
+// Forged datagrams to a daemon (they held in the adversarial run; kept so):
+// notifications sealed by a stranger's key, by another client's key, and
+// under the server's name with a box that does not open, garbage, a truncated envelope and a Busy from an
+// address that is not the rendezvous's are all counted and dropped, none
+// is handled, and a real push still arrives once.
+func TestDaemonDropsForgedDatagrams(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		var rec recorder
+		d := l.daemon(t, "198.19.1.2:40000", &rec)
+		waitFor(10*time.Second, func() bool { _, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); return known })
+		evil, err := l.net.Listen("198.19.66.6:3478")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer evil.Close()
+		daemonAddr := mustAddr("198.19.1.2:40000")
+		_, evilPriv, _ := wire.GenerateKey()
+		_, otherPriv, _ := wire.GenerateKey()
+		notify := func(recipient wire.Key) *wire.Notify {
+			return &wire.Notify{Seq: 1, RepoID: "chat.git", Ref: "refs/heads/main", Old: strings.Repeat("0", 40), New: strings.Repeat("a", 40), Recipient: recipient}
+		}
+		// The daemon's key is not exported; a forged box fails whatever it is.
+		forgedKey := wire.PublicKey(evilPriv)
+		sealedByStranger, _ := wire.Seal(nil, notify(forgedKey), forgedKey, &[32]byte{1})
+		claimsServer, _ := wire.Seal(nil, notify(forgedKey), l.srv.PublicKey(), &[32]byte{2})
+		otherShared := wire.SharedKey(l.srv.PublicKey(), otherPriv)
+		notMine, _ := wire.Seal(nil, notify(wire.PublicKey(otherPriv)), wire.PublicKey(otherPriv), &otherShared)
+		for _, b := range [][]byte{
+			sealedByStranger, claimsServer, notMine,
+			[]byte("gcn\x01 garbage"), claimsServer[:70], []byte("not gcn at all"),
+			wire.AppendBusy(nil, [wire.CookieLen]byte{9}),
+		} {
+			udpconn.WriteTo(evil, b, daemonAddr)
+		}
+		synctest.Wait()
+		st := d.Stats()
+		if got := rec.snapshot(); len(got) != 0 {
+			t.Fatalf("a forged datagram was handled: %v", got)
+		}
+		if dropped := st.Forged + st.Malformed + st.Unexpected; dropped != 7 || st.Busy != 0 {
+			t.Fatalf("forged %d, malformed %d, unexpected %d, busy %d: want the 7 datagrams counted as dropped and no Busy taken",
+				st.Forged, st.Malformed, st.Unexpected, st.Busy)
+		}
+		l.pushArrivesAtOnce(t, &rec, "after the forgeries")
 	})
 }
