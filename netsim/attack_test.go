@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	byteorder "encoding/binary"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -36,14 +35,12 @@ import (
 func attackHelper(f []string) int {
 	switch {
 	case len(f) == 3 && f[0] == "count":
-		c, err := net.ListenPacket("udp4", ":"+f[1])
+		c, err := listenFor(f[1], f[2])
 		if err != nil {
 			fmt.Println(err)
 			return 1
 		}
 		defer c.Close()
-		secs, _ := strconv.Atoi(f[2])
-		c.SetReadDeadline(time.Now().Add(time.Duration(secs) * time.Second))
 		buf := make([]byte, 2048)
 		var n, bytes int
 		for {

@@ -664,14 +664,12 @@ func udpHelper(mode string) int {
 		}
 		return 0
 	case len(f) == 3 && f[0] == "recv":
-		c, err := net.ListenPacket("udp4", ":"+f[1])
+		c, err := listenFor(f[1], f[2])
 		if err != nil {
 			fmt.Println(err)
 			return 1
 		}
 		defer c.Close()
-		secs, _ := strconv.Atoi(f[2])
-		c.SetReadDeadline(time.Now().Add(time.Duration(secs) * time.Second))
 		buf := make([]byte, 1500)
 		n, from, err := c.ReadFrom(buf)
 		if err != nil {
@@ -681,6 +679,17 @@ func udpHelper(mode string) int {
 		return 0
 	}
 	return attackHelper(f)
+}
+
+// listenFor listens on a UDP port with a read deadline SECONDS away.
+func listenFor(port, seconds string) (net.PacketConn, error) {
+	c, err := net.ListenPacket("udp4", ":"+port)
+	if err != nil {
+		return nil, err
+	}
+	secs, _ := strconv.Atoi(seconds)
+	c.SetReadDeadline(time.Now().Add(time.Duration(secs) * time.Second))
+	return c, nil
 }
 
 func helper(h *netsim.Host, mode string) *exec.Cmd {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"os"
 	"os/exec"
@@ -55,22 +54,7 @@ func fill(t *testing.T, dir string) (free func()) {
 
 // pushSeqs are the sequence numbers of the pushes a daemon handled (resync
 // notices, which carry no ref, left out).
-func (d *daemon) pushSeqs() []int {
-	f, err := os.Open(d.out)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var s []int
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if fs := strings.Fields(sc.Text()); len(fs) == 2 {
-			n, _ := strconv.Atoi(fs[0])
-			s = append(s, n)
-		}
-	}
-	return s
-}
+func (d *daemon) pushSeqs() []int { return d.handled(true) }
 
 // pushOut pushes one commit and returns what the push printed (the hook's
 // lines among it).

@@ -198,7 +198,11 @@ func (d *daemon) ready(t *testing.T) {
 	}
 }
 
-func (d *daemon) seqs() []int {
+func (d *daemon) seqs() []int { return d.handled(false) }
+
+// handled reads the GCN_SEQ of each event the daemon's program saw: of
+// every event, or only of pushes (a resync notice carries no ref).
+func (d *daemon) handled(pushesOnly bool) []int {
 	f, err := os.Open(d.out)
 	if err != nil {
 		return nil
@@ -207,7 +211,11 @@ func (d *daemon) seqs() []int {
 	var s []int
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		n, _ := strconv.Atoi(strings.Fields(sc.Text())[0])
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 0 || pushesOnly && len(fs) != 2 {
+			continue
+		}
+		n, _ := strconv.Atoi(fs[0])
 		s = append(s, n)
 	}
 	return s

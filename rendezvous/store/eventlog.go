@@ -183,10 +183,7 @@ func (s *Store) AppendAfterLostHold(repoID string, ups []Update, now time.Time) 
 }
 
 func (s *Store) append(repoID string, ups []Update, now time.Time, takeOver bool) ([]Event, error) {
-	if err := checkUpdates(repoID, ups); err != nil {
-		return nil, err
-	}
-	seqf, unlock, err := s.lockRepo(repoID)
+	seqf, unlock, err := s.lockToAppend(repoID, ups)
 	if err != nil {
 		return nil, err
 	}
@@ -254,12 +251,10 @@ func (s *Store) append(repoID string, ups []Update, now time.Time, takeOver bool
 	if _, err := f.Seek(end, io.SeekStart); err != nil {
 		return nil, err
 	}
-	evs := make([]Event, 0, len(ups))
+	evs := numbered(ups, last, now)
 	var buf []byte
-	for i, u := range ups {
-		e := Event{Seq: last + uint64(i) + 1, TimeMilli: now.UnixMilli(), Old: u.Old, New: u.New, Ref: u.Ref}
+	for _, e := range evs {
 		buf = appendEventLine(buf, e)
-		evs = append(evs, e)
 	}
 	if _, err := f.Write(buf); err != nil {
 		return nil, err

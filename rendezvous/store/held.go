@@ -41,19 +41,28 @@ type HoldRequest struct {
 // 1 MiB line limit.
 const MaxHoldUpdates = 256
 
-// checkUpdates refuses a repository id or an update that cannot become a
-// notification.
-func checkUpdates(repoID string, ups []Update) error {
+// lockToAppend refuses a repository id or an update that cannot become a
+// notification, then takes the repository's lock (lockRepo).
+func (s *Store) lockToAppend(repoID string, ups []Update) (seqf *os.File, unlock func(), err error) {
 	if err := wire.ValidRepoID(repoID); err != nil {
-		return err
+		return nil, nil, err
 	}
 	for _, u := range ups {
 		n := wire.Notify{Seq: 1, RepoID: repoID, Ref: u.Ref, Old: u.Old, New: u.New}
 		if err := n.Validate(); err != nil {
-			return fmt.Errorf("ref update %s: %w", u.Ref, err)
+			return nil, nil, fmt.Errorf("ref update %s: %w", u.Ref, err)
 		}
 	}
-	return nil
+	return s.lockRepo(repoID)
+}
+
+// numbered gives updates the numbers after last.
+func numbered(ups []Update, last uint64, now time.Time) []Event {
+	evs := make([]Event, 0, len(ups))
+	for i, u := range ups {
+		evs = append(evs, Event{Seq: last + uint64(i) + 1, TimeMilli: now.UnixMilli(), Old: u.Old, New: u.New, Ref: u.Ref})
+	}
+	return evs
 }
 
 // Hold gives updates their sequence numbers without writing them to the
@@ -62,10 +71,7 @@ func checkUpdates(repoID string, ups []Update) error {
 // it works on a full disk where the mark already exists. The caller keeps
 // the events, delivers them, and writes them with WriteHeld.
 func (s *Store) Hold(repoID string, ups []Update, now time.Time, after uint64) ([]Event, error) {
-	if err := checkUpdates(repoID, ups); err != nil {
-		return nil, err
-	}
-	seqf, unlock, err := s.lockRepo(repoID)
+	seqf, unlock, err := s.lockToAppend(repoID, ups)
 	if err != nil {
 		return nil, err
 	}
@@ -78,14 +84,10 @@ func (s *Store) Hold(repoID string, ups []Update, now time.Time, after uint64) (
 		}
 		f.Close()
 	}
-	evs := make([]Event, 0, len(ups))
-	for i, u := range ups {
-		evs = append(evs, Event{Seq: base + uint64(i) + 1, TimeMilli: now.UnixMilli(), Old: u.Old, New: u.New, Ref: u.Ref})
-	}
 	if err := writeSeq(seqf, base+uint64(len(ups)), true); err != nil {
 		return nil, err
 	}
-	return evs, nil
+	return numbered(ups, base, now), nil
 }
 
 // WriteHeld appends held events (in order, from Hold) to the log, and
