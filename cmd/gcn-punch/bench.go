@@ -32,6 +32,7 @@ func runBench(ctx context.Context, args []string) error {
 	fs.IntVar(&o.PollSample, "poll-sample", 30, "real git fetches for the polling baseline (0: skip it)")
 	treeSizes := fs.IntSlice("tree-sizes", []int{10000, 100000}, "sizes of the fan-out tree comparison (clients; 0: none)")
 	fanouts := fs.IntSlice("fanouts", []int{rendezvous.DefaultFanout}, "tree arities compared with --fanout 0")
+	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write a CPU profile of each rendezvous measured into this directory")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	doc := fs.String("doc", "", "also write the Markdown report here (e.g. docs/bench.md)")
 	hostNetns := fs.Bool("host-netns", false, "run in the current network namespace (default as root: a namespace of its own, with a UDP hash table sized for the simulated clients)")

@@ -21,6 +21,9 @@ type Options struct {
 	TreeSizes     []int         // sizes of the fan-out tree comparison, e.g. 10000, 100000
 	Fanouts       []int         // tree arities compared with direct sending (--fanout 0)
 	Progress      io.Writer     // progress lines
+	// ProfileDir, when set, gets a CPU profile of each rendezvous measured
+	// (rendezvous-<fanout>-<n>.prof, for `go tool pprof`).
+	ProfileDir string
 }
 
 // perGenerator keeps each generator under the 20 000 open files a process

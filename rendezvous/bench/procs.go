@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/control"
@@ -87,7 +88,11 @@ func startRendezvous(o Options, k int) (*rendezvousProc, error) {
 		return nil, err
 	}
 	rp := &rendezvousProc{dir: dir, store: filepath.Join(dir, "store")}
-	rp.cmd = exec.Command(o.Binary, "rendezvous", "--listen", "127.0.0.1:0", "--store", rp.store, "--open", "--fanout", strconv.Itoa(k))
+	args := []string{"rendezvous", "--listen", "127.0.0.1:0", "--store", rp.store, "--open", "--fanout", strconv.Itoa(k)}
+	if o.ProfileDir != "" {
+		args = append(args, "--cpuprofile", filepath.Join(o.ProfileDir, fmt.Sprintf("rendezvous-%d-%d.prof", k, time.Now().UnixNano())))
+	}
+	rp.cmd = exec.Command(o.Binary, args...)
 	log, _ := os.Create(filepath.Join(dir, "rendezvous.log"))
 	rp.cmd.Stdout, rp.cmd.Stderr = log, log
 	if err := rp.cmd.Start(); err != nil {
@@ -106,9 +111,18 @@ func startRendezvous(o Options, k int) (*rendezvousProc, error) {
 	return nil, errors.New("rendezvous did not start")
 }
 
+// stop ends the rendezvous with SIGTERM (so that a CPU profile is written),
+// and kills it if it has not exited within a few seconds.
 func (rp *rendezvousProc) stop() {
-	rp.cmd.Process.Kill()
-	rp.cmd.Wait()
+	rp.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { rp.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		rp.cmd.Process.Kill()
+		<-done
+	}
 	os.RemoveAll(rp.dir)
 }
 
