@@ -112,6 +112,7 @@ type Daemon struct {
 	// goroutines forming paths.
 	edgesMu sync.Mutex
 	edges   map[uint64]*peerEdge
+	paths   map[pathKey]*peerPath // one ICE path per peer, shared by its edges
 	fan     atomic.Pointer[fanoutState]
 	edgeWG  sync.WaitGroup
 	// forwardHook, set only by tests (export_test.go), rewrites what is
@@ -179,7 +180,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, pub: pub, priv: priv, state: st,
-		links: make(map[wire.Key]*serverLink), edges: make(map[uint64]*peerEdge), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
+		links: make(map[wire.Key]*serverLink), edges: make(map[uint64]*peerEdge), paths: make(map[pathKey]*peerPath), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
 	for _, s := range cfg.Servers {
 		if _, dup := d.links[s.Key]; dup {
 			return nil, fmt.Errorf("punch: server key %s given twice", s.Key)

@@ -26,6 +26,7 @@ import (
 type recorder struct {
 	mu      sync.Mutex
 	seqs    []uint64
+	byRepo  map[string][]uint64
 	resyncs []punch.Event
 }
 
@@ -35,8 +36,19 @@ func (r *recorder) handle(_ context.Context, ev punch.Event) {
 		r.resyncs = append(r.resyncs, ev)
 	} else {
 		r.seqs = append(r.seqs, ev.Seq)
+		if r.byRepo == nil {
+			r.byRepo = make(map[string][]uint64)
+		}
+		r.byRepo[ev.Repo] = append(r.byRepo[ev.Repo], ev.Seq)
 	}
 	r.mu.Unlock()
+}
+
+// of is what the daemon handled of one repository.
+func (r *recorder) of(repo string) []uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]uint64(nil), r.byRepo[repo]...)
 }
 
 func (r *recorder) snapshot() []uint64 {

@@ -21,6 +21,7 @@ type fanWorld struct {
 	srv   *rendezvous.Server
 	st    *store.Store
 	addr  string
+	repos []string // what every daemon follows; nil: chat.git
 	daems []*punch.Daemon
 	recs  []*recorder
 	stops []func() // each daemon's: stops it and waits
@@ -76,7 +77,11 @@ func (w *fanWorld) run(dir string, rec *recorder, noPeer bool, keepalive time.Du
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	d, err := punch.New(punch.Config{Conn: conn, Servers: []punch.Server{{Addr: mustAddr(w.addr), Key: w.srv.PublicKey(), Repos: []string{"chat.git"}}},
+	repos := w.repos
+	if repos == nil {
+		repos = []string{"chat.git"}
+	}
+	d, err := punch.New(punch.Config{Conn: conn, Servers: []punch.Server{{Addr: mustAddr(w.addr), Key: w.srv.PublicKey(), Repos: repos}},
 		StateDir: dir, Handle: rec.handle, NoPeer: noPeer, FixedKeepalive: keepalive})
 	if err != nil {
 		w.t.Fatal(err)
@@ -96,13 +101,15 @@ func (w *fanWorld) restart(i int) {
 	w.daems[i], w.stops[i] = w.run(w.dirs[i], w.recs[i], false, 0)
 }
 
-func (w *fanWorld) push(n int) {
+func (w *fanWorld) push(n int) { w.pushTo("chat.git", n) }
+
+func (w *fanWorld) pushTo(repo string, n int) {
 	w.t.Helper()
 	for i := range n {
-		if _, err := w.st.Append("chat.git", []store.Update{{Old: fmt.Sprintf("%040x", i), New: fmt.Sprintf("%040x", i+1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+		if _, err := w.st.Append(repo, []store.Update{{Old: fmt.Sprintf("%040x", i), New: fmt.Sprintf("%040x", i+1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
 			w.t.Fatal(err)
 		}
-		if err := w.srv.Poke("chat.git"); err != nil {
+		if err := w.srv.Poke(repo); err != nil {
 			w.t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -189,6 +196,77 @@ func TestFanoutChainOverICE(t *testing.T) {
 	}
 	if r := w.daems[0].Status().Servers[0].Repos[0]; len(r.Children) != 1 || r.Children[0].Forwarded == 0 {
 		t.Fatalf("the first daemon's status does not show its child: %+v", r)
+	}
+}
+
+// Two daemons that both follow two repositories are neighbours in both
+// trees: two edges between the same two sockets. ICE's mux sorts what it
+// reads by remote address first, so a second agent for the same peer never
+// heard its checks answered, and the second repository fell back to direct
+// sending. Now the edges share one path: both connect, and both
+// repositories' events travel over it, also after ICE's consent checks
+// have run for longer than their failure timeout (2 s keepalives: a check
+// every second, failed after about 6.5 s without answers).
+func TestFanoutSamePeerInTwoRepositoriesSharesOnePath(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: 10 s of consent checks")
+	}
+	w := newFanWorld(t, 1)
+	w.repos = []string{"chat.git", "ops.git"}
+	connectedIn := func(repo string, members int) bool {
+		for _, tr := range w.srv.Trees() {
+			if tr.Repo == repo {
+				if tr.Size != members {
+					return false
+				}
+				for _, m := range tr.Members {
+					if m.Parent != "rendezvous" && m.Edge != "connected" {
+						return false
+					}
+				}
+				return true
+			}
+		}
+		return false
+	}
+	for i := range 2 {
+		w.daemonKeepalive(2 * time.Second)
+		for _, repo := range w.repos {
+			if !realWait(20*time.Second, func() bool { return connectedIn(repo, i+1) }) {
+				t.Fatalf("the %s tree never formed with %d members: %+v", repo, i+1, w.srv.Trees())
+			}
+		}
+	}
+	for _, d := range w.daems {
+		for _, repo := range w.repos {
+			if !realWait(10*time.Second, func() bool { _, ok := d.LastSeq(w.srv.PublicKey(), repo); return ok }) {
+				t.Fatalf("a daemon never learned its position in %s", repo)
+			}
+		}
+	}
+	time.Sleep(10 * time.Second)
+	for _, repo := range w.repos {
+		if !connectedIn(repo, 2) {
+			t.Fatalf("after 10 s of consent checks the %s edge is down: %+v", repo, w.srv.Trees())
+		}
+	}
+	w.pushTo("chat.git", 5)
+	w.pushTo("ops.git", 5)
+	for i, rec := range w.recs {
+		for _, repo := range w.repos {
+			if !realWait(20*time.Second, func() bool { return len(rec.of(repo)) >= 5 }) {
+				t.Fatalf("daemon %d handled %v of %s", i, rec.of(repo), repo)
+			}
+			wantExactlyInOrder(t, fmt.Sprintf("daemon %d, %s", i, repo), rec.of(repo), 5)
+		}
+	}
+	if st := w.daems[1].Stats(); st.FromPeer != 10 || st.PunchFailed != 0 {
+		t.Fatalf("the child took %d of 10 events from its parent, %d punches failed", st.FromPeer, st.PunchFailed)
+	}
+	for i, d := range w.daems {
+		if st := d.Stats(); st.PunchAttempts != 1 && i == 1 || st.PunchAttempts > 1 {
+			t.Fatalf("daemon %d sought %d paths: an edge was lost and made again (want one path to the one peer)", i, st.PunchAttempts)
+		}
 	}
 }
 
