@@ -135,6 +135,9 @@ func (s *Server) onPeerInfo(c *client, m *wire.PeerInfo, now time.Time) {
 		s.stats.Unexpected++
 		return
 	}
+	if isStream(c.addr) {
+		return // a client over SSH stays a leaf
+	}
 	member := c.peer != nil
 	c.peer = &peerInfo{flags: m.Flags, mapping: m.Mapping, filtering: m.Filtering, host: m.Host}
 	if m.Flags&wire.PeerFlagRejoin != 0 {

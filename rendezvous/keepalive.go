@@ -24,6 +24,8 @@ type client struct {
 	// a Challenge sent there). Nothing larger than what arrived from addr
 	// goes to addr until proven equals it (validate.go).
 	proven netip.AddrPort
+	// pathSince is when it came to its kind of path (udp or ssh), unix ns.
+	pathSince int64
 }
 
 // since is how long before now the unix-nanosecond time t was.
@@ -94,13 +96,18 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 	news := !m.Quiet || m.ProbeMillis > 0 || allowed < len(m.Subs)
 	if c == nil {
 		news = true
-		c = &client{key: key, shared: shared, addr: src, conn: conn}
+		c = &client{key: key, shared: shared, addr: src, conn: conn, pathSince: now.UnixNano()}
 		s.clients[key] = c
 		s.log.Info("client up", "client", key.String()[:16], "addr", src)
 	} else if c.addr != src {
 		s.stats.Rebinds++
 		news = true
-		s.log.Info("client address changed (NAT rebinding)", "client", key.String()[:16], "from", c.addr, "to", src)
+		if isStream(src) != isStream(c.addr) {
+			c.pathSince = now.UnixNano()
+			s.log.Info("client moved", "client", key.String()[:16], "path", pathName(src))
+		} else {
+			s.log.Info("client address changed (NAT rebinding)", "client", key.String()[:16], "from", c.addr, "to", src)
+		}
 		c.addr = src
 		c.conn = conn
 		// Its record and its tree neighbours learn the new address once

@@ -26,16 +26,10 @@ func (s *Server) readFailed(err error) error {
 // returns the reply to send back from that cell, if any. A STUN answer that
 // must leave from another cell or go elsewhere is sent here.
 func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
-	conn := s.grid[ip][port]
-	now := time.Now()
-	s.mu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			s.mu.Unlock()
-		}
-	}()
 	if wire.LooksLikeSTUN(b) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		now := time.Now()
 		if !s.stunRL.allow(src.Addr(), now) {
 			s.stats.STUNLimited++
 			return nil
@@ -53,6 +47,20 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 		udpconn.WriteTo(s.grid[fromIP][fromPort], resp, to)
 		return nil
 	}
+	return s.handleGCN(s.grid[ip][port], b, src)
+}
+
+// handleGCN processes one gcn-punch datagram that arrived on conn (a UDP
+// socket, or a stream over SSH) and returns the reply to send back on it.
+func (s *Server) handleGCN(conn udpconn.Conn, b []byte, src netip.AddrPort) []byte {
+	now := time.Now()
+	s.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			s.mu.Unlock()
+		}
+	}()
 	cookied := false
 	if wire.IsCookied(b) {
 		var ck [wire.CookieLen]byte

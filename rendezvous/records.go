@@ -12,6 +12,9 @@ import (
 // queueRecord schedules a client's record to be written. Called with mu held.
 func (s *Server) queueRecord(c *client, now time.Time) {
 	c.written = now.UnixNano()
+	if isStream(c.addr) {
+		return // a stream's address means nothing after it ends
+	}
 	s.dirty[c.key] = store.ClientRecord{ID: c.key, Heartbeat: now, Addr: c.addr}
 	select {
 	case s.recordsKick <- struct{}{}:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 
@@ -24,6 +25,7 @@ type Options struct {
 	// NewKeyRate bounds the keys not seen before that may cost a
 	// precomputation each second (0: 4000); see Config.
 	NewKeyRate float64
+	MaxStreams int // streams over SSH accepted at once; 0: DefaultMaxStreams
 	Logger     *slog.Logger
 }
 
@@ -39,7 +41,7 @@ func ListenAndServe(ctx context.Context, o Options) error {
 		return err
 	}
 	defer conn.Close()
-	cfg := Config{Conn: conn, Store: st, Open: o.Open, Fanout: o.Fanout, NewKeyRate: o.NewKeyRate, Logger: o.Logger}
+	cfg := Config{Conn: conn, Store: st, Open: o.Open, Fanout: o.Fanout, NewKeyRate: o.NewKeyRate, MaxStreams: o.MaxStreams, Logger: o.Logger}
 	if o.AltListen != "" {
 		grid, closeAll, err := listenGrid(conn, o.AltListen, o.Logger)
 		if err != nil {
@@ -80,8 +82,14 @@ func ListenAndServe(ctx context.Context, o Options) error {
 //	tree\n             → one JSON array of RepoTree, then "\n"
 //	hold <json>\n      → "ok held|recorded <first> <last>\n" or "error <reason>\n"
 //	                     (a store.HoldRequest: updates the hook could not write)
+//	stream\n           → "ok\n", then frames both ways (stream.go), or "error <reason>\n";
+//	                     the client sends no frame before it has read "ok"
 func (s *Server) answerControl(w io.Writer, cmd, arg string) {
 	switch cmd {
+	case "stream":
+		if c, ok := w.(net.Conn); ok {
+			s.ServeStream(context.Background(), c)
+		}
 	case "hold":
 		var req store.HoldRequest
 		if err := json.Unmarshal([]byte(arg), &req); err != nil || len(req.Updates) == 0 || len(req.Updates) > store.MaxHoldUpdates {

@@ -99,6 +99,9 @@ type Config struct {
 	// precomputation a second, over all sources (and again with a Busy
 	// cookie); 0 means newKeyRate. A small server may lower it.
 	NewKeyRate float64
+	// MaxStreams caps the streams over SSH it accepts; 0 means
+	// DefaultMaxStreams.
+	MaxStreams int
 	Logger     *slog.Logger
 }
 
@@ -162,6 +165,8 @@ type Server struct {
 	recordsKick chan struct{}
 	poked       map[string]struct{} // repositories whose log grew
 	holdMu      sync.Mutex          // one Hold or write-back of held events at a time
+	streams     map[*streamConn]struct{}
+	nextStream  uint64
 	clients     map[wire.Key]*client
 	repos       map[string]*repo
 	pending     subSet // subscriptions that may owe events
@@ -201,6 +206,7 @@ func New(cfg Config) (*Server, error) {
 		dirty:       make(map[wire.Key]store.ClientRecord),
 		recordsKick: make(chan struct{}, 1),
 		poked:       make(map[string]struct{}),
+		streams:     make(map[*streamConn]struct{}),
 		clients:     make(map[wire.Key]*client),
 		repos:       make(map[string]*repo),
 		probes:      make(map[*client]probe),
@@ -285,6 +291,7 @@ func (s *Server) Run(ctx context.Context) error {
 	stop := func(err error) error {
 		s.mu.Lock()
 		s.closed = true
+		s.closeStreams()
 		s.mu.Unlock()
 		for _, c := range conns {
 			c.Close()

@@ -131,6 +131,8 @@ func WriteStats(w io.Writer, storeDir string) error {
 type ClientStatus struct {
 	ID       string            `json:"id"`
 	Addr     string            `json:"address"`
+	Path     string            `json:"path,omitempty"`       // "udp", or "ssh" (a stream); live only
+	Since    *time.Time        `json:"path_since,omitempty"` // on that path since`
 	LastSeen time.Time         `json:"last_seen"`
 	Acked    map[string]uint64 `json:"last_acked_seq"`
 }
@@ -141,7 +143,8 @@ func (s *Server) Clients() []ClientStatus {
 	defer s.mu.Unlock()
 	out := make([]ClientStatus, 0, len(s.clients))
 	for _, c := range s.clients {
-		cs := ClientStatus{ID: c.key.String(), Addr: c.addr.String(), LastSeen: time.Unix(0, c.lastSeen), Acked: map[string]uint64{}}
+		since := time.Unix(0, c.pathSince)
+		cs := ClientStatus{ID: c.key.String(), Addr: c.addr.String(), Path: pathName(c.addr), Since: &since, LastSeen: time.Unix(0, c.lastSeen), Acked: map[string]uint64{}}
 		for _, su := range c.subs {
 			cs.Acked[su.r.id] = su.acked
 		}

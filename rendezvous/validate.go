@@ -93,12 +93,20 @@ func (s *Server) onChallengeReply(c *client, m *wire.ChallengeReply, src netip.A
 	s.stats.Validated++
 	s.note(c, &wire.Validated{}) // the client stops rechecking
 	s.queueRecord(c, now)
-	if s.fan != nil {
-		if c.peer == nil {
-			s.note(c, s.fanoutMsg())
-		} else if rebound {
-			s.rebound(c, now) // its tree neighbours need its new address
+	switch {
+	case s.fan == nil:
+	case isStream(src):
+		// Over SSH a client is a leaf served by the rendezvous: out of
+		// every tree, and offered none.
+		for _, su := range c.subs {
+			if su.node != nil {
+				s.leaveTree(su, now)
+			}
 		}
+	case c.peer == nil:
+		s.note(c, s.fanoutMsg())
+	case rebound:
+		s.rebound(c, now) // its tree neighbours need its new address
 	}
 	for _, su := range c.subs {
 		if su.acked < su.r.head {

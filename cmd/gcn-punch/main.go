@@ -28,6 +28,7 @@ usage:
   gcn-punch probe [--server HOST:PORT] [--json] [--lifetime]
   gcn-punch bench [--json] [--sizes 1000,10000,100000] [--runs 3] [--doc docs/bench.md]
   gcn-punch heartbeat --repo PATH --id HEX --port N [--reflexive IP:PORT]   (store: $GCN_STORE)
+  gcn-punch heartbeat watch --repo PATH     the SSH session as a stream to the rendezvous
                    (as ~/git-shell-commands/gcn-heartbeat, run by clients over SSH)
 
 Run "gcn-punch COMMAND --help" for a command's flags.

@@ -27,6 +27,7 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.BoolVar(&o.Open, "open", false, "serve any client key for any repository (public repositories, demos)")
 	fs.IntVar(&o.Fanout, "fanout", rendezvous.DefaultFanout, "arity of each repository's peer-to-peer tree; 0: the rendezvous sends to every client itself")
 	fs.Float64Var(&o.NewKeyRate, "new-key-rate", 4000, "keys not seen before that may cost a key computation each second; past it, new keys must echo a cookie")
+	fs.IntVar(&o.MaxStreams, "max-streams", rendezvous.DefaultMaxStreams, "streams over SSH (clients whose UDP is blocked) accepted at once; each costs an sshd process")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
 	parse(fs, args)
@@ -66,6 +67,9 @@ func runHook(args []string) {
 // runHeartbeat registers a client over SSH. Every refusal is one line on
 // stderr and exit status 1; the store is then unchanged.
 func runHeartbeat(args []string) int {
+	if len(args) > 0 && args[0] == "watch" {
+		return runWatch(args[1:])
+	}
 	fs := newFlags("heartbeat")
 	fs.SetOutput(io.Discard)
 	// The store comes from the git-shell wrapper's environment, never from
@@ -101,6 +105,29 @@ func runHeartbeat(args []string) int {
 		return fail(err)
 	}
 	fmt.Print(reply.String())
+	return 0
+}
+
+// runWatch is `gcn-heartbeat watch --repo PATH`: the SSH session becomes a
+// stream to the rendezvous (rendezvous.Watch).
+func runWatch(args []string) int {
+	fs := newFlags("heartbeat watch")
+	fs.SetOutput(io.Discard)
+	repo := fs.String("repo", "", "repository path, as in the clone's URL")
+	storeDir := store.DefaultDir
+	if d := os.Getenv("GCN_STORE"); d != "" {
+		storeDir = d
+	}
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "gcn-heartbeat: usage: gcn-heartbeat watch --repo PATH")
+		fmt.Println("error usage: gcn-heartbeat watch --repo PATH")
+		return 2
+	}
+	home, _ := os.UserHomeDir()
+	if err := rendezvous.Watch(&store.Store{Dir: storeDir}, *repo, home, os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "gcn-heartbeat watch: %v\n", err)
+		return 1
+	}
 	return 0
 }
 
