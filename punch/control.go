@@ -30,6 +30,8 @@ type ServerStatus struct {
 	Addr      string         `json:"address"`
 	Observed  string         `json:"observed,omitempty"` // this daemon's public address as the rendezvous sees it
 	LastPong  time.Time      `json:"last_pong,omitzero"`
+	Path      string         `json:"path"`       // "udp", or "ssh": a stream over SSH (UDP blocked)
+	PathSince time.Time      `json:"path_since"` // on that path since
 	Keepalive string         `json:"keepalive_interval"`
 	Repos     []RepoPosition `json:"repos"`
 }
@@ -56,7 +58,10 @@ func (d *Daemon) Status() Status {
 	for _, p := range links {
 		srv := p.server()
 		p.mu.Lock()
-		ss := ServerStatus{Key: p.key.String(), Addr: srv.Addr.String(), LastPong: p.lastPong, Keepalive: p.interval.String()}
+		ss := ServerStatus{Key: p.key.String(), Addr: srv.Addr.String(), LastPong: p.lastPong, Keepalive: p.interval.String(), Path: "udp", PathSince: p.pathSince}
+		if p.stream != nil {
+			ss.Path = "ssh"
+		}
 		if p.observed.IsValid() {
 			ss.Observed = p.observed.String()
 		}

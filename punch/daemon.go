@@ -115,6 +115,8 @@ type Daemon struct {
 	paths   map[pathKey]*peerPath // one ICE path per peer, shared by its edges
 	fan     atomic.Pointer[fanoutState]
 	edgeWG  sync.WaitGroup
+	// streamers open streams over SSH, by server key (under mu).
+	streamers map[wire.Key]Streamer
 	// forwardHook, set only by tests (export_test.go), rewrites what is
 	// forwarded: a hostile parent.
 	forwardHook func([]*wire.Forward) []*wire.Forward
@@ -156,6 +158,11 @@ type serverLink struct {
 	// and when a Busy last made the daemon resend its keepalive.
 	cookie               [wire.CookieLen]byte
 	cookieAt, busyResent time.Time
+	// The path (stream.go): the stream over SSH when UDP is dead, nil on
+	// UDP; when the link started, when the rendezvous last answered over
+	// UDP, and since when the link is on its path.
+	stream                        *linkStream
+	started, lastHeard, pathSince time.Time
 }
 
 // New loads the client key and state.
@@ -253,8 +260,13 @@ func (d *Daemon) link(key wire.Key) *serverLink {
 // startLink runs a server link's loops; called with linksMu held while running.
 func (d *Daemon) startLink(p *serverLink) {
 	ctx := d.runCtx
+	now := time.Now()
+	p.mu.Lock()
+	p.started, p.pathSince = now, now
+	p.mu.Unlock()
 	d.runWG.Go(func() { d.keepaliveLoop(ctx, p) })
 	d.runWG.Go(func() { d.learnReflexive(ctx, p) })
+	d.runWG.Go(func() { d.pathWatch(ctx, p) })
 }
 
 // PublicKey is the client's identity.

@@ -29,6 +29,9 @@ func (d *Daemon) keepaliveLoop(ctx context.Context, p *serverLink) {
 	search := newLifetimeSearch(d.cfg.FixedKeepalive)
 	for {
 		probe := search.nextProbe()
+		if p.onStream() != nil {
+			probe = 0 // a stream tells nothing of the NAT's UDP mappings
+		}
 		// A quiet keepalive (never a probe) has no pong to wait for.
 		if quiet := d.sendKeepalive(p, probe); !quiet {
 			if !sleepUntil(ctx, p.pong, retry) {
@@ -139,6 +142,11 @@ func sleepUntil(ctx context.Context, c <-chan struct{}, dur time.Duration) bool 
 // sendKeepalive sends a keepalive, quiet (no pong wanted) when the daemon
 // needs nothing from the answer: it reports whether it was.
 func (d *Daemon) sendKeepalive(p *serverLink, probe time.Duration) (quiet bool) {
+	return d.sendKeepaliveVia(p, probe, false)
+}
+
+// sendKeepaliveVia is sendKeepalive, over UDP even on a stream with udp.
+func (d *Daemon) sendKeepaliveVia(p *serverLink, probe time.Duration, udp bool) (quiet bool) {
 	srv := p.server()
 	d.mu.Lock()
 	subs := make([]wire.Sub, 0, len(srv.Repos))
@@ -163,11 +171,15 @@ func (d *Daemon) sendKeepalive(p *serverLink, probe time.Duration) (quiet bool) 
 		p.probeCounter = p.counter
 	}
 	p.mu.Unlock()
-	d.send(p, m)
+	d.sendVia(p, m, udp)
 	return quiet
 }
 
-func (d *Daemon) send(p *serverLink, m wire.Message) {
+func (d *Daemon) send(p *serverLink, m wire.Message) { d.sendVia(p, m, false) }
+
+// sendVia sends on the link's stream when it has one, unless udp, else
+// over UDP.
+func (d *Daemon) sendVia(p *serverLink, m wire.Message, udp bool) {
 	b, err := wire.Seal(nil, m, d.pub, &p.shared)
 	if err != nil {
 		d.log.Error("cannot seal", "err", err)
@@ -181,6 +193,12 @@ func (d *Daemon) send(p *serverLink, m wire.Message) {
 	p.mu.Lock()
 	p.lastSent = time.Now()
 	p.mu.Unlock()
+	if ls := p.onStream(); ls != nil && !udp {
+		if err := ls.send(b); err != nil {
+			d.log.Debug("send on the stream failed", "err", err)
+		}
+		return
+	}
 	addr := p.server().Addr
 	if err := udpconn.WriteTo(d.cfg.Conn, b, addr); err != nil {
 		d.log.Debug("send failed", "server", addr, "err", err)

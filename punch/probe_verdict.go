@@ -37,8 +37,8 @@ func punchable(m1, f1, m2, f2 string) bool {
 func verdict(r ProbeReport) ProbeVerdict {
 	v := ProbeVerdict{PeerToPeer: map[string]string{}}
 	if !r.UDP {
-		v.Push = "no: UDP to the rendezvous gets no answer (blocked here, or the server is down); notifications cannot arrive until that changes"
-		v.Keepalive = "none can help while UDP is blocked"
+		v.Push = "over SSH: UDP to the rendezvous gets no answer (blocked here, or the server is down); a daemon that follows a clone over SSH (--repo) turns to a stream over that SSH access within 8 s and gets its notifications there, and moves back to UDP when UDP answers"
+		v.Keepalive = "none over UDP while it is blocked; the stream over SSH keeps itself alive"
 		return v
 	}
 	v.Push = "yes: the rendezvous sends each notification down the path your NAT keeps open for the daemon's keepalives; no port needs opening"

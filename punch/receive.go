@@ -40,7 +40,7 @@ func (d *Daemon) readLoop(ctx context.Context) error {
 			case wire.IsBusy(b):
 				d.onBusy(b, p.Addr)
 			case wire.LooksLikeGCN(b):
-				d.handleGCN(ctx, b)
+				d.handleGCN(ctx, b, false)
 			default:
 				d.count(func(s *Stats) { s.Malformed++ })
 			}
@@ -66,7 +66,9 @@ func (d *Daemon) countOpenFailure(err error) {
 	})
 }
 
-func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
+// handleGCN takes one gcn-punch datagram, from the UDP socket or, with
+// overStream, from a stream over SSH.
+func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) {
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {
 		d.count(func(s *Stats) { s.Malformed++ })
@@ -83,6 +85,9 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte) {
 	if err != nil {
 		d.countOpenFailure(err)
 		return
+	}
+	if !overStream {
+		d.heardOverUDP(p)
 	}
 	switch m := msg.(type) {
 	case *wire.Pong:

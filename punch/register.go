@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/gitcmd"
@@ -244,6 +246,128 @@ func sshHint(msg string) string {
 	return ""
 }
 
+// OpenStream runs `gcn-heartbeat watch` on the clone's origin over SSH, the
+// way Register runs gcn-heartbeat (the clone's ssh command, BatchMode), and
+// returns the session as a stream once the rendezvous has said "ok". A
+// refusal is an error carrying the server's one line. ssh's own keepalives
+// (every 15 s, three missed) end a session whose TCP path died.
+func OpenStream(ctx context.Context, clone string, rem Remote) (io.ReadWriteCloser, error) {
+	args := []string{"-o", "BatchMode=yes", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"}
+	if rem.Port != "" {
+		args = append(args, "-p", rem.Port)
+	}
+	args = append(args, rem.Target(), "gcn-heartbeat", "watch", "--repo", rem.Path)
+	cmd := exec.Command("sh", "-c", SSHCommand(ctx, clone)+` "$@"`, "gcn-punch-ssh")
+	cmd.Args = append(cmd.Args, args...)
+	cmd.Dir = clone
+	errb := &headBuffer{max: 4096}
+	cmd.Stderr = errb
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &sshStream{cmd: cmd, in: in, out: out}
+	type result struct {
+		line string
+		err  error
+	}
+	first := make(chan result, 1)
+	go func() {
+		line, err := readLine(out, 512)
+		first <- result{line, err}
+	}()
+	var r result
+	t := time.NewTimer(sshTimeout)
+	defer t.Stop()
+	select {
+	case r = <-first:
+	case <-t.C:
+		r.err = errors.New("no answer within a minute")
+	case <-ctx.Done():
+		r.err = ctx.Err()
+	}
+	if r.err == nil && r.line == "ok\n" {
+		return s, nil
+	}
+	s.Close()
+	msg := strings.TrimSpace(strings.TrimPrefix(r.line, "error "))
+	if msg == "" {
+		msg = strings.TrimSpace(errb.String())
+	}
+	if msg == "" && r.err != nil {
+		msg = r.err.Error()
+	}
+	return nil, fmt.Errorf("stream with %s refused: %s%s", rem, msg, sshHint(msg))
+}
+
+// sshStream is an ssh process's stdin and stdout as one stream.
+type sshStream struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  io.Reader
+	once sync.Once
+}
+
+func (s *sshStream) Read(b []byte) (int, error)  { return s.out.Read(b) }
+func (s *sshStream) Write(b []byte) (int, error) { return s.in.Write(b) }
+
+// Close ends the session: the process is killed and reaped.
+func (s *sshStream) Close() error {
+	s.once.Do(func() {
+		s.in.Close()
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+	})
+	return nil
+}
+
+// readLine reads one line byte by byte, so that nothing after it is
+// taken from r; at most limit bytes.
+func readLine(r io.Reader, limit int) (string, error) {
+	var b strings.Builder
+	one := make([]byte, 1)
+	for b.Len() < limit {
+		if _, err := io.ReadFull(r, one); err != nil {
+			return b.String(), err
+		}
+		b.WriteByte(one[0])
+		if one[0] == '\n' {
+			return b.String(), nil
+		}
+	}
+	return b.String(), errors.New("line too long")
+}
+
+// headBuffer keeps the first max bytes written to it: ssh's error text,
+// bounded however long the session runs.
+type headBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (h *headBuffer) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if room := h.max - len(h.b); room > 0 {
+		h.b = append(h.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (h *headBuffer) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return string(h.b)
+}
+
 // Registrar keeps one clone registered: it registers at start, pins the
 // server key, follows the repository, and renews daily.
 type Registrar struct {
@@ -277,6 +401,13 @@ func (r *Registrar) Run(ctx context.Context) {
 		}
 		if err == nil {
 			err = r.Daemon.Follow(Server{Addr: reply.Addrs[0], Key: reply.ServerKey, Repos: []string{reply.RepoID}})
+		}
+		if err == nil {
+			// Where UDP is blocked, the same SSH access carries the stream.
+			clone, remote := r.Clone, rem
+			r.Daemon.SetStreamer(reply.ServerKey, func(ctx context.Context) (io.ReadWriteCloser, error) {
+				return OpenStream(ctx, clone, remote)
+			})
 		}
 		wait := RenewEvery
 		if err != nil {

@@ -49,8 +49,11 @@ func benchmarkKeepalive(b *testing.B, quiet, open bool) {
 		c := cs[i%clients]
 		pkts[i], _ = wire.Seal(nil, &wire.Keepalive{Counter: uint64(i + 1), Subs: []wire.Sub{{RepoID: "chat.git", Known: true}}, Quiet: quiet && i >= clients}, c.pub, &c.shared)
 	}
-	for i := 0; i < clients; i++ { // register
-		s.handle(0, 0, pkts[i], cs[i].src)
+	for i := 0; i < clients; i++ { // register, and answer the Challenge
+		c := cs[i]
+		s.handle(0, 0, pkts[i], c.src)
+		ans, _ := wire.Seal(nil, &wire.ChallengeReply{Cookie: s.cookie(c.pub, c.src, cookieEpochOf(time.Now()))}, c.pub, &c.shared)
+		s.handle(0, 0, ans, c.src)
 	}
 	b.ResetTimer()
 	b.ReportAllocs()

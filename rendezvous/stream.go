@@ -24,9 +24,12 @@ import (
 // moves the client back (a rebinding, as when a NAT changes its port).
 // A client on a stream is a leaf of the fan-out trees.
 
-// DefaultMaxStreams caps the streams a rendezvous accepts: each costs the
-// server an sshd process (see docs/operations.md for its memory).
-const DefaultMaxStreams = 256
+// DefaultMaxStreams caps the streams a rendezvous accepts at once. Each
+// holds an SSH session on the server, measured at about 11 MiB (PSS: sshd's
+// two processes 5.7 MiB, the gcn-heartbeat watch process the rest), so 64
+// cost about 700 MiB: what a small git server can spare for clients whose
+// networks block UDP. docs/operations.md has the figure.
+const DefaultMaxStreams = 64
 
 // streamPrefix holds the addresses the rendezvous gives streams: 100::/64
 // is discard-only (RFC 6666), so none is ever a real peer.

@@ -389,3 +389,113 @@ func TestSSHOneDaemonFollowsTwoClones(t *testing.T) {
 		t.Fatalf("%d daemons started", n)
 	}
 }
+
+// blockUDPPort drops every UDP datagram to or from port on this host (an
+// nftables table of the test's own), until unblock is called.
+func blockUDPPort(t *testing.T, port string) (unblock func()) {
+	t.Helper()
+	table := fmt.Sprintf("gcnt%d", os.Getpid())
+	unblock = func() { exec.Command("nft", "delete", "table", "inet", table).Run() }
+	unblock()
+	for _, args := range [][]string{
+		{"add", "table", "inet", table},
+		{"add", "chain", "inet", table, "out", "{ type filter hook output priority 0; policy accept; }"},
+		{"add", "rule", "inet", table, "out", "udp", "dport", port, "drop"},
+		{"add", "rule", "inet", table, "out", "udp", "sport", port, "drop"},
+	} {
+		run(t, "", "nft", args...)
+	}
+	t.Cleanup(unblock)
+	return unblock
+}
+
+// UDP blocked (issue 12): the daemon, registered over SSH as usual, gets no
+// answer over UDP and turns to a stream over the same SSH access within
+// 8 s; a push fast-forwards the clone through it. When UDP passes again it
+// moves back within a UDP retry (30 s) and closes the stream, and the next
+// push comes over UDP. Real sshd, git-shell, gcn-heartbeat watch.
+func TestSSHStreamWhenUDPIsBlocked(t *testing.T) {
+	w := newSSHWorld(t)
+	needRoot(t, "nft")
+	pusher := w.clone("pusher")
+	run(t, pusher, "git", "checkout", "-q", "-b", "main")
+	w.push(pusher, "first")
+	follower := w.clone("follower")
+	addr, err := os.ReadFile(filepath.Join(w.store, "rendezvous.addr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(strings.TrimSpace(string(addr)), ":")
+	unblock := blockUDPPort(t, port)
+	start := time.Now()
+	d := w.startDaemon(follower, filepath.Join(w.dir, "home", "state"))
+	if !poll(30*time.Second, func() bool { return strings.Contains(d.logText(), "notifications now come over SSH") }) {
+		t.Fatalf("the daemon did not turn to SSH:\n%s\nrendezvous:\n%s", d.logText(), w.rv.logText())
+	}
+	toSSH := time.Since(start)
+	if !poll(20*time.Second, func() bool { return punch.HasPosition(filepath.Join(w.dir, "home", "state", "gcn-punch")) }) {
+		t.Fatalf("no position over the stream:\n%s", d.logText())
+	}
+	pushed := time.Now()
+	want := w.push(pusher, "over ssh")
+	if !poll(20*time.Second, func() bool { return strings.TrimSpace(run(t, follower, "git", "rev-parse", "HEAD")) == want }) {
+		t.Fatalf("not fast-forwarded over the stream:\n%s\nrendezvous:\n%s", d.logText(), w.rv.logText())
+	}
+	overSSH := time.Since(pushed)
+	procs, pss, rss := sessionMemory(t, w.user, w.rv.cmd.Process.Pid)
+	t.Logf("one stream holds %d processes on the server (sshd's privileged and user halves, git-shell's command): PSS %.1f MiB, RSS %.1f MiB",
+		procs, float64(pss)/1024, float64(rss)/1024)
+	unblock()
+	unblocked := time.Now()
+	if !poll(60*time.Second, func() bool { return strings.Contains(d.logText(), "back on UDP") }) {
+		t.Fatalf("the daemon did not move back to UDP:\n%s", d.logText())
+	}
+	back := time.Since(unblocked)
+	want = w.push(pusher, "over udp")
+	if !poll(20*time.Second, func() bool { return strings.TrimSpace(run(t, follower, "git", "rev-parse", "HEAD")) == want }) {
+		t.Fatalf("not fast-forwarded after moving back:\n%s", d.logText())
+	}
+	t.Logf("UDP blocked: on SSH %v after start; push to fast-forward over SSH %v (git push and fetch included); back on UDP %v after UDP returned",
+		toSSH.Round(time.Millisecond), overSSH.Round(time.Millisecond), back.Round(time.Second))
+}
+
+// sessionMemory sums the proportional and resident memory (KiB) of the
+// processes one SSH session holds for user: sshd's halves (root's
+// "[priv]" one too) and what runs as the user, but for the process not
+// (the rendezvous, which runs as the same user).
+func sessionMemory(t *testing.T, user string, not int) (procs int, pssKiB, rssKiB int) {
+	out, _ := exec.Command("pgrep", "-f", "sshd.*: "+user).Output()
+	mine, _ := exec.Command("pgrep", "-u", user).Output()
+	seen := map[string]bool{strconv.Itoa(not): true}
+	for _, pid := range strings.Fields(string(out) + " " + string(mine)) {
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		b, err := os.ReadFile(filepath.Join("/proc", pid, "smaps_rollup"))
+		if err != nil {
+			continue
+		}
+		procs++
+		var pss, rss int
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			n, _ := strconv.Atoi(f[1])
+			switch f[0] {
+			case "Pss:":
+				pss = n
+			case "Rss:":
+				rss = n
+			}
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+		name := strings.ReplaceAll(string(cmdline), "\x00", " ")
+		t.Logf("  %s: PSS %d KiB, RSS %d KiB", name[:min(len(name), 60)], pss, rss)
+		pssKiB += pss
+		rssKiB += rss
+	}
+	return procs, pssKiB, rssKiB
+}

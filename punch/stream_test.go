@@ -1,0 +1,105 @@
+package punch_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/gitchat/gcn-punch/punch"
+)
+
+// pipeStream is a Streamer to the lab's rendezvous over an in-memory pipe:
+// what `ssh … gcn-heartbeat watch` gives a daemon, without the SSH.
+func (l *lab) pipeStream(opened *atomic.Int32) punch.Streamer {
+	return func(ctx context.Context) (io.ReadWriteCloser, error) {
+		srv, cli := net.Pipe()
+		go l.srv.ServeStream(ctx, srv)
+		line, err := bufio.NewReader(io.LimitReader(cli, 3)).ReadString('\n')
+		if err != nil || line != "ok\n" {
+			cli.Close()
+			return nil, errors.New("stream refused: " + line)
+		}
+		opened.Add(1)
+		return cli, nil
+	}
+}
+
+// A router that drops all UDP (issue 12): the daemon turns to the stream
+// over SSH within udpDeadAfter (8 s) of its start, every push arrives
+// exactly once, in order, over it; when UDP passes again the daemon moves
+// back within a UDP retry (30 s), closes the stream, and the pushes go on
+// over UDP, nothing lost or doubled across either move.
+func TestDaemonMovesToSSHWhenUDPIsBlockedAndBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		daemonAddr := mustAddr("198.19.1.2:40000")
+		var blocked atomic.Bool
+		blocked.Store(true)
+		l.net.Drop = func(from, to netip.AddrPort, _ []byte) bool {
+			return blocked.Load() && (from == daemonAddr || to == daemonAddr)
+		}
+		var rec recorder
+		var opened atomic.Int32
+		conn, err := l.net.Listen(daemonAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := punch.New(punch.Config{Conn: conn, StateDir: filepath.Join(t.TempDir(), "state"), Handle: rec.handle,
+			Servers: []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.SetStreamer(l.srv.PublicKey(), l.pipeStream(&opened))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { d.Run(ctx); close(done) }()
+		defer func() { cancel(); conn.Close(); <-done }()
+
+		start := time.Now()
+		if !waitFor(30*time.Second, func() bool { _, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); return known }) {
+			t.Fatal("the daemon never got its position over the stream")
+		}
+		took := time.Since(start)
+		if opened.Load() != 1 || took > 10*time.Second {
+			t.Fatalf("on the stream after %v (%d streams opened), want one within 10 s", took, opened.Load())
+		}
+		if p := pathOf(l, d); p != "ssh" {
+			t.Fatalf("the rendezvous has the client on %q, want ssh", p)
+		}
+		l.push(t, 5)
+		waitFor(10*time.Second, func() bool { return len(rec.snapshot()) >= 5 })
+
+		// UDP passes again: back within a retry, the stream closed.
+		blocked.Store(false)
+		back := time.Now()
+		if !waitFor(time.Minute, func() bool { return pathOf(l, d) == "udp" }) {
+			t.Fatal("the daemon did not move back to UDP")
+		}
+		t.Logf("moved to SSH %v after start; back on UDP %v after UDP returned (fake time)", took, time.Since(back).Round(time.Second))
+		l.push(t, 5)
+		waitFor(10*time.Second, func() bool { return len(rec.snapshot()) >= 10 })
+		synctest.Wait()
+		wantExactlyInOrder(t, "the daemon", rec.snapshot(), 10)
+		if st := d.Status(); st.Servers[0].Path != "udp" {
+			t.Fatalf("the daemon says it is on %q", st.Servers[0].Path)
+		}
+	})
+}
+
+// pathOf is the path the rendezvous has the lab's one client on.
+func pathOf(l *lab, d *punch.Daemon) string {
+	for _, c := range l.srv.Clients() {
+		if c.ID == d.PublicKey().String() {
+			return c.Path
+		}
+	}
+	return ""
+}
