@@ -411,7 +411,9 @@ func blockUDPPort(t *testing.T, port string) (unblock func()) {
 
 // UDP blocked (issue 12): the daemon, registered over SSH as usual, gets no
 // answer over UDP and turns to a stream over the same SSH access within
-// 8 s; a push fast-forwards the clone through it. When UDP passes again it
+// 8 s; a push fast-forwards the clone through it. The SSH session killed
+// mid-stream, with a push meanwhile: a new stream, and the daemon catches
+// up. When UDP passes again it
 // moves back within a UDP retry (30 s) and closes the stream, and the next
 // push comes over UDP. Real sshd, git-shell, gcn-heartbeat watch.
 func TestSSHStreamWhenUDPIsBlocked(t *testing.T) {
@@ -445,6 +447,16 @@ func TestSSHStreamWhenUDPIsBlocked(t *testing.T) {
 	procs, pss, rss := sessionMemory(t, w.user, w.rv.cmd.Process.Pid)
 	t.Logf("one stream holds %d processes on the server (sshd's privileged and user halves, git-shell's command): PSS %.1f MiB, RSS %.1f MiB",
 		procs, float64(pss)/1024, float64(rss)/1024)
+	// The SSH session killed mid-stream, a push while it is down: the
+	// daemon opens a new stream and catches up.
+	exec.Command("pkill", "-KILL", "-f", "sshd.*: "+w.user).Run()
+	want = w.push(pusher, "while the session is down")
+	if !poll(30*time.Second, func() bool { return strings.Count(d.logText(), "notifications now come over SSH") >= 2 }) {
+		t.Fatalf("no new stream after the session was killed:\n%s", d.logText())
+	}
+	if !poll(20*time.Second, func() bool { return strings.TrimSpace(run(t, follower, "git", "rev-parse", "HEAD")) == want }) {
+		t.Fatalf("not caught up on the new stream:\n%s", d.logText())
+	}
 	unblock()
 	unblocked := time.Now()
 	if !poll(60*time.Second, func() bool { return strings.Contains(d.logText(), "back on UDP") }) {
