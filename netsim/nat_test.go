@@ -45,7 +45,8 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 // all of them ran, so a filtered run never overwrites it with a part.
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
 	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
-	"TestNATProbeInterop", "TestNATProbeLifetime", "TestNATFanoutPairMatrix", "TestNATFanoutCrowd", "TestNATFanoutChurn"}
+	"TestNATProbeInterop", "TestNATProbeLifetime", "TestNATFanoutPairMatrix", "TestNATFanoutCrowd", "TestNATFanoutChurn",
+	"TestNATUDPBlockedTurnsToSSH"}
 
 var contributed sync.Map
 
@@ -581,16 +582,16 @@ func TestNATUDPBlocked(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	s.push()
 	time.Sleep(3 * time.Second)
-	res := "ok (nothing delivered, as expected)"
+	res := "ok (nothing delivered, and the daemon says why)"
 	if len(c.got()) != 0 {
 		res = "FAIL"
 		t.Error("a notification crossed a router that blocks UDP")
 	}
-	if !strings.Contains(c.text(), "no STUN response") {
+	if !strings.Contains(c.text(), "no STUN response") || !strings.Contains(c.text(), "no SSH path to it is known") {
 		res = "FAIL"
-		t.Errorf("the daemon's log does not show the failure:\n%s", c.text())
+		t.Errorf("the daemon's log does not show the failure and why SSH cannot help:\n%s", c.text())
 	}
-	record(t, row{"UDP blocked", c.kind, res, "-", "-"})
+	record(t, row{"UDP blocked, daemon given --server (no SSH path)", c.kind, res, "-", "-"})
 }
 
 func writeMatrix() {

@@ -116,6 +116,15 @@ func (r *Router) SetUDPTimeout(d time.Duration) error {
 	return inNS(r.NS, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout="+s, "net.netfilter.nf_conntrack_udp_timeout_stream="+s)
 }
 
+// SetBlockUDP starts or stops dropping all forwarded UDP, as a network that
+// blocks UDP does (TCP, and so SSH, passes either way).
+func (r *Router) SetBlockUDP(block bool) error {
+	r.mu.Lock()
+	r.Spec.BlockUDP = block
+	r.mu.Unlock()
+	return r.apply()
+}
+
 // ruleset renders the router's nftables rules from its spec.
 // wanInputDrop drops unsolicited UDP arriving on the WAN for the router
 // itself, as home routers' firewalls do. It matters for hole punching: the
