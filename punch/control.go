@@ -106,18 +106,22 @@ func WriteStatus(w io.Writer, stateDir string, asJSON bool) error {
 	}
 	fmt.Fprintf(w, "client %s\n", st.Client)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVER\tSEEN AS\tKEEPALIVE\tREPOSITORY\tLAST SEQ")
+	fmt.Fprintln(tw, "SERVER\tSEEN AS\tKEEPALIVE\tREPOSITORY\tLAST SEQ\tPATH")
 	for _, s := range st.Servers {
 		seen := s.Observed
 		if seen == "" {
 			seen = "- (no answer yet)"
+		}
+		path := s.Path
+		if !s.PathSince.IsZero() {
+			path += " since " + s.PathSince.Local().Format(time.DateTime)
 		}
 		for _, r := range s.Repos {
 			seq := "- (start not known yet)"
 			if r.Known {
 				seq = fmt.Sprint(r.LastSeq)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Addr, seen, s.Keepalive, r.Repo, seq)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Addr, seen, s.Keepalive, r.Repo, seq, path)
 			if r.Parent != nil {
 				fmt.Fprintf(tw, "\t\t\t  parent %s\t%s\n", r.Parent.Peer, peerLine(*r.Parent))
 			}

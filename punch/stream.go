@@ -3,6 +3,7 @@ package punch
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"sync"
 	"time"
@@ -116,7 +117,7 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	retry := firstStreamRetry
-	var next time.Time
+	var next, opened time.Time
 	warned := false
 	for {
 		select {
@@ -136,7 +137,19 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 		silent := now.Sub(last)
 		on := p.stream != nil
 		p.mu.Unlock()
-		if on || silent < udpDeadAfter || now.Before(next) {
+		if on {
+			continue
+		}
+		if !opened.IsZero() {
+			// A stream ended: one that served a while may be reopened at
+			// once; one that ended soon waits its turn (retry doubles), so
+			// that a server that drops streams is not hammered.
+			if now.Sub(opened) > time.Minute {
+				retry, next = firstStreamRetry, now
+			}
+			opened = time.Time{}
+		}
+		if silent < udpDeadAfter || now.Before(next) {
 			continue
 		}
 		open := d.streamer(p.key)
@@ -149,12 +162,12 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 		}
 		d.log.Info("the rendezvous does not answer over UDP: opening a stream over SSH", "server", p.server().Addr, "silent_for", silent.Round(time.Second))
 		rwc, err := open(ctx)
+		next, retry = now.Add(retry), min(2*retry, maxStreamRetry)
 		if err != nil {
-			d.log.Warn("stream over SSH failed", "server", p.server().Addr, "retry_in", retry, "err", err)
-			next, retry = now.Add(retry), min(2*retry, maxStreamRetry)
+			d.log.Warn("stream over SSH failed", "server", p.server().Addr, "retry_in", next.Sub(now), "err", err)
 			continue
 		}
-		retry = firstStreamRetry
+		opened = now
 		ls := &linkStream{rwc: rwc, since: time.Now()}
 		p.mu.Lock()
 		p.stream, p.pathSince = ls, ls.since
@@ -176,9 +189,19 @@ func (d *Daemon) readStream(ctx context.Context, p *serverLink, ls *linkStream) 
 		if b, err = wire.ReadFrame(r, buf); err != nil {
 			break
 		}
-		if !wire.LooksLikeGCN(b) {
-			d.count(func(s *Stats) { s.Malformed++ })
-			continue
+		// Only the rendezvous speaks on its stream: anything that is not
+		// a datagram sealed by it ends the stream (it is counted, as over
+		// UDP, and nothing of it is taken).
+		var sender wire.Key
+		if sender, _, _, err = wire.ParseHeader(b); err == nil && sender != p.key {
+			err = errors.New("a datagram from another key than the rendezvous's")
+		}
+		if err == nil {
+			_, _, err = wire.Open(b, &p.shared)
+		}
+		if err != nil {
+			d.countOpenFailure(err)
+			break
 		}
 		d.handleGCN(ctx, b, true)
 	}

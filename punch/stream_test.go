@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/wire"
 )
 
 // pipeStream is a Streamer to the lab's rendezvous over an in-memory pipe:
@@ -102,4 +103,71 @@ func pathOf(l *lab, d *punch.Daemon) string {
 		}
 	}
 	return ""
+}
+
+// Bad frames from the server's side of a stream (oversized, empty, cut
+// short, garbage inside a good frame): the daemon takes nothing, ends the
+// stream with one log line, and opens another only after the retry time
+// (10 s: a server that drops streams at once is not hammered).
+func TestDaemonEndsAStreamOnBadFrames(t *testing.T) {
+	stranger, _, _ := wire.GenerateKey()
+	forged, _ := wire.Seal(nil, &wire.Pong{Counter: 1}, stranger, &[32]byte{7})
+	framedForged, _ := wire.AppendFrame(nil, forged)
+	for name, bad := range map[string][]byte{
+		"forged":    framedForged,
+		"oversized": {0x04, 0xb1},
+		"empty":     {0, 0},
+		"cut short": {0, 200, 'g', 'c', 'n'},
+		"garbage":   {0, 4, 'x', 'y', 'z', 'w'},
+	} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l := newLab(t, 0, true)
+				daemonAddr := mustAddr("198.19.1.2:40000")
+				l.net.Drop = func(from, to netip.AddrPort, _ []byte) bool { return from == daemonAddr || to == daemonAddr }
+				var opened atomic.Int32
+				var rec recorder
+				conn, err := l.net.Listen(daemonAddr.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				d, err := punch.New(punch.Config{Conn: conn, StateDir: filepath.Join(t.TempDir(), "state"), Handle: rec.handle,
+					Servers: []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				d.SetStreamer(l.srv.PublicKey(), func(ctx context.Context) (io.ReadWriteCloser, error) {
+					srv, cli := net.Pipe()
+					opened.Add(1)
+					go func() {
+						srv.Write(bad)
+						if name == "cut short" {
+							srv.Close()
+							return
+						}
+						io.Copy(io.Discard, srv) // the daemon's keepalives
+					}()
+					return cli, nil
+				})
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { d.Run(ctx); close(done) }()
+				defer func() { cancel(); conn.Close(); <-done }()
+				time.Sleep(12 * time.Second) // one stream opened at 8 s, and ended
+				st := d.Stats()
+				if opened.Load() != 1 {
+					t.Fatalf("%d streams opened within 12 s, want 1 (the next waits 10 s)", opened.Load())
+				}
+				if _, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); known || len(rec.snapshot()) != 0 {
+					t.Fatal("something was taken from a bad stream")
+				}
+				if name == "garbage" && st.Malformed != 1 {
+					t.Fatalf("the garbage datagram was not counted: %+v", st)
+				}
+				if d.Status().Servers[0].Path != "udp" {
+					t.Fatal("the daemon still counts the ended stream as its path")
+				}
+			})
+		})
+	}
 }

@@ -53,6 +53,13 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 // handleGCN processes one gcn-punch datagram that arrived on conn (a UDP
 // socket, or a stream over SSH) and returns the reply to send back on it.
 func (s *Server) handleGCN(conn udpconn.Conn, b []byte, src netip.AddrPort) []byte {
+	reply, _ := s.handleGCNChecked(conn, b, src)
+	return reply
+}
+
+// handleGCNChecked is handleGCN, which also says when the datagram was
+// rejected as malformed or forged (a stream ends on those).
+func (s *Server) handleGCNChecked(conn udpconn.Conn, b []byte, src netip.AddrPort) ([]byte, error) {
 	now := time.Now()
 	s.mu.Lock()
 	locked := true
@@ -67,7 +74,7 @@ func (s *Server) handleGCN(conn udpconn.Conn, b []byte, src netip.AddrPort) []by
 		var err error
 		if ck, b, err = wire.ParseCookied(b); err != nil {
 			s.stats.Malformed++
-			return nil
+			return nil, err
 		}
 		sender, _, _, _ := wire.ParseHeader(b)
 		cookied = s.cookieValid(cookieBusy, ck, sender, src, now)
@@ -75,7 +82,7 @@ func (s *Server) handleGCN(conn udpconn.Conn, b []byte, src netip.AddrPort) []by
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {
 		s.stats.Malformed++
-		return nil
+		return nil, err
 	}
 	c := s.clients[sender]
 	var shared [32]byte
@@ -88,10 +95,10 @@ func (s *Server) handleGCN(conn udpconn.Conn, b []byte, src netip.AddrPort) []by
 		// that no known client's datagram waits for it.
 		if !s.unkRL.allow(src.Addr(), now) {
 			s.stats.Limited++
-			return nil
+			return nil, nil
 		}
 		if !s.admitNewKey(cookied, now) {
-			return s.busy(sender, src, cookied, now)
+			return s.busy(sender, src, cookied, now), nil
 		}
 		s.mu.Unlock()
 		locked = false
@@ -104,20 +111,20 @@ func (s *Server) handleGCN(conn udpconn.Conn, b []byte, src netip.AddrPort) []by
 	switch {
 	case errors.Is(err, wire.ErrAuth):
 		s.stats.Forged++
-		return nil
+		return nil, err
 	case err != nil:
 		s.stats.Malformed++
-		return nil
+		return nil, err
 	}
 	switch m := msg.(type) {
 	case *wire.Keepalive:
-		return s.onKeepalive(conn, c, sender, shared, m, src, len(b), now)
+		return s.onKeepalive(conn, c, sender, shared, m, src, len(b), now), nil
 	}
 	if c == nil {
 		// Everything else (acks, offers, edge reports, challenge answers)
 		// only makes sense from a live client: it subscribed first.
 		s.stats.Unexpected++
-		return nil
+		return nil, nil
 	}
 	switch m := msg.(type) {
 	case *wire.Ack:
@@ -133,7 +140,7 @@ func (s *Server) handleGCN(conn udpconn.Conn, b []byte, src netip.AddrPort) []by
 	default:
 		s.stats.Unexpected++
 	}
-	return nil
+	return nil, nil
 }
 
 // Reading in batches. Under load each datagram costing its own recvfrom,

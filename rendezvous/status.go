@@ -53,7 +53,7 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 		fmt.Fprintln(w, "rendezvous not running: showing records on disk (no ack positions)")
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLIENT\tADDRESS\tLAST SEEN\tLAST ACKED SEQ")
+	fmt.Fprintln(tw, "CLIENT\tADDRESS\tLAST SEEN\tLAST ACKED SEQ\tPATH")
 	for _, r := range rows {
 		var acks []string
 		for repo, seq := range r.Acked {
@@ -64,7 +64,11 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 		if a == "" {
 			a = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.ID, r.Addr, r.LastSeen.UTC().Format(time.RFC3339), a)
+		path := "-"
+		if r.Path != "" && r.Since != nil {
+			path = r.Path + " since " + r.Since.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.ID, r.Addr, r.LastSeen.UTC().Format(time.RFC3339), a, path)
 	}
 	for _, b := range bad {
 		fmt.Fprintf(tw, "%s\t(malformed record)\t\t\n", b)

@@ -177,11 +177,20 @@ func (s *Server) ServeStream(ctx context.Context, c net.Conn) error {
 		s.datagramsIn.Add(1)
 		if wire.LooksLikeSTUN(b) {
 			s.mu.Lock()
-			s.stats.Malformed++ // STUN has no meaning on a stream
+			s.stats.Malformed++
 			s.mu.Unlock()
-			continue
+			s.log.Warn("stream closed: STUN has no meaning on a stream", "stream", sc.addr.Addr())
+			return errors.New("STUN on a stream")
 		}
-		if reply := s.handleGCN(sc, b, sc.addr); reply != nil {
+		reply, err := s.handleGCNChecked(sc, b, sc.addr)
+		if err != nil {
+			// Over UDP anyone can send anything; a stream is a session
+			// someone opened with their SSH key: it ends on the first
+			// datagram that is not a sealed gcn-punch one.
+			s.log.Warn("stream closed: a datagram that does not open", "stream", sc.addr.Addr(), "err", err)
+			return err
+		}
+		if reply != nil {
 			s.datagramsOut.Add(1)
 			udpconn.WriteTo(sc, reply, sc.addr)
 		}

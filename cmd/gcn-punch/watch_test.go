@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,14 +96,24 @@ func TestE2EWatchStreamsToTheRendezvous(t *testing.T) {
 		t.Fatal("no Validated")
 	}
 	w.push()
+	got := false
 	for range 10 {
 		// Anything before the Notify (a Ping) is fine.
 		if n, ok := recv().(*wire.Notify); ok {
 			if n.Seq != 1 || n.RepoID != "chat.git" {
 				t.Fatalf("notify %+v", n)
 			}
-			return
+			got = true
+			break
 		}
 	}
-	t.Fatal("no Notify among the first 10 frames after the push")
+	if !got {
+		t.Fatal("no Notify among the first 10 frames after the push")
+	}
+	// The rendezvous down: the stream says so in its one line.
+	w.rv.kill(syscall.SIGKILL)
+	_, r, _ = watch(w.bare)
+	if l, _ := r.ReadString('\n'); l != "error the rendezvous is not running\n" {
+		t.Fatalf("with the rendezvous down, watch said %q", l)
+	}
 }
