@@ -183,3 +183,32 @@ func TestStreamBadFramesEndIt(t *testing.T) {
 		})
 	}
 }
+
+// A tree member that moves to a stream leaves every tree (a client over
+// SSH is a leaf served by the rendezvous), and its offers on the stream
+// put it back in none.
+func TestStreamClientIsALeaf(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newFanLab(t, 2, 3)
+		if tr := l.s.Trees(); len(tr) != 1 || tr[0].Size != 3 {
+			t.Fatalf("trees %+v", tr)
+		}
+		moving := l.clients[0]
+		e, done := openStream(t, l.s)
+		defer func() { e.c.Close(); <-done }()
+		e.cl = moving.testClient
+		e.line()
+		e.send(moving.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}))
+		ch, ok := e.recv().(*wire.Challenge)
+		if !ok {
+			t.Fatal("no Challenge on the stream")
+		}
+		e.recv() // the Pong
+		e.send(e.seal(&wire.ChallengeReply{Cookie: ch.Cookie}))
+		e.send(e.seal(&wire.PeerInfo{Flags: wire.PeerFlagParent}))
+		synctest.Wait()
+		if tr := l.s.Trees(); len(tr) != 1 || tr[0].Size != 2 {
+			t.Fatalf("after the move to a stream the tree is %+v, want the 2 others", tr)
+		}
+	})
+}
