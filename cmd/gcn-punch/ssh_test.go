@@ -53,6 +53,7 @@ type sshWorld struct {
 	store, bare, bin string
 	sshCommand       string
 	rv               *proc
+	sshd             *exec.Cmd
 }
 
 func newSSHWorld(t *testing.T) *sshWorld {
@@ -88,22 +89,8 @@ func newSSHWorld(t *testing.T) *sshWorld {
 		w.port, filepath.Join(w.dir, "hostkey"), filepath.Join(w.dir, "sshd.pid"), filepath.Join(w.dir, "authorized_%u"))
 	os.WriteFile(filepath.Join(w.dir, "sshd_config"), []byte(cfg), 0o644)
 	os.MkdirAll("/run/sshd", 0o755)
-	sshd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(w.dir, "sshd_config"))
-	logf, _ := os.Create(filepath.Join(w.dir, "sshd.log"))
-	sshd.Stderr = logf
-	if err := sshd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sshd.Process.Kill(); sshd.Wait() })
-	if !poll(10*time.Second, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", w.port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}) {
-		t.Fatal("sshd did not start")
-	}
+	w.startSSHD()
+	t.Cleanup(func() { w.sshd.Process.Kill(); w.sshd.Wait() })
 	hostPub, _ := os.ReadFile(filepath.Join(w.dir, "hostkey.pub"))
 	os.WriteFile(filepath.Join(w.dir, "known_hosts"), fmt.Appendf(nil, "[127.0.0.1]:%d %s", w.port, hostPub), 0o644)
 	// Host key checking stays on: the host key is known, nothing is relaxed.
@@ -119,6 +106,26 @@ func newSSHWorld(t *testing.T) *sshWorld {
 }
 
 // asUser runs a command as the git user.
+// startSSHD starts sshd on the world's port and waits until it listens.
+func (w *sshWorld) startSSHD() {
+	w.t.Helper()
+	w.sshd = exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(w.dir, "sshd_config"))
+	logf, _ := os.OpenFile(filepath.Join(w.dir, "sshd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	w.sshd.Stderr = logf
+	if err := w.sshd.Start(); err != nil {
+		w.t.Fatal(err)
+	}
+	if !poll(10*time.Second, func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", w.port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		w.t.Fatal("sshd did not start")
+	}
+}
+
 func (w *sshWorld) asUser(name string, args ...string) {
 	w.t.Helper()
 	cmd := exec.Command(name, args...)
@@ -411,9 +418,9 @@ func blockUDPPort(t *testing.T, port string) (unblock func()) {
 
 // UDP blocked (issue 12): the daemon, registered over SSH as usual, gets no
 // answer over UDP and turns to a stream over the same SSH access within
-// 8 s; a push fast-forwards the clone through it. The SSH session killed
-// mid-stream, with a push meanwhile: a new stream, and the daemon catches
-// up. When UDP passes again it
+// 8 s; a push fast-forwards the clone through it. The SSH session and
+// sshd killed mid-stream, sshd restarted, a push before the daemon has a
+// new stream: it opens one and catches up. When UDP passes again it
 // moves back within a UDP retry (30 s) and closes the stream, and the next
 // push comes over UDP. Real sshd, git-shell, gcn-heartbeat watch.
 func TestSSHStreamWhenUDPIsBlocked(t *testing.T) {
@@ -447,10 +454,15 @@ func TestSSHStreamWhenUDPIsBlocked(t *testing.T) {
 	procs, pss, rss := sessionMemory(t, w.user, w.rv.cmd.Process.Pid)
 	t.Logf("one stream holds %d processes on the server (sshd's privileged and user halves, git-shell's command): PSS %.1f MiB, RSS %.1f MiB",
 		procs, float64(pss)/1024, float64(rss)/1024)
-	// The SSH session killed mid-stream, a push while it is down: the
-	// daemon opens a new stream and catches up.
+	// The SSH session and sshd itself killed mid-stream, sshd back a few
+	// seconds later, and a push while the daemon has no stream yet (it
+	// waits its retry): it opens a new stream and catches up.
+	w.sshd.Process.Kill()
+	w.sshd.Wait()
 	exec.Command("pkill", "-KILL", "-f", "sshd.*: "+w.user).Run()
-	want = w.push(pusher, "while the session is down")
+	time.Sleep(3 * time.Second)
+	w.startSSHD()
+	want = w.push(pusher, "while the daemon has no stream")
 	if !poll(30*time.Second, func() bool { return strings.Count(d.logText(), "notifications now come over SSH") >= 2 }) {
 		t.Fatalf("no new stream after the session was killed:\n%s", d.logText())
 	}
