@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/internal/gitcmd"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -280,7 +281,7 @@ func OpenStream(ctx context.Context, clone string, rem Remote) (io.ReadWriteClos
 	}
 	first := make(chan result, 1)
 	go func() {
-		line, err := readLine(out, 512)
+		line, err := control.ReadLine(out, 512)
 		first <- result{line, err}
 	}()
 	var r result
@@ -326,23 +327,6 @@ func (s *sshStream) Close() error {
 		s.cmd.Wait()
 	})
 	return nil
-}
-
-// readLine reads one line byte by byte, so that nothing after it is
-// taken from r; at most limit bytes.
-func readLine(r io.Reader, limit int) (string, error) {
-	var b strings.Builder
-	one := make([]byte, 1)
-	for b.Len() < limit {
-		if _, err := io.ReadFull(r, one); err != nil {
-			return b.String(), err
-		}
-		b.WriteByte(one[0])
-		if one[0] == '\n' {
-			return b.String(), nil
-		}
-	}
-	return b.String(), errors.New("line too long")
 }
 
 // headBuffer keeps the first max bytes written to it: ssh's error text,

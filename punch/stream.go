@@ -235,12 +235,6 @@ func (d *Daemon) retryUDP(ctx context.Context, p *serverLink, ls *linkStream) {
 
 // sleepCtx sleeps for dur unless ctx ends first; it reports whether it slept.
 func sleepCtx(ctx context.Context, dur time.Duration) bool {
-	t := time.NewTimer(dur)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	sleepUntil(ctx, nil, dur) // a nil channel never signals
+	return ctx.Err() == nil
 }

@@ -33,6 +33,26 @@ func (l *lab) pipeStream(opened *atomic.Int32) punch.Streamer {
 	}
 }
 
+// streamingDaemon runs a daemon at addr, following the lab's rendezvous,
+// that opens streams with open; stop ends it.
+func (l *lab) streamingDaemon(t *testing.T, addr netip.AddrPort, rec *recorder, open punch.Streamer) (d *punch.Daemon, stop func()) {
+	t.Helper()
+	conn, err := l.net.Listen(addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err = punch.New(punch.Config{Conn: conn, StateDir: filepath.Join(t.TempDir(), "state"), Handle: rec.handle,
+		Servers: []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.SetStreamer(l.srv.PublicKey(), open)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	return d, func() { cancel(); conn.Close(); <-done }
+}
+
 // A router that drops all UDP (issue 12): the daemon turns to the stream
 // over SSH within udpDeadAfter (8 s) of its start, every push arrives
 // exactly once, in order, over it; when UDP passes again the daemon moves
@@ -49,20 +69,8 @@ func TestDaemonMovesToSSHWhenUDPIsBlockedAndBack(t *testing.T) {
 		}
 		var rec recorder
 		var opened atomic.Int32
-		conn, err := l.net.Listen(daemonAddr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, err := punch.New(punch.Config{Conn: conn, StateDir: filepath.Join(t.TempDir(), "state"), Handle: rec.handle,
-			Servers: []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		d.SetStreamer(l.srv.PublicKey(), l.pipeStream(&opened))
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { d.Run(ctx); close(done) }()
-		defer func() { cancel(); conn.Close(); <-done }()
+		d, stop := l.streamingDaemon(t, daemonAddr, &rec, l.pipeStream(&opened))
+		defer stop()
 
 		start := time.Now()
 		if !waitFor(30*time.Second, func() bool { _, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); return known }) {
@@ -127,16 +135,7 @@ func TestDaemonEndsAStreamOnBadFrames(t *testing.T) {
 				l.net.Drop = func(from, to netip.AddrPort, _ []byte) bool { return from == daemonAddr || to == daemonAddr }
 				var opened atomic.Int32
 				var rec recorder
-				conn, err := l.net.Listen(daemonAddr.String())
-				if err != nil {
-					t.Fatal(err)
-				}
-				d, err := punch.New(punch.Config{Conn: conn, StateDir: filepath.Join(t.TempDir(), "state"), Handle: rec.handle,
-					Servers: []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				d.SetStreamer(l.srv.PublicKey(), func(ctx context.Context) (io.ReadWriteCloser, error) {
+				d, stop := l.streamingDaemon(t, daemonAddr, &rec, func(ctx context.Context) (io.ReadWriteCloser, error) {
 					srv, cli := net.Pipe()
 					opened.Add(1)
 					go func() {
@@ -149,10 +148,7 @@ func TestDaemonEndsAStreamOnBadFrames(t *testing.T) {
 					}()
 					return cli, nil
 				})
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan struct{})
-				go func() { d.Run(ctx); close(done) }()
-				defer func() { cancel(); conn.Close(); <-done }()
+				defer stop()
 				time.Sleep(12 * time.Second) // one stream opened at 8 s, and ended
 				st := d.Stats()
 				if opened.Load() != 1 {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
@@ -35,7 +36,7 @@ func Watch(st *store.Store, repoPath, home string, in io.Reader, out io.Writer) 
 	if _, err := io.WriteString(c, "stream\n"); err != nil {
 		return refuse(err)
 	}
-	line, err := readLine(c, 512)
+	line, err := control.ReadLine(c, 512)
 	if err != nil {
 		return refuse(fmt.Errorf("the rendezvous did not answer: %v", err))
 	}
@@ -57,21 +58,4 @@ func Watch(st *store.Store, repoPath, home string, in io.Reader, out io.Writer) 
 	_, err = io.Copy(out, c)
 	c.Close()
 	return err
-}
-
-// readLine reads one line, byte by byte, so that nothing after it is
-// taken from c; at most limit bytes.
-func readLine(c io.Reader, limit int) (string, error) {
-	var b strings.Builder
-	one := make([]byte, 1)
-	for b.Len() < limit {
-		if _, err := io.ReadFull(c, one); err != nil {
-			return b.String(), err
-		}
-		b.WriteByte(one[0])
-		if one[0] == '\n' {
-			return b.String(), nil
-		}
-	}
-	return b.String(), errors.New("line too long")
 }

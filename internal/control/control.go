@@ -36,6 +36,23 @@ func Dial(socket, request string, timeout time.Duration) (string, error) {
 	return sb.String(), nil
 }
 
+// ReadLine reads one line byte by byte, so that nothing after it is taken
+// from r (a stream's frames follow its first line); at most limit bytes.
+func ReadLine(r io.Reader, limit int) (string, error) {
+	var b strings.Builder
+	one := make([]byte, 1)
+	for b.Len() < limit {
+		if _, err := io.ReadFull(r, one); err != nil {
+			return b.String(), err
+		}
+		b.WriteByte(one[0])
+		if one[0] == '\n' {
+			return b.String(), nil
+		}
+	}
+	return b.String(), errors.New("line too long")
+}
+
 // ErrNotRunning says that nothing answers on the control socket.
 var ErrNotRunning = errors.New("not running")
 
