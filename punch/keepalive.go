@@ -18,6 +18,10 @@ func (d *Daemon) learnReflexive(ctx context.Context, p *serverLink) {
 		return
 	}
 	d.log.Info("STUN: reflexive address", "server", srv.Addr, "reflexive", addr)
+	// The rendezvous answers over UDP: not dead (stream.go).
+	p.mu.Lock()
+	p.lastHeard = time.Now()
+	p.mu.Unlock()
 }
 
 // keepaliveLoop keeps the NAT mapping open and reports the daemon's position.

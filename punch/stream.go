@@ -12,7 +12,7 @@ import (
 )
 
 // Streams over SSH. Some networks drop all UDP. When a rendezvous has not
-// answered over UDP for udpDeadAfter, the daemon opens a stream to it over
+// answered over UDP (neither its STUN nor anything sealed) for udpDeadAfter, the daemon opens a stream to it over
 // SSH (`gcn-heartbeat watch`, through the clone's own ssh command) and sends
 // and receives the same datagrams on it, framed. It tries UDP again every
 // udpRetryOnStream; the moment the rendezvous answers over UDP, the daemon
