@@ -2,10 +2,8 @@ package netsim_test
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -14,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/sshtest"
 	"github.com/gitchat/gcn-punch/netsim"
 )
 
@@ -43,43 +42,20 @@ func newSSHServer(t *testing.T, lab *netsim.Lab) *sshServer {
 		}
 	}
 	s := &sshServer{t: t, lab: lab, dir: t.TempDir()}
-	os.Chmod(filepath.Dir(s.dir), 0o755)
-	os.Chmod(s.dir, 0o755)
-	s.user = fmt.Sprintf("gcnn%05d", rand.IntN(100000))
-	exec.Command("userdel", "-r", s.user).Run()
-	run(t, "useradd", "-m", "-s", "/usr/bin/git-shell", s.user)
-	t.Cleanup(func() { exec.Command("pkill", "-u", s.user).Run(); exec.Command("userdel", "-r", s.user).Run() })
-	run(t, "usermod", "-p", "*", s.user) // sshd without PAM refuses locked accounts
-	u, err := user.Lookup(s.user)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.home = u.HomeDir
-	s.uid, _ = strconv.Atoi(u.Uid)
-	s.gid, _ = strconv.Atoi(u.Gid)
+	a := sshtest.New(t, "gcnn", s.dir)
+	s.user, s.home, s.uid, s.gid = a.User, a.Home, a.UID, a.GID
 	s.bin = filepath.Join(s.dir, "gcn-punch")
 	b, _ := os.ReadFile(binary)
 	os.WriteFile(s.bin, b, 0o755)
-
-	run(t, "ssh-keygen", "-q", "-t", "ed25519", "-f", filepath.Join(s.dir, "hostkey"), "-N", "")
-	run(t, "ssh-keygen", "-q", "-t", "ed25519", "-f", filepath.Join(s.dir, "client"), "-N", "")
-	pub, _ := os.ReadFile(filepath.Join(s.dir, "client.pub"))
-	os.WriteFile(filepath.Join(s.dir, "authorized_"+s.user), pub, 0o644)
-	cfg := fmt.Sprintf("ListenAddress %s:22\nHostKey %s\nPidFile %s\nAuthorizedKeysFile %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
-		netsim.ServerAddr, filepath.Join(s.dir, "hostkey"), filepath.Join(s.dir, "sshd.pid"), filepath.Join(s.dir, "authorized_%u"))
-	os.WriteFile(filepath.Join(s.dir, "sshd_config"), []byte(cfg), 0o644)
-	os.MkdirAll("/run/sshd", 0o755)
-	sshd := lab.Server.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(s.dir, "sshd_config"))
+	cfg := a.SSHDConfig(t, netsim.ServerAddr.String()+":22")
+	sshd := lab.Server.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfg)
 	sshdLog, _ := os.Create(filepath.Join(s.dir, "sshd.log"))
 	sshd.Stderr = sshdLog
 	if err := sshd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sshd.Process.Kill(); sshd.Wait() })
-	hostPub, _ := os.ReadFile(filepath.Join(s.dir, "hostkey.pub"))
-	os.WriteFile(filepath.Join(s.dir, "known_hosts"), fmt.Appendf(nil, "%s %s", netsim.ServerAddr, hostPub), 0o644)
-	// Host key checking stays on: the host key is known, nothing is relaxed.
-	s.sshCommand = fmt.Sprintf("ssh -i %s -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o ConnectTimeout=5", filepath.Join(s.dir, "client"), filepath.Join(s.dir, "known_hosts"))
+	s.sshCommand = a.SSHCommand(t, netsim.ServerAddr.String())
 
 	s.bare = filepath.Join(s.home, "chat.git")
 	s.asUser("git", "init", "-q", "--bare", "-b", "main", s.bare)

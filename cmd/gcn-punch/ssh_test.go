@@ -8,11 +8,9 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io/fs"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -21,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/sshtest"
 	"github.com/gitchat/gcn-punch/punch"
 )
 
@@ -59,42 +58,18 @@ type sshWorld struct {
 func newSSHWorld(t *testing.T) *sshWorld {
 	needRoot(t, "/usr/sbin/sshd", "ssh", "ssh-keygen", "useradd", "git-shell")
 	w := &sshWorld{t: t, dir: t.TempDir()}
-	// The git user runs the binary and reads keys from here.
-	os.Chmod(filepath.Dir(w.dir), 0o755)
-	os.Chmod(w.dir, 0o755)
-	w.user = fmt.Sprintf("gcnt%05d", rand.IntN(100000))
-	exec.Command("userdel", "-r", w.user).Run()
-	run(t, "", "useradd", "-m", "-s", "/usr/bin/git-shell", w.user)
-	t.Cleanup(func() { exec.Command("pkill", "-u", w.user).Run(); exec.Command("userdel", "-r", w.user).Run() })
-	run(t, "", "usermod", "-p", "*", w.user) // sshd without PAM refuses locked accounts
-	u, err := user.Lookup(w.user)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.home = u.HomeDir
-	w.uid, _ = strconv.Atoi(u.Uid)
-	w.gid, _ = strconv.Atoi(u.Gid)
+	a := sshtest.New(t, "gcnt", w.dir)
+	w.user, w.home, w.uid, w.gid = a.User, a.Home, a.UID, a.GID
 	w.bin = filepath.Join(w.dir, "gcn-punch")
 	b, _ := os.ReadFile(binary)
 	os.WriteFile(w.bin, b, 0o755)
-
-	run(t, "", "ssh-keygen", "-q", "-t", "ed25519", "-f", filepath.Join(w.dir, "hostkey"), "-N", "")
-	run(t, "", "ssh-keygen", "-q", "-t", "ed25519", "-f", filepath.Join(w.dir, "client"), "-N", "")
-	pub, _ := os.ReadFile(filepath.Join(w.dir, "client.pub"))
-	os.WriteFile(filepath.Join(w.dir, "authorized_"+w.user), pub, 0o644)
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	w.port = l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	cfg := fmt.Sprintf("ListenAddress 127.0.0.1:%d\nHostKey %s\nPidFile %s\nAuthorizedKeysFile %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
-		w.port, filepath.Join(w.dir, "hostkey"), filepath.Join(w.dir, "sshd.pid"), filepath.Join(w.dir, "authorized_%u"))
-	os.WriteFile(filepath.Join(w.dir, "sshd_config"), []byte(cfg), 0o644)
-	os.MkdirAll("/run/sshd", 0o755)
+	a.SSHDConfig(t, fmt.Sprintf("127.0.0.1:%d", w.port))
 	w.startSSHD()
 	t.Cleanup(func() { w.sshd.Process.Kill(); w.sshd.Wait() })
-	hostPub, _ := os.ReadFile(filepath.Join(w.dir, "hostkey.pub"))
-	os.WriteFile(filepath.Join(w.dir, "known_hosts"), fmt.Appendf(nil, "[127.0.0.1]:%d %s", w.port, hostPub), 0o644)
-	// Host key checking stays on: the host key is known, nothing is relaxed.
-	w.sshCommand = fmt.Sprintf("ssh -i %s -o UserKnownHostsFile=%s -o IdentitiesOnly=yes", filepath.Join(w.dir, "client"), filepath.Join(w.dir, "known_hosts"))
+	w.sshCommand = a.SSHCommand(t, fmt.Sprintf("[127.0.0.1]:%d", w.port))
 
 	w.bare = filepath.Join(w.home, "chat.git")
 	w.asUser("git", "init", "-q", "--bare", "-b", "main", w.bare)
