@@ -67,24 +67,25 @@ func (d *Daemon) countOpenFailure(err error) {
 }
 
 // handleGCN takes one gcn-punch datagram, from the UDP socket or, with
-// overStream, from a stream over SSH.
-func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) {
+// overStream, from a stream over SSH. It returns the error when the datagram does not parse or open (counted
+// here): a stream ends on that.
+func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) error {
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {
 		d.count(func(s *Stats) { s.Malformed++ })
-		return
+		return err
 	}
 	p := d.link(sender)
 	if p == nil {
 		if !d.handlePeer(b, sender) {
 			d.count(func(s *Stats) { s.Unexpected++ })
 		}
-		return
+		return nil
 	}
 	_, msg, err := wire.Open(b, &p.shared)
 	if err != nil {
 		d.countOpenFailure(err)
-		return
+		return err
 	}
 	if !overStream {
 		d.heardOverUDP(p)
@@ -95,13 +96,13 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) {
 	case *wire.Notify:
 		if m.Recipient != d.pub {
 			d.count(func(s *Stats) { s.Forged++ })
-			return
+			return nil
 		}
 		d.onNotify(p, m)
 	case *wire.Resync:
 		if m.Recipient != d.pub {
 			d.count(func(s *Stats) { s.Forged++ })
-			return
+			return nil
 		}
 		d.onResync(p, m)
 	case *wire.Forward:
@@ -140,7 +141,7 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) {
 			p.probeCounter = 0
 			p.mu.Unlock()
 			kick(p.probeOK)
-			return
+			return nil
 		}
 		now := time.Now()
 		due := now.Sub(p.lastPinged) >= minPingGap
@@ -154,6 +155,7 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) {
 	default:
 		d.count(func(s *Stats) { s.Unexpected++ })
 	}
+	return nil
 }
 
 // challengeRecheck is when a daemon that answered a Challenge sends another

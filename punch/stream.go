@@ -192,18 +192,14 @@ func (d *Daemon) readStream(ctx context.Context, p *serverLink, ls *linkStream) 
 		// Only the rendezvous speaks on its stream: anything that is not
 		// a datagram sealed by it ends the stream (it is counted, as over
 		// UDP, and nothing of it is taken).
-		var sender wire.Key
-		if sender, _, _, err = wire.ParseHeader(b); err == nil && sender != p.key {
+		if sender, _, _, perr := wire.ParseHeader(b); perr == nil && sender != p.key {
 			err = errors.New("a datagram from another key than the rendezvous's")
-		}
-		if err == nil {
-			_, _, err = wire.Open(b, &p.shared)
-		}
-		if err != nil {
 			d.countOpenFailure(err)
 			break
 		}
-		d.handleGCN(ctx, b, true)
+		if err = d.handleGCN(ctx, b, true); err != nil {
+			break
+		}
 	}
 	ls.rwc.Close()
 	p.mu.Lock()
