@@ -57,16 +57,25 @@ type RouterSpec struct {
 	LossPercent int  // random UDP loss in the router's forward path, both ways
 	CGNAT       bool // a carrier NAT (port-restricted) between this router and the WAN
 	BlockUDP    bool // the router drops all forwarded UDP
+	// IPv6 gives the router's network IPv6 besides its IPv4 NAT, as most
+	// home routers now do: global addresses, no NAT, and a stateful
+	// firewall (what went out may answer; nothing unsolicited comes in).
+	// IPv6Only also takes IPv4 away from the clients (no IPv4 route), as on
+	// an IPv6-only mobile network. Not with CGNAT.
+	IPv6, IPv6Only bool
 	// Hairpin lets a client reach another behind the same router through
 	// the router's public address, as RFC 4787 REQ-9 asks. The lab does it
 	// for the endpoint-independent kinds, whose mappings keep the port.
 	Hairpin bool
 }
 
-// Address plan: only 198.18.0.0/15 (RFC 2544, for benchmark tests).
+// Address plan: only 198.18.0.0/15 (RFC 2544, for benchmark tests), and
+// for IPv6 only 2001:2::/48 (RFC 5180, likewise): the WAN is 2001:2::/64,
+// router i's LAN 2001:2:i::/64.
 var (
 	ServerAddr    = netip.MustParseAddr("198.18.0.1")
 	ServerAltAddr = netip.MustParseAddr("198.18.0.2")
+	ServerAddr6   = netip.MustParseAddr("2001:2::10")
 )
 
 // Lab is a running topology: a server with two addresses on a WAN, and home
@@ -82,13 +91,14 @@ type Lab struct {
 
 // Host is one namespace that runs programs.
 type Host struct {
-	NS   string
-	Addr netip.Addr
+	NS    string
+	Addr  netip.Addr
+	Addr6 netip.Addr // the invalid Addr when it has no IPv6
 }
 
 // Router is a home router namespace.
 type Router struct {
-	Host    // NS, and its WAN address
+	Host    // NS, and its WAN addresses
 	Spec    RouterSpec
 	LANNet  string // e.g. 198.19.1.0/24
 	Clients []*Host
@@ -196,6 +206,12 @@ func New(specs ...RouterSpec) (lab *Lab, err error) {
 	if err := l.wanLink(l.Server.NS, "eth0", "srv", ServerAddr.String()+"/24", ServerAltAddr.String()+"/24"); err != nil {
 		return nil, err
 	}
+	// nodad: duplicate address detection would leave the address unusable
+	// for a second or two after it is added.
+	if err := inNS(l.Server.NS, "ip", "-6", "addr", "add", ServerAddr6.String()+"/64", "dev", "eth0", "nodad"); err != nil {
+		return nil, err
+	}
+	l.Server.Addr6 = ServerAddr6
 	for i, spec := range specs {
 		r, err := l.addRouter(i+1, spec)
 		if err != nil {

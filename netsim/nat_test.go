@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,7 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
 	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
 	"TestNATProbeInterop", "TestNATProbeLifetime", "TestNATFanoutPairMatrix", "TestNATFanoutCrowd", "TestNATFanoutChurn",
-	"TestNATUDPBlockedTurnsToSSH"}
+	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall"}
 
 var contributed sync.Map
 
@@ -648,13 +649,13 @@ func udpHelper(mode string) int {
 	f := strings.Fields(mode)
 	switch {
 	case len(f) == 4 && f[0] == "send":
-		c, err := net.ListenPacket("udp4", ":"+f[1])
+		c, err := net.ListenPacket("udp", ":"+f[1])
 		if err != nil {
 			fmt.Println(err)
 			return 1
 		}
 		defer c.Close()
-		dst, err := net.ResolveUDPAddr("udp4", f[2])
+		dst, err := net.ResolveUDPAddr("udp", f[2])
 		if err != nil {
 			fmt.Println(err)
 			return 1
@@ -682,9 +683,10 @@ func udpHelper(mode string) int {
 	return attackHelper(f)
 }
 
-// listenFor listens on a UDP port with a read deadline SECONDS away.
+// listenFor listens on a UDP port (both families) with a read deadline
+// SECONDS away.
 func listenFor(port, seconds string) (net.PacketConn, error) {
-	c, err := net.ListenPacket("udp4", ":"+port)
+	c, err := net.ListenPacket("udp", ":"+port)
 	if err != nil {
 		return nil, err
 	}
@@ -911,4 +913,73 @@ func TestNATProbeLifetime(t *testing.T) {
 		t.Errorf("no progress shown while waiting:\n%s", progress.String())
 	}
 	record(t, row{"probe --lifetime, 15 s mapping timeout", "port-restricted", res, fmt.Sprintf("measured %.0f s", *rep.Lifetime), "-"})
+}
+
+// IPv6 through home routers with a stateful IPv6 firewall and no NAT: a
+// dual-stack client and one on an IPv6-only network, both given the
+// rendezvous's IPv6 address, get every push exactly once, in order; the
+// firewall lets the rendezvous's datagrams in only as answers to the
+// keepalives, and an unsolicited datagram from the server side does not
+// pass it. The probe from behind it reports IPv6 with a global address.
+func TestNATIPv6Firewall(t *testing.T) {
+	skipUnlessLab(t)
+	t.Parallel()
+	specs := []netsim.RouterSpec{{Kind: netsim.PortRestricted, IPv6: true}, {Kind: netsim.Symmetric, IPv6Only: true}}
+	lab := newLab(t, specs...)
+	s := startServer(t, lab, "--listen", "[::]:3478", "--alt-listen", "")
+	server6 := netip.AddrPortFrom(netsim.ServerAddr6, 3478).String()
+	kinds := []string{"IPv6 firewall, dual-stack (v4 port-restricted)", "IPv6 firewall, IPv6-only client"}
+	var clients []*client
+	for i, r := range lab.Routers {
+		clients = append(clients, s.startClient(r.Clients[0], kinds[i], "--server", server6))
+	}
+	for _, c := range clients {
+		c.ready(t)
+	}
+	const n = 20
+	for range n {
+		s.push()
+	}
+	for _, c := range clients {
+		res := "ok"
+		if err := c.exactly(n, 30*time.Second); err != nil {
+			res = "FAIL"
+			t.Errorf("%v\n%s", err, c.text())
+		}
+		record(t, row{fmt.Sprintf("%d pushes over IPv6", n), c.kind, res, "-", c.keepalive()})
+	}
+	st, err := exec.Command(binary, "status", "--store", s.store).CombinedOutput()
+	if err != nil || strings.Count(string(st), "[2001:2:") != 2 {
+		t.Fatalf("the rendezvous does not show both clients at their IPv6 addresses: %v\n%s", err, st)
+	}
+
+	// Unsolicited: from the server to a client port nothing went out from.
+	h := lab.Routers[0].Clients[0]
+	listener := helper(h, "recv 4999 2")
+	var got strings.Builder
+	listener.Stdout = &got
+	if err := listener.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if out, err := bounded(helper(lab.Server, "send 5000 "+netip.AddrPortFrom(h.Addr6, 4999).String()+" unsolicited")); err != nil {
+		t.Fatalf("send: %v\n%s", err, out)
+	}
+	listener.Wait()
+	if strings.Contains(got.String(), "unsolicited") {
+		t.Fatalf("an unsolicited IPv6 datagram passed the firewall: %s", got.String())
+	}
+
+	// The probe over IPv6 from behind the firewall.
+	out, err := bounded(h.Command(binary, "probe", "--server", server6, "--json"))
+	var rep struct {
+		IPv6          *bool  `json:"ipv6"`
+		IPv6Reflexive string `json:"ipv6_reflexive"`
+		IPv6Global    bool   `json:"ipv6_global"`
+	}
+	if err != nil || json.Unmarshal(out, &rep) != nil || rep.IPv6 == nil || !*rep.IPv6 || !rep.IPv6Global ||
+		!strings.HasPrefix(rep.IPv6Reflexive, "["+h.Addr6.String()+"]:") {
+		t.Fatalf("probe over IPv6: %v\n%s", err, out)
+	}
+	record(t, row{"probe over IPv6", kinds[0], "ok", "reflexive " + rep.IPv6Reflexive + ", global", "-"})
 }

@@ -17,6 +17,10 @@ func (l *Lab) addRouter(i int, spec RouterSpec) (*Router, error) {
 	if (spec.Kind == FullCone || spec.Kind == AddressRestricted) && spec.Clients != 1 {
 		return nil, fmt.Errorf("netsim: a %s router forwards to exactly one client", spec.Kind)
 	}
+	if (spec.IPv6 || spec.IPv6Only) && spec.CGNAT {
+		return nil, fmt.Errorf("netsim: IPv6 behind a carrier NAT is not emulated")
+	}
+	spec.IPv6 = spec.IPv6 || spec.IPv6Only
 	if spec.Hairpin && spec.Kind == Symmetric {
 		return nil, fmt.Errorf("netsim: hairpinning is emulated for endpoint-independent mapping only")
 	}
@@ -92,7 +96,28 @@ func (l *Lab) addRouter(i int, spec RouterSpec) (*Router, error) {
 				return nil, err
 			}
 		}
+		if spec.IPv6 {
+			h.Addr6 = netip.MustParseAddr(fmt.Sprintf("2001:2:%d::%d", i, 10+j))
+			for _, c := range [][]string{
+				{"ip", "-6", "addr", "add", h.Addr6.String() + "/64", "dev", "eth0", "nodad"},
+				{"ip", "-6", "route", "add", "default", "via", fmt.Sprintf("2001:2:%d::1", i)},
+			} {
+				if err := inNS(h.NS, c[0], c[1:]...); err != nil {
+					return nil, err
+				}
+			}
+			if spec.IPv6Only {
+				if err := inNS(h.NS, "ip", "route", "del", "default"); err != nil {
+					return nil, err
+				}
+			}
+		}
 		r.Clients = append(r.Clients, h)
+	}
+	if spec.IPv6 {
+		if err := r.addIPv6(i); err != nil {
+			return nil, err
+		}
 	}
 	if spec.UDPTimeout > 0 {
 		if err := r.SetUDPTimeout(spec.UDPTimeout); err != nil {
@@ -100,6 +125,36 @@ func (l *Lab) addRouter(i int, spec RouterSpec) (*Router, error) {
 		}
 	}
 	return r, r.apply()
+}
+
+// addIPv6 gives router i its IPv6 side: 2001:2::2i on the WAN, a route
+// from the server back to its LAN, forwarding, and the stateful firewall.
+func (r *Router) addIPv6(i int) error {
+	r.Addr6 = netip.MustParseAddr(fmt.Sprintf("2001:2::%x", 0x20+i))
+	for _, c := range [][]string{
+		{r.NS, "ip", "-6", "addr", "add", r.Addr6.String() + "/64", "dev", "wan0", "nodad"},
+		{r.NS, "ip", "-6", "addr", "add", fmt.Sprintf("2001:2:%d::1/64", i), "dev", "lan0", "nodad"},
+		{r.NS, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+		{r.lab.Server.NS, "ip", "-6", "route", "add", fmt.Sprintf("2001:2:%d::/64", i), "via", r.Addr6.String()},
+	} {
+		if err := inNS(c[0], c[1], c[2:]...); err != nil {
+			return err
+		}
+	}
+	// The usual home default: LAN to WAN, answers and related ICMPv6 back,
+	// nothing unsolicited in. Its UDP idle timeout is conntrack's, as for v4.
+	return nftApply6(r.NS, "table ip6 gcn6 {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n"+
+		"  ct state established,related accept\n  iifname \"lan0\" oifname \"wan0\" accept\n  meta l4proto ipv6-icmp accept\n }\n}\n")
+}
+
+// nftApply6 loads the router's IPv6 table.
+func nftApply6(ns, rules string) error {
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft in %s: %v: %s\n%s", ns, err, bytes.TrimSpace(out), rules)
+	}
+	return nil
 }
 
 // SetUDPTimeout sets the router's conntrack UDP timeouts (the mapping lifetime).

@@ -28,7 +28,10 @@ const (
 
 // ProbeOptions configure a probe.
 type ProbeOptions struct {
-	Server      netip.AddrPort
+	Server netip.AddrPort
+	// Server6, when valid, is the rendezvous's IPv6 address: the probe
+	// also tests IPv6 there (Server may be it too).
+	Server6     netip.AddrPort
 	Lifetime    bool          // also measure the mapping lifetime (slow)
 	LifetimeMax time.Duration // bound on the lifetime measurement's waiting
 	Progress    io.Writer     // progress while measuring the lifetime
@@ -47,6 +50,14 @@ type ProbeReport struct {
 	Hairpinning    *bool        `json:"hairpinning"`
 	NoNAT          bool         `json:"no_nat"`
 	LifetimeSec    *float64     `json:"mapping_lifetime_s,omitempty"`
+	// IPv6: whether the rendezvous answered over IPv6 (nil: not tested, no
+	// IPv6 address for it), the address it saw, whether that is one of
+	// this machine's own (a global address, no NAT66), and how the
+	// firewall filters unsolicited inbound datagrams.
+	IPv6          *bool   `json:"ipv6"`
+	IPv6Reflexive string  `json:"ipv6_reflexive,omitempty"`
+	IPv6Global    bool    `json:"ipv6_global"`
+	IPv6Filtering *string `json:"ipv6_filtering"`
 	Untested       []string     `json:"untested,omitempty"`
 	Verdict        ProbeVerdict `json:"verdict"`
 	DurationMillis int64        `json:"duration_ms"`
@@ -55,6 +66,7 @@ type ProbeReport struct {
 // ProbeVerdict says, in plain words, what will work.
 type ProbeVerdict struct {
 	Push       string            `json:"push"`
+	IPv6       string            `json:"ipv6"`
 	Keepalive  string            `json:"keepalive"`
 	PeerToPeer map[string]string `json:"peer_to_peer"`
 }
@@ -66,8 +78,13 @@ type stunSocket struct {
 	*stunClient
 }
 
-func newSTUNSocket() (*stunSocket, error) {
-	c, err := udpconn.Listen("0.0.0.0:0", nil)
+// newSTUNSocket opens a socket of dst's family.
+func newSTUNSocket(dst netip.AddrPort) (*stunSocket, error) {
+	bind := "0.0.0.0:0"
+	if dst.Addr().Is6() {
+		bind = "[::]:0"
+	}
+	c, err := udpconn.Listen(bind, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -124,16 +141,22 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 	start := time.Now()
 	r := ProbeReport{Server: o.Server.String(), Reflexive: []string{}}
 	str := func(s string) *string { return &s }
-	s1, err := newSTUNSocket()
+	s1, err := newSTUNSocket(o.Server)
 	if err != nil {
 		return r, err
 	}
 	defer s1.conn.Close()
+	var v6 sync.WaitGroup
+	if o.Server6.IsValid() {
+		v6.Go(func() { probeIPv6(ctx, o.Server6, &r) })
+	}
+	defer v6.Wait()
 
 	// Test I: the mapping towards the primary address.
 	resp := s1.transact(ctx, o.Server)
 	if resp == nil {
 		r.Untested = append(r.Untested, "everything: no answer from the rendezvous over UDP (blocked, or the server is down)")
+		v6.Wait()
 		r.Verdict = verdict(r)
 		r.DurationMillis = time.Since(start).Milliseconds()
 		return r, errors.New("no UDP answer from the rendezvous: nothing could be learned")
@@ -159,7 +182,7 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 		untested("hairpinning: this machine has a public address (no NAT)")
 	} else {
 		wg.Go(func() {
-			s4, err := newSTUNSocket()
+			s4, err := newSTUNSocket(o.Server)
 			if err != nil {
 				return
 			}
@@ -203,7 +226,7 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 		// Filtering, on a fresh socket: an old mapping that already talked
 		// to the alternate address would make the NAT look more open.
 		wg.Go(func() {
-			s3, err := newSTUNSocket()
+			s3, err := newSTUNSocket(o.Server)
 			if err != nil {
 				return
 			}
@@ -223,6 +246,7 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 		})
 	}
 	wg.Wait()
+	v6.Wait()
 	if o.Lifetime {
 		if lt, ok := measureLifetime(ctx, o, s1); ok {
 			r.LifetimeSec = &lt
@@ -233,4 +257,38 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 	r.Verdict = verdict(r)
 	r.DurationMillis = time.Since(start).Milliseconds()
 	return r, nil
+}
+
+// probeIPv6 tests IPv6 to the rendezvous at server: reachability, the
+// address it sees, and, when it has a second address, the filtering of the
+// firewall in between (a home router's IPv6 firewall usually lets in only
+// what answers what went out, without NAT).
+func probeIPv6(ctx context.Context, server netip.AddrPort, r *ProbeReport) {
+	s, err := newSTUNSocket(server)
+	if err != nil {
+		no := false
+		r.IPv6 = &no
+		return
+	}
+	defer s.conn.Close()
+	resp := s.transact(ctx, server)
+	ok := resp != nil
+	r.IPv6 = &ok
+	if !ok {
+		return
+	}
+	m := mapped(resp)
+	r.IPv6Reflexive = m.String()
+	r.IPv6Global = noNATFor(m, m.Port() == s.local().Port())
+	if !otherAddress(resp).IsValid() {
+		return
+	}
+	f := AddressAndPortDependent
+	switch {
+	case s.transact(ctx, server, changeRequest(0x06)) != nil:
+		f = EndpointIndependent
+	case s.transact(ctx, server, changeRequest(0x02)) != nil:
+		f = AddressDependent
+	}
+	r.IPv6Filtering = &f
 }

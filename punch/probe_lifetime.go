@@ -35,7 +35,7 @@ func measureLifetime(ctx context.Context, o ProbeOptions, s1 *stunSocket) (float
 			return false, false
 		case <-time.After(t):
 		}
-		s5, err := newSTUNSocket()
+		s5, err := newSTUNSocket(o.Server)
 		if err != nil {
 			return false, false
 		}

@@ -35,7 +35,7 @@ func punchable(m1, f1, m2, f2 string) bool {
 }
 
 func verdict(r ProbeReport) ProbeVerdict {
-	v := ProbeVerdict{PeerToPeer: map[string]string{}}
+	v := ProbeVerdict{PeerToPeer: map[string]string{}, IPv6: verdictIPv6(r)}
 	if !r.UDP {
 		v.Push = "over SSH: UDP to the rendezvous gets no answer (blocked here, or the server is down); a daemon that follows a clone over SSH (--repo) turns to a stream over that SSH access within 8 s and gets its notifications there, and moves back to UDP when UDP answers"
 		v.Keepalive = "none over UDP while it is blocked; the stream over SSH keeps itself alive"
@@ -62,6 +62,19 @@ func verdict(r ProbeReport) ProbeVerdict {
 		}
 	}
 	return v
+}
+
+// verdictIPv6 says what IPv6 does for notifications.
+func verdictIPv6(r ProbeReport) string {
+	switch {
+	case r.IPv6 == nil:
+		return "not tested: no IPv6 address for the rendezvous (give --server a name with an AAAA record, or [IPv6]:PORT)"
+	case !*r.IPv6:
+		return "no: the rendezvous gets no answer over IPv6 from here (no IPv6 route, or a firewall drops it); use its IPv4 address"
+	case r.IPv6Global:
+		return "yes: a global address, no NAT; a daemon given the rendezvous's IPv6 address gets its notifications over IPv6, and its keepalives hold the firewall's pinhole open as they hold a NAT mapping"
+	}
+	return "yes, through a NAT66 or a translating firewall: a daemon given the rendezvous's IPv6 address gets its notifications over IPv6"
 }
 
 // WriteHuman prints the report for a person.
@@ -103,10 +116,19 @@ func (r ProbeReport) WriteHuman(w io.Writer) {
 		}
 	}
 	fmt.Fprintf(w, "  hairpinning             %s\n", yes(r.Hairpinning))
+	fmt.Fprintf(w, "  IPv6 to the rendezvous  %s\n", yes(r.IPv6))
+	if r.IPv6Reflexive != "" {
+		global := "no (NAT66 or a translating firewall)"
+		if r.IPv6Global {
+			global = "yes, this machine's own"
+		}
+		fmt.Fprintf(w, "  IPv6 public address     %s (global: %s)\n", r.IPv6Reflexive, global)
+		fmt.Fprintf(w, "  IPv6 filtering          %s\n", val(r.IPv6Filtering))
+	}
 	if r.LifetimeSec != nil {
 		fmt.Fprintf(w, "  mapping lifetime        %.0f s idle\n", *r.LifetimeSec)
 	}
-	fmt.Fprintf(w, "\nWill push notifications reach this machine?\n  %s\nKeepalive:\n  %s\n", r.Verdict.Push, r.Verdict.Keepalive)
+	fmt.Fprintf(w, "\nWill push notifications reach this machine?\n  %s\nOver IPv6:\n  %s\nKeepalive:\n  %s\n", r.Verdict.Push, r.Verdict.IPv6, r.Verdict.Keepalive)
 	if len(r.Verdict.PeerToPeer) > 0 {
 		fmt.Fprintln(w, "Peer-to-peer with a client behind:")
 		for _, k := range kinds {

@@ -131,12 +131,12 @@ func runProbe(ctx context.Context, args []string) int {
 	lifetimeMax := fs.Duration("lifetime-max", 4*time.Minute, "bound on the waiting of --lifetime")
 	stateDir := fs.String("state", defaultStateDir(), "daemon state directory to take the rendezvous from")
 	parse(fs, args)
-	addr, err := probeServer(ctx, *server, *stateDir)
+	addr, addr6, err := probeServer(ctx, *server, *stateDir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "gcn-punch probe: %v\n", err)
 		return 1
 	}
-	r, perr := punch.Probe(ctx, punch.ProbeOptions{Server: addr, Lifetime: *lifetime, LifetimeMax: *lifetimeMax, Progress: os.Stderr})
+	r, perr := punch.Probe(ctx, punch.ProbeOptions{Server: addr, Server6: addr6, Lifetime: *lifetime, LifetimeMax: *lifetimeMax, Progress: os.Stderr})
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
@@ -151,21 +151,45 @@ func runProbe(ctx context.Context, args []string) int {
 	return 0
 }
 
-func probeServer(ctx context.Context, flagValue, stateDir string) (netip.AddrPort, error) {
+// probeServer finds the rendezvous's addresses: the one the probe tests
+// (IPv4 when it has one), and its IPv6 address, if any.
+func probeServer(ctx context.Context, flagValue, stateDir string) (server, server6 netip.AddrPort, err error) {
 	if flagValue == "" {
 		if ap, err := punch.LastRendezvous(stateDir); err == nil {
-			return ap, nil
+			if ap.Addr().Is6() {
+				return ap, ap, nil
+			}
+			return ap, netip.AddrPort{}, nil
 		}
 		if id, err := punch.OriginHost(ctx, "."); err == nil {
 			flagValue = net.JoinHostPort(id, "3478")
 		} else {
-			return netip.AddrPort{}, fmt.Errorf("give --server HOST:PORT (no daemon state in %s and no SSH origin here)", stateDir)
+			return server, server6, fmt.Errorf("give --server HOST:PORT (no daemon state in %s and no SSH origin here)", stateDir)
 		}
 	}
-	ua, err := net.ResolveUDPAddr("udp4", flagValue)
+	host, portText, err := net.SplitHostPort(flagValue)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return server, server6, err
 	}
-	ap := ua.AddrPort()
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	port, err := net.LookupPort("udp", portText)
+	if err != nil {
+		return server, server6, err
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return server, server6, err
+	}
+	for _, ip := range ips {
+		ap := netip.AddrPortFrom(ip.Unmap(), uint16(port))
+		switch {
+		case ap.Addr().Is4() && !server.IsValid():
+			server = ap
+		case ap.Addr().Is6() && !server6.IsValid():
+			server6 = ap
+		}
+	}
+	if !server.IsValid() {
+		server = server6
+	}
+	return server, server6, nil
 }

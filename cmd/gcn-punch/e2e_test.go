@@ -126,7 +126,9 @@ func newWorld(t *testing.T, open bool, prepare ...func(*world)) *world {
 		t.Fatal(err)
 	}
 	run(t, "", "git", "clone", "-q", w.bare, w.clone)
-	w.listen = "127.0.0.1:0"
+	if w.listen == "" {
+		w.listen = "127.0.0.1:0"
+	}
 	w.startRendezvous()
 	w.listen = w.addr() // restarts reuse the port
 	return w
@@ -260,6 +262,26 @@ func TestE2EHundredPushesTwoDaemons(t *testing.T) {
 	st := run(t, "", binary, "status", "--store", w.store)
 	if strings.Count(st, "chat.git=100") != 2 {
 		t.Fatalf("status does not show both clients at 100:\n%s", st)
+	}
+}
+
+// A rendezvous listening on [::] serves both families on one port: a
+// daemon that reaches it over IPv6 and one over IPv4 each get every push
+// exactly once, in order, and the server's status shows each at its address.
+func TestE2EDualStackRendezvous(t *testing.T) {
+	w := newWorld(t, true, func(w *world) { w.listen = "[::]:0" })
+	_, port, _ := net.SplitHostPort(w.listen)
+	v6, v4 := w.startDaemon("six", net.JoinHostPort("::1", port)), w.startDaemon("four", net.JoinHostPort("127.0.0.1", port))
+	v6.ready(t)
+	v4.ready(t)
+	for range 5 {
+		w.push()
+	}
+	v6.wantExactly(t, 5)
+	v4.wantExactly(t, 5)
+	st := run(t, "", binary, "status", "--store", w.store)
+	if !strings.Contains(st, "[::1]:") || !strings.Contains(st, "127.0.0.1:") || strings.Count(st, "chat.git=5") != 2 {
+		t.Fatalf("status does not show one client on each family, both at 5:\n%s", st)
 	}
 }
 
