@@ -96,3 +96,43 @@ func TestRegistrationRecordChangesOnlyWithProof(t *testing.T) {
 		t.Fatalf("a proven registration recorded %s", ip)
 	}
 }
+
+// Registration over SSH reached over IPv6 records the client's IPv6
+// address, and a rendezvous bound to [::] (both families) is advertised at
+// the address the client reached SSH on, in that family.
+func TestRegistrationOverIPv6(t *testing.T) {
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.ServerKeys(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetRendezvous(netip.MustParseAddrPort("[::]:3478"), false); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(home, "chat.git"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Serve("chat.git", filepath.Join(home, "chat.git")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ conn, record, advertised string }{
+		{"2001:2:1::10 50000 2001:2::10 22", "[2001:2:1::10]:4000", "[2001:2::10]:3478"},
+		{"198.19.1.11 50000 198.18.0.1 22", "198.19.1.11:4000", "198.18.0.1:3478"},
+	} {
+		pub, _, _ := wire.GenerateKey() // a new client each time
+		reply, err := Heartbeat(st, HeartbeatRequest{RepoPath: "chat.git", ID: pub.String(), Port: "4000", Reflexive: "-"}, c.conn, home, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := st.ReadClient(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Addr.String() != c.record || len(reply.Addrs) != 1 || reply.Addrs[0].String() != c.advertised {
+			t.Errorf("SSH_CONNECTION %q: record %s, advertised %v; want %s and %s", c.conn, r.Addr, reply.Addrs, c.record, c.advertised)
+		}
+	}
+}

@@ -1,0 +1,33 @@
+package punch
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// The IPv6 verdict and the human report follow what the probe found: not
+// tested, no answer, a global address, or one behind a translator.
+func TestProbeIPv6Verdict(t *testing.T) {
+	yes, no := true, false
+	f := EndpointIndependent
+	for _, c := range []struct {
+		r    ProbeReport
+		want string
+	}{
+		{ProbeReport{UDP: true}, "not tested"},
+		{ProbeReport{UDP: true, IPv6: &no}, "no:"},
+		{ProbeReport{UDP: true, IPv6: &yes, IPv6Reflexive: "[2001:2:1::10]:4000", IPv6Global: true, IPv6Filtering: &f}, "yes: a global address"},
+		{ProbeReport{UDP: true, IPv6: &yes, IPv6Reflexive: "[2001:2::21]:4000"}, "yes, through a NAT66"},
+	} {
+		c.r.Verdict = verdict(c.r)
+		if !strings.HasPrefix(c.r.Verdict.IPv6, c.want) {
+			t.Errorf("%+v: verdict %q, want it to begin %q", c.r, c.r.Verdict.IPv6, c.want)
+		}
+		var b bytes.Buffer
+		c.r.WriteHuman(&b)
+		if !strings.Contains(b.String(), "Over IPv6:\n  "+c.r.Verdict.IPv6) || (c.r.IPv6Reflexive != "") != strings.Contains(b.String(), c.r.IPv6Reflexive+" (global:") {
+			t.Errorf("the report does not show the IPv6 findings:\n%s", b.String())
+		}
+	}
+}
