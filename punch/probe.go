@@ -40,24 +40,24 @@ type ProbeOptions struct {
 // ProbeReport is what `gcn-punch probe --json` prints. Nil fields could not
 // be tested; Untested says why.
 type ProbeReport struct {
-	Server         string       `json:"server"`
-	OtherAddress   string       `json:"other_address,omitempty"`
-	UDP            bool         `json:"udp"`
-	Reflexive      []string     `json:"reflexive"`
-	PortPreserving *bool        `json:"port_preserving"`
-	Mapping        *string      `json:"mapping"`
-	Filtering      *string      `json:"filtering"`
-	Hairpinning    *bool        `json:"hairpinning"`
-	NoNAT          bool         `json:"no_nat"`
-	LifetimeSec    *float64     `json:"mapping_lifetime_s,omitempty"`
+	Server         string   `json:"server"`
+	OtherAddress   string   `json:"other_address,omitempty"`
+	UDP            bool     `json:"udp"`
+	Reflexive      []string `json:"reflexive"`
+	PortPreserving *bool    `json:"port_preserving"`
+	Mapping        *string  `json:"mapping"`
+	Filtering      *string  `json:"filtering"`
+	Hairpinning    *bool    `json:"hairpinning"`
+	NoNAT          bool     `json:"no_nat"`
+	LifetimeSec    *float64 `json:"mapping_lifetime_s,omitempty"`
 	// IPv6: whether the rendezvous answered over IPv6 (nil: not tested, no
 	// IPv6 address for it), the address it saw, whether that is one of
 	// this machine's own (a global address, no NAT66), and how the
 	// firewall filters unsolicited inbound datagrams.
-	IPv6          *bool   `json:"ipv6"`
-	IPv6Reflexive string  `json:"ipv6_reflexive,omitempty"`
-	IPv6Global    bool    `json:"ipv6_global"`
-	IPv6Filtering *string `json:"ipv6_filtering"`
+	IPv6           *bool        `json:"ipv6"`
+	IPv6Reflexive  string       `json:"ipv6_reflexive,omitempty"`
+	IPv6Global     bool         `json:"ipv6_global"`
+	IPv6Filtering  *string      `json:"ipv6_filtering"`
 	Untested       []string     `json:"untested,omitempty"`
 	Verdict        ProbeVerdict `json:"verdict"`
 	DurationMillis int64        `json:"duration_ms"`
