@@ -47,7 +47,7 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
 	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
 	"TestNATProbeInterop", "TestNATProbeLifetime", "TestNATFanoutPairMatrix", "TestNATFanoutCrowd", "TestNATFanoutChurn",
-	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall"}
+	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall", "TestNATIPv6FirewallTimeout"}
 
 var contributed sync.Map
 
@@ -469,6 +469,26 @@ func TestNATShortMappingLifetime(t *testing.T) {
 	for i, r := range lab.Routers {
 		clients = append(clients, s.startClient(r.Clients[0], kindName(specs[i])+", 15 s timeout"))
 	}
+	keepaliveLearned(t, s, clients)
+}
+
+// The daemon learns an IPv6 firewall's idle timeout as it learns a NAT's
+// mapping lifetime: behind a firewall that forgets after 15 s, on an
+// IPv6-only network, it keeps alive under 15 s and a push after 45 s idle
+// arrives at once.
+func TestNATIPv6FirewallTimeout(t *testing.T) {
+	skipUnlessLab(t)
+	t.Parallel()
+	lab := newLab(t, netsim.RouterSpec{Kind: netsim.PortRestricted, IPv6Only: true, UDPTimeout: 15 * time.Second})
+	s := startServer(t, lab, "--listen", "[::]:3478", "--alt-listen", "")
+	c := s.startClient(lab.Routers[0].Clients[0], "IPv6 firewall, IPv6-only client, 15 s timeout", "--server", netip.AddrPortFrom(netsim.ServerAddr6, 3478).String())
+	keepaliveLearned(t, s, []*client{c})
+}
+
+// keepaliveLearned waits until each client settled its keepalive, idles
+// 45 s, pushes, and checks that the push arrived promptly and that the
+// keepalive fits a 15 s lifetime.
+func keepaliveLearned(t *testing.T, s *server, clients []*client) {
 	for _, c := range clients {
 		c.ready(t)
 	}
