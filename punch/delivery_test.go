@@ -494,3 +494,41 @@ func TestLostChallengeAnswerIsRecoveredAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// The rendezvous's first Challenge is lost on its way to the daemon, which
+// got the pong and so knows its position: it sends a keepalive each second
+// until it is validated, and a push is handled within seconds, not at its
+// next keepalive 25 s later.
+func TestLostChallengeIsRecoveredAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		challengeLen := wire.Overhead + 1 + wire.CookieLen // nothing else the rendezvous sends has this size
+		dropped := 0
+		l.net.Drop = func(from, _ netip.AddrPort, b []byte) bool {
+			if from.String() != l.addr || len(b) != challengeLen || dropped > 0 {
+				return false
+			}
+			dropped++
+			return true
+		}
+		var rec recorder
+		l.daemon(t, "198.19.1.2:40000", &rec)
+		if !waitFor(time.Minute, func() bool { return len(l.srv.Clients()) == 1 }) {
+			t.Fatal("the daemon did not register")
+		}
+		start := time.Now()
+		if !waitFor(time.Minute, func() bool { return l.srv.Stats().Validated == 1 }) {
+			t.Fatal("the daemon's address was never validated")
+		}
+		if dropped != 1 {
+			t.Fatalf("dropped %d challenges, want the first", dropped)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Fatalf("validated %v after the lost challenge, want within a few seconds", took)
+		}
+		l.push(t, 1)
+		if !waitFor(10*time.Second, func() bool { return len(rec.snapshot()) == 1 }) {
+			t.Fatal("the push was not handled")
+		}
+	})
+}

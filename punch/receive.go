@@ -93,6 +93,11 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) error
 	switch m := msg.(type) {
 	case *wire.Pong:
 		d.onPong(p, m)
+		// The rendezvous sends a Challenge with every pong until this
+		// address is proven. If that Challenge was lost, the next quiet
+		// keepalive would be a whole interval away: recheck each second
+		// until the address is validated.
+		d.startRecheck(ctx, p)
 	case *wire.Notify:
 		if m.Recipient != d.pub {
 			d.count(func(s *Stats) { s.Forged++ })
@@ -120,12 +125,8 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) error
 		d.send(p, &wire.ChallengeReply{Cookie: m.Cookie})
 		p.mu.Lock()
 		p.validated = false
-		start := !p.rechecking
-		p.rechecking = true
 		p.mu.Unlock()
-		if start {
-			d.edgeWG.Go(func() { d.recheck(ctx, p) })
-		}
+		d.startRecheck(ctx, p)
 	case *wire.Validated:
 		p.mu.Lock()
 		p.validated = true
@@ -172,6 +173,20 @@ const challengeTries = 8
 // recheck sends a keepalive every challengeRecheck until the rendezvous
 // says the address is validated, at most challengeTries times: each one
 // from an address not yet validated brings a new Challenge.
+// startRecheck runs recheck unless the address is validated or a recheck
+// runs already.
+func (d *Daemon) startRecheck(ctx context.Context, p *serverLink) {
+	p.mu.Lock()
+	start := !p.validated && !p.rechecking
+	if start {
+		p.rechecking = true
+	}
+	p.mu.Unlock()
+	if start {
+		d.edgeWG.Go(func() { d.recheck(ctx, p) })
+	}
+}
+
 func (d *Daemon) recheck(ctx context.Context, p *serverLink) {
 	defer func() {
 		p.mu.Lock()
