@@ -473,25 +473,7 @@ func TestLostChallengeAnswerIsRecoveredAtOnce(t *testing.T) {
 			}
 			return false
 		}
-		var rec recorder
-		l.daemon(t, "198.19.1.2:40000", &rec)
-		if !waitFor(time.Minute, func() bool { return len(l.srv.Clients()) == 1 }) {
-			t.Fatal("the daemon did not register")
-		}
-		start := time.Now()
-		if !waitFor(time.Minute, func() bool { return l.srv.Stats().Validated == 1 }) {
-			t.Fatal("the daemon's address was never validated")
-		}
-		if dropped != 1 {
-			t.Fatalf("dropped %d answers, want the first", dropped)
-		}
-		if took := time.Since(start); took > 3*time.Second {
-			t.Fatalf("validated %v after the lost answer, want within a few seconds", took)
-		}
-		l.push(t, 1)
-		if !waitFor(10*time.Second, func() bool { return len(rec.snapshot()) == 1 }) {
-			t.Fatal("the push was not handled")
-		}
+		validatedSoon(t, l, &dropped)
 	})
 }
 
@@ -511,24 +493,32 @@ func TestLostChallengeIsRecoveredAtOnce(t *testing.T) {
 			dropped++
 			return true
 		}
-		var rec recorder
-		l.daemon(t, "198.19.1.2:40000", &rec)
-		if !waitFor(time.Minute, func() bool { return len(l.srv.Clients()) == 1 }) {
-			t.Fatal("the daemon did not register")
-		}
-		start := time.Now()
-		if !waitFor(time.Minute, func() bool { return l.srv.Stats().Validated == 1 }) {
-			t.Fatal("the daemon's address was never validated")
-		}
-		if dropped != 1 {
-			t.Fatalf("dropped %d challenges, want the first", dropped)
-		}
-		if took := time.Since(start); took > 3*time.Second {
-			t.Fatalf("validated %v after the lost challenge, want within a few seconds", took)
-		}
-		l.push(t, 1)
-		if !waitFor(10*time.Second, func() bool { return len(rec.snapshot()) == 1 }) {
-			t.Fatal("the push was not handled")
-		}
+		validatedSoon(t, l, &dropped)
 	})
+}
+
+// validatedSoon starts a daemon whose first validation datagram the lab's
+// Drop loses (counted in dropped), and checks that its address is
+// validated within a few seconds all the same and a push reaches it.
+func validatedSoon(t *testing.T, l *lab, dropped *int) {
+	t.Helper()
+	var rec recorder
+	l.daemon(t, "198.19.1.2:40000", &rec)
+	if !waitFor(time.Minute, func() bool { return len(l.srv.Clients()) == 1 }) {
+		t.Fatal("the daemon did not register")
+	}
+	start := time.Now()
+	if !waitFor(time.Minute, func() bool { return l.srv.Stats().Validated == 1 }) {
+		t.Fatal("the daemon's address was never validated")
+	}
+	if *dropped != 1 {
+		t.Fatalf("dropped %d datagrams, want the first", *dropped)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("validated %v after the loss, want within a few seconds", took)
+	}
+	l.push(t, 1)
+	if !waitFor(10*time.Second, func() bool { return len(rec.snapshot()) == 1 }) {
+		t.Fatal("the push was not handled")
+	}
 }

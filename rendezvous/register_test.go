@@ -18,22 +18,9 @@ import (
 // registration without one is authorised but leaves an existing record as
 // it is; a wrong, reused-elsewhere or stale proof is refused outright.
 func TestRegistrationRecordChangesOnlyWithProof(t *testing.T) {
-	st, err := store.Open(t.TempDir())
+	st, home := registrationStore(t, "198.18.0.1:3478")
+	serverPub, err := st.ServerPublicKey()
 	if err != nil {
-		t.Fatal(err)
-	}
-	serverPub, _, err := st.ServerKeys()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.SetRendezvous(netip.MustParseAddrPort("198.18.0.1:3478"), false); err != nil {
-		t.Fatal(err)
-	}
-	home := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(home, "chat.git"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Serve("chat.git", filepath.Join(home, "chat.git")); err != nil {
 		t.Fatal(err)
 	}
 	victimPub, victimPriv, _ := wire.GenerateKey()
@@ -101,23 +88,7 @@ func TestRegistrationRecordChangesOnlyWithProof(t *testing.T) {
 // address, and a rendezvous bound to [::] (both families) is advertised at
 // the address the client reached SSH on, in that family.
 func TestRegistrationOverIPv6(t *testing.T) {
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := st.ServerKeys(); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.SetRendezvous(netip.MustParseAddrPort("[::]:3478"), false); err != nil {
-		t.Fatal(err)
-	}
-	home := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(home, "chat.git"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Serve("chat.git", filepath.Join(home, "chat.git")); err != nil {
-		t.Fatal(err)
-	}
+	st, home := registrationStore(t, "[::]:3478")
 	for _, c := range []struct{ conn, record, advertised string }{
 		{"2001:2:1::10 50000 2001:2::10 22", "[2001:2:1::10]:4000", "[2001:2::10]:3478"},
 		{"198.19.1.11 50000 198.18.0.1 22", "198.19.1.11:4000", "198.18.0.1:3478"},
@@ -135,4 +106,28 @@ func TestRegistrationOverIPv6(t *testing.T) {
 			t.Errorf("SSH_CONNECTION %q: record %s, advertised %v; want %s and %s", c.conn, r.Addr, reply.Addrs, c.record, c.advertised)
 		}
 	}
+}
+
+// registrationStore is a store with server keys, a rendezvous bound to
+// listen, and chat.git served from a fresh home directory.
+func registrationStore(t *testing.T, listen string) (*store.Store, string) {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.ServerKeys(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetRendezvous(netip.MustParseAddrPort(listen), false); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(home, "chat.git"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Serve("chat.git", filepath.Join(home, "chat.git")); err != nil {
+		t.Fatal(err)
+	}
+	return st, home
 }
