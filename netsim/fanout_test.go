@@ -7,6 +7,7 @@ package netsim_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
@@ -434,4 +435,49 @@ func TestNATFanoutChurn(t *testing.T) {
 	t.Logf("churn: %d of %d interior members killed mid-stream; %d evicted, %d direct fallbacks", len(kill), len(interior), st.TreeEvictions, st.DirectFallbacks)
 	record(t, row{fmt.Sprintf("fan-out churn: %d of %d interior members killed mid-stream", len(kill), len(interior)), fmt.Sprintf("%d daemons, mixed", len(clients)), res,
 		fmt.Sprintf("healed; %d evictions, %d direct fallbacks", st.TreeEvictions, st.DirectFallbacks), "-"})
+}
+
+// Two daemons on IPv6-only networks behind home routers' IPv6 firewalls (no
+// NAT, nothing unsolicited in): their simultaneous checks open both
+// pinholes, a direct path forms, and the child takes every event from its
+// parent exactly once, in order.
+func TestNATFanoutIPv6Pair(t *testing.T) {
+	skipUnlessLab(t)
+	t.Parallel()
+	spec := netsim.RouterSpec{Kind: netsim.PortRestricted, IPv6Only: true}
+	lab := newLab(t, spec, spec)
+	s := startServer(t, lab, "--listen", "[::]:3478", "--alt-listen", "", "--fanout", "1")
+	server6 := netip.AddrPortFrom(netsim.ServerAddr6, 3478).String()
+	parent := s.startClient(lab.Routers[0].Clients[0], "IPv6 firewall", "--server", server6)
+	if !poll(60*time.Second, func() bool { tr := s.tree("chat.git"); return tr != nil && tr.Size == 1 }) {
+		t.Fatalf("the parent never joined its tree:\n%s", parent.text())
+	}
+	child := s.startClient(lab.Routers[1].Clients[0], "IPv6 firewall", "--server", server6)
+	if !poll(60*time.Second, func() bool { return formedRE.MatchString(child.text()) || noPathRE.MatchString(child.text()) }) {
+		t.Fatalf("the edge never settled:\nparent:\n%s\nchild:\n%s", tail(parent.text(), 15), tail(child.text(), 15))
+	}
+	m := formedRE.FindStringSubmatch(child.text())
+	if m == nil {
+		t.Fatalf("no direct path across two IPv6 firewalls:\nparent:\n%s\nchild:\n%s", tail(parent.text(), 15), tail(child.text(), 15))
+	}
+	r := pairRow{parent: "IPv6 firewall (IPv6-only)", child: "IPv6 firewall (IPv6-only)", result: "direct", kind: m[1], took: m[2]}
+	if mr := formedRTT.FindStringSubmatch(child.text()); mr != nil {
+		r.rtt = mr[1]
+	}
+	const n = 5
+	for range n {
+		s.push()
+	}
+	for _, c := range []*client{parent, child} {
+		if err := c.exactly(n, 30*time.Second); err != nil {
+			t.Fatalf("%v\n%s", err, c.text())
+		}
+	}
+	if st := child.stats(); st.FromPeer == 0 {
+		t.Fatalf("the child took nothing from its parent: %+v", st)
+	}
+	pairs.Lock()
+	pairs.rows = append(pairs.rows, r)
+	pairs.Unlock()
+	contributed.Store(t.Name(), true)
 }

@@ -47,7 +47,7 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
 	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
 	"TestNATProbeInterop", "TestNATProbeLifetime", "TestNATFanoutPairMatrix", "TestNATFanoutCrowd", "TestNATFanoutChurn",
-	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall", "TestNATIPv6FirewallTimeout"}
+	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall", "TestNATIPv6FirewallTimeout", "TestNATFanoutIPv6Pair"}
 
 var contributed sync.Map
 

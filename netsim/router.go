@@ -141,6 +141,19 @@ func (r *Router) addIPv6(i int) error {
 			return err
 		}
 	}
+	// The WAN has no upstream router: each IPv6 router gets a route to
+	// every other's LAN, so that their clients reach each other.
+	for j, o := range r.lab.Routers {
+		if !o.Addr6.IsValid() {
+			continue
+		}
+		if err := inNS(o.NS, "ip", "-6", "route", "add", fmt.Sprintf("2001:2:%d::/64", i), "via", r.Addr6.String()); err != nil {
+			return err
+		}
+		if err := inNS(r.NS, "ip", "-6", "route", "add", fmt.Sprintf("2001:2:%d::/64", j+1), "via", o.Addr6.String()); err != nil {
+			return err
+		}
+	}
 	// The usual home default: LAN to WAN, answers and related ICMPv6 back,
 	// nothing unsolicited in. Its UDP idle timeout is conntrack's, as for v4.
 	return nftApply6(r.NS, "table ip6 gcn6 {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n"+
