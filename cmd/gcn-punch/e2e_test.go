@@ -249,17 +249,25 @@ func poll(limit time.Duration, cond func() bool) bool {
 	return cond()
 }
 
-func TestE2EHundredPushesTwoDaemons(t *testing.T) {
-	w := newWorld(t, true)
-	a, b := w.startDaemon("alice", w.listen), w.startDaemon("bob", w.listen)
+// pushToTwo starts two daemons that reach the rendezvous at serverA and
+// serverB, pushes n times, checks that both handled 1..n exactly once, in
+// order, and returns the server's status.
+func (w *world) pushToTwo(t *testing.T, serverA, serverB string, n int) string {
+	t.Helper()
+	a, b := w.startDaemon("alice", serverA), w.startDaemon("bob", serverB)
 	a.ready(t)
 	b.ready(t)
-	for range 100 {
+	for range n {
 		w.push()
 	}
-	a.wantExactly(t, 100)
-	b.wantExactly(t, 100)
-	st := run(t, "", binary, "status", "--store", w.store)
+	a.wantExactly(t, n)
+	b.wantExactly(t, n)
+	return run(t, "", binary, "status", "--store", w.store)
+}
+
+func TestE2EHundredPushesTwoDaemons(t *testing.T) {
+	w := newWorld(t, true)
+	st := w.pushToTwo(t, w.listen, w.listen, 100)
 	if strings.Count(st, "chat.git=100") != 2 {
 		t.Fatalf("status does not show both clients at 100:\n%s", st)
 	}
@@ -271,15 +279,7 @@ func TestE2EHundredPushesTwoDaemons(t *testing.T) {
 func TestE2EDualStackRendezvous(t *testing.T) {
 	w := newWorld(t, true, func(w *world) { w.listen = "[::]:0" })
 	_, port, _ := net.SplitHostPort(w.listen)
-	v6, v4 := w.startDaemon("six", net.JoinHostPort("::1", port)), w.startDaemon("four", net.JoinHostPort("127.0.0.1", port))
-	v6.ready(t)
-	v4.ready(t)
-	for range 5 {
-		w.push()
-	}
-	v6.wantExactly(t, 5)
-	v4.wantExactly(t, 5)
-	st := run(t, "", binary, "status", "--store", w.store)
+	st := w.pushToTwo(t, net.JoinHostPort("::1", port), net.JoinHostPort("127.0.0.1", port), 5)
 	if !strings.Contains(st, "[::1]:") || !strings.Contains(st, "127.0.0.1:") || strings.Count(st, "chat.git=5") != 2 {
 		t.Fatalf("status does not show one client on each family, both at 5:\n%s", st)
 	}
