@@ -456,6 +456,11 @@ func TestNATFanoutIPv6Pair(t *testing.T) {
 	if !poll(60*time.Second, func() bool { return formedRE.MatchString(child.text()) || noPathRE.MatchString(child.text()) }) {
 		t.Fatalf("the edge never settled:\nparent:\n%s\nchild:\n%s", tail(parent.text(), 15), tail(child.text(), 15))
 	}
+	// No NAT, but a firewall: the daemon does not claim to know its
+	// filtering (the rendezvous here has no second address to test it).
+	if !strings.Contains(child.text(), `msg="peer: NAT behaviour" server=[2001:2::10]:3478 mapping=endpoint-independent filtering=unknown`) {
+		t.Errorf("the child's NAT measurement behind an IPv6 firewall:\n%s", tail(child.text(), 15))
+	}
 	m := formedRE.FindStringSubmatch(child.text())
 	if m == nil {
 		t.Fatalf("no direct path across two IPv6 firewalls:\nparent:\n%s\nchild:\n%s", tail(parent.text(), 15), tail(child.text(), 15))

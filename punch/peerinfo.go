@@ -110,8 +110,8 @@ const (
 )
 
 // probeNAT measures the NAT's mapping and filtering toward the rendezvous
-// (unknown where the rendezvous has no second address; endpoint-independent
-// when there is no NAT at all).
+// (unknown where the rendezvous has no second address; the mapping
+// endpoint-independent when there is no NAT at all).
 func (d *Daemon) probeNAT(ctx context.Context, server netip.AddrPort) *natBehaviour {
 	code := func(s *string) byte {
 		switch {
@@ -138,7 +138,10 @@ func (d *Daemon) probeNAT(ctx context.Context, server netip.AddrPort) *natBehavi
 		r, _ := Probe(pctx, ProbeOptions{Server: server})
 		cancel()
 		if r.NoNAT {
-			return &natBehaviour{Mapping: wire.EndpointIndependent, Filtering: wire.EndpointIndependent}
+			// No translation, so the mapping is endpoint-independent; but
+			// a firewall may still filter (an IPv6 home router does), so
+			// the filtering is what was measured, if anything.
+			return &natBehaviour{Mapping: wire.EndpointIndependent, Filtering: code(r.Filtering)}
 		}
 		nat = &natBehaviour{Mapping: code(r.Mapping), Filtering: code(r.Filtering)}
 		if r.UDP && r.OtherAddress == "" {
