@@ -12,7 +12,7 @@ pkg="$root/gcn-punch"
 mkdir -p "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/usr/share/man/man1" "$pkg/usr/share/doc/gcn-punch" \
   "$pkg/usr/lib/systemd/system"
 
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -buildid=" -o "$pkg/usr/bin/gcn-punch" ./cmd/gcn-punch
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -buildid= -X main.version=$VERSION" -o "$pkg/usr/bin/gcn-punch" ./cmd/gcn-punch
 ln -s gcn-punch "$pkg/usr/bin/gcn-heartbeat"
 
 gzip -9n -c docs/gcn-punch.1 >"$pkg/usr/share/man/man1/gcn-punch.1.gz"

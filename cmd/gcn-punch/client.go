@@ -32,6 +32,9 @@ func runDaemon(ctx context.Context, args []string) error {
 	noPeer := fs.Bool("no-peer", false, "never forward to other clients nor take part in hole punching: a leaf served by the rendezvous")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
 	parse(fs, args)
+	if fs.Changed("keepalive") && (*keepalive < punch.MinKeepalive || *keepalive > punch.MaxKeepalive) {
+		usageFail(fs, fmt.Errorf("--keepalive %v: give %v to %v, the range the daemon learns in (or leave it out, and the daemon learns it)", *keepalive, punch.MinKeepalive, punch.MaxKeepalive))
+	}
 	log := logger(*verbose)
 
 	sshMode := *server == "" && *serverKey == "" && len(*repoIDs) == 0

@@ -30,6 +30,7 @@ usage:
   gcn-punch heartbeat --repo PATH --id HEX --port N [--reflexive IP:PORT]   (store: $GCN_STORE)
   gcn-punch heartbeat watch --repo PATH     the SSH session as a stream to the rendezvous
                    (as ~/git-shell-commands/gcn-heartbeat, run by clients over SSH)
+  gcn-punch version                         (also --version)
 
 Run "gcn-punch COMMAND --help" for a command's flags.
 `
@@ -67,6 +68,8 @@ func main() {
 		os.Exit(runProbe(ctx, args))
 	case "help", "-h", "--help":
 		fmt.Print(usage)
+	case "version", "--version":
+		fmt.Println(versionString())
 	default:
 		fmt.Fprintf(os.Stderr, "gcn-punch: unknown command %q\n\n%s", cmd, usage)
 		os.Exit(2)
@@ -91,9 +94,15 @@ func parse(fs *flag.FlagSet, args []string) {
 		os.Exit(0)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n\nflags of %s:\n%s", fs.Name(), err, fs.Name(), fs.FlagUsages())
-		os.Exit(2)
+		usageFail(fs, err)
 	}
+}
+
+// usageFail names a usage error on stderr above the command's flags and
+// exits 2.
+func usageFail(fs *flag.FlagSet, err error) {
+	fmt.Fprintf(os.Stderr, "%s: %v\n\nflags of %s:\n%s", fs.Name(), err, fs.Name(), fs.FlagUsages())
+	os.Exit(2)
 }
 
 // parseFlags parses args and refuses positional arguments.

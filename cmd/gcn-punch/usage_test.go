@@ -51,3 +51,26 @@ func TestHelpExitsZero(t *testing.T) {
 		t.Fatalf("status --help: exit %d, output %q", code, out+errs)
 	}
 }
+
+// version and --version print the version, the Go release and the platform,
+// and exit 0.
+func TestVersion(t *testing.T) {
+	for _, arg := range []string{"version", "--version"} {
+		code, out, errs := runCode(t, "", arg)
+		if code != 0 || !strings.HasPrefix(out, "gcn-punch ") || !strings.Contains(out, "go1.") || strings.Count(out, "\n") != 1 || errs != "" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit 0 and one line", arg, code, out, errs)
+		}
+	}
+}
+
+// A --keepalive outside what the daemon could learn (2 s to 2 min) is a
+// usage error that says the range, exit 2, before anything starts.
+func TestKeepaliveOutOfRangeIsAUsageError(t *testing.T) {
+	for _, ka := range []string{"1s", "121s", "0s"} {
+		code, _, errs := runCode(t, "", "daemon", "--server", "127.0.0.1:9", "--server-key", strings.Repeat("0", 64), "--repo-id", "x",
+			"--state", t.TempDir(), "--keepalive", ka)
+		if code != 2 || !strings.Contains(errs, "give 2s to 2m0s") {
+			t.Errorf("--keepalive %s: exit %d, stderr %q; want exit 2 naming the range", ka, code, errs)
+		}
+	}
+}
