@@ -20,7 +20,7 @@ const statusTimeout = 2 * time.Second
 // acked sequence per repository. The live view comes from the running
 // rendezvous; when it is down, the records on disk are shown without acks.
 func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
-	st, err := store.Open(storeDir)
+	st, err := store.OpenExisting(storeDir)
 	if err != nil {
 		return err
 	}
@@ -79,7 +79,7 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 // WriteTrees prints each repository's fan-out tree as the running
 // rendezvous has it: as JSON (RepoTree), or as an indented outline.
 func WriteTrees(w io.Writer, storeDir string, asJSON bool) error {
-	st, err := store.Open(storeDir)
+	st, err := store.OpenExisting(storeDir)
 	if err != nil {
 		return err
 	}
@@ -118,7 +118,7 @@ func WriteTrees(w io.Writer, storeDir string, asJSON bool) error {
 
 // WriteStats prints the running rendezvous's counters as one JSON object.
 func WriteStats(w io.Writer, storeDir string) error {
-	st, err := store.Open(storeDir)
+	st, err := store.OpenExisting(storeDir)
 	if err != nil {
 		return err
 	}

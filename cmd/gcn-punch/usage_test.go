@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -71,6 +73,21 @@ func TestKeepaliveOutOfRangeIsAUsageError(t *testing.T) {
 			"--state", t.TempDir(), "--keepalive", ka)
 		if code != 2 || !strings.Contains(errs, "give 2s to 2m0s") {
 			t.Errorf("--keepalive %s: exit %d, stderr %q; want exit 2 naming the range", ka, code, errs)
+		}
+	}
+}
+
+// status --store on a directory that holds no store is an error that says
+// so, and creates nothing: a mistyped path used to become a new, empty store.
+func TestStatusOnMissingStoreCreatesNothing(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-store")
+	for _, args := range [][]string{{"status", "--store", missing}, {"status", "--store", missing, "--stats"}, {"status", "--store", missing, "--tree"}} {
+		code, _, errs := runCode(t, "", args...)
+		if code != 1 || !strings.Contains(errs, "no gcn-punch store in "+missing) {
+			t.Errorf("%v: exit %d, stderr %q; want exit 1 saying there is no store", args, code, errs)
+		}
+		if _, err := os.Stat(missing); !os.IsNotExist(err) {
+			t.Fatalf("%v created %s", args, missing)
 		}
 	}
 }

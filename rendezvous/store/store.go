@@ -46,6 +46,19 @@ func Open(dir string) (*Store, error) {
 	return &Store{Dir: dir}, nil
 }
 
+// ErrNoStore is OpenExisting's error for a directory that holds no store.
+var ErrNoStore = errors.New("no gcn-punch store")
+
+// OpenExisting opens a store that exists, creating nothing: what read-only
+// commands use, so that a mistyped --store is an error, not a new empty
+// store.
+func OpenExisting(dir string) (*Store, error) {
+	if fi, err := os.Stat(filepath.Join(dir, "clients")); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%w in %s (it has no clients/ directory): give the --store the rendezvous runs with", ErrNoStore, dir)
+	}
+	return &Store{Dir: dir}, nil
+}
+
 // ServerKeys loads the server key pair, creating it on first use:
 // server.key (mode 0600) and server.pub each hold 64 hex characters and a newline.
 func (s *Store) ServerKeys() (pub, priv wire.Key, err error) {
