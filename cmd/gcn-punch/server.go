@@ -88,7 +88,10 @@ func runHeartbeat(args []string) int {
 		fmt.Fprintf(os.Stderr, "gcn-heartbeat: %s\n", strings.ReplaceAll(strings.TrimPrefix(err.Error(), "gcn-heartbeat: "), "\n", " "))
 		return 1
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); err == flag.ErrHelp {
+		fmt.Printf("usage: gcn-heartbeat --repo PATH --id HEX --port N [--reflexive IP:PORT] [--proof P]\n       gcn-heartbeat watch --repo PATH\n\n%s", fs.FlagUsages())
+		return 0
+	} else if err != nil {
 		return fail(err)
 	}
 	if fs.NArg() > 0 {
@@ -118,7 +121,12 @@ func runWatch(args []string) int {
 	if d := os.Getenv("GCN_STORE"); d != "" {
 		storeDir = d
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+	err := fs.Parse(args)
+	if err == flag.ErrHelp {
+		fmt.Printf("usage: gcn-heartbeat watch --repo PATH\n\n%s", fs.FlagUsages())
+		return 0
+	}
+	if err != nil || fs.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "gcn-heartbeat: usage: gcn-heartbeat watch --repo PATH")
 		fmt.Println("error usage: gcn-heartbeat watch --repo PATH")
 		return 2
@@ -133,7 +141,13 @@ func runWatch(args []string) int {
 
 func runInstall(cmd string, args []string) error {
 	if len(args) == 0 || (args[0] != "server" && args[0] != "client") {
-		return fmt.Errorf("usage: gcn-punch %s server|client --repo PATH [flags]", cmd)
+		use := fmt.Sprintf("usage: gcn-punch %s server|client --repo PATH [flags]; \"gcn-punch %s server --help\" lists the flags\n", cmd, cmd)
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+			fmt.Print(use)
+			os.Exit(0)
+		}
+		fmt.Fprintf(os.Stderr, "gcn-punch %s: %s", cmd, use)
+		os.Exit(2)
 	}
 	side := args[0]
 	fs := newFlags(cmd + " " + side)

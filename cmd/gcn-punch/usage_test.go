@@ -91,3 +91,19 @@ func TestStatusOnMissingStoreCreatesNothing(t *testing.T) {
 		}
 	}
 }
+
+// --help exits 0 on every subcommand; install and uninstall with no side, or
+// an unknown one, are usage errors, exit 2.
+func TestEveryHelpExitsZeroAndMissingSubcommandTwo(t *testing.T) {
+	for _, c := range []string{"rendezvous", "hook", "daemon", "status", "probe", "bench", "heartbeat", "heartbeat watch",
+		"install server", "install client", "uninstall server", "uninstall client", "install", "uninstall"} {
+		if code, out, errs := runCode(t, "", append(strings.Fields(c), "--help")...); code != 0 || !strings.Contains(out+errs, "usage") && !strings.Contains(out+errs, "--") {
+			t.Errorf("%s --help: exit %d, output %q", c, code, out+errs)
+		}
+	}
+	for _, args := range [][]string{{"install"}, {"uninstall"}, {"install", "bogus"}} {
+		if code, out, errs := runCode(t, "", args...); code != 2 || !strings.Contains(errs, "server|client") || out != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 and the usage on stderr", args, code, out, errs)
+		}
+	}
+}
