@@ -150,6 +150,22 @@ func shorten(s string) string {
 	return fmt.Sprintf("%q... (%d bytes)", s[:keep], len(s))
 }
 
+// ErrNotRepository is RepoID's error outside a git repository: the hook
+// then records nothing, rather than inventing a repository named after the
+// directory it happened to run in.
+var ErrNotRepository = errors.New("not a git repository")
+
+// isGitDir reports whether dir looks like a git directory (HEAD, objects/
+// and refs/), without running git: the hook has a time bound.
+func isGitDir(dir string) bool {
+	for _, name := range []string{"HEAD", "objects", "refs"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // RepoID is `git config gcnpunch.repoid` of the repository, or, if that is
 // unset, the repository directory's base name (e.g. "chat.git"; for a
 // non-bare ".git" directory, its parent's name).
@@ -163,6 +179,9 @@ func RepoID(gitDir string) (string, error) {
 	abs, err := filepath.Abs(gitDir)
 	if err != nil {
 		return "", err
+	}
+	if !isGitDir(abs) {
+		return "", fmt.Errorf("%w: %s (run me as a repository's post-receive hook, or give --repo-id)", ErrNotRepository, abs)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), gitConfigTimeout)
 	defer cancel()

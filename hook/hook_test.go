@@ -2,6 +2,7 @@ package hook
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -53,6 +54,24 @@ func TestRepoIDFromConfigOrDirectory(t *testing.T) {
 	exec.Command("git", "init", "-q", work).Run()
 	if id, _ := RepoID(filepath.Join(work, ".git")); id != "project" {
 		t.Fatalf("non-bare id %q", id)
+	}
+}
+
+// Run outside a git repository with no --repo-id, the hook records nothing
+// and says why: no repository named after the directory appears in the
+// store.
+func TestHookOutsideARepositoryRecordsNothing(t *testing.T) {
+	st, _ := store.Open(t.TempDir())
+	notRepo := filepath.Join(t.TempDir(), "tmp")
+	os.Mkdir(notRepo, 0o755)
+	var errb bytes.Buffer
+	in := strings.Repeat("0", 40) + " " + strings.Repeat("a", 40) + " refs/heads/main\n"
+	_, err := Run(Options{StoreDir: st.Dir, GitDir: notRepo, Stdin: strings.NewReader(in), Stderr: &errb})
+	if !errors.Is(err, ErrNotRepository) || !strings.Contains(err.Error(), "--repo-id") {
+		t.Fatalf("Run outside a repository: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(st.Dir, "repos")); len(entries) != 0 {
+		t.Fatalf("the store gained %d repositories", len(entries))
 	}
 }
 
