@@ -21,9 +21,11 @@ const (
 	AddressAndPortDependent = "address-and-port-dependent"
 	probeTry                = 150 * time.Millisecond // first retransmission; doubled each time
 	probeWait               = 700 * time.Millisecond // a test with no answer by then had none
-	lifetimeStart           = 10 * time.Second
-	lifetimeMaxDefault      = 4 * time.Minute
-	lifetimeGrace           = time.Second
+	// LifetimeStart is the first idle time --lifetime waits: a bound
+	// below it measures nothing.
+	LifetimeStart      = 10 * time.Second
+	lifetimeMaxDefault = 4 * time.Minute
+	lifetimeGrace      = time.Second
 )
 
 // ProbeOptions configure a probe.
@@ -50,6 +52,9 @@ type ProbeReport struct {
 	Hairpinning    *bool    `json:"hairpinning"`
 	NoNAT          bool     `json:"no_nat"`
 	LifetimeSec    *float64 `json:"mapping_lifetime_s,omitempty"`
+	// LifetimeAtLeast: nothing expired within --lifetime-max, so the
+	// lifetime is at least LifetimeSec.
+	LifetimeAtLeast bool `json:"mapping_lifetime_at_least,omitempty"`
 	// IPv6: whether the rendezvous answered over IPv6 (nil: not tested, no
 	// IPv6 address for it), the address it saw, whether that is one of
 	// this machine's own (a global address, no NAT66), and how the
@@ -248,8 +253,8 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 	wg.Wait()
 	v6.Wait()
 	if o.Lifetime {
-		if lt, ok := measureLifetime(ctx, o, s1); ok {
-			r.LifetimeSec = &lt
+		if lt, atLeast, ok := measureLifetime(ctx, o, s1); ok {
+			r.LifetimeSec, r.LifetimeAtLeast = &lt, atLeast
 		} else {
 			r.Untested = append(r.Untested, "mapping lifetime: the rendezvous does not honour RESPONSE-PORT, or no answer came back")
 		}

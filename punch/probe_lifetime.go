@@ -14,7 +14,9 @@ import (
 // §4.6): after waiting T, a fresh socket asks the rendezvous to answer to the
 // first socket's public port (RESPONSE-PORT); the answer gets through only
 // if the mapping is still there. T doubles from 10 s, then one bisection.
-func measureLifetime(ctx context.Context, o ProbeOptions, s1 *stunSocket) (float64, bool) {
+// atLeast says that nothing expired within LifetimeMax: the lifetime is at
+// least the result, which is then a bound of the measurement, not the NAT's.
+func measureLifetime(ctx context.Context, o ProbeOptions, s1 *stunSocket) (secs float64, atLeast, ok bool) {
 	max := o.LifetimeMax
 	if max <= 0 {
 		max = lifetimeMaxDefault
@@ -58,10 +60,10 @@ func measureLifetime(ctx context.Context, o ProbeOptions, s1 *stunSocket) (float
 	}
 	var lo, hi time.Duration
 	var waited time.Duration
-	for t := lifetimeStart; waited+t <= max; t *= 2 {
+	for t := LifetimeStart; waited+t <= max; t *= 2 {
 		ok, valid := survives(t)
 		if !valid {
-			return 0, false
+			return 0, false, false
 		}
 		waited += t
 		if !ok {
@@ -71,12 +73,12 @@ func measureLifetime(ctx context.Context, o ProbeOptions, s1 *stunSocket) (float
 		lo = t
 	}
 	if hi == 0 {
-		return lo.Seconds(), lo > 0 // kept for as long as we waited: at least lo
+		return lo.Seconds(), true, lo > 0 // kept for as long as we waited: at least lo
 	}
 	if mid := (lo + hi) / 2; lo > 0 && waited+mid <= max {
 		if ok, valid := survives(mid); valid && ok {
 			lo = mid
 		}
 	}
-	return lo.Seconds(), true
+	return lo.Seconds(), false, true
 }

@@ -42,7 +42,9 @@ func verdict(r ProbeReport) ProbeVerdict {
 		return v
 	}
 	v.Push = "yes: the rendezvous sends each notification down the path your NAT keeps open for the daemon's keepalives; no port needs opening"
-	if r.LifetimeSec != nil {
+	if r.LifetimeSec != nil && r.LifetimeAtLeast {
+		v.Keepalive = fmt.Sprintf("your NAT kept an idle mapping at least %.0f s (nothing expired within --lifetime-max): a keepalive every %.0f s suffices, and a longer one may; the daemon finds the real bound by itself", *r.LifetimeSec, *r.LifetimeSec*safetyMargin)
+	} else if r.LifetimeSec != nil {
 		iv := time.Duration(*r.LifetimeSec * safetyMargin * float64(time.Second)).Round(time.Second)
 		v.Keepalive = fmt.Sprintf("your NAT kept an idle mapping %.0f s: a keepalive every %v suffices (the daemon finds this by itself)", *r.LifetimeSec, iv)
 	} else {
@@ -125,7 +127,9 @@ func (r ProbeReport) WriteHuman(w io.Writer) {
 		fmt.Fprintf(w, "  IPv6 public address     %s (global: %s)\n", r.IPv6Reflexive, global)
 		fmt.Fprintf(w, "  IPv6 filtering          %s\n", val(r.IPv6Filtering))
 	}
-	if r.LifetimeSec != nil {
+	if r.LifetimeSec != nil && r.LifetimeAtLeast {
+		fmt.Fprintf(w, "  mapping lifetime        at least %.0f s idle (nothing expired within --lifetime-max)\n", *r.LifetimeSec)
+	} else if r.LifetimeSec != nil {
 		fmt.Fprintf(w, "  mapping lifetime        %.0f s idle\n", *r.LifetimeSec)
 	}
 	fmt.Fprintf(w, "\nWill push notifications reach this machine?\n  %s\nOver IPv6:\n  %s\nKeepalive:\n  %s\n", r.Verdict.Push, r.Verdict.IPv6, r.Verdict.Keepalive)

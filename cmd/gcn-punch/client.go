@@ -134,6 +134,9 @@ func runProbe(ctx context.Context, args []string) int {
 	lifetimeMax := fs.Duration("lifetime-max", 4*time.Minute, "bound on the waiting of --lifetime")
 	stateDir := fs.String("state", defaultStateDir(), "daemon state directory to take the rendezvous from")
 	parse(fs, args)
+	if *lifetimeMax < punch.LifetimeStart {
+		usageFail(fs, fmt.Errorf("--lifetime-max %v: give at least %v, the first idle time the measurement waits", *lifetimeMax, punch.LifetimeStart))
+	}
 	addr, addr6, err := probeServer(ctx, *server, *stateDir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "gcn-punch probe: %v\n", err)

@@ -107,3 +107,14 @@ func TestEveryHelpExitsZeroAndMissingSubcommandTwo(t *testing.T) {
 		}
 	}
 }
+
+// A --lifetime-max under the first idle time the measurement waits is a
+// usage error, exit 2, before anything is sent.
+func TestProbeLifetimeMaxBelowItsFirstStepIsAUsageError(t *testing.T) {
+	for _, d := range []string{"5s", "0s", "-1s"} {
+		code, _, errs := runCode(t, "", "probe", "--server", "127.0.0.1:9", "--lifetime", "--lifetime-max", d)
+		if code != 2 || !strings.Contains(errs, "give at least 10s") {
+			t.Errorf("--lifetime-max %s: exit %d, stderr %q; want exit 2 naming the floor", d, code, errs)
+		}
+	}
+}

@@ -31,3 +31,23 @@ func TestProbeIPv6Verdict(t *testing.T) {
 		}
 	}
 }
+
+// A lifetime measurement in which nothing expired is reported as a lower
+// bound, never as the NAT's lifetime.
+func TestProbeLifetimeAtLeastIsABound(t *testing.T) {
+	secs := 120.0
+	r := ProbeReport{UDP: true, LifetimeSec: &secs, LifetimeAtLeast: true}
+	r.Verdict = verdict(r)
+	var b bytes.Buffer
+	r.WriteHuman(&b)
+	if !strings.Contains(b.String(), "at least 120 s idle") || !strings.Contains(r.Verdict.Keepalive, "at least 120 s") {
+		t.Fatalf("a bound reported as the lifetime:\n%s", b.String())
+	}
+	r.LifetimeAtLeast = false
+	r.Verdict = verdict(r)
+	b.Reset()
+	r.WriteHuman(&b)
+	if strings.Contains(b.String(), "at least") || strings.Contains(r.Verdict.Keepalive, "at least") {
+		t.Fatalf("a measured lifetime reported as a bound:\n%s", b.String())
+	}
+}
