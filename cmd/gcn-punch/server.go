@@ -98,10 +98,10 @@ func runHeartbeat(args []string) int {
 		return fail(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
 	// Opened without creating anything: a refusal leaves the store as it was.
-	if fi, err := os.Stat(storeDir); err != nil || !fi.IsDir() {
-		return fail(fmt.Errorf("no store at %s", storeDir))
+	st, err := store.OpenExisting(storeDir)
+	if err != nil {
+		return fail(err)
 	}
-	st := &store.Store{Dir: storeDir}
 	home, _ := os.UserHomeDir()
 	reply, err := rendezvous.Heartbeat(st, req, os.Getenv("SSH_CONNECTION"), home, time.Now())
 	if err != nil {

@@ -54,7 +54,7 @@ var ErrNoStore = errors.New("no gcn-punch store")
 // store.
 func OpenExisting(dir string) (*Store, error) {
 	if fi, err := os.Stat(filepath.Join(dir, "clients")); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("%w in %s (it has no clients/ directory): give the --store the rendezvous runs with", ErrNoStore, dir)
+		return nil, fmt.Errorf("%w in %s (it has no clients/ directory): give the store directory the rendezvous runs with", ErrNoStore, dir)
 	}
 	return &Store{Dir: dir}, nil
 }
