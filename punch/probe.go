@@ -240,14 +240,7 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 				untested("filtering: the rendezvous stopped answering")
 				return
 			}
-			switch {
-			case s3.transact(ctx, o.Server, changeRequest(0x06)) != nil:
-				r.Filtering = str(EndpointIndependent)
-			case s3.transact(ctx, o.Server, changeRequest(0x02)) != nil:
-				r.Filtering = str(AddressDependent)
-			default:
-				r.Filtering = str(AddressAndPortDependent)
-			}
+			r.Filtering = str(s3.filtering(ctx, o.Server))
 		})
 	}
 	wg.Wait()
@@ -288,12 +281,19 @@ func probeIPv6(ctx context.Context, server netip.AddrPort, r *ProbeReport) {
 	if !otherAddress(resp).IsValid() {
 		return
 	}
-	f := AddressAndPortDependent
+	f := s.filtering(ctx, server)
+	r.IPv6Filtering = &f
+}
+
+// filtering tells the filtering in front of s (RFC 5780 §4.4): whether an
+// answer from the rendezvous's other IP and port (CHANGE-REQUEST IP and
+// port), or from its other port only, gets through the mapping s opened.
+func (s *stunSocket) filtering(ctx context.Context, server netip.AddrPort) string {
 	switch {
 	case s.transact(ctx, server, changeRequest(0x06)) != nil:
-		f = EndpointIndependent
+		return EndpointIndependent
 	case s.transact(ctx, server, changeRequest(0x02)) != nil:
-		f = AddressDependent
+		return AddressDependent
 	}
-	r.IPv6Filtering = &f
+	return AddressAndPortDependent
 }
