@@ -20,7 +20,8 @@ type Sub struct {
 // Keepalive keeps the client's NAT mapping open and reports its position.
 //
 //	offset  size  field
-//	0       1     type 0x01, or 0x07 for a quiet keepalive (no pong wanted)
+//	0       1     type 0x01, or 0x07 for a quiet keepalive (no pong wanted);
+//	              0x11 and 0x12 for the same on a dual-stack client's standby path
 //	1       8     counter: strictly increasing per client key; replays are dropped
 //	9       4     probe, milliseconds: 0, or "ping me after this long without a packet from me"
 //	13      1     number of subscriptions, 1..16
@@ -47,6 +48,13 @@ type Keepalive struct {
 	// Answering only when asked halves the datagrams a keepalive costs
 	// the server; the daemon asks at least every PongRefresh.
 	Quiet bool
+	// Standby (types 0x11 and 0x12) says this keepalive keeps a
+	// dual-stack client's path on its other address family open: the
+	// rendezvous keeps that address as the client's second path, proves
+	// it like the first, and delivers there when the first stops
+	// answering. It moves no subscription or position. A rendezvous older
+	// than it drops it as an unknown type, which costs nothing.
+	Standby bool
 }
 
 // PongRefresh is how long a client goes without asking for a pong: in
@@ -60,7 +68,12 @@ const PongRefresh = 2 * time.Minute
 func (m *Keepalive) AppendPlaintext(b []byte) []byte {
 	start := len(b)
 	t := TypeKeepalive
-	if m.Quiet {
+	switch {
+	case m.Standby && m.Quiet:
+		t = TypeKeepaliveStandbyQuiet
+	case m.Standby:
+		t = TypeKeepaliveStandby
+	case m.Quiet:
 		t = TypeKeepaliveQuiet
 	}
 	b = append(b, byte(t))

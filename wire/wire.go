@@ -230,6 +230,10 @@ const (
 	TypeChallenge      Type = 0x0d // rendezvous → client: show that you receive here
 	TypeChallengeReply Type = 0x0e // client → rendezvous: the cookie, under the client's key
 	TypeValidated      Type = 0x0f // rendezvous → client: the address is shown to receive
+	// A dual-stack client's keepalives on its other address family
+	// (messages.go): the same layout as TypeKeepalive. 0x10 is reserved.
+	TypeKeepaliveStandby      Type = 0x11 // client → rendezvous
+	TypeKeepaliveStandbyQuiet Type = 0x12 // client → rendezvous, no pong wanted
 )
 
 // Message is any decoded plaintext message.
@@ -247,9 +251,11 @@ func ParsePlaintext(p []byte) (Message, error) {
 	r := reader{b: p[1:]}
 	var m Message
 	switch Type(p[0]) {
-	case TypeKeepalive, TypeKeepaliveQuiet:
+	case TypeKeepalive, TypeKeepaliveQuiet, TypeKeepaliveStandby, TypeKeepaliveStandbyQuiet:
 		k := parseKeepalive(&r)
-		k.Quiet = Type(p[0]) == TypeKeepaliveQuiet
+		t := Type(p[0])
+		k.Quiet = t == TypeKeepaliveQuiet || t == TypeKeepaliveStandbyQuiet
+		k.Standby = t == TypeKeepaliveStandby || t == TypeKeepaliveStandbyQuiet
 		m = k
 	case TypePong:
 		m = parsePong(&r)

@@ -26,6 +26,8 @@ func sampleMessages() []Message {
 	return []Message{
 		&Keepalive{Counter: 7, ProbeMillis: 12500, Subs: []Sub{{RepoID: "chat.git", Known: true, LastSeq: 42}, {RepoID: "team/x", LastSeq: 0}}},
 		&Keepalive{Counter: 8, Subs: []Sub{{RepoID: "chat.git", Known: true, LastSeq: 43}}, Quiet: true},
+		&Keepalive{Counter: 9, Subs: []Sub{{RepoID: "chat.git", Known: true, LastSeq: 43}}, Standby: true},
+		&Keepalive{Counter: 10, ProbeMillis: 30000, Subs: []Sub{{RepoID: "chat.git"}}, Standby: true, Quiet: true},
 		&Pong{Counter: 7, Observed: netip.MustParseAddrPort("198.18.0.5:40001"), Advice: 25, Statuses: []SubStatus{{StatusOK, 42}, {StatusNotAuthorised, 0}}},
 		&Pong{Counter: 1, Observed: netip.MustParseAddrPort("[2001:db8::1]:9"), Statuses: []SubStatus{}},
 		&Notify{Seq: 3, TimeMilli: 1700000000123, Recipient: fixedKey(9), RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB},
@@ -68,6 +70,10 @@ func TestGoldenPlaintext(t *testing.T) {
 			"01" + "0000000000000005" + "000061a8" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-25)},
 		{&Keepalive{Counter: 5, Subs: []Sub{{RepoID: "r", Known: true, LastSeq: 3}}, Quiet: true},
 			"07" + "0000000000000005" + "00000000" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-25)},
+		{&Keepalive{Counter: 5, Subs: []Sub{{RepoID: "r", Known: true, LastSeq: 3}}, Standby: true},
+			"11" + "0000000000000005" + "00000000" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-25)},
+		{&Keepalive{Counter: 5, Subs: []Sub{{RepoID: "r", Known: true, LastSeq: 3}}, Standby: true, Quiet: true},
+			"12" + "0000000000000005" + "00000000" + "01" + "01" + "72" + "01" + "0000000000000003" + strings.Repeat("00", MinKeepalivePlaintext-25)},
 		{&Forward{Seq: 1, TimeMilli: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, Sig: [SigLen]byte{0xaa, 63: 0xbb}},
 			"08" + "0000000000000001" + "0000000000000002" + "01" + "72" +
 				"000c" + hex.EncodeToString([]byte("refs/heads/m")) + "14" + oidA + oidB + "aa" + strings.Repeat("00", 62) + "bb"},
