@@ -50,6 +50,11 @@ func (s *Server) onAck(c *client, m *wire.Ack, src netip.AddrPort, now time.Time
 	}
 	s.stats.Acks++
 	c.seenFrom(src, now)
+	if sb := c.standby; sb != nil && src == sb.proven && src == sb.addr {
+		// The client answered on its standby path: that path most
+		// recently confirmed that it works, so deliveries go there.
+		s.swapPaths(c, now, "an ack came on it")
+	}
 	if m.Seq <= su.acked || m.Seq > su.r.head {
 		return // duplicate or stale ack
 	}
@@ -102,7 +107,7 @@ func (s *Server) sendDue() time.Time {
 			s.pending.remove(su)
 			continue
 		}
-		if since(now, su.c.lastSeen) > ClientTimeout {
+		if since(now, su.c.lastHeard()) > ClientTimeout {
 			// Lapsed: stop retransmitting; its next keepalive resumes catch-up.
 			s.pending.remove(su)
 			continue
@@ -110,18 +115,23 @@ func (s *Server) sendDue() time.Time {
 		due = append(due, su)
 	}
 	s.due = due
-	for c, pr := range s.probes {
-		if due := time.Unix(0, c.lastSeen).Add(pr.after); now.Before(due) {
+	for k, pr := range s.probes {
+		conn, addr, proven, lastSeen, ok := k.c.pathFor(k.v6)
+		if !ok {
+			delete(s.probes, k)
+			continue
+		}
+		if due := time.Unix(0, lastSeen).Add(pr.after); now.Before(due) {
 			if due.Before(next) {
 				next = due
 			}
 			continue
 		}
-		delete(s.probes, c)
-		if c.proven != c.addr {
+		delete(s.probes, k)
+		if proven != addr {
 			continue // a probe only where the client receives
 		}
-		probes = append(probes, job{conn: c.conn, to: c.addr, c: c, msg: &wire.Ping{Counter: pr.counter}})
+		probes = append(probes, job{conn: conn, to: addr, c: k.c, msg: &wire.Ping{Counter: pr.counter}})
 		s.stats.Probes++
 	}
 	s.mu.Unlock()
@@ -220,6 +230,11 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 	}
 	inFlight := su.sent > su.acked
 	expired := inFlight && now.UnixNano() >= su.nextSend
+	if expired && c.standbyUsable(now) {
+		// Unanswered on this path: the retransmission tries the other
+		// address family's, and an ack there keeps it.
+		s.swapPaths(c, now, "a delivery went unacknowledged")
+	}
 	if expired && su.node != nil && su.rto >= evictAfterRTO {
 		// It answers nobody: out of the tree, so that its subtree stops
 		// waiting for it; its next packet puts it back.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -380,7 +381,12 @@ func (s *Server) note(c *client, m wire.Message) {
 	if c.proven != c.addr {
 		return
 	}
-	s.notes = append(s.notes, job{conn: c.conn, to: c.addr, c: c, msg: m})
+	s.noteTo(c, c.conn, c.addr, m)
+}
+
+// noteTo queues a control message to one of a client's addresses.
+func (s *Server) noteTo(c *client, conn udpconn.Conn, to netip.AddrPort, m wire.Message) {
+	s.notes = append(s.notes, job{conn: conn, to: to, c: c, msg: m})
 	s.kickSender()
 }
 

@@ -26,6 +26,9 @@ type client struct {
 	proven netip.AddrPort
 	// pathSince is when it came to its kind of path (udp or ssh), unix ns.
 	pathSince int64
+	// standby is a dual-stack client's path on its other address family
+	// (standby.go); nil for most clients, so that they pay 8 bytes for it.
+	standby *standbyPath
 }
 
 // since is how long before now the unix-nanosecond time t was.
@@ -36,6 +39,12 @@ func since(now time.Time, t int64) time.Duration { return time.Duration(now.Unix
 type probe struct {
 	after   time.Duration
 	counter uint64
+}
+
+// probeKey names a pending probe: a client's path on one address family.
+type probeKey struct {
+	c  *client
+	v6 bool
 }
 
 // namedOK reports whether a keepalive's subscription to repoID was accepted.
@@ -71,6 +80,11 @@ func (c *client) sub(repoID string) *sub {
 }
 
 func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared [32]byte, m *wire.Keepalive, src netip.AddrPort, reqLen int, now time.Time) []byte {
+	if m.Standby && c != nil {
+		return s.onStandbyKeepalive(conn, c, m, src, reqLen, now)
+	}
+	// A standby keepalive from a client not known (yet, or since a
+	// restart) is taken as an ordinary one: its path is the one there is.
 	if c != nil && m.Counter <= c.counter {
 		s.stats.Replayed++ // a replayed keepalive must never move the client's address
 		return nil
@@ -99,10 +113,20 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 		c = &client{key: key, shared: shared, addr: src, conn: conn, pathSince: now.UnixNano()}
 		s.clients[key] = c
 		s.log.Info("client up", "client", key.String()[:16], "addr", src)
+	} else if sb := c.standby; c.addr != src && sb != nil && sb.addr == src {
+		// The daemon moved its ordinary keepalives to its standby path.
+		s.swapPaths(c, now, "the client's keepalives moved")
+		news = true
 	} else if c.addr != src {
 		s.stats.Rebinds++
 		news = true
-		if isStream(src) != isStream(c.addr) {
+		if !isStream(src) && !isStream(c.addr) && is6(src) != is6(c.addr) {
+			// To the other address family: the path it leaves stays as
+			// its standby, which its standby keepalives will keep.
+			c.keepFirstAsStandby()
+			c.pathSince = now.UnixNano()
+			s.log.Info("client moved to its other address family", "client", key.String()[:16], "from", c.addr, "to", src)
+		} else if isStream(src) != isStream(c.addr) {
 			c.pathSince = now.UnixNano()
 			s.log.Info("client moved", "client", key.String()[:16], "path", pathName(src))
 		} else {
@@ -121,10 +145,10 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 	c.counter = m.Counter
 	c.lastSeen = now.UnixNano()
 	if m.ProbeMillis > 0 {
-		s.probes[c] = probe{after: min(time.Duration(m.ProbeMillis)*time.Millisecond, MaxProbe), counter: m.Counter}
+		s.probes[probeKey{c, is6(src)}] = probe{after: min(time.Duration(m.ProbeMillis)*time.Millisecond, MaxProbe), counter: m.Counter}
 		s.kickSender()
 	} else {
-		delete(s.probes, c)
+		delete(s.probes, probeKey{c, is6(src)})
 	}
 	for i, sb := range m.Subs {
 		if statuses[i].Status != wire.StatusOK {

@@ -100,13 +100,14 @@ func (s *Server) pingKnownClients() {
 // forgetSilent drops clients silent for ForgetAfter. Called with mu held.
 func (s *Server) forgetSilent(now time.Time) {
 	for k, c := range s.clients {
-		if since(now, c.lastSeen) < ForgetAfter {
+		if since(now, c.lastHeard()) < ForgetAfter {
 			continue
 		}
 		for _, su := range c.subs {
 			s.dropSub(su, now)
 		}
-		delete(s.probes, c)
+		delete(s.probes, probeKey{c, false})
+		delete(s.probes, probeKey{c, true})
 		delete(s.clients, k)
 		s.stats.Forgotten++
 	}

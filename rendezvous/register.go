@@ -117,14 +117,26 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 
 // advertised is the rendezvous address clients should use: the bound
 // address, with an unspecified host replaced by the address the client
-// reached SSH on (the same machine).
+// reached SSH on (the same machine). A rendezvous bound to the IPv6
+// unspecified address serves both families, which it says with a second
+// address: the other family's unspecified address, on the same port. The
+// daemon then resolves the SSH host's name in that family (the rendezvous
+// cannot know which of its addresses there the client can reach).
 func advertised(st *store.Store, sshServerIP netip.Addr) ([]netip.AddrPort, error) {
 	ap, err := st.RendezvousAddr()
 	if err != nil {
 		return nil, err
 	}
-	if ap.Addr().IsUnspecified() {
-		ap = netip.AddrPortFrom(sshServerIP, ap.Port())
+	if !ap.Addr().IsUnspecified() {
+		return []netip.AddrPort{ap}, nil
 	}
-	return []netip.AddrPort{ap}, nil
+	out := []netip.AddrPort{netip.AddrPortFrom(sshServerIP, ap.Port())}
+	if ap.Addr().Is6() {
+		other := netip.IPv6Unspecified()
+		if sshServerIP.Is6() {
+			other = netip.IPv4Unspecified()
+		}
+		out = append(out, netip.AddrPortFrom(other, ap.Port()))
+	}
+	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,13 +87,18 @@ func TestRegistrationRecordChangesOnlyWithProof(t *testing.T) {
 
 // Registration over SSH reached over IPv6 records the client's IPv6
 // address, and a rendezvous bound to [::] (both families) is advertised at
-// the address the client reached SSH on, in that family.
+// the address the client reached SSH on, in that family, and as serving
+// the other family too (its unspecified address, which the daemon resolves
+// the SSH host's name for). One bound to a single address is advertised
+// there alone.
 func TestRegistrationOverIPv6(t *testing.T) {
-	st, home := registrationStore(t, "[::]:3478")
-	for _, c := range []struct{ conn, record, advertised string }{
-		{"2001:2:1::10 50000 2001:2::10 22", "[2001:2:1::10]:4000", "[2001:2::10]:3478"},
-		{"198.19.1.11 50000 198.18.0.1 22", "198.19.1.11:4000", "198.18.0.1:3478"},
+	for _, c := range []struct{ listen, conn, record, advertised string }{
+		{"[::]:3478", "2001:2:1::10 50000 2001:2::10 22", "[2001:2:1::10]:4000", "[2001:2::10]:3478,0.0.0.0:3478"},
+		{"[::]:3478", "198.19.1.11 50000 198.18.0.1 22", "198.19.1.11:4000", "198.18.0.1:3478,[::]:3478"},
+		{"0.0.0.0:3478", "198.19.1.11 50000 198.18.0.1 22", "198.19.1.11:4000", "198.18.0.1:3478"},
+		{"[2001:2::10]:3478", "2001:2:1::10 50000 2001:2::10 22", "[2001:2:1::10]:4000", "[2001:2::10]:3478"},
 	} {
+		st, home := registrationStore(t, c.listen)
 		pub, _, _ := wire.GenerateKey() // a new client each time
 		reply, err := Heartbeat(st, HeartbeatRequest{RepoPath: "chat.git", ID: pub.String(), Port: "4000", Reflexive: "-"}, c.conn, home, time.Now())
 		if err != nil {
@@ -102,7 +108,11 @@ func TestRegistrationOverIPv6(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Addr.String() != c.record || len(reply.Addrs) != 1 || reply.Addrs[0].String() != c.advertised {
+		var adv []string
+		for _, a := range reply.Addrs {
+			adv = append(adv, a.String())
+		}
+		if r.Addr.String() != c.record || strings.Join(adv, ",") != c.advertised {
 			t.Errorf("SSH_CONNECTION %q: record %s, advertised %v; want %s and %s", c.conn, r.Addr, reply.Addrs, c.record, c.advertised)
 		}
 	}

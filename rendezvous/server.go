@@ -126,7 +126,10 @@ type Stats struct {
 	Limited       uint64 `json:"limited"`       // new keys over the per-source rate
 	Amplification uint64 `json:"amplification"` // replies dropped for being larger than the request
 	Rebinds       uint64 `json:"rebinds"`       // client address changes
-	Forgotten     uint64 `json:"forgotten"`     // clients dropped after ForgetAfter silent
+	// Dual-stack clients (standby.go).
+	StandbyKeepalives uint64 `json:"standby_keepalives"` // keepalives on a client's standby path
+	PathSwaps         uint64 `json:"path_swaps"`         // deliveries moved to a client's other address family
+	Forgotten         uint64 `json:"forgotten"`          // clients dropped after ForgetAfter silent
 	// Peer-to-peer fan-out (--fanout K).
 	DirectFallbacks uint64 `json:"direct_fallbacks"` // tree members served directly after their deadline
 	TreeJoins       uint64 `json:"tree_joins"`       // subscriptions placed in a tree
@@ -170,7 +173,7 @@ type Server struct {
 	clients     map[wire.Key]*client
 	repos       map[string]*repo
 	pending     subSet // subscriptions that may owe events
-	probes      map[*client]probe
+	probes      map[probeKey]probe
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter
 	newKeys     bucket   // all sources together: see newKeyRate
@@ -209,7 +212,7 @@ func New(cfg Config) (*Server, error) {
 		streams:     make(map[*streamConn]struct{}),
 		clients:     make(map[wire.Key]*client),
 		repos:       make(map[string]*repo),
-		probes:      make(map[*client]probe),
+		probes:      make(map[probeKey]probe),
 		stunRL:      newRateLimiter(stunRate, stunBurst),
 		unkRL:       newRateLimiter(unknownRate, unknownBurst),
 	}

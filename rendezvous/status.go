@@ -68,7 +68,11 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 		if r.Path != "" && r.Since != nil {
 			path = r.Path + " since " + r.Since.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.ID, r.Addr, r.LastSeen.UTC().Format(time.RFC3339), a, path)
+		addr := r.Addr
+		if r.Standby != "" {
+			addr += " (standby " + r.Standby + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.ID, addr, r.LastSeen.UTC().Format(time.RFC3339), a, path)
 	}
 	for _, b := range bad {
 		fmt.Fprintf(tw, "%s\t(malformed record)\t\t\n", b)
@@ -133,8 +137,11 @@ func WriteStats(w io.Writer, storeDir string) error {
 
 // ClientStatus is one row of `gcn-punch status`.
 type ClientStatus struct {
-	ID       string            `json:"id"`
-	Addr     string            `json:"address"`
+	ID   string `json:"id"`
+	Addr string `json:"address"`
+	// Standby is a dual-stack client's address on its other family, when
+	// it is proven: where deliveries go if the first stops answering.
+	Standby  string            `json:"standby_address,omitempty"`
 	Path     string            `json:"path,omitempty"`       // "udp", or "ssh" (a stream); live only
 	Since    *time.Time        `json:"path_since,omitempty"` // on that path since`
 	LastSeen time.Time         `json:"last_seen"`
@@ -149,6 +156,9 @@ func (s *Server) Clients() []ClientStatus {
 	for _, c := range s.clients {
 		since := time.Unix(0, c.pathSince)
 		cs := ClientStatus{ID: c.key.String(), Addr: c.addr.String(), Path: pathName(c.addr), Since: &since, LastSeen: time.Unix(0, c.lastSeen), Acked: map[string]uint64{}}
+		if sb := c.standby; sb != nil && sb.proven == sb.addr && sb.addr.IsValid() {
+			cs.Standby = sb.addr.String()
+		}
 		for _, su := range c.subs {
 			cs.Acked[su.r.id] = su.acked
 		}

@@ -64,6 +64,11 @@ func (s *Server) cookieValid(kind byte, ck [wire.CookieLen]byte, key wire.Key, a
 // challenge sends a Challenge to src when it fits in room (what is left of
 // the request's size after the Pong). Called with mu held.
 func (s *Server) challenge(c *client, src netip.AddrPort, room int, now time.Time) {
+	s.challengeOn(c, c.conn, src, room, now)
+}
+
+// challengeOn is challenge, sent on a given socket.
+func (s *Server) challengeOn(c *client, conn udpconn.Conn, src netip.AddrPort, room int, now time.Time) {
 	ck := s.cookie(c.key, src, cookieEpochOf(now))
 	b, err := s.sealer.Seal(nil, &wire.Challenge{Cookie: ck}, s.pub, &c.shared)
 	if err != nil || len(b) > room {
@@ -72,7 +77,7 @@ func (s *Server) challenge(c *client, src netip.AddrPort, room int, now time.Tim
 	}
 	s.stats.Challenges++
 	s.datagramsOut.Add(1)
-	udpconn.WriteTo(c.conn, b, src)
+	udpconn.WriteTo(conn, b, src)
 }
 
 // onChallengeReply takes a client's answer: from the address the challenge
@@ -80,11 +85,17 @@ func (s *Server) challenge(c *client, src netip.AddrPort, room int, now time.Tim
 // What waited for it (events, the record, the tree) goes on. Called with
 // mu held.
 func (s *Server) onChallengeReply(c *client, m *wire.ChallengeReply, src netip.AddrPort, now time.Time) {
-	if src != c.addr || c.proven == src {
+	sb := c.standby
+	toStandby := sb != nil && src == sb.addr && sb.proven != src
+	if (src != c.addr || c.proven == src) && !toStandby {
 		return // an answer for an address the client has left, or a repeat
 	}
 	if !s.cookieValid(cookieChallenge, m.Cookie, c.key, src, now) {
 		s.stats.Forged++
+		return
+	}
+	if toStandby {
+		s.onStandbyProven(c, src, now)
 		return
 	}
 	rebound := c.proven.IsValid()
@@ -123,5 +134,7 @@ func (s *Server) onChallengeReply(c *client, m *wire.ChallengeReply, src netip.A
 func (c *client) seenFrom(src netip.AddrPort, now time.Time) {
 	if src == c.proven {
 		c.lastSeen = now.UnixNano()
+	} else if sb := c.standby; sb != nil && src == sb.proven {
+		sb.lastSeen = now.UnixNano()
 	}
 }
