@@ -3,6 +3,7 @@ package netsim
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -53,6 +54,29 @@ func (n *MemNet) Listen(addr string) (*MemConn, error) {
 	return c, nil
 }
 
+// ListenDual attaches a dual-stack conn at an IPv4 and an IPv6 address,
+// as a socket bound to [::] on a host with one of each: it sends to each
+// family from its address in that family, and receives at both.
+func (n *MemNet) ListenDual(addr4, addr6 string) (*MemConn, error) {
+	c, err := n.Listen(addr4)
+	if err != nil {
+		return nil, err
+	}
+	ap6, err := netip.ParseAddrPort(addr6)
+	if err != nil || !ap6.Addr().Is6() || !c.addr.Addr().Is4() {
+		c.Close()
+		return nil, fmt.Errorf("netsim: ListenDual wants an IPv4 and an IPv6 address, got %s and %s", addr4, addr6)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, taken := n.conns[ap6]; taken {
+		return nil, errors.New("netsim: address in use")
+	}
+	c.addr6 = ap6
+	n.conns[ap6] = c
+	return c, nil
+}
+
 type datagram struct {
 	from netip.AddrPort
 	b    []byte
@@ -62,6 +86,7 @@ type datagram struct {
 type MemConn struct {
 	net      *MemNet
 	addr     netip.AddrPort
+	addr6    netip.AddrPort // a dual-stack conn's IPv6 address (ListenDual)
 	in       chan datagram
 	done     chan struct{}
 	closeOne sync.Once
@@ -70,7 +95,10 @@ type MemConn struct {
 	// mappings expire: a datagram from a peer gets through only if this
 	// conn sent to that peer within the lifetime.
 	lifetime time.Duration
-	sentTo   map[netip.AddrPort]time.Time
+	// lifetime6, when set, is the same for IPv6 peers (a firewall's idle
+	// timeout, often not the NAT's); else lifetime holds for both.
+	lifetime6 time.Duration
+	sentTo    map[netip.AddrPort]time.Time
 }
 
 var _ udpconn.Conn = (*MemConn)(nil)
@@ -83,15 +111,27 @@ func (c *MemConn) SetMappingLifetime(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// SetMappingLifetime6 gives IPv6 peers their own idle lifetime (0: never
+// expire), as a home router's IPv6 firewall beside its IPv4 NAT.
+func (c *MemConn) SetMappingLifetime6(d time.Duration) {
+	c.mu.Lock()
+	c.lifetime6 = d
+	c.mu.Unlock()
+}
+
 // open reports whether a datagram from peer may reach c now.
 func (c *MemConn) open(peer netip.AddrPort, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.lifetime == 0 {
+	lifetime := c.lifetime
+	if peer.Addr().Is6() && c.addr6.IsValid() {
+		lifetime = c.lifetime6
+	}
+	if lifetime == 0 {
 		return true
 	}
 	last, ok := c.sentTo[peer]
-	return ok && now.Sub(last) <= c.lifetime
+	return ok && now.Sub(last) <= lifetime
 }
 
 // ReadBatch implements udpconn.Conn: it waits for one datagram, then takes
@@ -147,11 +187,15 @@ func (c *MemConn) write(b []byte, to netip.AddrPort) error {
 	}
 	c.sentTo[to] = now
 	c.mu.Unlock()
+	from := c.addr
+	if to.Addr().Is6() && c.addr6.IsValid() {
+		from = c.addr6
+	}
 	n := c.net
 	n.mu.Lock()
 	dst := n.conns[to]
-	lost := n.LossPercent > 0 && n.rng.IntN(100) < n.LossPercent || n.Drop != nil && n.Drop(c.addr, to, b)
-	if lost || dst == nil || !dst.open(c.addr, now) {
+	lost := n.LossPercent > 0 && n.rng.IntN(100) < n.LossPercent || n.Drop != nil && n.Drop(from, to, b)
+	if lost || dst == nil || !dst.open(from, now) {
 		n.Dropped++
 		n.mu.Unlock()
 		return nil
@@ -159,7 +203,7 @@ func (c *MemConn) write(b []byte, to netip.AddrPort) error {
 	n.Delivered++
 	n.mu.Unlock()
 	select {
-	case dst.in <- datagram{from: c.addr, b: append([]byte(nil), b...)}:
+	case dst.in <- datagram{from: from, b: append([]byte(nil), b...)}:
 	default:
 	}
 	return nil
@@ -171,6 +215,9 @@ func (c *MemConn) Close() error {
 		close(c.done)
 		c.net.mu.Lock()
 		delete(c.net.conns, c.addr)
+		if c.addr6.IsValid() {
+			delete(c.net.conns, c.addr6)
+		}
 		c.net.mu.Unlock()
 	})
 	return nil

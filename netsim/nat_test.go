@@ -47,11 +47,12 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
 	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
 	"TestNATProbeInterop", "TestNATProbeLifetime", "TestNATFanoutPairMatrix", "TestNATFanoutCrowd", "TestNATFanoutChurn",
-	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall", "TestNATIPv6FirewallTimeout", "TestNATFanoutIPv6Pair"}
+	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall", "TestNATIPv6FirewallTimeout", "TestNATFanoutIPv6Pair", "TestNATDualStackFailover"}
 
 var contributed sync.Map
 
 func record(t *testing.T, r row) {
+	t.Logf("matrix row: %s | %s | %s | %s | %s", r.scenario, r.kind, r.result, r.recovery, r.keepalive)
 	contributed.Store(t.Name(), true)
 	matrix.Lock()
 	matrix.rows = append(matrix.rows, r)
@@ -483,6 +484,82 @@ func TestNATIPv6FirewallTimeout(t *testing.T) {
 	s := startServer(t, lab, "--listen", "[::]:3478", "--alt-listen", "")
 	c := s.startClient(lab.Routers[0].Clients[0], "IPv6 firewall, IPv6-only client, 15 s timeout", "--server", netip.AddrPortFrom(netsim.ServerAddr6, 3478).String())
 	keepaliveLearned(t, s, []*client{c})
+}
+
+// A dual-stack daemon behind a home router (IPv4 NAT, IPv6 firewall),
+// given the rendezvous's address in each family, keeps a path on each and
+// delivers over IPv6. The router's IPv6 side goes down in the middle of a
+// stream of pushes: every push arrives exactly once, in order, and the
+// daemon makes IPv4 its primary path.
+func TestNATDualStackFailover(t *testing.T) {
+	skipUnlessLab(t)
+	t.Parallel()
+	lab := newLab(t, netsim.RouterSpec{Kind: netsim.PortRestricted, IPv6: true})
+	s := startServer(t, lab, "--listen", "[::]:3478", "--alt-listen", "")
+	both := netsim.ServerAddr.String() + ":3478," + netip.AddrPortFrom(netsim.ServerAddr6, 3478).String()
+	kind := "dual-stack: v4 port-restricted NAT, v6 firewall"
+	c := s.startClient(lab.Routers[0].Clients[0], kind, "--server", both)
+	c.ready(t)
+	if !poll(30*time.Second, func() bool {
+		p := c.paths()
+		return p["ipv6"].Role == "primary" && p["ipv6"].Validated && p["ipv4"].Validated
+	}) {
+		t.Fatalf("no validated IPv6 primary and IPv4 standby: %+v\n%s", c.paths(), c.text())
+	}
+	for range 5 {
+		s.push()
+	}
+	if err := c.exactly(5, 30*time.Second); err != nil {
+		t.Fatalf("over IPv6: %v\n%s", err, c.text())
+	}
+	record(t, row{"5 pushes, two paths", kind, "ok", "primary ipv6, standby ipv4", c.keepalive()})
+	var cut time.Time
+	for i := range 10 {
+		if i == 3 {
+			if err := lab.Routers[0].SetBlockIPv6(true); err != nil {
+				t.Fatal(err)
+			}
+			cut = time.Now()
+		}
+		s.push()
+	}
+	res, lat := "ok", "-"
+	if err := c.exactly(15, 60*time.Second); err != nil {
+		res = "FAIL"
+		t.Errorf("across the loss of IPv6: %v\n%s", err, c.text())
+	} else {
+		got := c.got()
+		lat = fmt.Sprintf("all in %v after the cut", (time.Duration(got[len(got)-1][0]-cut.UnixMilli()) * time.Millisecond).Round(time.Millisecond))
+	}
+	if !poll(30*time.Second, func() bool { return c.paths()["ipv4"].Role == "primary" }) {
+		res = "FAIL"
+		t.Errorf("the daemon did not make IPv4 its primary: %+v\n%s", c.paths(), c.text())
+	}
+	record(t, row{"IPv6 lost after 3 of 10 pushes", kind, res, lat, c.keepalive()})
+	s.push()
+	if err := c.exactly(16, 30*time.Second); err != nil {
+		t.Errorf("on IPv4 after the loss: %v\n%s", err, c.text())
+	}
+}
+
+// paths is the daemon's paths to the rendezvous by family, from `gcn-punch
+// status --state DIR --json`.
+func (c *client) paths() map[string]punch.PathStatus {
+	out := map[string]punch.PathStatus{}
+	b, err := exec.Command(binary, "status", "--state", c.state, "--json").Output()
+	if err != nil {
+		return out
+	}
+	var st punch.Status
+	if json.Unmarshal(b, &st) != nil {
+		return out
+	}
+	for _, s := range st.Servers {
+		for _, p := range s.Paths {
+			out[p.Family] = p
+		}
+	}
+	return out
 }
 
 // keepaliveLearned waits until each client settled its keepalive, idles

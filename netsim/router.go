@@ -184,6 +184,16 @@ func (r *Router) SetUDPTimeout(d time.Duration) error {
 	return inNS(r.NS, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout="+s, "net.netfilter.nf_conntrack_udp_timeout_stream="+s)
 }
 
+// SetBlockIPv6 starts or stops dropping everything the router forwards
+// over IPv6, both ways: the IPv6 side of a dual-stack line going down
+// while IPv4 stays up.
+func (r *Router) SetBlockIPv6(block bool) error {
+	if !block {
+		return inNS(r.NS, "nft", "delete", "table", "ip6", "gcn6cut")
+	}
+	return nftApply6(r.NS, "table ip6 gcn6cut {\n chain forward {\n  type filter hook forward priority -1; policy drop;\n }\n}\n")
+}
+
 // SetBlockUDP starts or stops dropping all forwarded UDP, as a network that
 // blocks UDP does (TCP, and so SSH, passes either way).
 func (r *Router) SetBlockUDP(block bool) error {

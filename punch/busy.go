@@ -47,7 +47,11 @@ func (d *Daemon) onBusy(b []byte, src netip.AddrPort) {
 	p.mu.Unlock()
 	if resend {
 		d.log.Info("rendezvous busy with new clients: answering its cookie", "server", src)
-		d.sendKeepalive(p, 0)
+		u := p.pathAt(src)
+		if u == nil {
+			u = p.first()
+		}
+		d.sendKeepalive(p, u, 0)
 	}
 }
 
@@ -57,9 +61,10 @@ func (d *Daemon) linkAt(addr netip.AddrPort) *serverLink {
 	d.linksMu.RLock()
 	defer d.linksMu.RUnlock()
 	for _, p := range d.links {
-		a := p.server().Addr
-		if netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) == addr {
-			return p
+		for _, a := range serverAddrs(p.server()) {
+			if a == addr {
+				return p
+			}
 		}
 	}
 	return nil

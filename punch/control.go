@@ -34,6 +34,22 @@ type ServerStatus struct {
 	PathSince time.Time      `json:"path_since"` // on that path since
 	Keepalive string         `json:"keepalive_interval"`
 	Repos     []RepoPosition `json:"repos"`
+	// Paths, for a rendezvous reached on both address families: each
+	// family's path, the primary carrying the deliveries (paths.go). The
+	// fields above are the primary's.
+	Paths []PathStatus `json:"paths,omitempty"`
+}
+
+// PathStatus is one address family's path to a rendezvous.
+type PathStatus struct {
+	Family    string     `json:"family"` // "ipv4" or "ipv6"
+	Addr      string     `json:"address"`
+	Role      string     `json:"role"` // "primary" or "standby"
+	Answering bool       `json:"answering"`
+	Validated bool       `json:"validated"`
+	Observed  string     `json:"observed,omitempty"`
+	LastPong  *time.Time `json:"last_pong,omitempty"`
+	Keepalive string     `json:"keepalive_interval"`
 }
 
 // RepoPosition is the daemon's position in one repository, and its tree
@@ -58,12 +74,29 @@ func (d *Daemon) Status() Status {
 	for _, p := range links {
 		srv := p.server()
 		p.mu.Lock()
-		ss := ServerStatus{Key: p.key.String(), Addr: srv.Addr.String(), LastPong: p.lastPong, Keepalive: p.interval.String(), Path: "udp", PathSince: p.pathSince}
+		prim := p.primary
+		ss := ServerStatus{Key: p.key.String(), Addr: prim.addr.String(), LastPong: prim.lastPong, Keepalive: prim.interval.String(), Path: "udp", PathSince: p.pathSince}
 		if p.stream != nil {
 			ss.Path = "ssh"
 		}
-		if p.observed.IsValid() {
-			ss.Observed = p.observed.String()
+		if prim.observed.IsValid() {
+			ss.Observed = prim.observed.String()
+		}
+		if len(p.paths) > 1 {
+			for _, u := range p.paths {
+				ps := PathStatus{Family: u.family(), Addr: u.addr.String(), Role: "standby", Answering: u.answering, Validated: u.validated, Keepalive: u.interval.String()}
+				if u == prim {
+					ps.Role = "primary"
+				}
+				if !u.lastPong.IsZero() {
+					lp := u.lastPong
+					ps.LastPong = &lp
+				}
+				if u.observed.IsValid() {
+					ps.Observed = u.observed.String()
+				}
+				ss.Paths = append(ss.Paths, ps)
+			}
 		}
 		p.mu.Unlock()
 		for _, r := range srv.Repos {

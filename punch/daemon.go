@@ -39,7 +39,10 @@ const (
 
 // Server is one rendezvous the daemon follows repositories on.
 type Server struct {
-	Addr  netip.AddrPort
+	Addr netip.AddrPort
+	// Alt is the rendezvous's address on the other address family, if it
+	// has one: the daemon keeps a path on each (paths.go).
+	Alt   netip.AddrPort
 	Key   wire.Key
 	Repos []string
 }
@@ -126,43 +129,33 @@ type Daemon struct {
 // shared key, and notifications held while a gap fills. (Peers in the
 // fan-out sense are other daemons.)
 type serverLink struct {
-	key     wire.Key
-	srv     atomic.Pointer[Server] // replaced whole by Follow
-	shared  [32]byte
-	pong    chan struct{} // the last keepalive was answered
-	ping    chan struct{} // the server asked for a keepalive now
-	probeOK chan struct{} // the probe ping arrived: the mapping survived
-	// probeCounter is the counter of the keepalive whose probe is pending.
-	probeCounter uint64
-	interval     time.Duration
-	mu           sync.Mutex
-	counter      uint64
-	sentFor      []string // the repositories of the last keepalive, in order
-	lastSent     time.Time
-	lastPong     time.Time
-	// lastPinged is when a ping last made us send a keepalive.
-	lastPinged time.Time
-	denied     bool
-	observed   netip.AddrPort
-	held       map[string]map[uint64]*wire.Forward // out-of-order events by repo (Sig zero: came unsigned)
+	key    wire.Key
+	srv    atomic.Pointer[Server] // replaced whole by Follow
+	shared [32]byte
+	mu     sync.Mutex
+	// The UDP paths, one per address family (paths.go): the primary,
+	// and the one the datagram being handled came on.
+	paths            []*udpPath
+	primary, heardOn *udpPath
+	counter          uint64 // of the last keepalive on any path: it only grows
+	denied           bool
+	held             map[string]map[uint64]*wire.Forward // out-of-order events by repo (Sig zero: came unsigned)
 	// signing is the rendezvous's event-signing key, from its Fanout; nat
 	// what the daemon measured of its NAT toward this rendezvous.
 	signing   ed25519.PublicKey
 	nat       *natBehaviour
 	natProbed bool
 	rejoinAt  time.Time // when this daemon last asked to rejoin the trees
-	// Address validation: whether the rendezvous said this daemon's
-	// address is validated, and whether a recheck loop runs.
-	validated, rechecking bool
 	// A Busy cookie, which keepalives carry while it is fresh (busy.go),
 	// and when a Busy last made the daemon resend its keepalive.
 	cookie               [wire.CookieLen]byte
 	cookieAt, busyResent time.Time
 	// The path (stream.go): the stream over SSH when UDP is dead, nil on
-	// UDP; when the link started, when the rendezvous last answered over
-	// UDP, and since when the link is on its path.
-	stream                        *linkStream
-	started, lastHeard, pathSince time.Time
+	// UDP; since when an answer over UDP has been owed (a keepalive that
+	// wants a pong went out and nothing has come back since; zero: none),
+	// and since when the link is on its path.
+	stream               *linkStream
+	owedSince, pathSince time.Time
 }
 
 // New loads the client key and state.
@@ -200,6 +193,9 @@ func New(cfg Config) (*Daemon, error) {
 }
 
 func validServer(s Server) error {
+	if !s.Addr.IsValid() {
+		return fmt.Errorf("punch: server %s: no address", s.Key)
+	}
 	if len(s.Repos) == 0 || len(s.Repos) > wire.MaxSubs {
 		return fmt.Errorf("punch: server %s: follow 1 to %d repositories", s.Addr, wire.MaxSubs)
 	}
@@ -222,7 +218,10 @@ func (d *Daemon) Follow(s Server) error {
 	defer d.linksMu.Unlock()
 	if p := d.links[s.Key]; p != nil {
 		cur := p.server()
-		merged := Server{Addr: s.Addr, Key: s.Key, Repos: append([]string(nil), cur.Repos...)}
+		merged := Server{Addr: s.Addr, Alt: s.Alt, Key: s.Key, Repos: append([]string(nil), cur.Repos...)}
+		if !merged.Alt.IsValid() && cur.Alt.IsValid() && cur.Alt.Addr().Is6() != s.Addr.Addr().Is6() {
+			merged.Alt = cur.Alt // a registration over one family keeps the other
+		}
 		for _, r := range s.Repos {
 			if !slices.Contains(merged.Repos, r) {
 				merged.Repos = append(merged.Repos, r)
@@ -233,14 +232,23 @@ func (d *Daemon) Follow(s Server) error {
 		}
 		p.srv.Store(&merged)
 		d.rememberServer(merged)
-		kick(p.ping)
+		p.mu.Lock()
+		added := p.setPaths(merged)
+		prim := p.primary
+		p.mu.Unlock()
+		if d.runCtx != nil {
+			for _, u := range added {
+				d.startPath(p, u)
+			}
+		}
+		kick(prim.ping)
 		return nil
 	}
-	p := &serverLink{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), pong: make(chan struct{}, 1), ping: make(chan struct{}, 1), probeOK: make(chan struct{}, 1),
-		held: map[string]map[uint64]*wire.Forward{}}
+	p := &serverLink{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), held: map[string]map[uint64]*wire.Forward{}}
 	cp := s
 	cp.Repos = append([]string(nil), s.Repos...)
 	p.srv.Store(&cp)
+	p.setPaths(cp)
 	d.links[s.Key] = p
 	d.rememberServer(s)
 	if d.runCtx != nil {
@@ -262,11 +270,19 @@ func (d *Daemon) startLink(p *serverLink) {
 	ctx := d.runCtx
 	now := time.Now()
 	p.mu.Lock()
-	p.started, p.pathSince = now, now
+	p.owedSince, p.pathSince = now, now
 	p.mu.Unlock()
-	d.runWG.Go(func() { d.keepaliveLoop(ctx, p) })
-	d.runWG.Go(func() { d.learnReflexive(ctx, p) })
+	for _, u := range p.paths {
+		d.startPath(p, u)
+	}
 	d.runWG.Go(func() { d.pathWatch(ctx, p) })
+}
+
+// startPath runs a path's loops; called with linksMu held while running.
+func (d *Daemon) startPath(p *serverLink, u *udpPath) {
+	ctx := d.runCtx
+	d.runWG.Go(func() { d.keepaliveLoop(ctx, p, u) })
+	d.runWG.Go(func() { d.learnReflexive(ctx, p, u) })
 }
 
 // PublicKey is the client's identity.
@@ -342,7 +358,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return err
 }
 
-// Observed is the public address the rendezvous last saw this daemon at.
+// Observed is the public address the rendezvous last saw this daemon at,
+// on its primary path.
 func (d *Daemon) Observed(server wire.Key) netip.AddrPort {
 	p := d.link(server)
 	if p == nil {
@@ -350,7 +367,7 @@ func (d *Daemon) Observed(server wire.Key) netip.AddrPort {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.observed
+	return p.primary.observed
 }
 
 // LocalPort is the daemon's UDP port.

@@ -39,7 +39,7 @@ func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) {
 		// again) and ask for a pong now.
 		d.stats.Early++
 		d.mu.Unlock()
-		kick(p.ping)
+		kick(p.first().ping)
 		return
 	}
 	switch {

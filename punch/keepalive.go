@@ -4,31 +4,30 @@ import (
 	"context"
 	"time"
 
-	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
-func (d *Daemon) learnReflexive(ctx context.Context, p *serverLink) {
+func (d *Daemon) learnReflexive(ctx context.Context, p *serverLink, u *udpPath) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	srv := p.server()
-	addr, err := d.stun.bind(ctx, d.cfg.Conn, srv.Addr)
+	p.mu.Lock()
+	srv := u.addr
+	p.mu.Unlock()
+	addr, err := d.stun.bind(ctx, d.cfg.Conn, srv)
 	if err != nil {
-		d.log.Info("STUN: no reflexive address yet", "server", srv.Addr, "err", err)
+		d.log.Info("STUN: no reflexive address yet", "server", srv, "err", err)
 		return
 	}
-	d.log.Info("STUN: reflexive address", "server", srv.Addr, "reflexive", addr)
-	// The rendezvous answers over UDP: not dead (stream.go).
-	p.mu.Lock()
-	p.lastHeard = time.Now()
-	p.mu.Unlock()
+	d.log.Info("STUN: reflexive address", "server", srv, "reflexive", addr)
+	d.heardOverUDP(p) // the rendezvous answers over UDP: not dead (stream.go)
 }
 
-// keepaliveLoop keeps the NAT mapping open and reports the daemon's position.
-// An unanswered keepalive is repeated after 1 s, 2 s, 4 s ... up to the
-// interval. Unless the user fixed the interval, it also learns the NAT's
-// mapping lifetime (see lifetime.go) and adapts the interval to it.
-func (d *Daemon) keepaliveLoop(ctx context.Context, p *serverLink) {
+// keepaliveLoop keeps one path's NAT mapping (or firewall pinhole) open and
+// reports the daemon's position. An unanswered keepalive is repeated after
+// 1 s, 2 s, 4 s ... up to the interval. Unless the user fixed the
+// interval, it also learns the mapping lifetime on this path (see
+// lifetime.go) and adapts the interval to it.
+func (d *Daemon) keepaliveLoop(ctx context.Context, p *serverLink, u *udpPath) {
 	retry := firstRetry
 	search := newLifetimeSearch(d.cfg.FixedKeepalive)
 	for {
@@ -37,58 +36,60 @@ func (d *Daemon) keepaliveLoop(ctx context.Context, p *serverLink) {
 			probe = 0 // a stream tells nothing of the NAT's UDP mappings
 		}
 		// A quiet keepalive (never a probe) has no pong to wait for.
-		if quiet := d.sendKeepalive(p, probe); !quiet {
-			if !sleepUntil(ctx, p.pong, retry) {
+		if quiet := d.sendKeepalive(p, u, probe); !quiet {
+			if !sleepUntil(ctx, u.pong, retry) {
 				if ctx.Err() != nil {
 					return
 				}
+				d.answered(p, u, false)
 				retry = min(2*retry, search.interval())
 				continue
 			}
+			d.answered(p, u, true)
 			retry = firstRetry
 		}
 		p.mu.Lock()
 		denied := p.denied
 		p.mu.Unlock()
 		if denied {
-			sleepUntil(ctx, p.ping, DeniedRetry)
+			sleepUntil(ctx, u.ping, DeniedRetry)
 			if ctx.Err() != nil {
 				return
 			}
 			continue
 		}
 		if probe > 0 {
-			survived, conclusive := d.awaitProbe(ctx, p, probe)
+			survived, conclusive := d.awaitProbe(ctx, p, u, probe)
 			if ctx.Err() != nil {
 				return
 			}
 			if conclusive {
 				if !survived {
-					d.log.Info("NAT mapping did not survive the idle time: shorter keepalives", "server", p.server().Addr, "idle", probe)
+					d.log.Info("NAT mapping did not survive the idle time: shorter keepalives", "server", u.addr, "idle", probe)
 				}
 				if search.record(probe, survived) {
-					d.log.Info("keepalive interval chosen", "server", p.server().Addr, "interval", search.interval(),
+					d.log.Info("keepalive interval chosen", "server", u.addr, "family", u.family(), "interval", search.interval(),
 						"survived_idle", search.lo, "failed_idle", search.hi)
 				}
 			}
-			d.setInterval(p, search.interval())
+			d.setInterval(p, u, search.interval())
 			continue // a keepalive now: after a failure it re-opens the mapping
 		}
-		d.setInterval(p, search.interval())
-		sleepUntil(ctx, p.ping, search.interval())
+		d.setInterval(p, u, search.interval())
+		sleepUntil(ctx, u.ping, search.interval())
 		if ctx.Err() != nil {
 			return
 		}
 	}
 }
 
-// awaitProbe waits, silent, for the probe ping. It reports whether the
-// mapping survived, and whether the answer counts (a restart ping or the
-// daemon's own traffic cut it short).
-func (d *Daemon) awaitProbe(ctx context.Context, p *serverLink, x time.Duration) (survived, conclusive bool) {
+// awaitProbe waits, silent on this path, for the probe ping. It reports
+// whether the mapping survived, and whether the answer counts (a restart
+// ping or the daemon's own traffic cut it short).
+func (d *Daemon) awaitProbe(ctx context.Context, p *serverLink, u *udpPath, x time.Duration) (survived, conclusive bool) {
 	for {
 		p.mu.Lock()
-		deadline := p.lastSent.Add(x + probeGrace)
+		deadline := u.lastSent.Add(x + probeGrace)
 		p.mu.Unlock()
 		wait := deadline.Sub(time.Now())
 		if wait <= 0 {
@@ -99,10 +100,10 @@ func (d *Daemon) awaitProbe(ctx context.Context, p *serverLink, x time.Duration)
 		case <-ctx.Done():
 			t.Stop()
 			return false, false
-		case <-p.probeOK:
+		case <-u.probeOK:
 			t.Stop()
 			return true, true
-		case <-p.ping:
+		case <-u.ping:
 			t.Stop()
 			return false, false // the server wants a keepalive now
 		case <-t.C:
@@ -111,13 +112,14 @@ func (d *Daemon) awaitProbe(ctx context.Context, p *serverLink, x time.Duration)
 	}
 }
 
-func (d *Daemon) setInterval(p *serverLink, iv time.Duration) {
+func (d *Daemon) setInterval(p *serverLink, u *udpPath, iv time.Duration) {
 	p.mu.Lock()
-	p.interval = iv
+	u.interval = iv
 	p.mu.Unlock()
 }
 
-// Interval is the keepalive interval in use for a server.
+// Interval is the keepalive interval in use for a server, on its primary
+// path.
 func (d *Daemon) Interval(server wire.Key) time.Duration {
 	p := d.link(server)
 	if p == nil {
@@ -125,7 +127,7 @@ func (d *Daemon) Interval(server wire.Key) time.Duration {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.interval
+	return p.primary.interval
 }
 
 // sleepUntil waits for dur, for a signal on c, or for ctx to end; it reports
@@ -143,14 +145,16 @@ func sleepUntil(ctx context.Context, c <-chan struct{}, dur time.Duration) bool 
 	}
 }
 
-// sendKeepalive sends a keepalive, quiet (no pong wanted) when the daemon
-// needs nothing from the answer: it reports whether it was.
-func (d *Daemon) sendKeepalive(p *serverLink, probe time.Duration) (quiet bool) {
-	return d.sendKeepaliveVia(p, probe, false)
+// sendKeepalive sends a keepalive on a path, quiet (no pong wanted) when
+// the daemon needs nothing from the answer: it reports whether it was.
+func (d *Daemon) sendKeepalive(p *serverLink, u *udpPath, probe time.Duration) (quiet bool) {
+	return d.sendKeepaliveVia(p, u, probe, false)
 }
 
 // sendKeepaliveVia is sendKeepalive, over UDP even on a stream with udp.
-func (d *Daemon) sendKeepaliveVia(p *serverLink, probe time.Duration, udp bool) (quiet bool) {
+// On the primary path it is an ordinary keepalive (on the stream, when the
+// link is on one, unless udp); on another, a standby one, over UDP.
+func (d *Daemon) sendKeepaliveVia(p *serverLink, u *udpPath, probe time.Duration, udp bool) (quiet bool) {
 	srv := p.server()
 	d.mu.Lock()
 	subs := make([]wire.Sub, 0, len(srv.Repos))
@@ -164,26 +168,36 @@ func (d *Daemon) sendKeepaliveVia(p *serverLink, probe time.Duration, udp bool) 
 	d.mu.Unlock()
 	p.mu.Lock()
 	now := time.Now()
-	// The counter only grows, across restarts too: it starts from the clock.
+	standby := u != p.primary
+	// The counter only grows, across restarts and paths too: it starts
+	// from the clock.
 	p.counter = max(p.counter+1, uint64(now.UnixNano()))
-	p.lastSent = now
-	p.sentFor = srv.Repos
-	quiet = probe == 0 && allKnown && !p.denied && !p.lastPong.IsZero() && now.Sub(p.lastPong) < wire.PongRefresh
-	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs, Quiet: quiet}
-	p.probeCounter = 0
+	u.counter, u.standby = p.counter, standby
+	u.sentFor = srv.Repos
+	quiet = probe == 0 && allKnown && !p.denied && !u.check && !u.lastPong.IsZero() && now.Sub(u.lastPong) < wire.PongRefresh
+	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs, Quiet: quiet, Standby: standby}
+	u.probeCounter = 0
 	if probe > 0 {
-		p.probeCounter = p.counter
+		u.probeCounter = p.counter
+	}
+	if !quiet && p.owedSince.IsZero() && (standby || udp || p.stream == nil) {
+		p.owedSince = now // an answer over UDP is owed from now (stream.go)
 	}
 	p.mu.Unlock()
-	d.sendVia(p, m, udp)
+	if standby {
+		udp = true // a stream is the primary's
+	}
+	d.sendOn(p, u, m, udp)
 	return quiet
 }
 
-func (d *Daemon) send(p *serverLink, m wire.Message) { d.sendVia(p, m, false) }
+// send sends a message to the rendezvous: on the link's stream when it has
+// one, else on the path the rendezvous was last heard on.
+func (d *Daemon) send(p *serverLink, m wire.Message) { d.sendOn(p, p.replyPath(), m, false) }
 
-// sendVia sends on the link's stream when it has one, unless udp, else
-// over UDP.
-func (d *Daemon) sendVia(p *serverLink, m wire.Message, udp bool) {
+// sendOn sends on the link's stream when it has one, unless udp, else on
+// path u over UDP.
+func (d *Daemon) sendOn(p *serverLink, u *udpPath, m wire.Message, udp bool) {
 	b, err := wire.Seal(nil, m, d.pub, &p.shared)
 	if err != nil {
 		d.log.Error("cannot seal", "err", err)
@@ -192,19 +206,13 @@ func (d *Daemon) sendVia(p *serverLink, m wire.Message, udp bool) {
 	if _, ok := m.(*wire.Keepalive); ok {
 		b = p.withCookie(b, time.Now())
 	}
-	// Every datagram refreshes the NAT mapping: a probe's silence counts
-	// from the last one.
-	p.mu.Lock()
-	p.lastSent = time.Now()
-	p.mu.Unlock()
 	if ls := p.onStream(); ls != nil && !udp {
 		if err := ls.send(b); err != nil {
 			d.log.Debug("send on the stream failed", "err", err)
 		}
 		return
 	}
-	addr := p.server().Addr
-	if err := udpconn.WriteTo(d.cfg.Conn, b, addr); err != nil {
-		d.log.Debug("send failed", "server", addr, "err", err)
-	}
+	// Every datagram refreshes the NAT mapping: a probe's silence counts
+	// from the last one (write notes it).
+	d.write(p, u, b)
 }

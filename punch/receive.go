@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/udpconn"
@@ -40,7 +41,7 @@ func (d *Daemon) readLoop(ctx context.Context) error {
 			case wire.IsBusy(b):
 				d.onBusy(b, p.Addr)
 			case wire.LooksLikeGCN(b):
-				d.handleGCN(ctx, b, false)
+				d.handleGCN(ctx, b, p.Addr)
 			default:
 				d.count(func(s *Stats) { s.Malformed++ })
 			}
@@ -66,10 +67,10 @@ func (d *Daemon) countOpenFailure(err error) {
 	})
 }
 
-// handleGCN takes one gcn-punch datagram, from the UDP socket or, with
-// overStream, from a stream over SSH. It returns the error when the datagram does not parse or open (counted
-// here): a stream ends on that.
-func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) error {
+// handleGCN takes one gcn-punch datagram, from src over UDP or, with src
+// zero, from a stream over SSH. It returns the error when the datagram
+// does not parse or open (counted here): a stream ends on that.
+func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) error {
 	sender, _, _, err := wire.ParseHeader(b)
 	if err != nil {
 		d.count(func(s *Stats) { s.Malformed++ })
@@ -87,22 +88,42 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) error
 		d.countOpenFailure(err)
 		return err
 	}
-	if !overStream {
+	// The path it came on: over UDP, the one to its source address; on
+	// the stream, the primary's (whose keepalives the stream carries).
+	var u *udpPath
+	if src.IsValid() {
+		if u = p.pathAt(src); u == nil {
+			d.count(func(s *Stats) { s.Unexpected++ }) // sealed by the rendezvous, from elsewhere
+			return nil
+		}
 		d.heardOverUDP(p)
+		// What this datagram makes the daemon send (an ack, a challenge's
+		// answer) goes back on the path it came on.
+		p.mu.Lock()
+		p.heardOn = u
+		p.mu.Unlock()
+		defer func() {
+			p.mu.Lock()
+			p.heardOn = nil
+			p.mu.Unlock()
+		}()
+	} else {
+		u = p.first()
 	}
 	switch m := msg.(type) {
 	case *wire.Pong:
-		d.onPong(p, m)
+		d.onPong(p, u, m)
 		// The rendezvous sends a Challenge with every pong until this
 		// address is proven. If that Challenge was lost, the next quiet
 		// keepalive would be a whole interval away: recheck each second
 		// until the address is validated.
-		d.startRecheck(ctx, p)
+		d.startRecheck(ctx, p, u)
 	case *wire.Notify:
 		if m.Recipient != d.pub {
 			d.count(func(s *Stats) { s.Forged++ })
 			return nil
 		}
+		d.heardStandby(p, u)
 		d.onNotify(p, m)
 	case *wire.Resync:
 		if m.Recipient != d.pub {
@@ -116,20 +137,21 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) error
 		// only matters to the children it is forwarded to. A daemon that
 		// does not know the signing key restarted while in a tree.
 		d.rejoinIfForgotten(ctx, p)
+		d.heardStandby(p, u)
 		d.onEvent(p, m)
 	case *wire.Challenge:
 		// The rendezvous sends nothing more here until this daemon shows
 		// that it receives here: echo the cookie, under this daemon's key.
 		// If the answer is lost, a keepalive a little later brings a new
 		// Challenge; if it arrived, that keepalive costs one datagram.
-		d.send(p, &wire.ChallengeReply{Cookie: m.Cookie})
+		d.sendOn(p, u, &wire.ChallengeReply{Cookie: m.Cookie}, src.IsValid())
 		p.mu.Lock()
-		p.validated = false
+		u.validated = false
 		p.mu.Unlock()
-		d.startRecheck(ctx, p)
+		d.startRecheck(ctx, p, u)
 	case *wire.Validated:
 		p.mu.Lock()
-		p.validated = true
+		u.validated = true
 		p.mu.Unlock()
 	case *wire.Fanout:
 		d.onFanout(ctx, p, m)
@@ -138,20 +160,20 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, overStream bool) error
 	case *wire.Ping:
 		d.count(func(s *Stats) { s.Pings++ })
 		p.mu.Lock()
-		if p.probeCounter != 0 && m.Counter == p.probeCounter {
-			p.probeCounter = 0
+		if u.probeCounter != 0 && m.Counter == u.probeCounter {
+			u.probeCounter = 0
 			p.mu.Unlock()
-			kick(p.probeOK)
+			kick(u.probeOK)
 			return nil
 		}
 		now := time.Now()
-		due := now.Sub(p.lastPinged) >= minPingGap
+		due := now.Sub(u.lastPinged) >= minPingGap
 		if due {
-			p.lastPinged = now
+			u.lastPinged = now
 		}
 		p.mu.Unlock()
 		if due {
-			kick(p.ping)
+			kick(u.ping)
 		}
 	default:
 		d.count(func(s *Stats) { s.Unexpected++ })
@@ -175,22 +197,22 @@ const challengeTries = 8
 // from an address not yet validated brings a new Challenge.
 // startRecheck runs recheck unless the address is validated or a recheck
 // runs already.
-func (d *Daemon) startRecheck(ctx context.Context, p *serverLink) {
+func (d *Daemon) startRecheck(ctx context.Context, p *serverLink, u *udpPath) {
 	p.mu.Lock()
-	start := !p.validated && !p.rechecking
+	start := !u.validated && !u.rechecking
 	if start {
-		p.rechecking = true
+		u.rechecking = true
 	}
 	p.mu.Unlock()
 	if start {
-		d.edgeWG.Go(func() { d.recheck(ctx, p) })
+		d.edgeWG.Go(func() { d.recheck(ctx, p, u) })
 	}
 }
 
-func (d *Daemon) recheck(ctx context.Context, p *serverLink) {
+func (d *Daemon) recheck(ctx context.Context, p *serverLink, u *udpPath) {
 	defer func() {
 		p.mu.Lock()
-		p.rechecking = false
+		u.rechecking = false
 		p.mu.Unlock()
 	}()
 	t := time.NewTicker(challengeRecheck)
@@ -202,12 +224,12 @@ func (d *Daemon) recheck(ctx context.Context, p *serverLink) {
 		case <-t.C:
 		}
 		p.mu.Lock()
-		done := p.validated
+		done := u.validated
 		p.mu.Unlock()
 		if done {
 			return
 		}
-		kick(p.ping)
+		kick(u.ping)
 	}
 }
 
@@ -218,22 +240,33 @@ func kick(c chan struct{}) {
 	}
 }
 
-func (d *Daemon) onPong(p *serverLink, m *wire.Pong) {
+func (d *Daemon) onPong(p *serverLink, u *udpPath, m *wire.Pong) {
 	p.mu.Lock()
-	repos := p.sentFor
-	if m.Counter != p.counter || len(m.Statuses) != len(repos) {
+	repos := u.sentFor
+	if m.Counter != u.counter || len(m.Statuses) != len(repos) {
 		p.mu.Unlock()
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
 	}
-	changed := p.observed != m.Observed
-	p.observed = m.Observed
-	p.lastPong = time.Now()
+	changed := u.observed != m.Observed
+	u.observed = m.Observed
+	u.lastPong = time.Now()
+	if u.standby {
+		// A standby path's pong says that it works, and where the
+		// rendezvous sees this daemon on it: nothing about positions.
+		p.mu.Unlock()
+		if changed {
+			d.log.Info("rendezvous sees this daemon at", "server", u.addr, "public", m.Observed, "path", "standby")
+		}
+		d.count(func(s *Stats) { s.Pongs++ })
+		kick(u.pong)
+		return
+	}
 	wasDenied := p.denied
 	p.denied = false
 	p.mu.Unlock()
 	if changed {
-		d.log.Info("rendezvous sees this daemon at", "server", p.server().Addr, "public", m.Observed)
+		d.log.Info("rendezvous sees this daemon at", "server", u.addr, "public", m.Observed)
 	}
 	d.mu.Lock()
 	d.stats.Pongs++
@@ -269,5 +302,5 @@ func (d *Daemon) onPong(p *serverLink, m *wire.Pong) {
 			d.log.Warn("every repository was refused; retrying slowly", "every", DeniedRetry)
 		}
 	}
-	kick(p.pong)
+	kick(u.pong)
 }

@@ -384,7 +384,19 @@ func (r *Registrar) Run(ctx context.Context) {
 			}
 		}
 		if err == nil {
-			err = r.Daemon.Follow(Server{Addr: reply.Addrs[0], Key: reply.ServerKey, Repos: []string{reply.RepoID}})
+			srv := Server{Addr: reply.Addrs[0], Key: reply.ServerKey, Repos: []string{reply.RepoID}}
+			if len(reply.Addrs) > 1 {
+				alt := reply.Addrs[1]
+				if alt.Addr().IsUnspecified() {
+					// The rendezvous serves the other family too, at the
+					// address the SSH host's name has there.
+					alt = otherFamily(ctx, rem.Host, alt)
+				}
+				if alt.IsValid() && alt.Addr().Is6() != srv.Addr.Addr().Is6() {
+					srv.Alt = alt
+				}
+			}
+			err = r.Daemon.Follow(srv)
 		}
 		if err == nil {
 			// Where UDP is blocked, the same SSH access carries the stream.

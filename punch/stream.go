@@ -5,15 +5,17 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/gitchat/gcn-punch/wire"
 )
 
-// Streams over SSH. Some networks drop all UDP. When a rendezvous has not
-// answered over UDP (neither its STUN nor anything sealed) for udpDeadAfter, the daemon opens a stream to it over
-// SSH (`gcn-heartbeat watch`, through the clone's own ssh command) and sends
+// Streams over SSH. Some networks drop all UDP. When a rendezvous owes the
+// daemon an answer over UDP (a keepalive that wants a pong went out) and
+// nothing has come from it over UDP (neither its STUN nor anything sealed)
+// for udpDeadAfter, the daemon opens a stream to it over SSH (`gcn-heartbeat watch`, through the clone's own ssh command) and sends
 // and receives the same datagrams on it, framed. It tries UDP again every
 // udpRetryOnStream; the moment the rendezvous answers over UDP, the daemon
 // moves back and closes the stream, so that a daemon on a good network
@@ -22,8 +24,9 @@ import (
 // depend on the path.
 
 const (
-	// udpDeadAfter is how long the rendezvous may be silent over UDP, after
-	// the start or its last answer, before the daemon turns to SSH. In that
+	// udpDeadAfter is how long the rendezvous may leave an answer over UDP
+	// owed (silence alone is normal: quiet keepalives and lifetime probes
+	// want none) before the daemon turns to SSH. In that
 	// time a starting daemon sends four keepalives (at 0, 1, 3 and 7 s)
 	// and its STUN requests; with a quarter of packets lost each way, all
 	// four round trips fail once in 27 starts, and a needless move costs
@@ -98,7 +101,7 @@ func (p *serverLink) onStream() *linkStream {
 func (d *Daemon) heardOverUDP(p *serverLink) {
 	now := time.Now()
 	p.mu.Lock()
-	p.lastHeard = now
+	p.owedSince = time.Time{}
 	ls := p.stream
 	p.stream = nil
 	if ls != nil {
@@ -130,11 +133,10 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 		}
 		now := time.Now()
 		p.mu.Lock()
-		last := p.started
-		if p.lastHeard.After(last) {
-			last = p.lastHeard
+		silent := time.Duration(0)
+		if !p.owedSince.IsZero() {
+			silent = now.Sub(p.owedSince)
 		}
-		silent := now.Sub(last)
 		on := p.stream != nil
 		p.mu.Unlock()
 		if on {
@@ -175,7 +177,7 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 		d.log.Info("notifications now come over SSH", "server", p.server().Addr)
 		d.edgeWG.Go(func() { d.readStream(ctx, p, ls) })
 		d.edgeWG.Go(func() { d.retryUDP(ctx, p, ls) })
-		d.sendKeepalive(p, 0) // on the stream: the rendezvous moves the client there
+		d.sendKeepalive(p, p.first(), 0) // on the stream: the rendezvous moves the client there
 	}
 }
 
@@ -197,7 +199,7 @@ func (d *Daemon) readStream(ctx context.Context, p *serverLink, ls *linkStream) 
 			d.countOpenFailure(err)
 			break
 		}
-		if err = d.handleGCN(ctx, b, true); err != nil {
+		if err = d.handleGCN(ctx, b, netip.AddrPort{}); err != nil {
 			break
 		}
 	}
@@ -221,11 +223,11 @@ func (d *Daemon) retryUDP(ctx context.Context, p *serverLink, ls *linkStream) {
 		if !sleepCtx(ctx, udpRetryOnStream) || p.onStream() != ls {
 			return
 		}
-		d.sendKeepaliveVia(p, 0, true)
+		d.sendKeepaliveVia(p, p.first(), 0, true)
 		if !sleepCtx(ctx, udpAnswerWait) || p.onStream() != ls {
 			return
 		}
-		d.sendKeepalive(p, 0)
+		d.sendKeepalive(p, p.first(), 0)
 	}
 }
 

@@ -103,6 +103,27 @@ func TestDaemonMovesToSSHWhenUDPIsBlockedAndBack(t *testing.T) {
 	})
 }
 
+// A daemon that can open a stream does not while UDP works: the
+// rendezvous's silence during lifetime probes and between quiet
+// keepalives is not a dead path, only an answer owed and not come is.
+// Half an hour of fake time, the search for the keepalive interval
+// included, opens no stream; a push still arrives at once.
+func TestQuietRendezvousIsNotDeadUDP(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		var rec recorder
+		var opened atomic.Int32
+		d, stop := l.streamingDaemon(t, mustAddr("198.19.1.2:40000"), &rec, l.pipeStream(&opened))
+		defer stop()
+		time.Sleep(30 * time.Minute)
+		if n := opened.Load(); n != 0 || pathOf(l, d) != "udp" {
+			t.Fatalf("%d streams opened over a working UDP path (the rendezvous has the client on %q)", n, pathOf(l, d))
+		}
+		l.pushArrivesAtOnce(t, &rec, "after 30 min on UDP")
+		synctest.Wait()
+	})
+}
+
 // pathOf is the path the rendezvous has the lab's one client on.
 func pathOf(l *lab, d *punch.Daemon) string {
 	for _, c := range l.srv.Clients() {

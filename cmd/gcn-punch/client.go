@@ -20,7 +20,7 @@ import (
 
 func runDaemon(ctx context.Context, args []string) error {
 	fs := newFlags("daemon")
-	server := fs.String("server", "", "rendezvous UDP address HOST:PORT")
+	server := fs.String("server", "", "rendezvous UDP address HOST:PORT, or one per family: ADDR4:PORT,[ADDR6]:PORT (a name with both families gives a path on each)")
 	serverKey := fs.String("server-key", "", "rendezvous public key: 64 hex characters, or @FILE")
 	repoIDs := fs.StringArray("repo-id", nil, "repository id to follow (repeatable)")
 	stateDir := fs.String("state", defaultStateDir(), "state directory (client key, positions)")
@@ -50,9 +50,21 @@ func runDaemon(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("--server-key: %w", err)
 		}
-		ua, err := net.ResolveUDPAddr("udp", *server)
-		if err != nil {
-			return fmt.Errorf("--server: %w", err)
+		var v4, v6 netip.AddrPort
+		for _, hp := range strings.Split(*server, ",") {
+			a4, a6, err := punch.ResolveRendezvous(ctx, hp)
+			if err != nil {
+				return fmt.Errorf("--server: %w", err)
+			}
+			if !v4.IsValid() {
+				v4 = a4
+			}
+			if !v6.IsValid() {
+				v6 = a6
+			}
+		}
+		if !v4.IsValid() && !v6.IsValid() {
+			return fmt.Errorf("--server %s: the name has no address", *server)
 		}
 		ids := *repoIDs
 		for _, c := range *clones {
@@ -68,8 +80,11 @@ func runDaemon(ctx context.Context, args []string) error {
 		if len(ids) == 0 {
 			return fmt.Errorf("--repo-id is required")
 		}
-		ap := ua.AddrPort()
-		servers = []punch.Server{{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Key: key, Repos: ids}}
+		// A name with both families gives a path on each (IPv6 preferred).
+		if !v4.IsValid() {
+			v4, v6 = v6, netip.AddrPort{}
+		}
+		servers = []punch.Server{{Addr: v4, Alt: v6, Key: key, Repos: ids}}
 	}
 
 	conn, err := udpconn.Listen(*listen, nil)
@@ -173,26 +188,9 @@ func probeServer(ctx context.Context, flagValue, stateDir string) (server, serve
 			return server, server6, fmt.Errorf("give --server HOST:PORT (no daemon state in %s and no SSH origin here)", stateDir)
 		}
 	}
-	host, portText, err := net.SplitHostPort(flagValue)
+	server, server6, err = punch.ResolveRendezvous(ctx, flagValue)
 	if err != nil {
 		return server, server6, err
-	}
-	port, err := net.LookupPort("udp", portText)
-	if err != nil {
-		return server, server6, err
-	}
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return server, server6, err
-	}
-	for _, ip := range ips {
-		ap := netip.AddrPortFrom(ip.Unmap(), uint16(port))
-		switch {
-		case ap.Addr().Is4() && !server.IsValid():
-			server = ap
-		case ap.Addr().Is6() && !server6.IsValid():
-			server6 = ap
-		}
 	}
 	if !server.IsValid() {
 		server = server6

@@ -1,0 +1,51 @@
+package punch
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strconv"
+)
+
+// ResolveRendezvous resolves HOST:PORT to the rendezvous's address on each
+// family it has: an IPv4 and an IPv6 address, either zero when the name
+// has none. A literal address gives its own family only.
+func ResolveRendezvous(ctx context.Context, hostport string) (v4, v6 netip.AddrPort, err error) {
+	host, portText, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return v4, v6, err
+	}
+	port, err := net.LookupPort("udp", portText)
+	if err != nil {
+		return v4, v6, err
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return v4, v6, err
+	}
+	for _, ip := range ips {
+		ap := netip.AddrPortFrom(ip.Unmap(), uint16(port))
+		switch {
+		case ap.Addr().Is4() && !v4.IsValid():
+			v4 = ap
+		case ap.Addr().Is6() && !v6.IsValid():
+			v6 = ap
+		}
+	}
+	return v4, v6, nil
+}
+
+// otherFamily finds, for a rendezvous that said it serves the other address
+// family too (an unspecified address of that family in its heartbeat
+// reply), its address there: the SSH host's name resolved in that family,
+// on the port the reply gave. Zero when the name has no such address.
+func otherFamily(ctx context.Context, host string, hint netip.AddrPort) netip.AddrPort {
+	v4, v6, err := ResolveRendezvous(ctx, net.JoinHostPort(host, strconv.Itoa(int(hint.Port()))))
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	if hint.Addr().Is6() {
+		return v6
+	}
+	return v4
+}
