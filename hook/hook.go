@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -206,15 +207,33 @@ func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time
 	if err != nil {
 		return 0
 	}
-	addr, _ := st.RendezvousAddr()
-	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
-	if err != nil {
-		conn, err = net.ListenUDP("udp", nil)
-		if err != nil {
-			return 0
+	// From the rendezvous's address in the record's family: the one the
+	// client's NAT or firewall expects answers from.
+	addrs, _ := st.RendezvousAddrs()
+	conns := map[bool]*net.UDPConn{}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
 		}
+	}()
+	connFor := func(to netip.AddrPort) *net.UDPConn {
+		v6 := to.Addr().Is6()
+		if c, ok := conns[v6]; ok {
+			return c
+		}
+		var c *net.UDPConn
+		for _, a := range addrs {
+			if a.Addr().Is6() == v6 || a.Addr() == netip.IPv6Unspecified() {
+				c, _ = net.ListenUDP("udp", net.UDPAddrFromAddrPort(a))
+				break
+			}
+		}
+		if c == nil {
+			c, _ = net.ListenUDP("udp", nil)
+		}
+		conns[v6] = c // nil when even that failed: the record is skipped
+		return c
 	}
-	defer conn.Close()
 	open := st.Mode() == store.ModeOpen
 	sent := 0
 	// The budget covers reading the records too: a store of 100k clients
@@ -227,6 +246,10 @@ func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time
 			return true
 		}
 		if !open && !st.Authorised(repoID, r.ID, now) {
+			return true
+		}
+		conn := connFor(r.Addr)
+		if conn == nil {
 			return true
 		}
 		shared := wire.SharedKey(r.ID, priv)

@@ -76,6 +76,9 @@ var (
 	ServerAddr    = netip.MustParseAddr("198.18.0.1")
 	ServerAltAddr = netip.MustParseAddr("198.18.0.2")
 	ServerAddr6   = netip.MustParseAddr("2001:2::10")
+	// ServerAltAddr6 is the server's second IPv6 address, for RFC 5780
+	// service in that family.
+	ServerAltAddr6 = netip.MustParseAddr("2001:2::11")
 )
 
 // Lab is a running topology: a server with two addresses on a WAN, and home
@@ -209,6 +212,13 @@ func New(specs ...RouterSpec) (lab *Lab, err error) {
 	// nodad: duplicate address detection would leave the address unusable
 	// for a second or two after it is added.
 	if err := inNS(l.Server.NS, "ip", "-6", "addr", "add", ServerAddr6.String()+"/64", "dev", "eth0", "nodad"); err != nil {
+		return nil, err
+	}
+	// The alternate is deprecated (preferred_lft 0): a socket bound to
+	// [::] answers from the kernel's choice of source address, which must
+	// stay the address clients talk to, or their firewalls drop the
+	// answers. Bound explicitly (RFC 5780 service), it works as any other.
+	if err := inNS(l.Server.NS, "ip", "-6", "addr", "add", ServerAltAddr6.String()+"/64", "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
 		return nil, err
 	}
 	l.Server.Addr6 = ServerAddr6

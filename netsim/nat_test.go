@@ -495,10 +495,27 @@ func TestNATDualStackFailover(t *testing.T) {
 	skipUnlessLab(t)
 	t.Parallel()
 	lab := newLab(t, netsim.RouterSpec{Kind: netsim.PortRestricted, IPv6: true})
-	s := startServer(t, lab, "--listen", "[::]:3478", "--alt-listen", "")
+	// One address in each family, each with its RFC 5780 alternate.
 	both := netsim.ServerAddr.String() + ":3478," + netip.AddrPortFrom(netsim.ServerAddr6, 3478).String()
+	s := startServer(t, lab, "--listen", both,
+		"--alt-listen", netsim.ServerAltAddr.String()+":3479,"+netip.AddrPortFrom(netsim.ServerAltAddr6, 3479).String())
 	kind := "dual-stack: v4 port-restricted NAT, v6 firewall"
-	c := s.startClient(lab.Routers[0].Clients[0], kind, "--server", both)
+	h := lab.Routers[0].Clients[0]
+	// The probe on a fresh lab: its first IPv6 datagrams wait for
+	// neighbour discovery.
+	out, err := bounded(h.Command(binary, "probe", "--server", both, "--json"))
+	var rep struct {
+		Mapping       string  `json:"mapping"`
+		Filtering     string  `json:"filtering"`
+		IPv6          *bool   `json:"ipv6"`
+		IPv6Filtering *string `json:"ipv6_filtering"`
+	}
+	if err != nil || json.Unmarshal(out, &rep) != nil || rep.Filtering != "address-and-port-dependent" ||
+		rep.IPv6 == nil || !*rep.IPv6 || rep.IPv6Filtering == nil || *rep.IPv6Filtering != "address-and-port-dependent" {
+		t.Fatalf("probe against RFC 5780 service in both families: %v\n%s", err, out)
+	}
+	record(t, row{"probe, RFC 5780 in both families", kind, "ok", "v4 filtering " + rep.Filtering + ", v6 filtering " + *rep.IPv6Filtering, "-"})
+	c := s.startClient(h, kind, "--server", both)
 	c.ready(t)
 	if !poll(30*time.Second, func() bool {
 		p := c.paths()

@@ -21,6 +21,12 @@ const (
 	AddressAndPortDependent = "address-and-port-dependent"
 	probeTry                = 150 * time.Millisecond // first retransmission; doubled each time
 	probeWait               = 700 * time.Millisecond // a test with no answer by then had none
+	// reach6Wait is how long the first IPv6 request may go unanswered
+	// before IPv6 counts as unreachable: a first datagram to a new
+	// neighbour waits for neighbour discovery (a second or two after a
+	// link comes up), and saying "no IPv6" wrongly costs more than
+	// waiting.
+	reach6Wait = 3 * time.Second
 	// LifetimeStart is the first idle time --lifetime waits: a bound
 	// below it measures nothing.
 	LifetimeStart      = 10 * time.Second
@@ -111,10 +117,15 @@ func (s *stunSocket) local() netip.AddrPort { return s.conn.LocalAddrPort() }
 // transact sends a Binding request with extra attributes to dst,
 // retransmitting, and returns the answer or nil after probeWait.
 func (s *stunSocket) transact(ctx context.Context, dst netip.AddrPort, extra ...stun.Setter) *stun.Message {
+	return s.transactWithin(ctx, dst, probeWait, extra...)
+}
+
+// transactWithin is transact, waiting up to wait.
+func (s *stunSocket) transactWithin(ctx context.Context, dst netip.AddrPort, wait time.Duration, extra ...stun.Setter) *stun.Message {
 	req := stun.MustBuild(append([]stun.Setter{stun.TransactionID, stun.BindingRequest}, extra...)...)
-	ctx, cancel := context.WithTimeout(ctx, probeWait)
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	return s.stunClient.transact(ctx, s.conn, dst, req, probeTry, probeWait)
+	return s.stunClient.transact(ctx, s.conn, dst, req, probeTry, wait)
 }
 
 func otherAddress(m *stun.Message) netip.AddrPort {
@@ -269,7 +280,7 @@ func probeIPv6(ctx context.Context, server netip.AddrPort, r *ProbeReport) {
 		return
 	}
 	defer s.conn.Close()
-	resp := s.transact(ctx, server)
+	resp := s.transactWithin(ctx, server, reach6Wait)
 	ok := resp != nil
 	r.IPv6 = &ok
 	if !ok {

@@ -5,12 +5,30 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 )
 
-// ResolveRendezvous resolves HOST:PORT to the rendezvous's address on each
-// family it has: an IPv4 and an IPv6 address, either zero when the name
-// has none. A literal address gives its own family only.
-func ResolveRendezvous(ctx context.Context, hostport string) (v4, v6 netip.AddrPort, err error) {
+// ResolveRendezvous resolves HOST:PORT, or one per family separated by a
+// comma, to the rendezvous's address on each family it has: an IPv4 and
+// an IPv6 address, either zero when there is none. A literal address gives
+// its own family only.
+func ResolveRendezvous(ctx context.Context, hostports string) (v4, v6 netip.AddrPort, err error) {
+	for _, hp := range strings.Split(hostports, ",") {
+		a4, a6, err := resolveOne(ctx, hp)
+		if err != nil {
+			return v4, v6, err
+		}
+		if !v4.IsValid() {
+			v4 = a4
+		}
+		if !v6.IsValid() {
+			v6 = a6
+		}
+	}
+	return v4, v6, nil
+}
+
+func resolveOne(ctx context.Context, hostport string) (v4, v6 netip.AddrPort, err error) {
 	host, portText, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return v4, v6, err

@@ -51,14 +51,14 @@ func benchmarkKeepalive(b *testing.B, quiet, open bool) {
 	}
 	for i := 0; i < clients; i++ { // register, and answer the Challenge
 		c := cs[i]
-		s.handle(0, 0, pkts[i], c.src)
+		s.handle(0, 0, 0, pkts[i], c.src)
 		ans, _ := wire.Seal(nil, &wire.ChallengeReply{Cookie: s.cookie(c.pub, c.src, cookieEpochOf(time.Now()))}, c.pub, &c.shared)
-		s.handle(0, 0, ans, c.src)
+		s.handle(0, 0, 0, ans, c.src)
 	}
 	b.ResetTimer()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		if reply := s.handle(0, 0, pkts[clients+i], cs[i%clients].src); (reply == nil) != quiet {
+		if reply := s.handle(0, 0, 0, pkts[clients+i], cs[i%clients].src); (reply == nil) != quiet {
 			b.Fatalf("quiet %v, reply %d bytes", quiet, len(reply))
 		}
 	}

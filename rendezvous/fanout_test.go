@@ -83,7 +83,7 @@ func (l *fanLab) join(addr string) *fanClient {
 		}
 	}()
 	l.clients = append(l.clients, c)
-	pong := l.s.handle(0, 0, c.keepalive(l.t, wire.Sub{RepoID: "chat.git"}), ap)
+	pong := l.s.handle(0, 0, 0, c.keepalive(l.t, wire.Sub{RepoID: "chat.git"}), ap)
 	if _, ok := c.open(l.t, pong).(*wire.Pong); !ok {
 		l.t.Fatal("no pong")
 	}
@@ -107,7 +107,7 @@ func (l *fanLab) send(c *fanClient, m wire.Message) []byte {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	return l.s.handle(0, 0, b, c.addr)
+	return l.s.handle(0, 0, 0, b, c.addr)
 }
 
 // flush runs the send loop once and lets the datagrams arrive.
@@ -329,7 +329,7 @@ func TestFanoutEvictsSilentParent(t *testing.T) {
 			t.Fatalf("tree size %d after eviction, want 6", trees[0].Size)
 		}
 		// Its next keepalive puts it back.
-		l.s.handle(0, 0, root.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 1}), root.addr)
+		l.s.handle(0, 0, 0, root.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 1}), root.addr)
 		if l.s.clients[root.pub].subs[0].node == nil {
 			t.Fatal("back after a keepalive, yet not in the tree")
 		}
@@ -341,7 +341,7 @@ func TestNoFanoutNoOffer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, _ := testServer(t, true)
 		c := newTestClient(s)
-		s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+		s.handle(0, 0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
 		if len(s.notes) != 0 || s.fan != nil {
 			t.Fatal("fan-out offered without --fanout")
 		}

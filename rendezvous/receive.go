@@ -22,10 +22,11 @@ func (s *Server) readFailed(err error) error {
 	return fmt.Errorf("rendezvous: read: %w", err)
 }
 
-// handle processes one datagram that arrived on grid cell (ip, port) and
-// returns the reply to send back from that cell, if any. A STUN answer that
-// must leave from another cell or go elsewhere is sent here.
-func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
+// handle processes one datagram that arrived on cell (ip, port) of grid gi
+// and returns the reply to send back from that cell, if any. A STUN answer
+// that must leave from another cell or go elsewhere is sent here.
+func (s *Server) handle(gi, ip, port int, b []byte, src netip.AddrPort) []byte {
+	g := &s.grids[gi]
 	if wire.LooksLikeSTUN(b) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -34,7 +35,7 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 			s.stats.STUNLimited++
 			return nil
 		}
-		resp, fromIP, fromPort, to := stunAnswer(&s.grid, ip, port, b, src)
+		resp, fromIP, fromPort, to := stunAnswer(g, ip, port, b, src)
 		if resp == nil {
 			s.stats.Malformed++
 			return nil
@@ -44,10 +45,10 @@ func (s *Server) handle(ip, port int, b []byte, src netip.AddrPort) []byte {
 			return resp
 		}
 		s.datagramsOut.Add(1)
-		udpconn.WriteTo(s.grid[fromIP][fromPort], resp, to)
+		udpconn.WriteTo(g[fromIP][fromPort], resp, to)
 		return nil
 	}
-	return s.handleGCN(s.grid[ip][port], b, src)
+	return s.handleGCN(g[ip][port], b, src)
 }
 
 // handleGCN processes one gcn-punch datagram that arrived on conn (a UDP
@@ -157,10 +158,10 @@ const (
 	coalesceWait = 10 * time.Millisecond
 )
 
-// readLoop reads grid cell (ip, port)'s socket in batches and answers each
-// batch with one batch of replies.
-func (s *Server) readLoop(ip, port int) error {
-	conn := s.grid[ip][port]
+// readLoop reads the socket of cell (ip, port) of grid gi in batches and
+// answers each batch with one batch of replies.
+func (s *Server) readLoop(gi, ip, port int) error {
+	conn := s.grids[gi][ip][port]
 	pkts := make([]udpconn.Packet, readBatch)
 	for i := range pkts {
 		pkts[i].Buf = make([]byte, 2048)
@@ -178,7 +179,7 @@ func (s *Server) readLoop(ip, port int) error {
 		s.datagramsIn.Add(uint64(n))
 		replies = replies[:0]
 		for _, p := range pkts[:n] {
-			if reply := s.handle(ip, port, p.Buf, p.Addr); reply != nil {
+			if reply := s.handle(gi, ip, port, p.Buf, p.Addr); reply != nil {
 				replies = append(replies, udpconn.Packet{Buf: reply, Addr: p.Addr})
 			}
 		}

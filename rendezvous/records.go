@@ -92,7 +92,7 @@ func (s *Server) pingKnownClients() {
 		s.stats.Pings++
 		s.mu.Unlock()
 		if err == nil {
-			udpconn.WriteTo(s.cfg.Conn, b, r.Addr)
+			udpconn.WriteTo(s.connFor(r.Addr), b, r.Addr)
 		}
 	}
 }

@@ -121,11 +121,21 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 // unspecified address serves both families, which it says with a second
 // address: the other family's unspecified address, on the same port. The
 // daemon then resolves the SSH host's name in that family (the rendezvous
-// cannot know which of its addresses there the client can reach).
+// cannot know which of its addresses there the client can reach). One
+// bound to a specific address in each family gives both.
 func advertised(st *store.Store, sshServerIP netip.Addr) ([]netip.AddrPort, error) {
-	ap, err := st.RendezvousAddr()
+	all, err := st.RendezvousAddrs()
 	if err != nil {
 		return nil, err
+	}
+	ap := all[0]
+	if len(all) == 2 {
+		// A specific address in each family: the one of the SSH
+		// connection's family first.
+		if all[1].Addr().Is6() == sshServerIP.Is6() {
+			all[0], all[1] = all[1], all[0]
+		}
+		return all, nil
 	}
 	if !ap.Addr().IsUnspecified() {
 		return []netip.AddrPort{ap}, nil

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/gitchat/gcn-punch/internal/control"
@@ -36,19 +37,35 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	conn, err := listenUDP(o.Listen)
+	listens, alts, err := familyPairs(o.Listen, o.AltListen)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	cfg := Config{Conn: conn, Store: st, Open: o.Open, Fanout: o.Fanout, NewKeyRate: o.NewKeyRate, MaxStreams: o.MaxStreams, Logger: o.Logger}
-	if o.AltListen != "" {
-		grid, closeAll, err := listenGrid(conn, o.AltListen, o.Logger)
+	cfg := Config{Store: st, Open: o.Open, Fanout: o.Fanout, NewKeyRate: o.NewKeyRate, MaxStreams: o.MaxStreams, Logger: o.Logger}
+	var grids []*Grid
+	for i, l := range listens {
+		conn, err := listenUDP(l)
 		if err != nil {
 			return err
 		}
-		defer closeAll()
-		cfg.Grid = grid
+		defer conn.Close()
+		g := &Grid{{conn}}
+		if alts[i] != "" {
+			grid, closeAll, err := listenGrid(conn, alts[i], o.Logger)
+			if err != nil {
+				return err
+			}
+			defer closeAll()
+			g = grid
+		}
+		grids = append(grids, g)
+	}
+	cfg.Grid = grids[0]
+	conn := grids[0][0][0]
+	var second netip.AddrPort
+	if len(grids) > 1 {
+		cfg.Second = grids[1]
+		second = grids[1][0][0].LocalAddrPort()
 	}
 	srv, err := New(cfg)
 	if err != nil {
@@ -59,10 +76,14 @@ func ListenAndServe(ctx context.Context, o Options) error {
 		return fmt.Errorf("rendezvous: %w", err)
 	}
 	defer ctl.Close()
-	if err := st.SetRendezvous(conn.LocalAddrPort(), o.Open); err != nil {
+	if err := st.SetRendezvous(conn.LocalAddrPort(), o.Open, second); err != nil {
 		return err
 	}
-	o.Logger.Info("rendezvous up", "udp", conn.LocalAddrPort().String(), "server_key", srv.PublicKey().String(), "open", o.Open, "fanout", o.Fanout, "store", st.Dir)
+	udp := conn.LocalAddrPort().String()
+	if second.IsValid() {
+		udp += "," + second.String()
+	}
+	o.Logger.Info("rendezvous up", "udp", udp, "server_key", srv.PublicKey().String(), "open", o.Open, "fanout", o.Fanout, "store", st.Dir)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -121,6 +142,66 @@ func (s *Server) answerControl(w io.Writer, cmd, arg string) {
 	default:
 		fmt.Fprintf(w, "error unknown command %q\n", cmd)
 	}
+}
+
+// familyPairs splits --listen and --alt-listen, each one address or one
+// per family ("198.18.0.10:3478,[2001:2::10]:3478"), into the addresses
+// to listen on and the alternate address of each ("" for none). Two
+// listen addresses must be IP literals of different families, the IPv6
+// one specific ([::] already serves both families on one socket).
+func familyPairs(listen, altListen string) (listens, alts []string, err error) {
+	listens = strings.Split(listen, ",")
+	var altList []string
+	if altListen != "" {
+		altList = strings.Split(altListen, ",")
+	}
+	if len(listens) > 2 || len(altList) > 2 {
+		return nil, nil, fmt.Errorf("rendezvous: give one address, or one per family (IPv4,IPv6), to --listen and --alt-listen")
+	}
+	alts = make([]string, len(listens))
+	if len(listens) == 1 {
+		if len(altList) > 1 {
+			return nil, nil, fmt.Errorf("rendezvous: --alt-listen %q gives two addresses for one --listen address", altListen)
+		}
+		if len(altList) == 1 {
+			alts[0] = altList[0]
+		}
+		return listens, alts, nil
+	}
+	fam := func(s string) (v6 bool, err error) {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return false, fmt.Errorf("rendezvous: %q: with one address per family, give IP literals (%v)", s, err)
+		}
+		return !ap.Addr().Unmap().Is4(), nil
+	}
+	var fams [2]bool
+	for i, l := range listens {
+		if fams[i], err = fam(l); err != nil {
+			return nil, nil, err
+		}
+		if ap := netip.MustParseAddrPort(l); fams[i] && ap.Addr().IsUnspecified() {
+			return nil, nil, fmt.Errorf("rendezvous: --listen %q: [::] serves both families alone; give a specific IPv6 address beside an IPv4 one", listen)
+		}
+	}
+	if fams[0] == fams[1] {
+		return nil, nil, fmt.Errorf("rendezvous: --listen %q: two addresses of one family; give one IPv4 and one IPv6", listen)
+	}
+	for _, a := range altList {
+		v6, err := fam(a)
+		if err != nil {
+			return nil, nil, err
+		}
+		i := 0
+		if v6 != fams[0] {
+			i = 1
+		}
+		if alts[i] != "" {
+			return nil, nil, fmt.Errorf("rendezvous: --alt-listen %q: two addresses of one family", altListen)
+		}
+		alts[i] = a
+	}
+	return listens, alts, nil
 }
 
 // listenUDP opens one of the rendezvous's UDP sockets, with large buffers;

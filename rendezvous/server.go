@@ -89,8 +89,13 @@ type Config struct {
 	AltConn udpconn.Conn // optional second address
 	// Grid, when all four cells are set, serves RFC 5780; its [0][0] and
 	// [1][1] are Conn and AltConn.
-	Grid  *Grid
-	Store *store.Store
+	Grid *Grid
+	// Second, when set, is the rendezvous's sockets in its other address
+	// family, for a rendezvous bound to a specific address in each
+	// (--listen A4,A6): [0][0] its main socket, and, when all four are
+	// set, RFC 5780 service in that family too.
+	Second *Grid
+	Store  *store.Store
 	Open  bool // any key may follow any repository
 	// Fanout is the arity of each repository's peer-to-peer tree; 0: the
 	// rendezvous sends every notification to every client itself.
@@ -181,7 +186,7 @@ type Server struct {
 	busyOut     bucket   // Busy replies: see busyRate
 	cookieKey   [32]byte // the secret under which Challenge cookies are made
 	stats       Stats
-	grid        Grid // [0][0] Conn, [1][1] AltConn, the others for RFC 5780
+	grids       []Grid // [0]: [0][0] Conn, [1][1] AltConn, the others for RFC 5780; [1]: Second
 	pingSeq     uint64
 	swept       time.Time   // last sweep for forgotten clients
 	opener      wire.Opener // for handle, under mu
@@ -233,12 +238,17 @@ func New(cfg Config) (*Server, error) {
 	for range runtime.GOMAXPROCS(0) {
 		s.senders = append(s.senders, new(sender))
 	}
+	var g Grid
 	if cfg.Grid != nil {
-		s.grid = *cfg.Grid
-		cfg.Conn, cfg.AltConn = s.grid[0][0], s.grid[1][1]
+		g = *cfg.Grid
+		cfg.Conn, cfg.AltConn = g[0][0], g[1][1]
 		s.cfg = cfg
 	} else {
-		s.grid[0][0], s.grid[1][1] = cfg.Conn, cfg.AltConn
+		g[0][0], g[1][1] = cfg.Conn, cfg.AltConn
+	}
+	s.grids = []Grid{g}
+	if cfg.Second != nil {
+		s.grids = append(s.grids, *cfg.Second)
 	}
 	ids, err := cfg.Store.Repos()
 	if err != nil {
@@ -273,12 +283,14 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var conns []udpconn.Conn
-	errc := make(chan error, 4)
-	for ip := range 2 {
-		for port := range 2 {
-			if c := s.grid[ip][port]; c != nil {
-				conns = append(conns, c)
-				wg.Go(func() { errc <- s.readLoop(ip, port) })
+	errc := make(chan error, 4*len(s.grids))
+	for gi := range s.grids {
+		for ip := range 2 {
+			for port := range 2 {
+				if c := s.grids[gi][ip][port]; c != nil {
+					conns = append(conns, c)
+					wg.Go(func() { errc <- s.readLoop(gi, ip, port) })
+				}
 			}
 		}
 	}

@@ -69,7 +69,7 @@ func (c *testClient) prove(t *testing.T, s *Server, src netip.AddrPort) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.handle(0, 0, b, src)
+	s.handle(0, 0, 0, b, src)
 }
 
 func (c *testClient) open(t *testing.T, b []byte) wire.Message {
@@ -93,7 +93,7 @@ func TestSTUNBindingResponse(t *testing.T) {
 				setters = append(setters, stun.Fingerprint)
 			}
 			req := stun.MustBuild(setters...)
-			resp := s.handle(0, 0, req.Raw, srcA)
+			resp := s.handle(0, 0, 0, req.Raw, srcA)
 			m := &stun.Message{Raw: resp}
 			if err := m.Decode(); err != nil {
 				t.Fatal(err)
@@ -119,7 +119,7 @@ func TestSTUNBindingResponse(t *testing.T) {
 		}
 		// Anything that is not a Binding request gets nothing.
 		ind := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodBinding, stun.ClassIndication))
-		if r := s.handle(0, 0, ind.Raw, srcA); r != nil {
+		if r := s.handle(0, 0, 0, ind.Raw, srcA); r != nil {
 			t.Fatal("answered a Binding indication")
 		}
 	})
@@ -130,20 +130,20 @@ func TestSTUNRateLimitedPerSource(t *testing.T) {
 		s, _ := testServer(t, true)
 		answered := 0
 		for range 100 {
-			if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
+			if s.handle(0, 0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
 				answered++
 			}
 		}
 		if answered != stunBurst {
 			t.Fatalf("answered %d of 100 requests at one instant, want the burst %d", answered, stunBurst)
 		}
-		if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcB) == nil {
+		if s.handle(0, 0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcB) == nil {
 			t.Fatal("another source was refused")
 		}
 		time.Sleep(time.Second)
 		answered = 0
 		for range 100 {
-			if s.handle(0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
+			if s.handle(0, 0, 0, stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, srcA) != nil {
 				answered++
 			}
 		}
@@ -161,7 +161,7 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 		s, _ := testServer(t, true)
 		c := newTestClient(s)
 		ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
-		reply := s.handle(0, 0, ka, srcA)
+		reply := s.handle(0, 0, 0, ka, srcA)
 		if reply == nil || len(reply) > len(ka) {
 			t.Fatalf("reply %d bytes to a %d-byte keepalive", len(reply), len(ka))
 		}
@@ -179,7 +179,7 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 		}
 		// The same datagram replayed from elsewhere is dropped; the address stays.
 		time.Sleep(time.Second)
-		if s.handle(0, 0, ka, srcB) != nil {
+		if s.handle(0, 0, 0, ka, srcB) != nil {
 			t.Fatal("answered a replayed keepalive")
 		}
 		if got := s.Clients()[0].Addr; got != srcA.String() || s.Stats().Replayed != 1 {
@@ -187,7 +187,7 @@ func TestKeepaliveRegistersAndReplayCannotMoveAddress(t *testing.T) {
 		}
 		// A fresh keepalive from a new address is NAT rebinding: the record
 		// moves once the client shows it receives there.
-		if s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
+		if s.handle(0, 0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcB) == nil {
 			t.Fatal("no pong after rebinding")
 		}
 		c.prove(t, s, srcB)
@@ -205,11 +205,11 @@ func TestForgedAndMalformedAreCountedNotAnswered(t *testing.T) {
 		ka := c.keepalive(t, wire.Sub{RepoID: "chat.git"})
 		forged := append([]byte(nil), ka...)
 		forged[len(forged)-1] ^= 1
-		if s.handle(0, 0, forged, srcA) != nil || s.Stats().Forged != 1 {
+		if s.handle(0, 0, 0, forged, srcA) != nil || s.Stats().Forged != 1 {
 			t.Fatal("forged keepalive answered or not counted")
 		}
 		for _, b := range [][]byte{[]byte("gcn"), []byte("hello world, not ours"), ka[:70]} {
-			if s.handle(0, 0, b, srcA) != nil {
+			if s.handle(0, 0, 0, b, srcA) != nil {
 				t.Fatalf("answered %q", b)
 			}
 		}
@@ -223,19 +223,19 @@ func TestRegisteredModeRefusesUnknownKeys(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, _ := testServer(t, false)
 		c := newTestClient(s)
-		reply := s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+		reply := s.handle(0, 0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
 		pong := c.open(t, reply).(*wire.Pong)
 		if pong.Statuses[0].Status != wire.StatusNotAuthorised || len(s.Clients()) != 0 {
 			t.Fatalf("unregistered key: status %d, %d clients kept", pong.Statuses[0].Status, len(s.Clients()))
 		}
 		s.cfg.Store.Authorise("chat.git", c.pub, time.Now().Add(time.Hour))
-		pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)).(*wire.Pong)
+		pong = c.open(t, s.handle(0, 0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)).(*wire.Pong)
 		if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
 			t.Fatal("registered key refused")
 		}
 		// Registration lapses.
 		time.Sleep(2 * time.Hour)
-		pong = c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}, wire.Sub{RepoID: "other.git"}), srcA)).(*wire.Pong)
+		pong = c.open(t, s.handle(0, 0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}, wire.Sub{RepoID: "other.git"}), srcA)).(*wire.Pong)
 		if pong.Statuses[0].Status != wire.StatusNotAuthorised || pong.Statuses[1].Status != wire.StatusNotAuthorised {
 			t.Fatalf("expired registration still served: %+v", pong.Statuses)
 		}
@@ -251,7 +251,7 @@ func TestAuthorisationCachedButExpiryAndRevocationHold(t *testing.T) {
 		c := newTestClient(s)
 		status := func() byte {
 			t.Helper()
-			return c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA)).(*wire.Pong).Statuses[0].Status
+			return c.open(t, s.handle(0, 0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA)).(*wire.Pong).Statuses[0].Status
 		}
 		s.cfg.Store.Authorise("chat.git", c.pub, time.Now().Add(time.Hour))
 		status() // first contact reads the file
@@ -271,7 +271,7 @@ func TestAuthorisationCachedButExpiryAndRevocationHold(t *testing.T) {
 		c2 := newTestClient(s)
 		s.cfg.Store.Authorise("chat.git", c2.pub, time.Now().Add(90*time.Second))
 		ka := func() byte {
-			return c2.open(t, s.handle(0, 0, c2.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcB)).(*wire.Pong).Statuses[0].Status
+			return c2.open(t, s.handle(0, 0, 0, c2.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcB)).(*wire.Pong).Statuses[0].Status
 		}
 		ka()
 		if ka() != wire.StatusOK {
@@ -304,7 +304,7 @@ func FuzzHandle(f *testing.F) {
 	f.Add(wire.AppendCookied(nil, [wire.CookieLen]byte{1}, ka))
 	f.Add(wire.AppendBusy(nil, [wire.CookieLen]byte{1}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		reply := s.handle(0, 0, b, srcA)
+		reply := s.handle(0, 0, 0, b, srcA)
 		if reply != nil && len(reply) > len(b) && !wire.LooksLikeSTUN(b) {
 			t.Fatalf("amplification: %d-byte reply to %d bytes", len(reply), len(b))
 		}
@@ -317,7 +317,7 @@ func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, _ := testServer(t, true)
 		c := newTestClient(s)
-		s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
+		s.handle(0, 0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA)
 		time.Sleep(ForgetAfter - time.Minute)
 		s.sendDue()
 		if len(s.Clients()) != 1 {
@@ -328,7 +328,7 @@ func TestSilentClientsAreForgottenAndReturn(t *testing.T) {
 		if r := s.repos["chat.git"]; len(s.Clients()) != 0 || s.Stats().Forgotten != 1 || r != nil && len(r.subs.list) != 0 {
 			t.Fatalf("silent client kept: %d clients", len(s.Clients()))
 		}
-		pong := c.open(t, s.handle(0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
+		pong := c.open(t, s.handle(0, 0, 0, c.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}), srcA)).(*wire.Pong)
 		if pong.Statuses[0].Status != wire.StatusOK || len(s.Clients()) != 1 {
 			t.Fatal("a forgotten client could not come back")
 		}
@@ -351,12 +351,12 @@ func TestQuietKeepaliveAnsweredOnlyWithNews(t *testing.T) {
 		s, _ := testServer(t, true)
 		c := newTestClient(s)
 		known := wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0}
-		if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) == nil {
+		if s.handle(0, 0, 0, c.quietKeepalive(t, 0, known), srcA) == nil {
 			t.Fatal("first contact: no pong")
 		}
 		c.prove(t, s, srcA)
 		time.Sleep(25 * time.Second)
-		if s.handle(0, 0, c.quietKeepalive(t, 0, known), srcA) != nil {
+		if s.handle(0, 0, 0, c.quietKeepalive(t, 0, known), srcA) != nil {
 			t.Fatal("answered a quiet keepalive with nothing new")
 		}
 		if st := s.Stats(); st.Quiet != 1 || st.Keepalives != 2 {
@@ -377,7 +377,7 @@ func TestQuietKeepaliveAnsweredOnlyWithNews(t *testing.T) {
 			{"not quiet", func() []byte { return c.keepalive(t, known) }, srcB},
 		} {
 			time.Sleep(time.Second)
-			reply := s.handle(0, 0, tc.ka(), tc.src)
+			reply := s.handle(0, 0, 0, tc.ka(), tc.src)
 			if reply == nil {
 				t.Fatalf("%s: no pong", tc.name)
 			}
@@ -394,7 +394,7 @@ func TestQuietKeepaliveRefusalIsAnswered(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, _ := testServer(t, false)
 		c := newTestClient(s)
-		reply := s.handle(0, 0, c.quietKeepalive(t, 0, wire.Sub{RepoID: "chat.git", Known: true}), srcA)
+		reply := s.handle(0, 0, 0, c.quietKeepalive(t, 0, wire.Sub{RepoID: "chat.git", Known: true}), srcA)
 		if reply == nil {
 			t.Fatal("no answer to a refused quiet keepalive")
 		}
@@ -425,14 +425,14 @@ func TestSingleAddressAnswersPlainBindingOnly(t *testing.T) {
 			m.Add(typ, v)
 			return m.Raw
 		}
-		if r := s.handle(0, 0, withAttr(stun.AttrResponsePort, []byte{0x30, 0x39, 0, 0}), srcA); r != nil {
+		if r := s.handle(0, 0, 0, withAttr(stun.AttrResponsePort, []byte{0x30, 0x39, 0, 0}), srcA); r != nil {
 			t.Fatal("answered a RESPONSE-PORT request with one address")
 		}
-		resp, _, _, to := stunAnswer(&s.grid, 0, 0, withAttr(stun.AttrResponsePort, []byte{0x30, 0x39, 0, 0}), srcA)
+		resp, _, _, to := stunAnswer(&s.grids[0], 0, 0, withAttr(stun.AttrResponsePort, []byte{0x30, 0x39, 0, 0}), srcA)
 		if resp != nil {
 			t.Fatalf("would answer a RESPONSE-PORT request at %v with one address", to)
 		}
-		if r := s.handle(0, 0, withAttr(stun.AttrChangeRequest, []byte{0, 0, 0, changePort}), srcA); r != nil {
+		if r := s.handle(0, 0, 0, withAttr(stun.AttrChangeRequest, []byte{0, 0, 0, changePort}), srcA); r != nil {
 			t.Fatal("answered a CHANGE-REQUEST with one address")
 		}
 	})
@@ -500,7 +500,7 @@ func TestSubscriptionsAreCappedAndLapse(t *testing.T) {
 			for i := range subs {
 				subs[i] = wire.Sub{RepoID: fmt.Sprintf("r%d-%d.git", round, i)}
 			}
-			if s.handle(0, 0, c.keepalive(t, subs...), srcA) == nil {
+			if s.handle(0, 0, 0, c.keepalive(t, subs...), srcA) == nil {
 				t.Fatal("no pong")
 			}
 		}
@@ -553,7 +553,7 @@ func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, _ := testServer(t, true)
 		known := newTestClient(s)
-		if s.handle(0, 0, known.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA) == nil {
+		if s.handle(0, 0, 0, known.keepalive(t, wire.Sub{RepoID: "chat.git"}), srcA) == nil {
 			t.Fatal("no pong")
 		}
 		const flood = 6000
@@ -569,13 +569,13 @@ func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 				t.Fatal(err)
 			}
 			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i % 250)}), 5000)
-			if reply := s.handle(0, 0, b, src); reply != nil {
+			if reply := s.handle(0, 0, 0, b, src); reply != nil {
 				if len(reply) > len(b) {
 					t.Fatalf("a %d-byte reply to a %d-byte datagram from a forged source", len(reply), len(b))
 				}
 				stolen = reply
 			}
-			if i%100 == 0 && s.handle(0, 0, known.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA) != nil {
+			if i%100 == 0 && s.handle(0, 0, 0, known.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true}), srcA) != nil {
 				answered++
 			}
 		}
@@ -591,7 +591,7 @@ func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 		// A newcomer in the middle of the flood: Busy, then in with its cookie.
 		newcomer := newTestClient(s)
 		ka := newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"})
-		reply := s.handle(0, 0, ka, srcB)
+		reply := s.handle(0, 0, 0, ka, srcB)
 		ck, err := wire.ParseBusy(reply)
 		if err != nil {
 			t.Fatalf("a newcomer during the flood got %x, want a Busy: %v", reply, err)
@@ -610,14 +610,14 @@ func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 			"a flood's cookie": {wire.AppendCookied(nil, stolenCk, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"})), srcB},
 		} {
 			before := s.Stats()
-			if _, err := wire.ParseBusy(s.handle(0, 0, try.b, try.src)); err != nil {
+			if _, err := wire.ParseBusy(s.handle(0, 0, 0, try.b, try.src)); err != nil {
 				t.Fatalf("%s: the reply is not a Busy: %v", name, err)
 			}
 			if after := s.Stats(); after.Cookied != before.Cookied || after.Forged != before.Forged {
 				t.Fatalf("%s: cookied %d→%d, precomputed %d→%d", name, before.Cookied, after.Cookied, before.Forged, after.Forged)
 			}
 		}
-		reply = s.handle(0, 0, wire.AppendCookied(nil, ck, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"})), srcB)
+		reply = s.handle(0, 0, 0, wire.AppendCookied(nil, ck, newcomer.keepalive(t, wire.Sub{RepoID: "chat.git"})), srcB)
 		if _, _, err := wire.Open(reply, &newcomer.shared); err != nil {
 			t.Fatalf("the newcomer with its cookie got no Pong: %x (%v)", reply, err)
 		}
@@ -627,7 +627,7 @@ func TestUnknownKeyFloodIsBudgeted(t *testing.T) {
 		// The budget refills: a second later, new keys are let in again.
 		time.Sleep(time.Second)
 		late := newTestClient(s)
-		if _, _, err := wire.Open(s.handle(0, 0, late.keepalive(t, wire.Sub{RepoID: "chat.git"}), netip.MustParseAddrPort("198.18.0.12:42000")), &late.shared); err != nil {
+		if _, _, err := wire.Open(s.handle(0, 0, 0, late.keepalive(t, wire.Sub{RepoID: "chat.git"}), netip.MustParseAddrPort("198.18.0.12:42000")), &late.shared); err != nil {
 			t.Fatal("a new client was refused a second after the flood")
 		}
 	})
@@ -685,7 +685,7 @@ func TestForgedSourceGetsNoMoreThanItSent(t *testing.T) {
 		s := start()
 		attacker := newTestClient(s)
 		ka := attacker.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0})
-		s.handle(0, 0, ka, victimAddr)
+		s.handle(0, 0, 0, ka, victimAddr)
 		run(s, 5*time.Minute)
 		if n := got.Load(); n == 0 || n > int64(len(ka)) {
 			t.Fatalf("a %d-byte keepalive from a forged source sent %d bytes there, want at least the pong and at most %d", len(ka), n, len(ka))
@@ -697,10 +697,10 @@ func TestForgedSourceGetsNoMoreThanItSent(t *testing.T) {
 		// A real client, proven at srcA, is restarted upon: its captured
 		// keepalive replayed from the victim's address gets the same.
 		client := newTestClient(s)
-		s.handle(0, 0, client.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 40}), srcA)
+		s.handle(0, 0, 0, client.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 40}), srcA)
 		client.prove(t, s, srcA)
 		captured := client.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 0})
-		s.handle(0, 0, captured, srcA)
+		s.handle(0, 0, 0, captured, srcA)
 		run(s, time.Second)
 		for _, r := range s.dirty { // what the record writer would write
 			st.WriteClient(r)
@@ -708,7 +708,7 @@ func TestForgedSourceGetsNoMoreThanItSent(t *testing.T) {
 		s.cfg.Conn.Close()
 		s = start() // the restart forgets every counter
 		got.Store(0)
-		s.handle(0, 0, captured, victimAddr)
+		s.handle(0, 0, 0, captured, victimAddr)
 		run(s, 5*time.Minute)
 		if n := got.Load(); n > int64(len(captured)) {
 			t.Fatalf("a replayed %d-byte keepalive sent %d bytes to the forged source", len(captured), n)

@@ -162,6 +162,17 @@ func (s *Server) onStandbyProven(c *client, src netip.AddrPort, now time.Time) {
 	s.noteTo(c, sb.conn, src, &wire.Validated{})
 }
 
+// connFor is the main socket that reaches addr: the second family's when
+// the rendezvous listens on one address in each and addr is of that one.
+func (s *Server) connFor(addr netip.AddrPort) udpconn.Conn {
+	for _, g := range s.grids[1:] {
+		if g[0][0] != nil && is6(g[0][0].LocalAddrPort()) == is6(addr) {
+			return g[0][0]
+		}
+	}
+	return s.grids[0][0][0]
+}
+
 // pathFor is the client's path (socket and address) on one address family,
 // if it has one there.
 func (c *client) pathFor(v6 bool) (conn udpconn.Conn, addr, proven netip.AddrPort, lastSeen int64, ok bool) {

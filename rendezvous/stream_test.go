@@ -115,7 +115,7 @@ func TestStreamCarriesTheSameDatagrams(t *testing.T) {
 		}
 		// Back over UDP: the client moves, and is validated there.
 		e.cl.prove(t, s, srcA)
-		if r := s.handle(0, 0, e.cl.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 1}), srcA); r == nil {
+		if r := s.handle(0, 0, 0, e.cl.keepalive(t, wire.Sub{RepoID: "chat.git", Known: true, LastSeq: 1}), srcA); r == nil {
 			t.Fatal("no Pong over UDP")
 		}
 		e.cl.prove(t, s, srcA)

@@ -50,18 +50,9 @@ func runDaemon(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("--server-key: %w", err)
 		}
-		var v4, v6 netip.AddrPort
-		for _, hp := range strings.Split(*server, ",") {
-			a4, a6, err := punch.ResolveRendezvous(ctx, hp)
-			if err != nil {
-				return fmt.Errorf("--server: %w", err)
-			}
-			if !v4.IsValid() {
-				v4 = a4
-			}
-			if !v6.IsValid() {
-				v6 = a6
-			}
+		v4, v6, err := punch.ResolveRendezvous(ctx, *server)
+		if err != nil {
+			return fmt.Errorf("--server: %w", err)
 		}
 		if !v4.IsValid() && !v6.IsValid() {
 			return fmt.Errorf("--server %s: the name has no address", *server)
@@ -143,7 +134,7 @@ func defaultStateDir() string {
 // 1 when nothing could.
 func runProbe(ctx context.Context, args []string) int {
 	fs := newFlags("probe")
-	server := fs.String("server", "", "rendezvous UDP address (default: the daemon's, else the current clone's origin host, port 3478)")
+	server := fs.String("server", "", "rendezvous UDP address HOST:PORT, or one per family ADDR4:PORT,[ADDR6]:PORT (default: the daemon's, else the current clone's origin host, port 3478)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	lifetime := fs.Bool("lifetime", false, "also measure how long the NAT keeps an idle mapping (takes minutes)")
 	lifetimeMax := fs.Duration("lifetime-max", 4*time.Minute, "bound on the waiting of --lifetime")

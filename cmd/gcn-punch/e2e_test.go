@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"reflect"
 	"strconv"
 	"strings"
@@ -283,6 +284,34 @@ func TestE2EDualStackRendezvous(t *testing.T) {
 	if !strings.Contains(st, "[::1]:") || !strings.Contains(st, "127.0.0.1:") || strings.Count(st, "chat.git=5") != 2 {
 		t.Fatalf("status does not show one client on each family, both at 5:\n%s", st)
 	}
+}
+
+// A rendezvous bound to one address in each family (--listen A4,[A6])
+// serves each on its own socket, and a daemon given both (--server
+// A4,[A6]) keeps a path on each: it delivers over IPv6, the preferred
+// family, every push exactly once, and the server's status shows the
+// client with its IPv4 address as its standby.
+func TestE2ERendezvousOnAnAddressPerFamily(t *testing.T) {
+	w := newWorld(t, true, func(w *world) { w.listen = "127.0.0.1:0,[::1]:0" })
+	a4 := w.addr()
+	b, err := os.ReadFile(filepath.Join(w.store, "rendezvous.addr2"))
+	a6 := strings.TrimSpace(string(b))
+	if err != nil || !strings.HasPrefix(a6, "[::1]:") {
+		t.Fatalf("rendezvous.addr2 is %q (%v), want its IPv6 address", a6, err)
+	}
+	d := w.startDaemon("alice", a4+","+a6)
+	d.ready(t)
+	var st string
+	if !poll(20*time.Second, func() bool {
+		st = run(t, "", binary, "status", "--store", w.store)
+		return regexp.MustCompile(`\[::1\]:\d+ \(standby 127\.0\.0\.1:\d+\)`).MatchString(st)
+	}) {
+		t.Fatalf("the rendezvous does not show the client on IPv6 with an IPv4 standby:\n%s\n%s", st, d.logText())
+	}
+	for range 5 {
+		w.push()
+	}
+	d.wantExactly(t, 5)
 }
 
 // A daemon that is down while pushes happen gets exactly those after restart,

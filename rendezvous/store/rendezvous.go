@@ -22,6 +22,7 @@ func (s *Store) SocketPath() string { return filepath.Join(s.Dir, "rendezvous.so
 
 func (s *Store) addrPath() string { return filepath.Join(s.Dir, "rendezvous.addr") }
 func (s *Store) modePath() string { return filepath.Join(s.Dir, "rendezvous.mode") }
+func (s *Store) addr2Path() string { return filepath.Join(s.Dir, "rendezvous.addr2") }
 
 // Access modes, as written to rendezvous.mode.
 const (
@@ -30,10 +31,12 @@ const (
 )
 
 // SetRendezvous records, at the rendezvous's start, its access mode
-// (rendezvous.mode) and its UDP address (rendezvous.addr), one line each.
+// (rendezvous.mode) and its UDP address (rendezvous.addr), one line each,
+// and, for a rendezvous bound to a specific address in each family, its
+// address in the other (rendezvous.addr2; removed when there is none).
 // The address comes last: its appearance says that the rendezvous is up
 // and everything it writes at start is written.
-func (s *Store) SetRendezvous(addr netip.AddrPort, open bool) error {
+func (s *Store) SetRendezvous(addr netip.AddrPort, open bool, second ...netip.AddrPort) error {
 	mode := ModeRegistered
 	if open {
 		mode = ModeOpen
@@ -41,7 +44,30 @@ func (s *Store) SetRendezvous(addr netip.AddrPort, open bool) error {
 	if err := atomicfile.WriteFile(s.modePath(), []byte(mode+"\n"), 0o644); err != nil {
 		return err
 	}
+	if len(second) > 0 && second[0].IsValid() {
+		if err := atomicfile.WriteFile(s.addr2Path(), []byte(second[0].String()+"\n"), 0o644); err != nil {
+			return err
+		}
+	} else if err := os.Remove(s.addr2Path()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	return atomicfile.WriteFile(s.addrPath(), []byte(addr.String()+"\n"), 0o644)
+}
+
+// RendezvousAddrs is the rendezvous's UDP address and, when it listens on
+// a specific address in each family, its address in the other.
+func (s *Store) RendezvousAddrs() ([]netip.AddrPort, error) {
+	a, err := s.RendezvousAddr()
+	if err != nil {
+		return nil, err
+	}
+	out := []netip.AddrPort{a}
+	if b, err := readSmall(s.addr2Path(), maxSmallFile); err == nil {
+		if ap, err := netip.ParseAddrPort(strings.TrimSpace(string(b))); err == nil && ap.Addr().Is6() != a.Addr().Is6() {
+			out = append(out, ap)
+		}
+	}
+	return out, nil
 }
 
 // ErrNeverStarted says that no rendezvous has run on this store yet.
