@@ -96,7 +96,7 @@ type Config struct {
 	// set, RFC 5780 service in that family too.
 	Second *Grid
 	Store  *store.Store
-	Open  bool // any key may follow any repository
+	Open   bool // any key may follow any repository
 	// Fanout is the arity of each repository's peer-to-peer tree; 0: the
 	// rendezvous sends every notification to every client itself.
 	Fanout int

@@ -20,8 +20,8 @@ import (
 // SocketPath is the unix socket where the rendezvous takes pokes from the hook.
 func (s *Store) SocketPath() string { return filepath.Join(s.Dir, "rendezvous.sock") }
 
-func (s *Store) addrPath() string { return filepath.Join(s.Dir, "rendezvous.addr") }
-func (s *Store) modePath() string { return filepath.Join(s.Dir, "rendezvous.mode") }
+func (s *Store) addrPath() string  { return filepath.Join(s.Dir, "rendezvous.addr") }
+func (s *Store) modePath() string  { return filepath.Join(s.Dir, "rendezvous.mode") }
 func (s *Store) addr2Path() string { return filepath.Join(s.Dir, "rendezvous.addr2") }
 
 // Access modes, as written to rendezvous.mode.
