@@ -121,7 +121,7 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 	defer t.Stop()
 	retry := firstStreamRetry
 	var next, opened time.Time
-	warned := false
+	warnAt := udpDeadAfter // the silence at which the next warning is due
 	for {
 		select {
 		case <-ctx.Done():
@@ -136,6 +136,8 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 		silent := time.Duration(0)
 		if !p.owedSince.IsZero() {
 			silent = now.Sub(p.owedSince)
+		} else {
+			warnAt = udpDeadAfter // it answered: a new silence warns afresh
 		}
 		on := p.stream != nil
 		p.mu.Unlock()
@@ -156,9 +158,9 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 		}
 		open := d.streamer(p.key)
 		if open == nil {
-			if !warned {
-				warned = true
-				d.log.Warn("the rendezvous does not answer over UDP, and no SSH path to it is known (the daemon was given --server, not --repo)", "server", p.server().Addr, "silent_for", silent.Round(time.Second))
+			if silent >= warnAt {
+				d.warnSilent(ctx, p, silent)
+				warnAt = min(2*silent, silent+maxSilentWarnGap)
 			}
 			continue
 		}
@@ -179,6 +181,31 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 		d.edgeWG.Go(func() { d.retryUDP(ctx, p, ls) })
 		d.sendKeepalive(p, p.first(), 0) // on the stream: the rendezvous moves the client there
 	}
+}
+
+// maxSilentWarnGap caps the gap between warnings about a rendezvous that
+// does not answer: at 8 s, 16 s, 32 s ... then every 5 minutes, so that
+// the log says it while it lasts without filling up.
+const maxSilentWarnGap = 5 * time.Minute
+
+// warnSilent says why a rendezvous (with no SSH path to turn to) owes an
+// answer: a STUN request tells a rendezvous that is up but drops this
+// daemon's datagrams (the wrong --server-key: it cannot open them) from
+// one that is not there at all.
+func (d *Daemon) warnSilent(ctx context.Context, p *serverLink, silent time.Duration) {
+	u := p.first()
+	p.mu.Lock()
+	addr := u.addr
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if _, err := d.stun.bind(ctx, d.cfg.Conn, addr); err == nil {
+		d.log.Warn("the rendezvous answers STUN but not this daemon's keepalives: --server-key is probably not its key (it is the 64 hex characters of STORE/server.pub on the server)",
+			"server", addr, "silent_for", silent.Round(time.Second))
+		return
+	}
+	d.log.Warn("the rendezvous does not answer at all (neither STUN nor keepalives): it is down, --server has the wrong address or port, or a firewall drops UDP; no SSH path to turn to (the daemon was given --server, not --repo)",
+		"server", addr, "silent_for", silent.Round(time.Second))
 }
 
 // readStream hands the stream's datagrams to the daemon until it ends.

@@ -112,6 +112,7 @@ func (s *Server) handleGCNChecked(conn udpconn.Conn, b []byte, src netip.AddrPor
 	switch {
 	case errors.Is(err, wire.ErrAuth):
 		s.stats.Forged++
+		s.logForged(sender, src, now)
 		return nil, err
 	case err != nil:
 		s.stats.Malformed++
@@ -142,6 +143,24 @@ func (s *Server) handleGCNChecked(conn udpconn.Conn, b []byte, src netip.AddrPor
 		s.stats.Unexpected++
 	}
 	return nil, nil
+}
+
+// forgedLogGap spaces the log lines about datagrams that fail
+// authentication: a daemon with the wrong --server-key sends one every few
+// seconds, and a flood of forged ones must not flood the log.
+const forgedLogGap = 10 * time.Second
+
+// logForged logs a datagram that failed authentication, at most once per
+// forgedLogGap, with how many came since the last line. Called with mu
+// held.
+func (s *Server) logForged(sender wire.Key, src netip.AddrPort, now time.Time) {
+	s.forgedUnlogged++
+	if now.Sub(s.forgedLoggedAt) < forgedLogGap {
+		return
+	}
+	s.log.Warn("datagrams that fail authentication: a client with the wrong server key (its --server-key must be this rendezvous's server.pub), or forged",
+		"last_from", src, "last_client", sender.String()[:16], "count", s.forgedUnlogged)
+	s.forgedLoggedAt, s.forgedUnlogged = now, 0
 }
 
 // Reading in batches. Under load each datagram costing its own recvfrom,

@@ -197,6 +197,9 @@ type Server struct {
 	senders     []*sender                    // one per CPU, each with its own buffers
 	fan         *fanout                      // nil without --fanout
 	notes       []job                        // control messages for the send loop
+	// The last log line about forged datagrams, and how many came since.
+	forgedLoggedAt time.Time
+	forgedUnlogged uint64
 }
 
 // New loads the server keys and the event logs.
