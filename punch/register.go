@@ -427,3 +427,27 @@ func (r *Registrar) Run(ctx context.Context) {
 		}
 	}
 }
+
+// CheckClone says what is wrong with a --repo clone before anything relies
+// on it: a mistake that cannot fix itself is an error at start, with what
+// to do, not a registration retried forever. With needSSH the clone must
+// have an SSH origin, which registration uses.
+func CheckClone(ctx context.Context, clone string, needSSH bool) error {
+	if fi, err := os.Stat(clone); err != nil || !fi.IsDir() {
+		return fmt.Errorf("--repo %s: no such directory: give the path of a git clone", clone)
+	}
+	if _, err := gitcmd.Output(ctx, clone, "rev-parse", "--git-dir"); err != nil {
+		return fmt.Errorf("--repo %s: not a git clone: give the path of a clone of the chat repository", clone)
+	}
+	if !needSSH {
+		return nil
+	}
+	url, err := gitcmd.OriginURL(ctx, clone)
+	if err != nil {
+		return fmt.Errorf("--repo %s: it has no origin remote: gcn-punch registers over the SSH access its origin uses", clone)
+	}
+	if _, err := ParseRemote(url); err != nil {
+		return fmt.Errorf("--repo %s: its origin %q is not SSH: gcn-punch registers over the SSH access git uses, so clone over SSH (git@host:chat.git), or give --server, --server-key and --repo-id", clone, url)
+	}
+	return nil
+}

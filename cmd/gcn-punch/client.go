@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,7 +26,7 @@ func runDaemon(ctx context.Context, args []string) error {
 	repoIDs := fs.StringArray("repo-id", nil, "repository id to follow (repeatable)")
 	stateDir := fs.String("state", defaultStateDir(), "state directory (client key, positions)")
 	clones := fs.StringArray("repo", nil, "clone to fast-forward on each push (repeatable)")
-	program := fs.String("exec", "", "program to run on each notification, with GCN_* variables (no shell)")
+	program := fs.String("exec", "", "command to run on each notification, with GCN_* variables: a program and its arguments, quoted as in systemd's ExecStart (no shell)")
 	keepalive := fs.Duration("keepalive", punch.DefaultKeepalive, "fixed keepalive interval (default: learned from the NAT's mapping lifetime, starting at 25s)")
 	listen := fs.String("listen", ":0", "local UDP address")
 	noDesktop := fs.Bool("no-desktop", false, "no desktop notifications even when a session bus exists")
@@ -40,6 +41,11 @@ func runDaemon(ctx context.Context, args []string) error {
 	sshMode := *server == "" && *serverKey == "" && len(*repoIDs) == 0
 	if sshMode && len(*clones) == 0 {
 		return fmt.Errorf("give --repo CLONE (registers over SSH), or --server, --server-key and --repo-id")
+	}
+	for _, c := range *clones {
+		if err := punch.CheckClone(ctx, c, sshMode); err != nil {
+			return err
+		}
 	}
 	var servers []punch.Server
 	if !sshMode {
@@ -78,13 +84,27 @@ func runDaemon(ctx context.Context, args []string) error {
 		servers = []punch.Server{{Addr: v4, Alt: v6, Key: key, Repos: ids}}
 	}
 
+	var argv []string
+	if *program != "" {
+		var err error
+		if argv, err = execCommand(*program); err != nil {
+			return err
+		}
+	}
+	// The state directory first: a second daemon on it stops here, before
+	// it touches the key, the positions or the network.
+	release, err := punch.LockState(*stateDir)
+	if err != nil {
+		return err
+	}
+	defer release()
 	conn, err := udpconn.Listen(*listen, nil)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	index := action.NewCloneIndex(ctx, *clones)
-	runner := &action.Runner{Exec: *program, Clones: *clones, CloneFor: index.For, Logger: log}
+	runner := &action.Runner{Exec: argv, Clones: *clones, CloneFor: index.For, Logger: log}
 	if !*noDesktop && action.SessionBusAvailable() {
 		runner.Desktop = &action.Desktop{}
 		defer runner.Desktop.Close()
@@ -108,6 +128,19 @@ func runDaemon(ctx context.Context, args []string) error {
 		}
 	}
 	return d.Run(ctx)
+}
+
+// execCommand parses --exec and checks that its program exists: a typo
+// found at start, not at the first notification.
+func execCommand(s string) ([]string, error) {
+	argv, err := action.SplitCommand(s)
+	if err != nil {
+		return nil, fmt.Errorf("--exec: %w (quote a word with spaces: --exec '\"/opt/my tools/notify\" --flag')", err)
+	}
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		return nil, fmt.Errorf("--exec: no program %q: give its path, or the name of a program on PATH (%s)", argv[0], os.Getenv("PATH"))
+	}
+	return argv, nil
 }
 
 // readKey takes 64 hex characters, or @FILE holding them.

@@ -184,10 +184,12 @@ type daemon struct {
 func (w *world) startDaemon(name, server string) *daemon {
 	d := &daemon{name: name, state: filepath.Join(w.dir, name), out: filepath.Join(w.dir, name+".seqs"), server: server}
 	prog := filepath.Join(w.dir, name+".sh")
-	os.WriteFile(prog, []byte(fmt.Sprintf("#!/bin/sh\necho \"$GCN_SEQ $GCN_REF\" >> %q\n", d.out)), 0o755)
+	// The program takes its output file and a quoted argument: --exec is a
+	// command line, parsed without a shell.
+	os.WriteFile(prog, []byte("#!/bin/sh\n[ \"$2\" = \"two words\" ] || { echo \"bad arguments: $*\" >&2; exit 3; }\necho \"$GCN_SEQ $GCN_REF\" >> \"$1\"\n"), 0o755)
 	d.proc = start(w.t, filepath.Join(w.dir, fmt.Sprintf("%s-%d.log", name, time.Now().UnixNano())), nil,
 		"daemon", "--server", server, "--server-key", "@"+filepath.Join(w.store, "server.pub"),
-		"--repo-id", "chat.git", "--state", d.state, "--exec", prog, "--no-desktop", "-v")
+		"--repo-id", "chat.git", "--state", d.state, "--exec", prog+" "+d.out+" 'two words'", "--no-desktop", "-v")
 	return d
 }
 
@@ -505,7 +507,8 @@ func TestE2EHookWithRendezvousDown(t *testing.T) {
 
 // On the client, `status --state` asks the running daemon: its position per
 // repository, and with --stats its counters; a second daemon on the same
-// state directory refuses to start.
+// state directory refuses to start, naming the first one's PID, and leaves
+// the first one's key and positions alone.
 func TestE2EClientStatus(t *testing.T) {
 	w := newWorld(t, true)
 	d := w.startDaemon("alice", w.listen)
@@ -533,7 +536,10 @@ func TestE2EClientStatus(t *testing.T) {
 	second := exec.Command(binary, "daemon", "--server", w.listen, "--server-key", "@"+filepath.Join(w.store, "server.pub"),
 		"--repo-id", "chat.git", "--state", d.state, "--no-desktop")
 	out, err := second.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "another process is serving") {
+	if err == nil || !strings.Contains(string(out), "another gcn-punch daemon runs on this state directory") ||
+		!strings.Contains(string(out), fmt.Sprintf("PID %d", d.proc.cmd.Process.Pid)) {
 		t.Fatalf("a second daemon on the same state: %v\n%s", err, out)
 	}
+	w.push()
+	d.wantExactly(t, 2) // the first one still gets its notifications at once
 }

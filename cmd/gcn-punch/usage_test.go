@@ -118,3 +118,48 @@ func TestProbeLifetimeMaxBelowItsFirstStepIsAUsageError(t *testing.T) {
 		}
 	}
 }
+
+// --exec is a command line, parsed without a shell: a program that does
+// not exist, or a line that does not parse, is an error at start (exit 1,
+// the reason named), before the daemon touches its state.
+func TestDaemonExecCheckedAtStart(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	key := strings.Repeat("ab", 32)
+	for _, c := range []struct{ exec, want string }{
+		{"/no/such/program --flag", `no program "/no/such/program"`},
+		{"gcn-punch-no-such-program", `no program "gcn-punch-no-such-program"`},
+		{`notify "unclosed`, "unclosed"},
+	} {
+		code, _, errs := runCode(t, "", "daemon", "--server", "127.0.0.1:9", "--server-key", key, "--repo-id", "chat.git",
+			"--state", state, "--no-desktop", "--exec", c.exec)
+		if code != 1 || !strings.Contains(errs, c.want) {
+			t.Errorf("--exec %q: exit %d, stderr %q; want exit 1 and %q", c.exec, code, errs, c.want)
+		}
+	}
+	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a daemon that refused to start made its state directory: %v", err)
+	}
+}
+
+// A --repo that can never register is an error at start with what to do,
+// not a registration retried forever: a missing directory, a directory
+// that is no clone, a clone whose origin is not SSH.
+func TestDaemonRepoCheckedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	https := filepath.Join(dir, "https")
+	for _, args := range [][]string{{"init", "-q", https}, {"-C", https, "remote", "add", "origin", "https://chat.example/chat.git"}} {
+		if out, err := exec.Command("git", args...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	for _, c := range []struct{ repo, want string }{
+		{filepath.Join(dir, "missing"), "no such directory"},
+		{dir, "not a git clone"},
+		{https, "is not SSH"},
+	} {
+		code, _, errs := runCode(t, "", "daemon", "--repo", c.repo, "--state", filepath.Join(dir, "state"), "--no-desktop")
+		if code != 1 || !strings.Contains(errs, c.want) || !strings.Contains(errs, "--repo") {
+			t.Errorf("daemon --repo %s: exit %d, stderr %q; want exit 1 saying %q", c.repo, code, errs, c.want)
+		}
+	}
+}

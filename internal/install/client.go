@@ -1,6 +1,7 @@
 package install
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/gitchat/gcn-punch/internal/atomicfile"
+	"github.com/gitchat/gcn-punch/punch"
 )
 
 const clientUnitMarker = "# gcn-punch-daemon-unit v1"
@@ -69,8 +71,8 @@ func (o ClientInstall) Install() error {
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Stat(clone); err != nil || !fi.IsDir() {
-		return fmt.Errorf("%s is not a directory", clone)
+	if err := punch.CheckClone(context.Background(), clone, true); err != nil {
+		return err
 	}
 	unit, list, err := o.paths()
 	if err != nil {

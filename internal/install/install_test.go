@@ -2,14 +2,47 @@ package install
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 )
 
+// sshClone is a git clone whose origin is an SSH URL (never contacted).
+func sshClone(t *testing.T, origin string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, args := range [][]string{{"init", "-q", dir}, {"-C", dir, "remote", "add", "origin", origin}} {
+		if out, err := exec.Command("git", args...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	return dir
+}
+
+// install client refuses what could never register: no directory, not a
+// clone, an origin that is not SSH; it says what to do, and writes nothing.
+func TestClientInstallRefusesWhatCannotRegister(t *testing.T) {
+	cfg := t.TempDir()
+	for _, c := range []struct{ repo, want string }{
+		{filepath.Join(t.TempDir(), "missing"), "no such directory"},
+		{t.TempDir(), "not a git clone"},
+		{sshClone(t, "https://chat.example/chat.git"), "not SSH"},
+		{sshClone(t, "/srv/git/chat.git"), "not SSH"},
+	} {
+		err := ClientInstall{Repo: c.repo, Binary: "/usr/bin/gcn-punch", ConfigHome: cfg}.Install()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("install client --repo %s: %v, want an error saying %q", c.repo, err, c.want)
+		}
+	}
+	if entries, _ := os.ReadDir(cfg); len(entries) != 0 {
+		t.Fatalf("a refused install wrote %v", entries)
+	}
+}
+
 func TestClientInstallIdempotentAndUninstall(t *testing.T) {
 	cfg := t.TempDir()
-	a, b := t.TempDir(), t.TempDir()
+	a, b := sshClone(t, "git@chat.example:chat.git"), sshClone(t, "ssh://git@chat.example:2222/srv/chat.git")
 	in := func(repo string) ClientInstall {
 		return ClientInstall{Repo: repo, Binary: "/usr/bin/gcn-punch", ConfigHome: cfg}
 	}

@@ -21,12 +21,17 @@ import (
 // stall every later notification forever.
 const ExecTimeout = 10 * time.Minute
 
+// slowExec is how long a run may take before the daemon logs it: every
+// later notification waits for it, and a user who wonders why theirs came
+// late should find the reason in the log.
+const slowExec = 5 * time.Second
+
 // gitTimeout bounds each git command; a fetch over a slow link is the longest.
 const gitTimeout = 5 * time.Minute
 
 // Runner holds the actions chosen on the command line.
 type Runner struct {
-	Exec    string   // program to run, or ""
+	Exec    []string // program to run and its arguments (SplitCommand), or none
 	Clones  []string // clones to fast-forward (a clone per followed repository)
 	Desktop *Desktop // nil: no desktop notifications
 	// CloneFor maps a repository id to the clone that follows it; when nil,
@@ -51,9 +56,15 @@ func (r *Runner) Handle(ctx context.Context, ev punch.Event) {
 			log.Warn("fast-forward", "clone", c, "err", err)
 		}
 	}
-	if r.Exec != "" {
-		if err := Exec(ctx, r.Exec, ev); err != nil {
-			log.Warn("exec", "program", r.Exec, "seq", ev.Seq, "err", err)
+	if len(r.Exec) > 0 {
+		start := time.Now()
+		err := Exec(ctx, r.Exec, ev)
+		took := time.Since(start).Round(time.Millisecond)
+		switch {
+		case err != nil:
+			log.Warn("--exec program failed", "program", r.Exec[0], "seq", ev.Seq, "took", took, "err", err)
+		case took >= slowExec:
+			log.Warn("--exec program was slow: later notifications waited for it", "program", r.Exec[0], "seq", ev.Seq, "took", took)
 		}
 	}
 	if r.Desktop != nil {
@@ -81,12 +92,13 @@ func Env(ev punch.Event) []string {
 	}
 }
 
-// Exec runs program directly, never through a shell, with the event in
-// GCN_* environment variables. Its output goes to the daemon's stderr.
-func Exec(ctx context.Context, program string, ev punch.Event) error {
+// Exec runs argv (a program and its arguments) directly, never through a
+// shell, with the event in GCN_* environment variables. Its output goes to
+// the daemon's stderr.
+func Exec(ctx context.Context, argv []string, ev punch.Event) error {
 	ctx, cancel := context.WithTimeout(ctx, ExecTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, program)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), Env(ev)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	return cmd.Run()
