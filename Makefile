@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/gcn-punch
 GOFLAGS ?=
 
-.PHONY: all build demo test test-short fuzz bench netns-test nat-matrix vet client-graph clean deb
+.PHONY: all build demo test test-short fuzz bench netns-test nat-matrix vet client-graph clean deb install uninstall
 
 VERSION ?= 0.1.0
 # What `gcn-punch version` says: git describe, else the package version.
@@ -19,6 +19,17 @@ build:
 
 demo: build
 	./scripts/demo.sh
+
+# Puts the binary on PATH and the manual page in place: PREFIX (default
+# /usr/local) and DESTDIR (a staging root, for packagers) as usual.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/gcn-punch
+	install -D -m 0644 docs/gcn-punch.1 $(DESTDIR)$(PREFIX)/share/man/man1/gcn-punch.1
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/gcn-punch $(DESTDIR)$(PREFIX)/share/man/man1/gcn-punch.1
 
 # The full suite: race detector on, every package, integration tests with
 # the real binary. Network-namespace tests run when root, else skip saying so.

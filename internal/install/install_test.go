@@ -76,3 +76,23 @@ func TestClientInstallIdempotentAndUninstall(t *testing.T) {
 		t.Fatal("overwrote a foreign unit")
 	}
 }
+
+// install server warns when the binary it writes into the units and hooks
+// is one the services may not see: under /tmp (PrivateTmp), or not
+// reachable by other users; a binary in a public place gets no warning.
+func TestBinaryWarnings(t *testing.T) {
+	if w := BinaryWarnings("/bin/sh"); len(w) != 0 {
+		t.Fatalf("/bin/sh: %q", w)
+	}
+	if w := BinaryWarnings("/tmp/gcn-punch-nowhere"); len(w) == 0 || !strings.Contains(w[0], "PrivateTmp") {
+		t.Fatalf("a binary under /tmp: %q", w)
+	}
+	private := filepath.Join(t.TempDir(), "private")
+	os.MkdirAll(private, 0o700)
+	bin := filepath.Join(private, "gcn-punch")
+	os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o700)
+	w := strings.Join(BinaryWarnings(bin), "\n")
+	if !strings.Contains(w, "not executable by other users") || !strings.Contains(w, "cannot enter") {
+		t.Fatalf("a binary only its owner can reach: %q", w)
+	}
+}

@@ -128,6 +128,9 @@ func (o ServerInstall) Install() error {
 	if err != nil {
 		return err
 	}
+	for _, w := range BinaryWarnings(o.Binary) {
+		fmt.Fprintf(o.Out, "warning: %s\n", w)
+	}
 	id := o.RepoID
 	if id == "" {
 		if id, err = hook.RepoID(repo); err != nil {
@@ -226,6 +229,37 @@ exit 0
 	}
 	fmt.Fprintf(o.Out, "systemd unit %s\nstart it: systemctl daemon-reload && systemctl enable --now gcn-punch-rendezvous\n", up)
 	return nil
+}
+
+// BinaryWarnings says why the services might not see or run the binary at
+// path: the rendezvous unit runs with PrivateTmp (its /tmp and /var/tmp
+// are its own, empty), and the hook and the git-shell command run as the
+// git user, who must be able to reach the file through every directory.
+func BinaryWarnings(path string) []string {
+	var out []string
+	for _, tmp := range []string{"/tmp/", "/var/tmp/", "/dev/shm/"} {
+		if strings.HasPrefix(filepath.Clean(path)+"/", tmp) {
+			out = append(out, fmt.Sprintf("%s is under %s, which the rendezvous's systemd unit does not see (PrivateTmp=yes) and which may be cleaned: install it first (make install, or copy it to /usr/local/bin) and give --binary", path, tmp))
+			break
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return append(out, fmt.Sprintf("%s: %v", path, err))
+	}
+	if fi.Mode().Perm()&0o001 == 0 {
+		out = append(out, fmt.Sprintf("%s is not executable by other users (mode %v): the git user may not run it", path, fi.Mode().Perm()))
+	}
+	for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
+		if di, err := os.Stat(dir); err == nil && di.Mode().Perm()&0o001 == 0 {
+			out = append(out, fmt.Sprintf("%s is inside %s (mode %v), which other users cannot enter: the git user may not reach it", path, dir, di.Mode().Perm()))
+			break
+		}
+		if dir == "/" || dir == "." {
+			break
+		}
+	}
+	return out
 }
 
 // Unit is the rendezvous's hardened systemd unit; install writes it, and
