@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -19,12 +20,35 @@ import (
 	"github.com/gitchat/gcn-punch/wire"
 )
 
-func runDaemon(ctx context.Context, args []string) error {
-	fs := newFlags("daemon")
+func runDaemon(ctx context.Context, args []string) error { return runClient(ctx, "daemon", args, nil) }
+
+// runWatchCmd is `gcn-punch watch`: a daemon whose one action is printing
+// each notification on stdout as one JSON object a line (punch.Event's
+// keys, "event" push or resync), for scripts and for trying gcn-punch out.
+// It keeps its own state (key, positions) unless given the daemon's with
+// --state, which it can use only while the daemon is stopped.
+func runWatchCmd(ctx context.Context, args []string) error {
+	return runClient(ctx, "watch", args, os.Stdout)
+}
+
+// watchLine is one line of `gcn-punch watch`.
+type watchLine struct {
+	punch.Event
+	Kind string `json:"event"` // "push" or "resync"
+}
+
+// runClient runs a client daemon; with out, as `watch`, printing events
+// there instead of acting on them.
+func runClient(ctx context.Context, name string, args []string, out io.Writer) error {
+	fs := newFlags(name)
 	server := fs.String("server", "", "rendezvous UDP address HOST:PORT, or one per family: ADDR4:PORT,[ADDR6]:PORT (a name with both families gives a path on each)")
 	serverKey := fs.String("server-key", "", "rendezvous public key: 64 hex characters, or @FILE")
 	repoIDs := fs.StringArray("repo-id", nil, "repository id to follow (repeatable)")
-	stateDir := fs.String("state", defaultStateDir(), "state directory (client key, positions)")
+	stateDirDefault := defaultStateDir()
+	if out != nil {
+		stateDirDefault += "-watch" // its own key and positions, beside the daemon's
+	}
+	stateDir := fs.String("state", stateDirDefault, "state directory (client key, positions)")
 	clones := fs.StringArray("repo", nil, "clone to fast-forward on each push (repeatable)")
 	program := fs.String("exec", "", "command to run on each notification, with GCN_* variables: a program and its arguments, quoted as in systemd's ExecStart (no shell)")
 	keepalive := fs.Duration("keepalive", punch.DefaultKeepalive, "fixed keepalive interval (default: learned from the NAT's mapping lifetime, starting at 25s)")
@@ -105,7 +129,23 @@ func runDaemon(ctx context.Context, args []string) error {
 	defer conn.Close()
 	index := action.NewCloneIndex(ctx, *clones)
 	runner := &action.Runner{Exec: argv, Clones: *clones, CloneFor: index.For, Logger: log}
-	if !*noDesktop && action.SessionBusAvailable() {
+	handle := runner.Handle
+	if out != nil {
+		// Watching: print, and nothing else (no fast-forward, no desktop).
+		enc := json.NewEncoder(out)
+		var mu sync.Mutex
+		handle = func(_ context.Context, ev punch.Event) {
+			kind := "push"
+			if ev.Resync {
+				kind = "resync"
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err := enc.Encode(watchLine{Event: ev, Kind: kind}); err != nil {
+				log.Warn("cannot write to stdout", "err", err)
+			}
+		}
+	} else if !*noDesktop && action.SessionBusAvailable() {
 		runner.Desktop = &action.Desktop{}
 		defer runner.Desktop.Close()
 	}
@@ -114,11 +154,11 @@ func runDaemon(ctx context.Context, args []string) error {
 		fixed = *keepalive
 	}
 	d, err := punch.New(punch.Config{Conn: conn, Servers: servers, StateDir: *stateDir,
-		FixedKeepalive: fixed, Handle: runner.Handle, NoPeer: *noPeer, Control: punch.ControlSocket(*stateDir), Logger: log})
+		FixedKeepalive: fixed, Handle: handle, NoPeer: *noPeer, Control: punch.ControlSocket(*stateDir), Logger: log})
 	if err != nil {
 		return err
 	}
-	log.Info("daemon up", "client", d.PublicKey().String(), "udp", conn.LocalAddrPort().String(), "ssh_registration", sshMode)
+	log.Info(name+" up", "client", d.PublicKey().String(), "udp", conn.LocalAddrPort().String(), "ssh_registration", sshMode)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if sshMode {

@@ -543,3 +543,59 @@ func TestE2EClientStatus(t *testing.T) {
 	w.push()
 	d.wantExactly(t, 2) // the first one still gets its notifications at once
 }
+
+// `gcn-punch watch` prints each notification as it arrives, one JSON
+// object a line on stdout (logs stay on stderr), with its own state: three
+// pushes are three lines, seq 1 to 3, in order, each naming the ref and the
+// pushed commit.
+func TestE2EWatchPrintsJSONLines(t *testing.T) {
+	w := newWorld(t, true)
+	outPath := filepath.Join(w.dir, "watch.out")
+	out, err := os.Create(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	logs, err := os.Create(filepath.Join(w.dir, "watch.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	state := filepath.Join(w.dir, "watch-state")
+	cmd := exec.Command(binary, "watch", "--server", w.listen, "--server-key", "@"+filepath.Join(w.store, "server.pub"),
+		"--repo-id", "chat.git", "--state", state)
+	cmd.Stdout, cmd.Stderr = out, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if !poll(20*time.Second, func() bool { return punch.HasPosition(state) }) {
+		t.Fatal("watch never got its position")
+	}
+	var heads []string
+	for range 3 {
+		w.push()
+		heads = append(heads, strings.TrimSpace(run(t, w.clone, "git", "rev-parse", "HEAD")))
+	}
+	var lines []string
+	poll(20*time.Second, func() bool {
+		b, _ := os.ReadFile(outPath)
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		return len(lines) >= 3
+	})
+	if len(lines) != 3 {
+		b, _ := os.ReadFile(logs.Name())
+		t.Fatalf("stdout has %d lines, want 3:\n%s\nstderr:\n%s", len(lines), strings.Join(lines, "\n"), b)
+	}
+	for i, l := range lines {
+		var ev struct {
+			Repo, Ref, New, Event string
+			Seq                   uint64
+			TimeMS                int64 `json:"time_ms"`
+		}
+		if err := json.Unmarshal([]byte(l), &ev); err != nil || ev.Seq != uint64(i+1) || ev.Repo != "chat.git" ||
+			ev.Ref != "refs/heads/main" || ev.New != heads[i] || ev.Event != "push" || ev.TimeMS == 0 {
+			t.Fatalf("line %d: %q (%v); want seq %d, refs/heads/main at %s", i, l, err, i+1, heads[i])
+		}
+	}
+}

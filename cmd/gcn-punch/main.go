@@ -19,11 +19,12 @@ usage:
   gcn-punch rendezvous --listen HOST:PORT [--alt-listen HOST:PORT] --store DIR [--open] [--fanout K]
   gcn-punch hook --store DIR [--repo-id ID]         (as post-receive; reads "<old> <new> <ref>")
   gcn-punch daemon --server HOST:PORT --server-key HEX|@FILE --repo-id ID --state DIR
-                   [--repo CLONE] [--exec PROGRAM] [--keepalive DURATION] [--no-peer]
+                   [--repo CLONE] [--exec 'PROGRAM ARGS...'] [--keepalive DURATION] [--no-peer]
+  gcn-punch watch   (the daemon's flags)   prints each notification as a JSON line on stdout
   gcn-punch status --store DIR [--json|--stats|--tree]   (server side)
   gcn-punch status --state DIR [--json|--stats]      (client side: a running daemon)
   gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
-  gcn-punch install client --repo CLONE [--exec PROGRAM]
+  gcn-punch install client --repo CLONE [--exec 'PROGRAM ARGS...']
   gcn-punch uninstall server|client --repo PATH   (removes only what install added)
   gcn-punch probe [--server HOST:PORT] [--json] [--lifetime]
   gcn-punch bench [--json] [--sizes 1000,10000,100000] [--runs 3] [--doc docs/bench.md]
@@ -56,6 +57,8 @@ func main() {
 		runHook(args) // never fails a push
 	case "daemon":
 		err = runDaemon(ctx, args)
+	case "watch":
+		err = runWatchCmd(ctx, args)
 	case "status":
 		err = runStatus(args)
 	case "heartbeat":
