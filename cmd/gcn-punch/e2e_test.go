@@ -599,3 +599,34 @@ func TestE2EWatchPrintsJSONLines(t *testing.T) {
 		}
 	}
 }
+
+// `gcn-punch notify` sends a test notification through the whole path
+// without a push: the daemon runs its action for it (GCN_REF
+// refs/gcn-punch/test), with the next sequence number, and a push after it
+// comes next. A repository the store does not know, or no store at all,
+// is an error that creates nothing.
+func TestE2ENotifyWithoutPushing(t *testing.T) {
+	w := newWorld(t, true)
+	d := w.startDaemon("alice", w.listen)
+	d.ready(t)
+	w.push()
+	out := run(t, "", binary, "notify", "--store", w.store, "--repo-id", "chat.git")
+	if !strings.Contains(out, "seq 2") || !strings.Contains(out, "handed to the rendezvous") {
+		t.Fatalf("notify said %q", out)
+	}
+	w.push()
+	d.wantExactly(t, 3)
+	b, _ := os.ReadFile(d.out)
+	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != 3 || lines[1] != "2 refs/gcn-punch/test" {
+		t.Fatalf("the daemon's program saw %q", lines)
+	}
+	code, _, errs := runCode(t, "", "notify", "--store", w.store, "--repo-id", "other.git")
+	if code != 1 || !strings.Contains(errs, `no repository "other.git"`) {
+		t.Fatalf("notify for an unknown repository: exit %d, %q", code, errs)
+	}
+	missing := filepath.Join(w.dir, "no-store")
+	code, _, errs = runCode(t, "", "notify", "--store", missing, "--repo-id", "chat.git")
+	if _, err := os.Stat(missing); code != 1 || err == nil {
+		t.Fatalf("notify with no store: exit %d, %q; the directory: %v", code, errs, err)
+	}
+}

@@ -23,6 +23,7 @@ usage:
   gcn-punch watch   (the daemon's flags)   prints each notification as a JSON line on stdout
   gcn-punch status --store DIR [--json|--stats|--tree]   (server side)
   gcn-punch status --state DIR [--json|--stats]      (client side: a running daemon)
+  gcn-punch notify --store DIR --repo-id ID     a test notification through the whole path
   gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
   gcn-punch install client --repo CLONE [--exec 'PROGRAM ARGS...']
   gcn-punch uninstall server|client --repo PATH   (removes only what install added)
@@ -61,6 +62,8 @@ func main() {
 		err = runWatchCmd(ctx, args)
 	case "status":
 		err = runStatus(args)
+	case "notify":
+		err = runNotify(args)
 	case "heartbeat":
 		os.Exit(runHeartbeat(args))
 	case "install", "uninstall":

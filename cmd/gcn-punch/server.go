@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,6 +65,51 @@ func runHook(args []string) {
 	if _, err := hook.Run(o); err != nil {
 		fmt.Fprintf(os.Stderr, "gcn-punch hook: %v (the push itself succeeded)\n", err)
 	}
+}
+
+// notifyRef is the ref a test notification names: under refs/gcn-punch/,
+// which no branch tracks, so a daemon's fast-forward only fetches.
+const notifyRef = "refs/gcn-punch/test"
+
+// runNotify sends a test notification through the whole path, as a push
+// would: recorded in the repository's log with the next sequence number,
+// handed to the rendezvous, delivered to every follower, acked. An admin
+// checks a setup with it without pushing.
+func runNotify(args []string) error {
+	fs := newFlags("notify")
+	storeDir := fs.String("store", store.DefaultDir, "store directory")
+	repoID := fs.String("repo-id", "", "repository id whose followers get the notification")
+	parse(fs, args)
+	if *repoID == "" {
+		usageFail(fs, errors.New("--repo-id is required"))
+	}
+	st, err := store.OpenExisting(*storeDir)
+	if err != nil {
+		return err
+	}
+	served, _ := st.Served()
+	logs, _ := st.Repos()
+	if _, ok := served[*repoID]; !ok && !slices.Contains(logs, *repoID) {
+		return fmt.Errorf("the store at %s serves no repository %q and has no log for it: give one of %v", st.Dir, *repoID, slices.Sorted(maps.Keys(served)))
+	}
+	zero := strings.Repeat("0", 40)
+	var stderr strings.Builder
+	res, err := hook.Run(hook.Options{StoreDir: st.Dir, RepoID: *repoID, Stderr: &stderr,
+		Stdin: strings.NewReader(zero + " " + zero + " " + notifyRef + "\n")})
+	if err != nil {
+		return err
+	}
+	if len(res.Events) == 0 {
+		return fmt.Errorf("nothing recorded: %s", strings.TrimSpace(stderr.String()))
+	}
+	seq := res.Events[0].Seq
+	switch {
+	case res.Poked:
+		fmt.Printf("notified %s: seq %d (%s), handed to the rendezvous; `gcn-punch status --store %s` shows who acked it\n", *repoID, seq, notifyRef, st.Dir)
+	default:
+		fmt.Printf("recorded %s seq %d (%s), but the rendezvous is not running: %s\n", *repoID, seq, notifyRef, strings.TrimSpace(stderr.String()))
+	}
+	return nil
 }
 
 // runHeartbeat registers a client over SSH. Every refusal is one line on
