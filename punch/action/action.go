@@ -56,9 +56,15 @@ func (r *Runner) Handle(ctx context.Context, ev punch.Event) {
 			log.Warn("fast-forward", "clone", c, "err", err)
 		}
 	}
+	var msg *Message
+	if len(clones) > 0 {
+		if m, ok := ReadMessage(ctx, clones[0], ev); ok {
+			msg = &m
+		}
+	}
 	if len(r.Exec) > 0 {
 		start := time.Now()
-		err := Exec(ctx, r.Exec, ev)
+		err := ExecMessage(ctx, r.Exec, ev, msg)
 		took := time.Since(start).Round(time.Millisecond)
 		switch {
 		case err != nil:
@@ -68,7 +74,7 @@ func (r *Runner) Handle(ctx context.Context, ev punch.Event) {
 		}
 	}
 	if r.Desktop != nil {
-		if err := r.Desktop.Notify(ev); err != nil {
+		if err := r.Desktop.NotifyMessage(ev, msg); err != nil {
 			log.Debug("desktop notification", "err", err)
 		}
 	}
@@ -96,10 +102,19 @@ func Env(ev punch.Event) []string {
 // shell, with the event in GCN_* environment variables. Its output goes to
 // the daemon's stderr.
 func Exec(ctx context.Context, argv []string, ev punch.Event) error {
+	return ExecMessage(ctx, argv, ev, nil)
+}
+
+// ExecMessage is Exec, with the event's message, when known, in
+// GCN_AUTHOR, GCN_SUBJECT and GCN_COUNT too.
+func ExecMessage(ctx context.Context, argv []string, ev punch.Event, msg *Message) error {
 	ctx, cancel := context.WithTimeout(ctx, ExecTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), Env(ev)...)
+	if msg != nil {
+		cmd.Env = append(cmd.Env, msg.env()...)
+	}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	return cmd.Run()
 }

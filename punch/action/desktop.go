@@ -61,7 +61,11 @@ func (d *Desktop) connect() (*dbus.Conn, error) {
 
 // Notify shows one event. The summary and body are plain text; the
 // notification server does the display, nothing is interpreted here.
-func (d *Desktop) Notify(ev punch.Event) error {
+func (d *Desktop) Notify(ev punch.Event) error { return d.NotifyMessage(ev, nil) }
+
+// NotifyMessage shows one event as a chat message when its message is
+// known ("alice: lunch at 1?", "chat.git · +2 more"), else as a push.
+func (d *Desktop) NotifyMessage(ev punch.Event, msg *Message) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.connect()
@@ -70,8 +74,15 @@ func (d *Desktop) Notify(ev punch.Event) error {
 	}
 	summary := "git push to " + ev.Repo
 	body := fmt.Sprintf("%s  %s → %s", ev.Ref, short(ev.Old), short(ev.New))
-	if ev.Resync {
+	switch {
+	case ev.Resync:
 		body = "missed events: pulled everything"
+	case msg != nil:
+		summary = msg.Author + ": " + msg.Subject
+		body = ev.Repo
+		if msg.Count > 1 {
+			body += fmt.Sprintf(" · +%d more", msg.Count-1)
+		}
 	}
 	obj := c.Object("org.freedesktop.Notifications", "/org/freedesktop/Notifications")
 	call := obj.Call("org.freedesktop.Notifications.Notify", 0,

@@ -84,6 +84,22 @@ func TestDesktopNotificationOverRealBus(t *testing.T) {
 	if len(ns.got) != 1 || ns.got[0] != want {
 		t.Fatalf("got %q, want %q", ns.got, want)
 	}
+	ns.mu.Unlock()
+
+	// With the message read from the clone: a chat line.
+	if err := d.NotifyMessage(ev, &Message{Author: "alice", Subject: "lunch at 1?", Count: 3}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ns.seen:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the notification server got nothing")
+	}
+	ns.mu.Lock()
+	want = "gcn-punch|alice: lunch at 1?|chat.git · +2 more"
+	if len(ns.got) != 2 || ns.got[1] != want {
+		t.Fatalf("got %q, want %q second", ns.got, want)
+	}
 }
 
 // With no notification service on the bus, Notify reports an error and the

@@ -1,0 +1,91 @@
+package action
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/gitchat/gcn-punch/punch"
+)
+
+// Message is what a chat user wants from a notification: who wrote the
+// pushed tip commit, its subject line, and how many commits the push
+// added ("alice: lunch at 1?", "+2 more"). The daemon reads it from its
+// clone once the fetch has brought the commits: no field of it travels in
+// the notification, so it cannot be forged by anyone but a pusher, and it
+// costs the hook and the wire nothing.
+type Message struct {
+	Author, Subject string
+	Count           int // commits the push added; 0 when unknown
+}
+
+// Bounds on what a message carries into an environment variable or a
+// desktop notification: a name, and one subject line.
+const (
+	maxAuthor  = 64
+	maxSubject = 200
+)
+
+// ReadMessage reads an event's message from a clone that has fetched its
+// commits. It reports false for a resync, a deletion, or a commit the
+// clone does not have.
+func ReadMessage(ctx context.Context, clone string, ev punch.Event) (Message, bool) {
+	if ev.Resync || ev.New == "" || strings.Trim(ev.New, "0") == "" {
+		return Message{}, false
+	}
+	out, err := git(ctx, clone, "log", "-1", "--format=%an%x00%s", ev.New, "--")
+	if err != nil {
+		return Message{}, false
+	}
+	author, subject, ok := strings.Cut(out, "\x00")
+	if !ok {
+		return Message{}, false
+	}
+	m := Message{Author: clean(author, maxAuthor), Subject: clean(subject, maxSubject)}
+	var count string
+	if strings.Trim(ev.Old, "0") == "" {
+		// A new branch: the commits no other branch of origin has. (With
+		// --remotes, --exclude patterns leave out "refs/remotes/".)
+		branch := "origin/" + strings.TrimPrefix(ev.Ref, "refs/heads/")
+		count, err = git(ctx, clone, "rev-list", "--count", ev.New, "--not", "--exclude="+branch, "--remotes=origin", "--")
+	} else {
+		count, err = git(ctx, clone, "rev-list", "--count", ev.Old+".."+ev.New, "--")
+	}
+	if err == nil {
+		m.Count, _ = strconv.Atoi(count)
+	}
+	return m, true
+}
+
+// clean makes s one line of at most max bytes of valid UTF-8: control
+// characters become spaces, and a cut falls between characters, marked
+// with an ellipsis.
+func clean(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.TrimSpace(s)
+	if len(s) <= max {
+		return s
+	}
+	cut := max - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// env is the message's part of a program's environment.
+func (m Message) env() []string {
+	out := []string{"GCN_AUTHOR=" + m.Author, "GCN_SUBJECT=" + m.Subject}
+	if m.Count > 0 {
+		out = append(out, "GCN_COUNT="+strconv.Itoa(m.Count))
+	}
+	return out
+}
