@@ -224,25 +224,37 @@ func runHeartbeat(ctx context.Context, clone string, args []string) (wire.Heartb
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.Stdin = nil
 	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(errb.String())
+		msg := oneLine(errb.String())
 		return wire.HeartbeatReply{}, fmt.Errorf("(%v): %s%s", err, msg, sshHint(msg))
 	}
 	return wire.ParseHeartbeatReply(out.String())
+}
+
+// oneLine joins ssh's error text (lines ending in \r\n) into one line,
+// "first | second", so that a log shows it as text, not as escapes.
+func oneLine(s string) string {
+	var lines []string
+	for _, l := range strings.Split(strings.ReplaceAll(s, "\r", ""), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, " | ")
 }
 
 // sshHint turns a known ssh or server error into advice.
 func sshHint(msg string) string {
 	switch {
 	case strings.Contains(msg, "Host key verification failed"), strings.Contains(msg, "No ED25519 host key is known"), strings.Contains(msg, "host key is known"):
-		return "\nhint: the server's host key is not in your known_hosts: run `ssh HOST` once by hand, check the fingerprint, and accept it (host key checking stays on)"
+		return "; hint: the server's host key is not in your known_hosts: run `ssh HOST` once by hand, check the fingerprint, and accept it (host key checking stays on)"
 	case strings.Contains(msg, "Permission denied"):
-		return "\nhint: the server refused your key: is it loaded (ssh-add -l)? A systemd user service needs `systemctl --user import-environment SSH_AUTH_SOCK`, or a key without a passphrase"
+		return "; hint: the server refused your key: is it loaded (ssh-add -l)? A systemd user service needs `systemctl --user import-environment SSH_AUTH_SOCK`, or a key without a passphrase"
 	case strings.Contains(msg, "unrecognized command"), strings.Contains(msg, "gcn-heartbeat: not found"), strings.Contains(msg, "command not found"):
-		return "\nhint: the server has no gcn-heartbeat command: its admin runs `gcn-punch install server --repo PATH`"
+		return "; hint: the server has no gcn-heartbeat command: its admin runs `gcn-punch install server --repo PATH`"
 	case strings.Contains(msg, "not served here"):
-		return "\nhint: this repository is not set up for notifications: its admin runs `gcn-punch install server --repo PATH`"
+		return "; hint: this repository is not set up for notifications: its admin runs `gcn-punch install server --repo PATH`"
 	case strings.Contains(msg, "Could not resolve"), strings.Contains(msg, "Connection refused"), strings.Contains(msg, "timed out"), strings.Contains(msg, "No route"):
-		return "\nhint: the server is not reachable over SSH right now; the daemon will retry"
+		return "; hint: the server is not reachable over SSH right now; the daemon will retry"
 	}
 	return ""
 }
@@ -300,7 +312,7 @@ func OpenStream(ctx context.Context, clone string, rem Remote) (io.ReadWriteClos
 	s.Close()
 	msg := strings.TrimSpace(strings.TrimPrefix(r.line, "error "))
 	if msg == "" {
-		msg = strings.TrimSpace(errb.String())
+		msg = oneLine(errb.String())
 	}
 	if msg == "" && r.err != nil {
 		msg = r.err.Error()

@@ -82,3 +82,11 @@ func TestHeartbeatProofOnlyForPinnedServer(t *testing.T) {
 		t.Fatalf("the server refuses the daemon's proof: %v", err)
 	}
 }
+
+// ssh's error text (lines ending in \r\n) becomes one line for the log.
+func TestOneLine(t *testing.T) {
+	in := "Warning: Permanently added 'h' (ED25519) to the list of known hosts.\r\ngit@h: Permission denied (publickey).\r\n"
+	if got, want := oneLine(in), "Warning: Permanently added 'h' (ED25519) to the list of known hosts. | git@h: Permission denied (publickey)."; got != want {
+		t.Fatalf("%q, want %q", got, want)
+	}
+}

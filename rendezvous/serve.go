@@ -209,7 +209,7 @@ func familyPairs(listen, altListen string) (listens, alts []string, err error) {
 func listenUDP(addr string) (udpconn.Conn, error) {
 	c, err := udpconn.Listen(addr, udpconn.LargeBuffers(socketBuffer))
 	if err != nil {
-		return nil, fmt.Errorf("rendezvous: listen %s: %w", addr, err)
+		return nil, err // "listen udp ADDR: bind: ...": it names the address
 	}
 	return c, nil
 }

@@ -78,7 +78,7 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) e
 		}
 		key, err := readKey(*serverKey)
 		if err != nil {
-			return fmt.Errorf("--server-key: %w", err)
+			return fmt.Errorf("--server-key: %w: a server key is the 64 hex characters of server.pub in the rendezvous's store (give them, or @FILE)", err)
 		}
 		v4, v6, err := punch.ResolveRendezvous(ctx, *server)
 		if err != nil {
@@ -192,7 +192,15 @@ func readKey(s string) (wire.Key, error) {
 		}
 		s = string(b)
 	}
-	return wire.ParseKey(s)
+	k, err := wire.ParseKey(s)
+	if err != nil {
+		what := fmt.Sprintf("%d characters", len(strings.TrimSpace(s)))
+		if len(strings.TrimSpace(s)) == 64 {
+			what = "64 characters, not all hex"
+		}
+		return k, fmt.Errorf("not a key (%s)", what)
+	}
+	return k, nil
 }
 
 func defaultStateDir() string {

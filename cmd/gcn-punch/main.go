@@ -81,7 +81,7 @@ func main() {
 		os.Exit(2)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "gcn-punch %s: %v\n", cmd, err)
+		fmt.Fprintf(os.Stderr, "gcn-punch %s: %s\n", cmd, errText(err))
 		os.Exit(1)
 	}
 }
