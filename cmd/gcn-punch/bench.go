@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/rendezvous"
 	"github.com/gitchat/gcn-punch/rendezvous/bench"
 	"github.com/gitchat/gcn-punch/wire"
@@ -37,6 +38,9 @@ func runBench(ctx context.Context, args []string) error {
 	doc := fs.String("doc", "", "also write the Markdown report here (e.g. docs/bench.md)")
 	hostNetns := fs.Bool("host-netns", false, "run in the current network namespace (default as root: a namespace of its own, with a UDP hash table sized for the simulated clients)")
 	parse(fs, args)
+	if o.Window < 5*time.Second || o.Window > time.Hour {
+		usageFail(fs, fmt.Errorf("--window %v: give 5s to 1h (a shorter window measures mostly noise)", o.Window))
+	}
 	if !*hostNetns && !bench.InOwnNetns() && os.Geteuid() == 0 {
 		code, err := bench.RunInOwnNetns(os.Args)
 		if err == nil {
@@ -90,6 +94,9 @@ func runLoadgen(ctx context.Context, args []string) error {
 	fs.BoolVar(&o.Echo, "echo", false, "echo for the floor measurement: no protocol, no crypto")
 	fs.IntVar(&o.RegisterRate, "register-rate", 0, "registrations a second at most (0: as fast as answered)")
 	parse(fs, args)
+	if o.Keepalive != 0 && (o.Keepalive < time.Second || o.Keepalive > punch.MaxKeepalive) {
+		usageFail(fs, fmt.Errorf("--keepalive %v: give 0 (none) or 1s to %v", o.Keepalive, punch.MaxKeepalive))
+	}
 	var err error
 	if o.Server, err = netip.ParseAddrPort(*server); err != nil {
 		return err

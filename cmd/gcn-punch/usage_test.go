@@ -163,3 +163,22 @@ func TestDaemonRepoCheckedAtStart(t *testing.T) {
 		}
 	}
 }
+
+// Every duration flag is checked: one out of its range is a usage error
+// (exit 2) that names the flag and its range.
+func TestDurationFlagsChecked(t *testing.T) {
+	for _, c := range []struct {
+		flag string
+		args []string
+	}{
+		{"--window", []string{"bench", "--window", "0s", "--host-netns"}},
+		{"--keepalive", []string{"bench", "loadgen", "--keepalive", "10ms", "--server", "127.0.0.1:9", "--echo"}},
+		{"--keepalive", []string{"daemon", "--keepalive", "1s", "--repo", "."}},
+		{"--lifetime-max", []string{"probe", "--lifetime-max", "1s"}},
+	} {
+		code, _, errs := runCode(t, "", c.args...)
+		if code != 2 || !strings.Contains(errs, c.flag) || !strings.Contains(errs, "give") {
+			t.Errorf("%v: exit %d, stderr %q; want exit 2 naming %s and its range", c.args, code, errs, c.flag)
+		}
+	}
+}
