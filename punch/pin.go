@@ -3,7 +3,8 @@ package punch
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/gitchat/gcn-punch/wire"
@@ -23,8 +24,8 @@ func (d *Daemon) Pin(server string, key wire.Key) error {
 	}
 	old, ok := d.state.Pins[server]
 	if ok && old != key.String() {
-		return fmt.Errorf("%w for %s: pinned %s, now offered %s. Someone may be impersonating the server, or its key was replaced. If the change is expected, stop the daemon, delete the pin for %s from %s and start it",
-			ErrServerKeyChanged, server, old, key, server, filepath.Join(d.cfg.StateDir, "state.json"))
+		return fmt.Errorf("%w for %s: pinned %s, now offered %s. Someone may be impersonating the server, or its key was replaced. If the change is expected, stop the daemon, run `gcn-punch unpin %s --state %s` and start it",
+			ErrServerKeyChanged, server, old, key, server, d.cfg.StateDir)
 	}
 	if ok {
 		return nil
@@ -64,4 +65,48 @@ func (d *Daemon) rememberServer(s Server) {
 	}
 	d.state.Rendezvous[s.Key.String()] = s.Addr.String()
 	d.saveLocked()
+}
+
+// Unpin forgets the server key pinned for server, so that the next
+// registration pins the key the server offers then: what to do after an
+// expected key change. server is the pin's name as the error names it
+// ("git@chat.example:22"), or just its host ("chat.example"), which
+// forgets every pin for that host. The daemon must be stopped (the state
+// directory's lock says whether it runs). It returns the pins removed.
+func Unpin(stateDir, server string) (removed map[string]string, err error) {
+	release, err := LockState(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	st, err := loadState(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	removed = map[string]string{}
+	for name, key := range st.Pins {
+		if name == server || pinHost(name) == server {
+			removed[name] = key
+			delete(st.Pins, name)
+		}
+	}
+	if len(removed) == 0 {
+		names := make([]string, 0, len(st.Pins))
+		for name := range st.Pins {
+			names = append(names, name)
+		}
+		return nil, fmt.Errorf("no key is pinned for %q in %s (pinned: %v)", server, stateDir, names)
+	}
+	return removed, st.compact(stateDir)
+}
+
+// pinHost is the host of a pin's name, "user@host:port" or "user@[v6]:port".
+func pinHost(name string) string {
+	if _, h, ok := strings.Cut(name, "@"); ok {
+		name = h
+	}
+	if host, _, err := net.SplitHostPort(name); err == nil {
+		return host
+	}
+	return name
 }

@@ -1,8 +1,10 @@
 package punch
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/gitchat/gcn-punch/wire"
@@ -127,5 +129,40 @@ func TestNewDaemonFoldsJournal(t *testing.T) {
 	st, _ := loadState(dir)
 	if st.repo(stateKey, "chat.git").LastSeq != 2 || len(b) == 0 {
 		t.Fatal("state.json lacks the journal's state")
+	}
+}
+
+// unpin forgets a pin by its full name or by host, only while no daemon
+// runs on the state directory, and says when there is nothing to forget.
+func TestUnpin(t *testing.T) {
+	dir := t.TempDir()
+	st, err := loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Pins = map[string]string{"git@chat.example:22": "aa", "git@[2001:db8::1]:22": "bb", "git@other.example:22": "cc"}
+	if err := st.compact(dir); err != nil {
+		t.Fatal(err)
+	}
+	release, err := LockState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Unpin(dir, "chat.example"); !errors.Is(err, ErrStateLocked) {
+		t.Fatalf("unpin while a daemon runs: %v", err)
+	}
+	release()
+	if got, err := Unpin(dir, "chat.example"); err != nil || len(got) != 1 || got["git@chat.example:22"] != "aa" {
+		t.Fatalf("by host: %v, %v", got, err)
+	}
+	if got, err := Unpin(dir, "git@[2001:db8::1]:22"); err != nil || len(got) != 1 {
+		t.Fatalf("by name: %v, %v", got, err)
+	}
+	if _, err := Unpin(dir, "chat.example"); err == nil || !strings.Contains(err.Error(), "no key is pinned") {
+		t.Fatalf("nothing left to unpin: %v", err)
+	}
+	st, _ = loadState(dir)
+	if len(st.Pins) != 1 || st.Pins["git@other.example:22"] != "cc" {
+		t.Fatalf("pins left: %v", st.Pins)
 	}
 }

@@ -1,9 +1,13 @@
 package rendezvous
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	osuser "os/user"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +35,40 @@ type HeartbeatRequest struct {
 	// client key. Without it the key is authorised, but an existing record
 	// of the client (its address) is left as it is.
 	Proof string
+	// Owner is who is registering, from the SSH session, never from the
+	// client's arguments: the account, and where sshd exposes it, the
+	// key's fingerprint (SSHOwner). Recorded with the client's record.
+	Owner string
+}
+
+// SSHOwner is who runs this SSH session: $USER (or $LOGNAME), and, when
+// sshd exposes the authentication (ExposeAuthInfo yes, $SSH_USER_AUTH),
+// the SHA256 fingerprint of the key used, which tells apart people who
+// share one git account.
+func SSHOwner() string {
+	user := os.Getenv("USER")
+	if user == "" {
+		user = os.Getenv("LOGNAME")
+	}
+	if user == "" {
+		if u, err := osuser.Current(); err == nil {
+			user = u.Username
+		}
+	}
+	if f := os.Getenv("SSH_USER_AUTH"); f != "" {
+		if b, err := os.ReadFile(f); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				fields := strings.Fields(line)
+				if len(fields) >= 3 && fields[0] == "publickey" {
+					if blob, err := base64.StdEncoding.DecodeString(fields[2]); err == nil {
+						sum := sha256.Sum256(blob)
+						return user + " SHA256:" + base64.RawStdEncoding.EncodeToString(sum[:])
+					}
+				}
+			}
+		}
+	}
+	return user
 }
 
 // Heartbeat registers a client for a repository it reached over SSH. It
@@ -108,6 +146,11 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 		return fail("%v", err)
 	}
 	if writeRecord {
+		if req.Owner != "" {
+			if err := st.SetOwner(id, req.Owner); err != nil {
+				return fail("%v", err)
+			}
+		}
 		if err := st.WriteClient(store.ClientRecord{ID: id, Heartbeat: now, Addr: netip.AddrPortFrom(clientIP.Unmap(), udpPort)}); err != nil {
 			return fail("%v", err)
 		}

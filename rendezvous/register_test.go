@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -140,4 +141,45 @@ func registrationStore(t *testing.T, listen string) (*store.Store, string) {
 		t.Fatal(err)
 	}
 	return st, home
+}
+
+// Registration records who registered (the SSH account, and the key's
+// fingerprint where sshd exposes it), the same fingerprint ssh-keygen
+// shows; an unproven repeat from someone else does not change it.
+func TestRegistrationRecordsTheOwner(t *testing.T) {
+	dir := t.TempDir()
+	pubFile := filepath.Join(dir, "id.pub")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f", filepath.Join(dir, "id")).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	line, _ := os.ReadFile(pubFile)
+	auth := filepath.Join(dir, "auth")
+	os.WriteFile(auth, append([]byte("publickey "), line...), 0o600)
+	fp, err := exec.Command("ssh-keygen", "-l", "-E", "sha256", "-f", pubFile).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("USER", "git")
+	t.Setenv("SSH_USER_AUTH", auth)
+	owner := SSHOwner()
+	if want := "git " + strings.Fields(string(fp))[1]; owner != want {
+		t.Fatalf("owner %q, want %q", owner, want)
+	}
+
+	st, home := registrationStore(t, "[::]:3478")
+	pub, _, _ := wire.GenerateKey()
+	req := HeartbeatRequest{RepoPath: "chat.git", ID: pub.String(), Port: "4000", Reflexive: "-", Owner: owner}
+	if _, err := Heartbeat(st, req, "198.19.1.11 50000 198.18.0.1 22", home, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Owner(pub); got != owner {
+		t.Fatalf("recorded owner %q, want %q", got, owner)
+	}
+	req.Owner = "mallory"
+	if _, err := Heartbeat(st, req, "198.19.1.66 50000 198.18.0.1 22", home, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Owner(pub); got != owner {
+		t.Fatalf("an unproven registration changed the owner to %q", got)
+	}
 }

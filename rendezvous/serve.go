@@ -14,6 +14,7 @@ import (
 	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/internal/udpconn"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
 )
 
 // Options are the `gcn-punch rendezvous` flags.
@@ -103,6 +104,7 @@ func ListenAndServe(ctx context.Context, o Options) error {
 //	tree\n             → one JSON array of RepoTree, then "\n"
 //	hold <json>\n      → "ok held|recorded <first> <last>\n" or "error <reason>\n"
 //	                     (a store.HoldRequest: updates the hook could not write)
+//	revoke <key>\n     → "ok dropped\n" (it was live) or "ok not live\n": Revoke
 //	stream\n           → "ok\n", then frames both ways (stream.go), or "error <reason>\n";
 //	                     the client sends no frame before it has read "ok"
 func (s *Server) answerControl(w io.Writer, cmd, arg string) {
@@ -127,6 +129,17 @@ func (s *Server) answerControl(w io.Writer, cmd, arg string) {
 			how = "held"
 		}
 		fmt.Fprintf(w, "ok %s %d %d\n", how, evs[0].Seq, evs[len(evs)-1].Seq)
+	case "revoke":
+		key, err := wire.ParseKey(arg)
+		if err != nil {
+			fmt.Fprintf(w, "error %v\n", err)
+			return
+		}
+		if s.Revoke(key) {
+			io.WriteString(w, "ok dropped\n")
+		} else {
+			io.WriteString(w, "ok not live\n")
+		}
 	case "poke":
 		if err := s.Poke(arg); err != nil {
 			fmt.Fprintf(w, "error %v\n", err)

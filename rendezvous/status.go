@@ -11,6 +11,7 @@ import (
 
 	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
 )
 
 // statusTimeout bounds the status query on the control socket.
@@ -42,6 +43,11 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 		}
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].ID < rows[j].ID })
+	for i := range rows {
+		if id, err := wire.ParseKey(rows[i].ID); err == nil {
+			rows[i].Owner = st.Owner(id)
+		}
+	}
 	if asJSON {
 		return json.NewEncoder(w).Encode(struct {
 			Live    bool           `json:"live"`
@@ -53,7 +59,7 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 		fmt.Fprintln(w, "rendezvous not running: showing records on disk (no ack positions)")
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLIENT\tADDRESS\tLAST SEEN\tLAST ACKED SEQ\tPATH")
+	fmt.Fprintln(tw, "CLIENT\tSSH USER\tADDRESS\tLAST SEEN\tLAST ACKED SEQ\tPATH")
 	for _, r := range rows {
 		var acks []string
 		for repo, seq := range r.Acked {
@@ -72,10 +78,14 @@ func WriteStatus(w io.Writer, storeDir string, asJSON bool) error {
 		if r.Standby != "" {
 			addr += " (standby " + r.Standby + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.ID, addr, r.LastSeen.UTC().Format(time.RFC3339), a, path)
+		owner := r.Owner
+		if owner == "" {
+			owner = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, owner, addr, r.LastSeen.UTC().Format(time.RFC3339), a, path)
 	}
 	for _, b := range bad {
-		fmt.Fprintf(tw, "%s\t(malformed record)\t\t\n", b)
+		fmt.Fprintf(tw, "%s\t\t(malformed record)\t\t\n", b)
 	}
 	return tw.Flush()
 }
@@ -137,8 +147,11 @@ func WriteStats(w io.Writer, storeDir string) error {
 
 // ClientStatus is one row of `gcn-punch status`.
 type ClientStatus struct {
-	ID   string `json:"id"`
-	Addr string `json:"address"`
+	ID string `json:"id"`
+	// Owner is who registered it over SSH: the account, and the key's
+	// fingerprint where sshd exposes it; empty when unknown (--open).
+	Owner string `json:"ssh_user,omitempty"`
+	Addr  string `json:"address"`
 	// Standby is a dual-stack client's address on its other family, when
 	// it is proven: where deliveries go if the first stops answering.
 	Standby  string            `json:"standby_address,omitempty"`

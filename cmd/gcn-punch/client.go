@@ -183,6 +183,22 @@ func execCommand(s string) ([]string, error) {
 	return argv, nil
 }
 
+// runUnpin forgets a server's pinned key (after an expected key change),
+// instead of editing state.json by hand.
+func runUnpin(args []string) error {
+	fs := newFlags("unpin")
+	stateDir := fs.String("state", defaultStateDir(), "the daemon's state directory")
+	server := parseOne(fs, args, "the server, as the SERVER KEY CHANGED message names it (user@host:port), or its host: gcn-punch unpin SERVER")
+	removed, err := punch.Unpin(*stateDir, server)
+	if err != nil {
+		return err
+	}
+	for name, key := range removed {
+		fmt.Printf("unpinned %s (was %s): the next registration pins the key it offers\n", name, key)
+	}
+	return nil
+}
+
 // readKey takes 64 hex characters, or @FILE holding them.
 func readKey(s string) (wire.Key, error) {
 	if strings.HasPrefix(s, "@") {

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
 var binary string
@@ -628,5 +629,49 @@ func TestE2ENotifyWithoutPushing(t *testing.T) {
 	code, _, errs = runCode(t, "", "notify", "--store", missing, "--repo-id", "chat.git")
 	if _, err := os.Stat(missing); code != 1 || err == nil {
 		t.Fatalf("notify with no store: exit %d, %q; the directory: %v", code, errs, err)
+	}
+}
+
+// `gcn-punch revoke --store DIR USER` ends a registered client's access at
+// once: the running rendezvous drops it, the next push does not reach it,
+// its daemon is told it is not registered, and `status` no longer lists
+// it; before that, `status` shows who registered it.
+func TestE2ERevokeByUser(t *testing.T) {
+	w := newWorld(t, false)
+	state := filepath.Join(w.dir, "alice")
+	pub, _, err := punch.LoadOrCreateKey(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(w.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Authorise("chat.git", pub, time.Now().Add(time.Hour))
+	st.SetOwner(pub, "alice")
+	d := w.startDaemon("alice", w.listen)
+	d.ready(t)
+	w.push()
+	d.wantExactly(t, 1)
+	if s := run(t, "", binary, "status", "--store", w.store); !regexp.MustCompile(pub.String() + `\s+alice\s`).MatchString(s) {
+		t.Fatalf("status does not show who registered the client:\n%s", s)
+	}
+	out := run(t, "", binary, "revoke", "--store", w.store, "alice")
+	if !strings.Contains(out, "revoked "+pub.String()+" (alice) from [chat.git]: the running rendezvous dropped it at once") {
+		t.Fatalf("revoke said %q", out)
+	}
+	w.push()
+	if !poll(20*time.Second, func() bool { return strings.Contains(d.logText(), "not registered") }) {
+		t.Fatalf("the revoked daemon was not told:\n%s", d.logText())
+	}
+	if got := d.seqs(); len(got) != 1 {
+		t.Fatalf("the revoked daemon handled %v after revocation", got)
+	}
+	if s := run(t, "", binary, "status", "--store", w.store); strings.Contains(s, pub.String()) {
+		t.Fatalf("status still lists the revoked client:\n%s", s)
+	}
+	code, _, errs := runCode(t, "", "revoke", "--store", w.store, "alice")
+	if code != 1 || !strings.Contains(errs, `no client registered by "alice"`) {
+		t.Fatalf("revoking again: exit %d, %q", code, errs)
 	}
 }

@@ -24,6 +24,8 @@ usage:
   gcn-punch status --store DIR [--json|--stats|--tree]   (server side)
   gcn-punch status --state DIR [--json|--stats]      (client side: a running daemon)
   gcn-punch notify --store DIR --repo-id ID     a test notification through the whole path
+  gcn-punch revoke --store DIR KEY|USER         end a client's access at once (server side)
+  gcn-punch unpin SERVER [--state DIR]          forget a server's pinned key (client side)
   gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
   gcn-punch install client --repo CLONE [--exec 'PROGRAM ARGS...']
   gcn-punch uninstall server|client --repo PATH   (removes only what install added)
@@ -64,6 +66,10 @@ func main() {
 		err = runStatus(args)
 	case "notify":
 		err = runNotify(args)
+	case "revoke":
+		err = runRevoke(args)
+	case "unpin":
+		err = runUnpin(args)
 	case "heartbeat":
 		os.Exit(runHeartbeat(args))
 	case "install", "uninstall":
@@ -112,6 +118,22 @@ func usageFail(fs *flag.FlagSet, err error) {
 }
 
 // parseFlags parses args and refuses positional arguments.
+// parseOne is parse for a command that takes one argument besides its
+// flags (what names it); it exits 2 without exactly one.
+func parseOne(fs *flag.FlagSet, args []string, what string) string {
+	err := fs.Parse(args)
+	if err == flag.ErrHelp {
+		os.Exit(0)
+	}
+	if err == nil && fs.NArg() != 1 {
+		err = fmt.Errorf("give %s", what)
+	}
+	if err != nil {
+		usageFail(fs, err)
+	}
+	return fs.Arg(0)
+}
+
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -15,10 +15,12 @@ import (
 	flag "github.com/spf13/pflag"
 
 	"github.com/gitchat/gcn-punch/hook"
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/internal/install"
 	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/rendezvous"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
 )
 
 func runRendezvous(ctx context.Context, args []string) error {
@@ -112,6 +114,50 @@ func runNotify(args []string) error {
 	return nil
 }
 
+// runRevoke ends clients' access at once: KEY (64 hex) or USER (every
+// client that account registered). Their authorisations and records leave
+// the store, and the running rendezvous drops them from memory.
+func runRevoke(args []string) error {
+	fs := newFlags("revoke")
+	storeDir := fs.String("store", store.DefaultDir, "store directory")
+	who := parseOne(fs, args, "one client key (64 hex characters) or SSH user: gcn-punch revoke --store DIR KEY|USER")
+	st, err := store.OpenExisting(*storeDir)
+	if err != nil {
+		return err
+	}
+	var keys []wire.Key
+	if k, err := wire.ParseKey(who); err == nil && len(who) == 64 {
+		keys = []wire.Key{k}
+	} else if keys, err = st.ClientsOf(who); err != nil {
+		return err
+	}
+	if len(keys) == 0 {
+		return fmt.Errorf("no client registered by %q: `gcn-punch status --store %s` shows each client's key and SSH user", who, st.Dir)
+	}
+	for _, k := range keys {
+		owner := st.Owner(k)
+		repos, err := st.Revoke(k)
+		if err != nil {
+			return fmt.Errorf("%s: %w", k, err)
+		}
+		live := "the rendezvous is not running: it refuses the client when it starts"
+		if reply, err := control.Dial(st.SocketPath(), "revoke "+k.String(), 2*time.Second); err == nil {
+			switch reply {
+			case "ok dropped\n":
+				live = "the running rendezvous dropped it at once"
+			case "ok not live\n":
+				live = "it was not connected; the rendezvous refuses it from now on"
+			}
+		}
+		if owner == "" {
+			owner = "owner unknown"
+		}
+		fmt.Printf("revoked %s (%s) from %v: %s\n", k, owner, repos, live)
+	}
+	fmt.Println("A revoked client can register again while its SSH key may log in: remove that key from the git account's authorized_keys too.")
+	return nil
+}
+
 // runHeartbeat registers a client over SSH. Every refusal is one line on
 // stderr and exit status 1; the store is then unchanged.
 func runHeartbeat(args []string) int {
@@ -151,6 +197,7 @@ func runHeartbeat(args []string) int {
 		return fail(err)
 	}
 	home, _ := os.UserHomeDir()
+	req.Owner = rendezvous.SSHOwner()
 	reply, err := rendezvous.Heartbeat(st, req, os.Getenv("SSH_CONNECTION"), home, time.Now())
 	if err != nil {
 		return fail(err)

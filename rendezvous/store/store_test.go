@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -595,4 +596,53 @@ func FuzzStoreOneLineFiles(f *testing.F) {
 		}
 		s.Clients()
 	})
+}
+
+// Owners are recorded per client and found by account; Revoke removes a
+// client's every authorisation, its record and its owner line, and says
+// which repositories it had.
+func TestOwnersAndRevoke(t *testing.T) {
+	st, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _, _ := wire.GenerateKey()
+	b, _, _ := wire.GenerateKey()
+	now := time.Now()
+	for _, c := range []struct {
+		id    wire.Key
+		owner string
+	}{{a, "alice SHA256:abc"}, {b, "bob"}} {
+		if err := st.SetOwner(c.id, c.owner); err != nil {
+			t.Fatal(err)
+		}
+		st.Authorise("chat.git", c.id, now.Add(time.Hour))
+		st.WriteClient(ClientRecord{ID: c.id, Heartbeat: now, Addr: netip.MustParseAddrPort("198.18.5.1:4000")})
+	}
+	st.Authorise("team/notes.git", a, now.Add(time.Hour))
+	if got := st.Owner(a); got != "alice SHA256:abc" {
+		t.Fatalf("owner %q", got)
+	}
+	if ids, err := st.ClientsOf("alice"); err != nil || len(ids) != 1 || ids[0] != a {
+		t.Fatalf("alice's clients %v, %v", ids, err)
+	}
+	repos, err := st.Revoke(a)
+	slices.Sort(repos)
+	if err != nil || !slices.Equal(repos, []string{"chat.git", "team/notes.git"}) {
+		t.Fatalf("revoked from %v, %v", repos, err)
+	}
+	if st.Authorised("chat.git", a, now) || st.Authorised("team/notes.git", a, now) || st.Owner(a) != "" {
+		t.Fatal("a revoked client keeps something")
+	}
+	if _, err := st.ReadClient(a); !errors.Is(err, ErrNoClient) {
+		t.Fatalf("its record: %v", err)
+	}
+	if !st.Authorised("chat.git", b, now) || st.Owner(b) != "bob" {
+		t.Fatal("another client lost its access")
+	}
+	for _, bad := range []string{"", "   ", strings.Repeat("x", 201)} {
+		if st.SetOwner(b, bad) == nil {
+			t.Errorf("owner %q accepted", bad)
+		}
+	}
 }
