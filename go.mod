@@ -3,6 +3,7 @@ module github.com/gitchat/gcn-punch
 go 1.26.8
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/godbus/dbus/v5 v5.2.4
 	github.com/pion/ice/v2 v2.3.38
 	github.com/pion/logging v0.2.2

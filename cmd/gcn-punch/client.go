@@ -56,7 +56,15 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) e
 	noDesktop := fs.Bool("no-desktop", false, "no desktop notifications even when a session bus exists")
 	noPeer := fs.Bool("no-peer", false, "never forward to other clients nor take part in hole punching: a leaf served by the rendezvous")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
+	configDefault := daemonConfigPath()
+	if out != nil {
+		configDefault = "" // watch reads a file only when given one
+	}
+	config := configFlag(fs, configDefault)
 	parse(fs, args)
+	if err := applyConfig(fs, *config); err != nil {
+		return err
+	}
 	if fs.Changed("keepalive") && (*keepalive < punch.MinKeepalive || *keepalive > punch.MaxKeepalive) {
 		usageFail(fs, fmt.Errorf("--keepalive %v: give %v to %v, the range the daemon learns in (or leave it out, and the daemon learns it)", *keepalive, punch.MinKeepalive, punch.MaxKeepalive))
 	}

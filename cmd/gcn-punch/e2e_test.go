@@ -675,3 +675,29 @@ func TestE2ERevokeByUser(t *testing.T) {
 		t.Fatalf("revoking again: exit %d, %q", code, errs)
 	}
 }
+
+// A daemon configured by ~/.config/gcn-punch/daemon.toml alone (here under
+// XDG_CONFIG_HOME) runs as with the flags, and a flag given beside it wins.
+func TestE2EDaemonFromConfigFile(t *testing.T) {
+	w := newWorld(t, true)
+	cfgHome := filepath.Join(w.dir, "config")
+	os.MkdirAll(filepath.Join(cfgHome, "gcn-punch"), 0o755)
+	out := filepath.Join(w.dir, "cfg.seqs")
+	prog := filepath.Join(w.dir, "cfg.sh")
+	os.WriteFile(prog, []byte("#!/bin/sh\necho \"$GCN_SEQ\" >> \"$1\"\n"), 0o755)
+	state := filepath.Join(w.dir, "cfg-state")
+	toml := fmt.Sprintf("server = %q\nserver-key = %q\nrepo-id = [\"chat.git\"]\nstate = %q\nexec = %q\nno-desktop = true\nkeepalive = \"1s\"\n",
+		w.listen, "@"+filepath.Join(w.store, "server.pub"), state, prog+" "+out)
+	os.WriteFile(filepath.Join(cfgHome, "gcn-punch", "daemon.toml"), []byte(toml), 0o644)
+	// keepalive 1s in the file is out of range; --keepalive on the command line wins.
+	d := start(t, filepath.Join(w.dir, "cfg.log"), []string{"XDG_CONFIG_HOME=" + cfgHome}, "daemon", "--keepalive", "30s")
+	if !poll(20*time.Second, func() bool { return punch.HasPosition(state) }) {
+		t.Fatalf("the daemon configured by its file never got its position:\n%s", d.logText())
+	}
+	w.push()
+	w.push()
+	if !poll(20*time.Second, func() bool { b, _ := os.ReadFile(out); return string(b) == "1\n2\n" }) {
+		b, _ := os.ReadFile(out)
+		t.Fatalf("the program saw %q, want seq 1 and 2:\n%s", b, d.logText())
+	}
+}

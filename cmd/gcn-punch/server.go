@@ -35,7 +35,11 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.IntVar(&o.MaxStreams, "max-streams", rendezvous.DefaultMaxStreams, "streams over SSH (clients whose UDP is blocked) accepted at once; each costs an sshd process")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
+	config := configFlag(fs, rendezvousConfigPath)
 	parse(fs, args)
+	if err := applyConfig(fs, *config); err != nil {
+		return err
+	}
 	o.Logger = logger(*verbose)
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
