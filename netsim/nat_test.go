@@ -702,7 +702,10 @@ func TestNATUDPBlocked(t *testing.T) {
 		res = "FAIL"
 		t.Error("a notification crossed a router that blocks UDP")
 	}
-	if !strings.Contains(c.text(), "no STUN response") || !strings.Contains(c.text(), "no SSH path to it is known") {
+	says := func() bool {
+		return strings.Contains(c.text(), "no STUN response") && strings.Contains(c.text(), "does not answer at all") && strings.Contains(c.text(), "no SSH path")
+	}
+	if !poll(20*time.Second, says) {
 		res = "FAIL"
 		t.Errorf("the daemon's log does not show the failure and why SSH cannot help:\n%s", c.text())
 	}
