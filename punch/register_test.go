@@ -2,6 +2,9 @@ package punch
 
 import (
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -88,5 +91,21 @@ func TestOneLine(t *testing.T) {
 	in := "Warning: Permanently added 'h' (ED25519) to the list of known hosts.\r\ngit@h: Permission denied (publickey).\r\n"
 	if got, want := oneLine(in), "Warning: Permanently added 'h' (ED25519) to the list of known hosts. | git@h: Permission denied (publickey)."; got != want {
 		t.Fatalf("%q, want %q", got, want)
+	}
+}
+
+// An alias from the user's ssh configuration resolves to the host name ssh
+// connects to (ssh -G reads the configuration and connects nowhere).
+func TestSSHHostnameFollowsTheConfig(t *testing.T) {
+	if _, err := exec.LookPath("ssh"); err != nil {
+		t.Fatalf("ssh is needed: %v", err)
+	}
+	config := filepath.Join(t.TempDir(), "config") // as ~/.ssh/config, which ssh finds through the password database
+	os.WriteFile(config, []byte("Host chat\n  HostName chat.example.org\n"), 0o600)
+	if got := sshHostname(t.Context(), "chat", "-F", config); got != "chat.example.org" {
+		t.Fatalf("alias chat: %q", got)
+	}
+	if got := sshHostname(t.Context(), "other.example", "-F", config); got != "other.example" {
+		t.Fatalf("a plain name: %q", got)
 	}
 }

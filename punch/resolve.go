@@ -4,8 +4,10 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ResolveRendezvous resolves HOST:PORT, or one per family separated by a
@@ -53,12 +55,37 @@ func resolveOne(ctx context.Context, hostport string) (v4, v6 netip.AddrPort, er
 	return v4, v6, nil
 }
 
+// sshHostname is the host name ssh connects to for host, after its
+// configuration (`ssh -G`, which reads the configuration and connects
+// nowhere; sshArgs go before it, e.g. "-F", FILE); "" when it cannot tell.
+func sshHostname(ctx context.Context, host string, sshArgs ...string) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ssh", append(sshArgs, "-G", "--", host)...).Output()
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if name, ok := strings.CutPrefix(line, "hostname "); ok {
+			return strings.TrimSpace(name)
+		}
+	}
+	return ""
+}
+
 // otherFamily finds, for a rendezvous that said it serves the other address
 // family too (an unspecified address of that family in its heartbeat
 // reply), its address there: the SSH host's name resolved in that family,
 // on the port the reply gave. Zero when the name has no such address.
 func otherFamily(ctx context.Context, host string, hint netip.AddrPort) netip.AddrPort {
 	v4, v6, err := ResolveRendezvous(ctx, net.JoinHostPort(host, strconv.Itoa(int(hint.Port()))))
+	if err != nil {
+		// An alias from ~/.ssh/config ("Host chat" / "HostName
+		// chat.example.org"): resolve the name ssh connects to.
+		if real := sshHostname(ctx, host); real != "" && real != host {
+			v4, v6, err = ResolveRendezvous(ctx, net.JoinHostPort(real, strconv.Itoa(int(hint.Port()))))
+		}
+	}
 	if err != nil {
 		return netip.AddrPort{}
 	}

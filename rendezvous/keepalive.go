@@ -8,7 +8,7 @@ import (
 	"github.com/gitchat/gcn-punch/wire"
 )
 
-// client is one live client. It is kept small (160 bytes): the rendezvous
+// client is one live client. It is kept small (216 bytes): the rendezvous
 // holds one per registered client, 100k of them in the benchmark.
 type client struct {
 	key      wire.Key
