@@ -24,7 +24,10 @@ type MemNet struct {
 	LossPercent int
 	// Drop, when set, drops the datagrams it reports true for: a test's
 	// targeted loss. Called with the network's lock held.
-	Drop      func(from, to netip.AddrPort, b []byte) bool
+	Drop func(from, to netip.AddrPort, b []byte) bool
+	// Delay, when set, holds each datagram back for what it returns: a
+	// slow path. Called with the network's lock held.
+	Delay     func(from, to netip.AddrPort, b []byte) time.Duration
 	Dropped   int
 	Delivered int
 }
@@ -201,11 +204,24 @@ func (c *MemConn) write(b []byte, to netip.AddrPort) error {
 		return nil
 	}
 	n.Delivered++
-	n.mu.Unlock()
-	select {
-	case dst.in <- datagram{from: from, b: append([]byte(nil), b...)}:
-	default:
+	var delay time.Duration
+	if n.Delay != nil {
+		delay = n.Delay(from, to, b)
 	}
+	n.mu.Unlock()
+	d := datagram{from: from, b: append([]byte(nil), b...)}
+	deliver := func() {
+		select {
+		case dst.in <- d:
+		case <-dst.done:
+		default:
+		}
+	}
+	if delay > 0 {
+		time.AfterFunc(delay, deliver)
+		return nil
+	}
+	deliver()
 	return nil
 }
 

@@ -267,7 +267,7 @@ func (c *client) ready(t *testing.T) {
 	if !poll(60*time.Second, func() bool {
 		return punch.HasPosition(c.state)
 	}) {
-		t.Fatalf("%s (%s) never registered:\n%s", c.name, c.kind, c.text())
+		t.Fatalf("%s (%s) never registered:\n%s\nrendezvous:\n%s", c.name, c.kind, c.text(), c.s.rv.text())
 	}
 }
 

@@ -522,3 +522,28 @@ func validatedSoon(t *testing.T, l *lab, dropped *int) {
 		t.Fatal("the push was not handled")
 	}
 }
+
+// On a path whose round trip (5 s) is longer than the first retries (1 s,
+// 2 s, 4 s), each pong comes after the next keepalive went out: it still
+// counts, so the daemon learns its position from the first pong (at 5 s)
+// instead of waiting until a retry gap outgrows the round trip (12 s), or,
+// on a slower path, never. Pushes arrive. Fake time.
+func TestSlowPathPongsStillCount(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		l.net.Delay = func(from, to netip.AddrPort, _ []byte) time.Duration { return 2500 * time.Millisecond }
+		var a recorder
+		d := l.daemon(t, "198.19.1.2:40000", &a)
+		start := time.Now()
+		if !waitFor(time.Minute, func() bool { _, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); return known }) {
+			t.Fatalf("no position after a minute on a 5 s round trip: stats %+v", d.Stats())
+		}
+		if took := time.Since(start); took > 6*time.Second {
+			t.Fatalf("the position took %v on a 5 s round trip: the first pong did not count", took)
+		}
+		l.push(t, 3)
+		waitFor(time.Minute, func() bool { return len(a.snapshot()) == 3 })
+		synctest.Wait()
+		wantExactlyInOrder(t, "the daemon", a.snapshot(), 3)
+	})
+}

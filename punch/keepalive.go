@@ -172,8 +172,7 @@ func (d *Daemon) sendKeepaliveVia(p *serverLink, u *udpPath, probe time.Duration
 	// The counter only grows, across restarts and paths too: it starts
 	// from the clock.
 	p.counter = max(p.counter+1, uint64(now.UnixNano()))
-	u.counter, u.standby = p.counter, standby
-	u.sentFor = srv.Repos
+	u.remember(sentKeepalive{counter: p.counter, standby: standby, repos: srv.Repos})
 	quiet = probe == 0 && allKnown && !p.denied && !u.check && !u.lastPong.IsZero() && now.Sub(u.lastPong) < wire.PongRefresh
 	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs, Quiet: quiet, Standby: standby}
 	u.probeCounter = 0

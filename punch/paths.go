@@ -36,9 +36,12 @@ type udpPath struct {
 	v6   bool
 	// probeCounter is the counter of the keepalive whose probe is pending.
 	probeCounter uint64
-	counter      uint64   // of the last keepalive sent on it
-	standby      bool     // whether that keepalive was a standby one
-	sentFor      []string // its repositories, in order
+	// sent holds the last keepalives sent on it, so that a pong that comes
+	// after a retry went out still counts (a round trip longer than the
+	// first retry's second, on a slow or loaded path, would otherwise
+	// never match); next is where the next one goes.
+	sent         [sentKept]sentKeepalive
+	next         int
 	interval     time.Duration
 	lastSent     time.Time
 	lastPong     time.Time
@@ -54,6 +57,33 @@ type udpPath struct {
 	// check asks for a pong with the next keepalive, whatever PongRefresh
 	// says: something suggests the path may be dead.
 	check bool
+}
+
+// sentKept is how many keepalives a path remembers: retries go out after
+// 1, 2, 4 and 8 s, so a pong up to about 15 s late still counts.
+const sentKept = 4
+
+// sentKeepalive is what a pong is matched with.
+type sentKeepalive struct {
+	counter uint64
+	standby bool     // a standby keepalive
+	repos   []string // the repositories it named, in order
+}
+
+// remember records a keepalive sent on u. Called with the link's mu held.
+func (u *udpPath) remember(k sentKeepalive) {
+	u.sent[u.next] = k
+	u.next = (u.next + 1) % sentKept
+}
+
+// matching finds the keepalive a pong answers. Called with the link's mu held.
+func (u *udpPath) matching(counter uint64) (sentKeepalive, bool) {
+	for _, k := range u.sent {
+		if k.counter == counter && counter != 0 {
+			return k, true
+		}
+	}
+	return sentKeepalive{}, false
 }
 
 func newPath(addr netip.AddrPort) *udpPath {

@@ -242,16 +242,18 @@ func kick(c chan struct{}) {
 
 func (d *Daemon) onPong(p *serverLink, u *udpPath, m *wire.Pong) {
 	p.mu.Lock()
-	repos := u.sentFor
-	if m.Counter != u.counter || len(m.Statuses) != len(repos) {
+	k, ok := u.matching(m.Counter)
+	repos := k.repos
+	if !ok || len(m.Statuses) != len(repos) {
 		p.mu.Unlock()
+		d.log.Debug("pong matches no recent keepalive", "server", u.addr, "counter", m.Counter)
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
 	}
 	changed := u.observed != m.Observed
 	u.observed = m.Observed
 	u.lastPong = time.Now()
-	if u.standby {
+	if k.standby {
 		// A standby path's pong says that it works, and where the
 		// rendezvous sees this daemon on it: nothing about positions.
 		p.mu.Unlock()
