@@ -162,8 +162,32 @@ func WriteStatus(w io.Writer, stateDir string, asJSON bool) error {
 				fmt.Fprintf(tw, "\t\t\t  child %s\t%s\n", c.Peer, peerLine(c))
 			}
 		}
+		for _, p := range s.Paths {
+			fmt.Fprintf(tw, "  %s %s\t%s\t%s\t\t\t%s\n", p.Family, p.Role, orDash(p.Observed), p.Keepalive, pathLine(p))
+		}
 	}
 	return tw.Flush()
+}
+
+// pathLine describes one address family's path in a few words.
+func pathLine(p PathStatus) string {
+	s := "to " + p.Addr
+	switch {
+	case p.Answering && p.Validated:
+		s += ", answering, validated"
+	case p.Answering:
+		s += ", answering"
+	default:
+		s += ", not answering"
+	}
+	return s
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // peerLine describes a tree neighbour in one line.
