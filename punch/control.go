@@ -2,6 +2,7 @@ package punch
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -132,7 +133,7 @@ const controlTimeout = 2 * time.Second
 func WriteStatus(w io.Writer, stateDir string, asJSON bool) error {
 	var st Status
 	if err := control.AskJSON(ControlSocket(stateDir), "status", controlTimeout, &st); err != nil {
-		return fmt.Errorf("daemon on %s: %w", stateDir, err)
+		return askFailed(stateDir, err)
 	}
 	if asJSON {
 		return json.NewEncoder(w).Encode(st)
@@ -190,6 +191,14 @@ func orDash(s string) string {
 	return s
 }
 
+// askFailed says why the daemon on stateDir did not answer, and what to do.
+func askFailed(stateDir string, err error) error {
+	if errors.Is(err, control.ErrNotRunning) {
+		return control.NotRunning(fmt.Sprintf("no daemon is running on %s: start it with `systemctl --user start gcn-punch`, or `gcn-punch daemon --state %s ...`", stateDir, stateDir))
+	}
+	return fmt.Errorf("daemon on %s: %w", stateDir, err)
+}
+
 // peerLine describes a tree neighbour in one line.
 func peerLine(p PeerStatus) string {
 	if p.Path == "" {
@@ -206,7 +215,7 @@ func peerLine(p PeerStatus) string {
 func WriteStats(w io.Writer, stateDir string) error {
 	var stats Stats
 	if err := control.AskJSON(ControlSocket(stateDir), "stats", controlTimeout, &stats); err != nil {
-		return fmt.Errorf("daemon on %s: %w", stateDir, err)
+		return askFailed(stateDir, err)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

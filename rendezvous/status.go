@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -99,7 +100,7 @@ func WriteTrees(w io.Writer, storeDir string, asJSON bool) error {
 	}
 	var trees []RepoTree
 	if err := control.AskJSON(st.SocketPath(), "tree", statusTimeout, &trees); err != nil {
-		return fmt.Errorf("rendezvous %w", err)
+		return askFailed(st.Dir, err)
 	}
 	if asJSON {
 		return json.NewEncoder(w).Encode(trees)
@@ -138,11 +139,19 @@ func WriteStats(w io.Writer, storeDir string) error {
 	}
 	var stats Stats
 	if err := control.AskJSON(st.SocketPath(), "stats", statusTimeout, &stats); err != nil {
-		return fmt.Errorf("rendezvous %w", err)
+		return askFailed(st.Dir, err)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(stats)
+}
+
+// askFailed says why the rendezvous on a store did not answer, and what to do.
+func askFailed(storeDir string, err error) error {
+	if errors.Is(err, control.ErrNotRunning) {
+		return control.NotRunning(fmt.Sprintf("no rendezvous is running on the store %s: start it with `systemctl start gcn-punch-rendezvous`, or `gcn-punch rendezvous --store %s`", storeDir, storeDir))
+	}
+	return fmt.Errorf("rendezvous: %w", err)
 }
 
 // ClientStatus is one row of `gcn-punch status`.

@@ -56,6 +56,14 @@ func ReadLine(r io.Reader, limit int) (string, error) {
 // ErrNotRunning says that nothing answers on the control socket.
 var ErrNotRunning = errors.New("not running")
 
+// NotRunning is ErrNotRunning, said as msg (which tells what to start).
+func NotRunning(msg string) error { return notRunning(msg) }
+
+type notRunning string
+
+func (e notRunning) Error() string { return string(e) }
+func (e notRunning) Unwrap() error { return ErrNotRunning }
+
 // AskJSON sends one request and decodes the JSON reply into v. A socket
 // that does not answer is ErrNotRunning (wrapping the reason).
 func AskJSON(socket, request string, timeout time.Duration, v any) error {

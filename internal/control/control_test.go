@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -41,4 +42,17 @@ func TestServeDialAndOneServerPerSocket(t *testing.T) {
 	cancel()
 	l.Close()
 	<-done
+}
+
+// A socket nobody serves is ErrNotRunning, and NotRunning says it in the
+// caller's words while staying that error.
+func TestNotRunning(t *testing.T) {
+	err := AskJSON(filepath.Join(t.TempDir(), "none.sock"), "status", time.Second, &struct{}{})
+	if !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("%v", err)
+	}
+	err = NotRunning("no daemon is running on /x: start it")
+	if !errors.Is(err, ErrNotRunning) || err.Error() != "no daemon is running on /x: start it" {
+		t.Fatalf("%v", err)
+	}
 }
