@@ -40,15 +40,15 @@ type udpPath struct {
 	// after a retry went out still counts (a round trip longer than the
 	// first retry's second, on a slow or loaded path, would otherwise
 	// never match); next is where the next one goes.
-	sent         [sentKept]sentKeepalive
-	next         int
-	interval     time.Duration
-	lastSent     time.Time
-	lastPong     time.Time
-	lastPinged   time.Time // when a ping last made us send a keepalive
-	observed     netip.AddrPort
-	validated    bool
-	rechecking   bool
+	sent       [sentKept]sentKeepalive
+	next       int
+	interval   time.Duration
+	lastSent   time.Time
+	lastPong   time.Time
+	lastPinged time.Time // when a ping last made us send a keepalive
+	observed   netip.AddrPort
+	validated  bool
+	rechecking bool
 	// answering says whether the last keepalive that wanted a pong on it
 	// got one, and since when that has been so; unanswered, that one went
 	// without; lostAt, when it last stopped answering after answering.

@@ -99,16 +99,23 @@ func (s *Server) pingKnownClients() {
 
 // forgetSilent drops clients silent for ForgetAfter. Called with mu held.
 func (s *Server) forgetSilent(now time.Time) {
-	for k, c := range s.clients {
+	for _, c := range s.clients {
 		if since(now, c.lastHeard()) < ForgetAfter {
 			continue
 		}
-		for _, su := range c.subs {
-			s.dropSub(su, now)
-		}
-		delete(s.probes, probeKey{c, false})
-		delete(s.probes, probeKey{c, true})
-		delete(s.clients, k)
+		s.forget(c, now)
 		s.stats.Forgotten++
 	}
+}
+
+// forget drops a client from memory: its subscriptions end, it leaves
+// every tree, its probes are cancelled. Called with mu held.
+func (s *Server) forget(c *client, now time.Time) {
+	for _, su := range c.subs {
+		s.dropSub(su, now)
+	}
+	c.subs = nil
+	delete(s.probes, probeKey{c, false})
+	delete(s.probes, probeKey{c, true})
+	delete(s.clients, c.key)
 }

@@ -19,14 +19,7 @@ func (s *Server) Revoke(key wire.Key) bool {
 	if c == nil {
 		return false
 	}
-	now := time.Now()
-	for _, su := range c.subs {
-		s.dropSub(su, now)
-	}
-	c.subs = nil
-	delete(s.probes, probeKey{c, false})
-	delete(s.probes, probeKey{c, true})
-	delete(s.clients, key)
+	s.forget(c, time.Now())
 	if c.proven == c.addr {
 		// A ping asks its daemon for a keepalive now, whose answer tells
 		// it that it is not registered any more: it says so at once

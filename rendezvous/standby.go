@@ -139,9 +139,9 @@ func (s *Server) onStandbyKeepalive(conn udpconn.Conn, c *client, m *wire.Keepal
 		return nil
 	}
 	statuses := s.statuses[:len(m.Subs)]
-	for i, sb := range m.Subs {
+	for i, named := range m.Subs {
 		statuses[i] = wire.SubStatus{Status: wire.StatusNotAuthorised}
-		if su := c.sub(sb.RepoID); su != nil {
+		if su := c.sub(named.RepoID); su != nil {
 			statuses[i] = wire.SubStatus{Status: wire.StatusOK, Position: su.acked}
 		}
 	}

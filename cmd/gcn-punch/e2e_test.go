@@ -317,8 +317,8 @@ func TestE2ERendezvousOnAnAddressPerFamily(t *testing.T) {
 	d.wantExactly(t, 5)
 	// The daemon's own status shows each path.
 	mine := run(t, "", binary, "status", "--state", d.state)
-	if !regexp.MustCompile(`ipv6 primary\s+\[::1\]:\d+.*to ` + regexp.QuoteMeta(a6) + `, answering, validated`).MatchString(mine) ||
-		!regexp.MustCompile(`ipv4 standby\s+127\.0\.0\.1:\d+.*to ` + regexp.QuoteMeta(a4) + `, answering, validated`).MatchString(mine) {
+	if !regexp.MustCompile(`ipv6 primary\s+\[::1\]:\d+.*to `+regexp.QuoteMeta(a6)+`, answering, validated`).MatchString(mine) ||
+		!regexp.MustCompile(`ipv4 standby\s+127\.0\.0\.1:\d+.*to `+regexp.QuoteMeta(a4)+`, answering, validated`).MatchString(mine) {
 		t.Fatalf("status --state does not show both paths:\n%s", mine)
 	}
 }

@@ -64,7 +64,7 @@ func (r *Runner) Handle(ctx context.Context, ev punch.Event) {
 	}
 	if len(r.Exec) > 0 {
 		start := time.Now()
-		err := ExecMessage(ctx, r.Exec, ev, msg)
+		err := Exec(ctx, r.Exec, ev, msg)
 		took := time.Since(start).Round(time.Millisecond)
 		switch {
 		case err != nil:
@@ -74,7 +74,7 @@ func (r *Runner) Handle(ctx context.Context, ev punch.Event) {
 		}
 	}
 	if r.Desktop != nil {
-		if err := r.Desktop.NotifyMessage(ev, msg); err != nil {
+		if err := r.Desktop.Notify(ev, msg); err != nil {
 			log.Debug("desktop notification", "err", err)
 		}
 	}
@@ -99,15 +99,10 @@ func Env(ev punch.Event) []string {
 }
 
 // Exec runs argv (a program and its arguments) directly, never through a
-// shell, with the event in GCN_* environment variables. Its output goes to
-// the daemon's stderr.
-func Exec(ctx context.Context, argv []string, ev punch.Event) error {
-	return ExecMessage(ctx, argv, ev, nil)
-}
-
-// ExecMessage is Exec, with the event's message, when known, in
-// GCN_AUTHOR, GCN_SUBJECT and GCN_COUNT too.
-func ExecMessage(ctx context.Context, argv []string, ev punch.Event, msg *Message) error {
+// shell, with the event in GCN_* environment variables, and its message,
+// when known (msg not nil), in GCN_AUTHOR, GCN_SUBJECT and GCN_COUNT. Its
+// output goes to the daemon's stderr.
+func Exec(ctx context.Context, argv []string, ev punch.Event, msg *Message) error {
 	ctx, cancel := context.WithTimeout(ctx, ExecTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)

@@ -31,7 +31,7 @@ func TestExecPassesFieldsWithoutShell(t *testing.T) {
 	os.WriteFile(prog, []byte("#!/bin/sh\nenv | grep ^GCN_ | sort > "+out+"\n"), 0o755)
 	evil := "refs/heads/$(touch${IFS}" + filepath.Join(dir, "pwned") + ")`id`;x"
 	ev := punch.Event{Repo: "chat.git", Ref: evil, Old: strings.Repeat("0", 40), New: strings.Repeat("a", 40), Seq: 7, TimeMilli: 123}
-	if err := Exec(context.Background(), []string{prog}, ev); err != nil {
+	if err := Exec(context.Background(), []string{prog}, ev, nil); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(out)

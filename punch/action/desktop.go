@@ -61,11 +61,9 @@ func (d *Desktop) connect() (*dbus.Conn, error) {
 
 // Notify shows one event. The summary and body are plain text; the
 // notification server does the display, nothing is interpreted here.
-func (d *Desktop) Notify(ev punch.Event) error { return d.NotifyMessage(ev, nil) }
-
-// NotifyMessage shows one event as a chat message when its message is
-// known ("alice: lunch at 1?", "chat.git · +2 more"), else as a push.
-func (d *Desktop) NotifyMessage(ev punch.Event, msg *Message) error {
+// An event whose message is known (msg not nil) shows as a chat message
+// ("alice: lunch at 1?", "chat.git · +2 more"), else as a push.
+func (d *Desktop) Notify(ev punch.Event, msg *Message) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.connect()

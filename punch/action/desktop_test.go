@@ -85,12 +85,12 @@ func TestDesktopNotificationOverRealBus(t *testing.T) {
 		defer ns.mu.Unlock()
 		return ns.got[len(ns.got)-1]
 	}
-	if got, want := shown(func() error { return d.Notify(ev) }), "gcn-punch|git push to chat.git|refs/heads/main  1111111111 → 2222222222"; got != want {
+	if got, want := shown(func() error { return d.Notify(ev, nil) }), "gcn-punch|git push to chat.git|refs/heads/main  1111111111 → 2222222222"; got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 	// With the message read from the clone: a chat line.
 	msg := &Message{Author: "alice", Subject: "lunch at 1?", Count: 3}
-	if got, want := shown(func() error { return d.NotifyMessage(ev, msg) }), "gcn-punch|alice: lunch at 1?|chat.git · +2 more"; got != want {
+	if got, want := shown(func() error { return d.Notify(ev, msg) }), "gcn-punch|alice: lunch at 1?|chat.git · +2 more"; got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }
@@ -101,7 +101,7 @@ func TestDesktopWithoutService(t *testing.T) {
 	addr := startBus(t)
 	d := &Desktop{Address: addr}
 	defer d.Close()
-	if err := d.Notify(punch.Event{Repo: "r", Ref: "refs/heads/m"}); err == nil {
+	if err := d.Notify(punch.Event{Repo: "r", Ref: "refs/heads/m"}, nil); err == nil {
 		t.Fatal("no error without a notification service")
 	}
 	if d.conn != nil {
