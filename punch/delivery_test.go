@@ -70,7 +70,8 @@ type lab struct {
 	fixedKeepalive time.Duration
 	// newKeyRate, when set, is the rendezvous's budget for new keys.
 	newKeyRate float64
-	stopServer func() // stops the rendezvous and waits for it
+	logger     *slog.Logger // the rendezvous's; nil: none
+	stopServer func()       // stops the rendezvous and waits for it
 }
 
 func newLab(t *testing.T, loss int, open bool) *lab {
@@ -80,18 +81,25 @@ func newLab(t *testing.T, loss int, open bool) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return labOn(t, mn, conn, open, nil)
+}
+
+// labOn runs a rendezvous with a fresh store on conn (its first address is
+// the lab's), logging to log.
+func labOn(t *testing.T, mn *netsim.MemNet, conn *netsim.MemConn, open bool, log *slog.Logger) *lab {
+	t.Helper()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{net: mn, store: st, addr: "198.18.0.1:3478"}
+	l := &lab{net: mn, store: st, addr: conn.LocalAddrPort().String(), logger: log}
 	l.startServer(t, conn, open)
 	return l
 }
 
 // startServer runs a rendezvous on conn with the lab's store.
 func (l *lab) startServer(t *testing.T, conn *netsim.MemConn, open bool) {
-	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: l.store, Open: open, NewKeyRate: l.newKeyRate})
+	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: l.store, Open: open, NewKeyRate: l.newKeyRate, Logger: l.logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,13 +148,20 @@ func (l *lab) daemonIn(t *testing.T, addr, stateDir string, rec *recorder) (d *p
 			conn.SetMappingLifetime(lt.d)
 		}
 	}
-	d, err = punch.New(punch.Config{
-		Conn:           conn,
+	return runDaemon(t, conn, punch.Config{
 		Servers:        []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}},
 		StateDir:       stateDir,
 		Handle:         rec.handle,
 		FixedKeepalive: l.fixedKeepalive,
 	})
+}
+
+// runDaemon runs a daemon configured by cfg on conn until stop (or the
+// test's end).
+func runDaemon(t *testing.T, conn *netsim.MemConn, cfg punch.Config) (d *punch.Daemon, stop func()) {
+	t.Helper()
+	cfg.Conn = conn
+	d, err := punch.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

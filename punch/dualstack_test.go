@@ -1,7 +1,6 @@
 package punch_test
 
 import (
-	"context"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/gitchat/gcn-punch/netsim"
 	"github.com/gitchat/gcn-punch/punch"
-	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
 
 const (
@@ -28,12 +26,7 @@ func dualLab(t *testing.T, rec *recorder, setup func(*netsim.MemConn)) (*lab, *p
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &lab{net: mn, store: st, addr: dualServer4}
-	l.startServer(t, sc, true)
+	l := labOn(t, mn, sc, true, nil)
 	conn, err := mn.ListenDual(dualClient4, dualClient6)
 	if err != nil {
 		t.Fatal(err)
@@ -41,16 +34,8 @@ func dualLab(t *testing.T, rec *recorder, setup func(*netsim.MemConn)) (*lab, *p
 	if setup != nil {
 		setup(conn)
 	}
-	d, err := punch.New(punch.Config{Conn: conn, StateDir: filepath.Join(t.TempDir(), "state"), Handle: rec.handle,
+	d, _ := runDaemon(t, conn, punch.Config{StateDir: filepath.Join(t.TempDir(), "state"), Handle: rec.handle,
 		Servers: []punch.Server{{Addr: mustAddr(dualServer4), Alt: mustAddr(dualServer6), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { d.Run(ctx); close(done) }()
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { cancel(); conn.Close(); <-done }) })
 	return l, d
 }
 

@@ -2,7 +2,6 @@ package punch_test
 
 import (
 	"bytes"
-	"context"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -13,8 +12,6 @@ import (
 
 	"github.com/gitchat/gcn-punch/netsim"
 	"github.com/gitchat/gcn-punch/punch"
-	"github.com/gitchat/gcn-punch/rendezvous"
-	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
 
@@ -50,39 +47,20 @@ func TestDaemonWarnsOfWrongKeyAndSilentServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := store.Open(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
 		var srvLog logBuffer
-		srv, err := rendezvous.New(rendezvous.Config{Conn: sc, Store: st, Open: true, Logger: srvLog.logger()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		srvDone := make(chan struct{})
-		go func() { srv.Run(ctx); close(srvDone) }()
-
+		labOn(t, mn, sc, true, srvLog.logger())
 		wrongKey, _, _ := wire.GenerateKey()
-		start := func(addr, server string, log *logBuffer) func() {
+		start := func(addr, server string, log *logBuffer) {
 			conn, err := mn.Listen(addr)
 			if err != nil {
 				t.Fatal(err)
 			}
-			d, err := punch.New(punch.Config{Conn: conn, StateDir: filepath.Join(t.TempDir(), "state"), Logger: log.logger(),
+			runDaemon(t, conn, punch.Config{StateDir: filepath.Join(t.TempDir(), "state"), Logger: log.logger(),
 				Servers: []punch.Server{{Addr: mustAddr(server), Key: wrongKey, Repos: []string{"chat.git"}}}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan struct{})
-			dctx, dcancel := context.WithCancel(ctx)
-			go func() { d.Run(dctx); close(done) }()
-			return func() { dcancel(); conn.Close(); <-done }
 		}
 		var wrong, silent logBuffer
-		stopWrong := start("198.19.1.2:40000", "198.18.0.1:3478", &wrong)
-		stopSilent := start("198.19.1.3:40000", "198.18.0.9:3478", &silent) // nothing there
+		start("198.19.1.2:40000", "198.18.0.1:3478", &wrong)
+		start("198.19.1.3:40000", "198.18.0.9:3478", &silent) // nothing there
 
 		time.Sleep(12 * time.Second)
 		if !strings.Contains(wrong.String(), "--server-key is probably not its key") {
@@ -104,10 +82,5 @@ func TestDaemonWarnsOfWrongKeyAndSilentServer(t *testing.T) {
 		if n := strings.Count(srvLog.String(), "fail authentication"); n > 30*60/10+1 {
 			t.Errorf("the rendezvous logged forged datagrams %d times in 30 minutes, more than once per 10 s", n)
 		}
-		stopWrong()
-		stopSilent()
-		cancel()
-		sc.Close()
-		<-srvDone
 	})
 }
