@@ -205,6 +205,23 @@ func parsePong(r *reader) *Pong {
 //	..      1     object id length H: 20 (SHA-1) or 32 (SHA-256)
 //	..      H     old object id (all zeros: the ref was created)
 //	..      H     new object id (all zeros: the ref was deleted)
+//
+// Type 0x14, for a daemon whose Subscribe said it understands it, adds the
+// chat message and the filtering of refs:
+//
+//	offset  size  field
+//	0       1     type 0x14
+//	1       8     sequence number
+//	9       8     after: the recipient's previous event; the events between
+//	              it and this one are not for it (filtered out). Seq-1 if none.
+//	17      8     time of the push, Unix milliseconds (signed)
+//	25      32    recipient's public key
+//	57      ...   repository id, ref, object ids: as in type 0x03
+//	..      4     commits the push added to the ref (0: unknown, or none)
+//	..      1     author length A, 0..64
+//	..      A     the tip commit's author name, UTF-8, no control characters
+//	..      1     subject length S, 0..200
+//	..      S     the tip commit's subject, the same rules
 type Notify struct {
 	Seq       uint64
 	TimeMilli int64
@@ -212,20 +229,70 @@ type Notify struct {
 	RepoID    string
 	Ref       string
 	Old, New  string // lowercase hex, 40 or 64 characters, both the same length
+	// WithMessage selects type 0x14, which carries After and the message.
+	WithMessage bool
+	After       uint64 // type 0x14: the recipient's previous event
+	Chat
+}
+
+// Chat is what a chat user reads in a notification: who pushed the tip
+// commit and its subject, and how many commits the push added.
+type Chat struct {
+	Count   uint32
+	Author  string // TrimText(name, MaxAuthor)
+	Subject string // TrimText(subject, MaxSubject)
+}
+
+// NotifyMsgExtra is how many bytes type 0x14 adds to a Notify at most.
+const NotifyMsgExtra = 8 + 4 + 1 + MaxAuthor + 1 + MaxSubject
+
+// FitMessage shortens the message, the subject first, so that the
+// notification fits one datagram; the event itself always fits.
+func (m *Notify) FitMessage() {
+	if !m.WithMessage {
+		return
+	}
+	over := m.plaintextLen() - MaxPlaintext
+	if over <= 0 {
+		return
+	}
+	cut := min(over, len(m.Subject))
+	m.Subject = TrimText(m.Subject[:len(m.Subject)-cut], MaxSubject)
+	over -= cut
+	if over > 0 {
+		m.Author = TrimText(m.Author[:len(m.Author)-min(over, len(m.Author))], MaxAuthor)
+	}
+}
+
+// plaintextLen is len(m.AppendPlaintext(nil)), computed.
+func (m *Notify) plaintextLen() int {
+	n := 1 + 8 + 8 + KeyLen + 1 + len(m.RepoID) + 2 + len(m.Ref) + 1 + len(m.Old)
+	if m.WithMessage {
+		n += 8 + 4 + 1 + len(m.Author) + 1 + len(m.Subject)
+	}
+	return n
 }
 
 // AppendPlaintext implements Message. Validate first: it encodes what it is given.
 func (m *Notify) AppendPlaintext(b []byte) []byte {
-	b = append(b, byte(TypeNotify))
+	t := TypeNotify
+	if m.WithMessage {
+		t = TypeNotifyMsg
+	}
+	b = append(b, byte(t))
 	b = binary.BigEndian.AppendUint64(b, m.Seq)
+	if m.WithMessage {
+		b = binary.BigEndian.AppendUint64(b, m.After)
+	}
 	b = binary.BigEndian.AppendUint64(b, uint64(m.TimeMilli))
 	b = append(b, m.Recipient[:]...)
 	b = appendRepoID(b, m.RepoID)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Ref)))
 	b = append(b, m.Ref...)
-	b = append(b, byte(len(m.Old)/2))
-	b, _ = hex.AppendDecode(b, []byte(m.Old))
-	b, _ = hex.AppendDecode(b, []byte(m.New))
+	b = appendOIDs(b, m.Old, m.New)
+	if m.WithMessage {
+		b = m.appendMessage(b)
+	}
 	return b
 }
 
@@ -272,12 +339,22 @@ func validOID(s string) error {
 	return nil
 }
 
-func parseNotify(r *reader) *Notify {
-	m := &Notify{Seq: r.u64(), TimeMilli: int64(r.u64()), Recipient: r.key()}
+func parseNotify(r *reader, withMessage bool) *Notify {
+	m := &Notify{Seq: r.u64(), WithMessage: withMessage}
+	if withMessage {
+		m.After = r.u64()
+	}
+	m.TimeMilli, m.Recipient = int64(r.u64()), r.key()
 	m.RepoID = r.repoID()
 	m.Ref, m.Old, m.New = r.refAndOIDs()
+	if withMessage {
+		r.message(m)
+	}
 	if r.err == nil && m.Seq == 0 {
 		r.fail(fmt.Errorf("%w: sequence number 0", ErrField))
+	}
+	if r.err == nil && withMessage && m.After >= m.Seq {
+		r.fail(fmt.Errorf("%w: previous event %d not before %d", ErrField, m.After, m.Seq))
 	}
 	return m
 }

@@ -259,8 +259,8 @@ func ParsePlaintext(p []byte) (Message, error) {
 		m = k
 	case TypePong:
 		m = parsePong(&r)
-	case TypeNotify:
-		m = parseNotify(&r)
+	case TypeNotify, TypeNotifyMsg:
+		m = parseNotify(&r, Type(p[0]) == TypeNotifyMsg)
 	case TypeAck:
 		m = parseAck(&r)
 	case TypeResync:
@@ -283,6 +283,12 @@ func ParsePlaintext(p []byte) (Message, error) {
 		m = &ChallengeReply{Cookie: r.cookie()}
 	case TypeValidated:
 		m = &Validated{}
+	case TypeSubscribe:
+		m = parseSubscribe(&r)
+	case TypeSubscribed:
+		var d Subscribed
+		copy(d.Digest[:], r.take(SubscribeDigest))
+		m = &d
 	default:
 		return nil, ErrUnknownType
 	}

@@ -48,6 +48,12 @@ func sampleMessages() []Message {
 			RemoteUfrag: "efgh", RemotePwd: strings.Repeat("q", 24), Candidates: []Candidate{{CandHost, netip.MustParseAddrPort("198.19.2.10:5000")}, {CandSrflx, netip.MustParseAddrPort("198.18.0.12:40000")}}},
 		&Edge{ID: 10, Role: RoleDrop, RepoID: "chat.git", Peer: fixedKey(4)},
 		&EdgeState{ID: 9, State: EdgeConnected, PathKind: CandSrflx, RTTMicro: 1500},
+		&Notify{Seq: 9, After: 5, TimeMilli: 1700000000123, Recipient: fixedKey(9), RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB,
+			WithMessage: true, Chat: Chat{Count: 2, Author: "Ålice", Subject: "lunch at 1?"}},
+		&Notify{Seq: 1, TimeMilli: 1, Recipient: fixedKey(1), RepoID: "r", Ref: "refs/tags/v1", Old: oidA, New: oidB, WithMessage: true},
+		&Subscribe{Flags: SubscribeMessages, Repos: []RepoPrefs{{RepoID: "chat.git", Refs: []string{"refs/heads/main", "refs/heads/release/*"}}, {RepoID: "team/x"}}},
+		&Subscribe{},
+		&Subscribed{Digest: [SubscribeDigest]byte{1, 7: 2}},
 	}
 }
 
@@ -91,6 +97,14 @@ func TestGoldenPlaintext(t *testing.T) {
 				"04" + hex.EncodeToString([]byte("wxyz")) + "16" + strings.Repeat("71", 22) +
 				"01" + "02" + "04" + "c612000c" + "1234"},
 		{&EdgeState{ID: 2, State: EdgeFailed, PathKind: 0, RTTMicro: 258}, "0c" + "0000000000000002" + "03" + "00" + "00000102"},
+		{&Notify{Seq: 9, After: 7, TimeMilli: 2, Recipient: fixedKey(0xee), RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB,
+			WithMessage: true, Chat: Chat{Count: 3, Author: "al", Subject: "hi"}},
+			"14" + "0000000000000009" + "0000000000000007" + "0000000000000002" + strings.Repeat("ee", 32) + "01" + "72" +
+				"000c" + hex.EncodeToString([]byte("refs/heads/m")) + "14" + oidA + oidB +
+				"00000003" + "02" + "616c" + "02" + "6869"},
+		{&Subscribe{Flags: SubscribeMessages, Repos: []RepoPrefs{{RepoID: "r", Refs: []string{"refs/h*"}}, {RepoID: "s"}}},
+			"13" + "01" + "02" + "01" + "72" + "01" + "07" + hex.EncodeToString([]byte("refs/h*")) + "01" + "73" + "00"},
+		{&Subscribed{Digest: [SubscribeDigest]byte{0xaa, 7: 0xbb}}, "15" + "aa" + strings.Repeat("00", 6) + "bb"},
 	}
 	for _, c := range cases {
 		got := hex.EncodeToString(c.m.AppendPlaintext(nil))
@@ -231,6 +245,15 @@ func TestRejects(t *testing.T) {
 		{"bad ref", (&Notify{Seq: 1, RepoID: "r", Ref: "HEAD", Old: oidA, New: oidB}).AppendPlaintext(nil), ErrRef},
 		{"seq zero", (&Notify{Seq: 0, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB}).AppendPlaintext(nil), ErrField},
 		{"no subs", (&Keepalive{Counter: 1}).AppendPlaintext(nil), ErrField},
+		{"previous event not before", (&Notify{Seq: 3, After: 3, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true}).AppendPlaintext(nil), ErrField},
+		{"subject with a line end", (&Notify{Seq: 3, After: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true, Chat: Chat{Subject: "a\nb"}}).AppendPlaintext(nil), ErrField},
+		{"subject not UTF-8", (&Notify{Seq: 3, After: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true, Chat: Chat{Subject: "\xff"}}).AppendPlaintext(nil), ErrField},
+		{"truncated message", (&Notify{Seq: 3, After: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true, Chat: Chat{Subject: "hello"}}).AppendPlaintext(nil)[:123], ErrShort},
+		{"subscribe flags", (&Subscribe{Flags: 2}).AppendPlaintext(nil), ErrField},
+		{"subscribe bad pattern", (&Subscribe{Repos: []RepoPrefs{{RepoID: "r", Refs: []string{"heads/*"}}}}).AppendPlaintext(nil), ErrRef},
+		{"subscribe bad glob", (&Subscribe{Repos: []RepoPrefs{{RepoID: "r", Refs: []string{"refs/[a"}}}}).AppendPlaintext(nil), ErrRef},
+		{"subscribe too many patterns", (&Subscribe{Repos: []RepoPrefs{{RepoID: "r", Refs: strings.Fields(strings.Repeat("refs/a ", MaxRefPatterns+1))}}}).AppendPlaintext(nil), ErrField},
+		{"subscribed truncated", []byte{0x15, 1, 2, 3}, ErrShort},
 		{"non-zero padding", func() []byte {
 			b := (&Keepalive{Counter: 1, Subs: []Sub{{RepoID: "r"}}}).AppendPlaintext(nil)
 			b[len(b)-1] = 1
