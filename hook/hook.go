@@ -55,6 +55,8 @@ type Result struct {
 	// in memory, by the rendezvous or (when it is down) by no one: their
 	// numbers are given out and they were sent directly as a best effort.
 	Held bool
+	// Messages is how many updates' chat messages were recorded.
+	Messages int
 }
 
 // Run appends the updates read from Stdin and notifies. Every problem is
@@ -87,6 +89,13 @@ func Run(o Options) (Result, error) {
 	st, err := store.Open(o.StoreDir)
 	if err != nil {
 		return res, err
+	}
+	// Messages first: the rendezvous reads them when it reads the events.
+	msgs := readMessages(gitDirOf(o.GitDir), ups)
+	if err := st.AppendMessages(id, msgs); err != nil {
+		fmt.Fprintf(o.Stderr, "gcn-punch: %s: chat message not recorded (the notification goes without it): %v\n", id, err)
+	} else {
+		res.Messages = len(msgs)
 	}
 	res.Events, err = st.Append(id, ups, o.Now())
 	if err != nil && len(res.Events) == 0 {

@@ -26,6 +26,9 @@ type repo struct {
 	// held are events given numbers while the log could not be written,
 	// delivered from memory until the disk takes them (held.go).
 	held []store.Event
+	// msgs follows the messages file: an event read from the log takes
+	// its message from there.
+	msgs store.MessageReader
 }
 
 func (s *Server) repo(id string) *repo {
@@ -105,7 +108,7 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 	if err != nil {
 		return r, err
 	}
-	ino := inode(fi)
+	ino := store.Inode(fi)
 	after := r.head
 	if ino != r.ino || fi.Size() < r.offset {
 		// Replaced (compacted): read it whole, so that what it retains
@@ -116,7 +119,16 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 	if _, err := f.Seek(r.offset, 0); err != nil {
 		return r, err
 	}
+	if err := r.msgs.Load(s.cfg.Store.MessagesPath(id)); err != nil {
+		// A message is a courtesy: its event goes out without it.
+		s.log.Warn("cannot read chat messages", "repo", id, "err", err)
+	}
 	evs, n, err := store.ReadEvents(f, after)
+	for i := range evs {
+		if c, ok := r.msgs.For(evs[i].Old, evs[i].New); ok {
+			evs[i].Chat = &c
+		}
+	}
 	var dmg *store.DamageError
 	if errors.As(err, &dmg) {
 		// Damage costs only the damaged lines: serve the rest, and say it.

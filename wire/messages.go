@@ -256,11 +256,10 @@ func (m *Notify) FitMessage() {
 	if over <= 0 {
 		return
 	}
-	cut := min(over, len(m.Subject))
-	m.Subject = TrimText(m.Subject[:len(m.Subject)-cut], MaxSubject)
-	over -= cut
-	if over > 0 {
-		m.Author = TrimText(m.Author[:len(m.Author)-min(over, len(m.Author))], MaxAuthor)
+	was := len(m.Subject)
+	m.Subject = TrimText(m.Subject, max(0, was-over))
+	if over -= was - len(m.Subject); over > 0 {
+		m.Author = TrimText(m.Author, max(0, len(m.Author)-over))
 	}
 }
 

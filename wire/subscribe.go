@@ -220,9 +220,10 @@ func MatchAny(patterns []string, ref string) bool {
 	return false
 }
 
-// TrimText makes s fit a notification's message field: control characters
-// (tabs and line ends among them) become spaces, invalid UTF-8 is replaced,
-// and it is cut at a character boundary to at most max bytes.
+// TrimText makes s one line that fits a notification's message field:
+// control characters (tabs and line ends among them) become spaces,
+// invalid UTF-8 is replaced, and a longer text is cut between characters
+// to at most max bytes, marked with an ellipsis where there is room.
 func TrimText(s string, max int) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	s = strings.Map(func(r rune) rune {
@@ -235,11 +236,15 @@ func TrimText(s string, max int) string {
 	if len(s) <= max {
 		return s
 	}
-	cut := max
+	const ellipsis = "…"
+	mark, cut := ellipsis, max-len(ellipsis)
+	if cut <= 0 {
+		mark, cut = "", max
+	}
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
-	return s[:cut]
+	return s[:cut] + mark
 }
 
 // validText reports whether s could have come from TrimText(s, max).

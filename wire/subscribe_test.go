@@ -53,7 +53,7 @@ func TestTrimText(t *testing.T) {
 		{"\xff\xfeok", 200, "\uFFFDok"},
 		{"  padded  ", 200, "padded"},
 		{"héllo", 2, "h"}, // never half a character
-		{strings.Repeat("é", 150), 200, strings.Repeat("é", 100)},
+		{strings.Repeat("é", 150), 200, strings.Repeat("é", 98) + "…"},
 	}
 	for _, c := range cases {
 		got := TrimText(c.in, c.max)

@@ -4,10 +4,9 @@ import (
 	"context"
 	"strconv"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/wire"
 )
 
 // Message is what a chat user wants from a notification: who wrote the
@@ -20,13 +19,6 @@ type Message struct {
 	Author, Subject string
 	Count           int // commits the push added; 0 when unknown
 }
-
-// Bounds on what a message carries into an environment variable or a
-// desktop notification: a name, and one subject line.
-const (
-	maxAuthor  = 64
-	maxSubject = 200
-)
 
 // ReadMessage reads an event's message from a clone that has fetched its
 // commits. It reports false for a resync, a deletion, or a commit the
@@ -43,7 +35,7 @@ func ReadMessage(ctx context.Context, clone string, ev punch.Event) (Message, bo
 	if !ok {
 		return Message{}, false
 	}
-	m := Message{Author: clean(author, maxAuthor), Subject: clean(subject, maxSubject)}
+	m := Message{Author: wire.TrimText(author, wire.MaxAuthor), Subject: wire.TrimText(subject, wire.MaxSubject)}
 	var count string
 	if strings.Trim(ev.Old, "0") == "" {
 		// A new branch: the commits no other branch of origin has. (With
@@ -57,28 +49,6 @@ func ReadMessage(ctx context.Context, clone string, ev punch.Event) (Message, bo
 		m.Count, _ = strconv.Atoi(count)
 	}
 	return m, true
-}
-
-// clean makes s one line of at most max bytes of valid UTF-8: control
-// characters become spaces, and a cut falls between characters, marked
-// with an ellipsis.
-func clean(s string, max int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, s)
-	s = strings.TrimSpace(s)
-	if len(s) <= max {
-		return s
-	}
-	cut := max - len("…")
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }
 
 // env is the message's part of a program's environment.

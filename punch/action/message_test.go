@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/wire"
 )
 
 // commitAs makes a commit by author with subject in the pusher's clone.
@@ -68,11 +69,11 @@ func TestReadMessage(t *testing.T) {
 // spaces, and a long subject is cut between characters with an ellipsis.
 func TestCleanMessageField(t *testing.T) {
 	long := strings.Repeat("é", 150) // 300 bytes
-	got := clean(long, maxSubject)
-	if len(got) > maxSubject || !utf8.ValidString(got) || !strings.HasSuffix(got, "…") || !strings.HasPrefix(got, "éé") {
+	got := wire.TrimText(long, wire.MaxSubject)
+	if len(got) > wire.MaxSubject || !utf8.ValidString(got) || !strings.HasSuffix(got, "…") || !strings.HasPrefix(got, "éé") {
 		t.Fatalf("cut to %d bytes: %q", len(got), got)
 	}
-	if got := clean("a\tb\x1b[31mc\xff", maxAuthor); got != "a b [31mc\uFFFD" {
+	if got := wire.TrimText("a\tb\x1b[31mc\xff", wire.MaxAuthor); got != "a b [31mc\uFFFD" {
 		t.Fatalf("cleaned to %q", got)
 	}
 }

@@ -29,6 +29,9 @@ type Event struct {
 	TimeMilli int64
 	Old, New  string // lowercase hex object ids
 	Ref       string
+	// Chat is the push's message, from the messages file (messages.go);
+	// nil when none was written. It is not part of the log line.
+	Chat *wire.Chat
 }
 
 // Update is a ref update as post-receive reads it: "<old> <new> <ref>".
