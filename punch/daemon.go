@@ -59,6 +59,11 @@ type Config struct {
 	// Handle runs the user's actions for one event. It is called from one
 	// goroutine, in order; an event stays pending until it returns.
 	Handle func(context.Context, Event)
+	// Refs are git glob patterns (wire.MatchRef) for the refs whose events
+	// the daemon acts on; none: every ref. The rendezvous is asked to send
+	// only those (Subscribe); an older one sends all, and the daemon takes
+	// the others without an action.
+	Refs []string
 	// NoPeer keeps the daemon out of peer-to-peer fan-out: it never
 	// forwards, never takes part in hole punching, and is served by the
 	// rendezvous directly.
@@ -77,6 +82,7 @@ type Stats struct {
 	Reordered      uint64 `json:"reordered"`       // arrived ahead of a gap, held
 	Resyncs        uint64 `json:"resyncs"`         // resync notices handled
 	Early          uint64 `json:"early"`           // notifications before the first pong
+	Filtered       uint64 `json:"filtered"`        // taken without an action: --refs leaves their ref out
 	Pongs          uint64 `json:"pongs"`           // answers to keepalives
 	Pings          uint64 `json:"pings"`           // restart and probe pings
 	KeepalivesSent uint64 `json:"keepalives_sent"` // keepalives sent, quiet ones included
@@ -139,7 +145,7 @@ type serverLink struct {
 	primary, heardOn *udpPath
 	counter          uint64 // of the last keepalive on any path: it only grows
 	denied           bool
-	held             map[string]map[uint64]*wire.Forward // out-of-order events by repo (Sig zero: came unsigned)
+	held             map[string]map[uint64]arrival // out-of-order events by repo and sequence number
 	// signing is the rendezvous's event-signing key, from its Fanout; nat
 	// what the daemon measured of its NAT toward this rendezvous.
 	signing   ed25519.PublicKey
@@ -156,6 +162,11 @@ type serverLink struct {
 	// and since when the link is on its path.
 	stream               *linkStream
 	owedSince, pathSince time.Time
+	// The Subscribe (subscribe.go): the digest of the one last sent, how
+	// often it was, and whether the rendezvous confirmed it.
+	subscribeFor   [wire.SubscribeDigest]byte
+	subscribeTries int
+	subscribed     bool
 }
 
 // New loads the client key and state.
@@ -244,7 +255,7 @@ func (d *Daemon) Follow(s Server) error {
 		kick(prim.ping)
 		return nil
 	}
-	p := &serverLink{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), held: map[string]map[uint64]*wire.Forward{}}
+	p := &serverLink{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), held: map[string]map[uint64]arrival{}}
 	cp := s
 	cp.Repos = append([]string(nil), s.Repos...)
 	p.srv.Store(&cp)

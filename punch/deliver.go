@@ -17,16 +17,40 @@ func (d *Daemon) follows(p *serverLink, repo string) bool {
 	return slices.Contains(p.server().Repos, repo)
 }
 
+// arrival is an event as the daemon takes it, whichever way it came.
+type arrival struct {
+	*wire.Forward // the event; Sig zero when it came unsigned
+	// after is this daemon's event before it: Seq-1, unless the rendezvous
+	// left out the events between as not wanted (its ref filter).
+	after uint64
+	chat  *wire.Chat // the push's message, when the notification carried one
+}
+
 // onNotify handles a notification sent to this daemon alone (unsigned: it
 // is never forwarded).
 func (d *Daemon) onNotify(p *serverLink, n *wire.Notify) {
-	d.onEvent(p, &wire.Forward{Seq: n.Seq, TimeMilli: n.TimeMilli, RepoID: n.RepoID, Ref: n.Ref, Old: n.Old, New: n.New})
+	a := arrival{Forward: &wire.Forward{Seq: n.Seq, TimeMilli: n.TimeMilli, RepoID: n.RepoID, Ref: n.Ref, Old: n.Old, New: n.New}, after: n.Seq - 1}
+	if n.WithMessage {
+		a.after = n.After
+		if n.Chat != (wire.Chat{}) {
+			c := n.Chat
+			a.chat = &c
+		}
+	}
+	d.onArrival(p, a)
 }
 
-// onEvent handles events in order, exactly once, whichever way they came:
-// the position and the pending action are saved before the ack leaves.
-// A signed event (Sig not zero) is then forwarded to the children.
+// onEvent handles a signed event, from the parent or the rendezvous.
 func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) {
+	d.onArrival(p, arrival{Forward: n, after: n.Seq - 1})
+}
+
+// onArrival handles events in order, exactly once, whichever way they came:
+// the position and the pending action are saved before the ack leaves.
+// A signed event (Sig not zero) is then forwarded to the children. An event
+// whose ref the daemon's --refs leave out is taken (and acked) without an
+// action.
+func (d *Daemon) onArrival(p *serverLink, n arrival) {
 	if !d.follows(p, n.RepoID) {
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
@@ -49,16 +73,19 @@ func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) {
 		d.mu.Unlock()
 		d.send(p, &wire.Ack{RepoID: n.RepoID, Seq: last})
 		return
-	case n.Seq > rs.LastSeq+1:
+	case n.after > rs.LastSeq:
 		d.stats.Reordered++
 		d.mu.Unlock()
 		p.mu.Lock()
 		h := p.held[n.RepoID]
 		if h == nil {
-			h = map[uint64]*wire.Forward{}
+			h = map[uint64]arrival{}
 			p.held[n.RepoID] = h
 		}
-		if old := h[n.Seq]; len(h) < reorderWindow && (old == nil || old.Sig == [wire.SigLen]byte{}) {
+		if old, ok := h[n.Seq]; len(h) < reorderWindow && (!ok || old.Sig == [wire.SigLen]byte{}) {
+			if ok && old.chat != nil && n.chat == nil {
+				n.chat = old.chat // the signed copy carries no message
+			}
 			h[n.Seq] = n // a signed copy replaces an unsigned one: it can be forwarded
 		}
 		p.mu.Unlock()
@@ -68,16 +95,24 @@ func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) {
 	var signed []*wire.Forward
 	p.mu.Lock()
 	h := p.held[n.RepoID]
-	for next := n; next != nil; {
+	for next, ok := n, true; ok; {
 		rs.LastSeq = next.Seq
-		d.stats.Notifications++
-		d.state.Pending = append(d.state.Pending, Event{ServerKey: p.key.String(), Repo: next.RepoID, Ref: next.Ref,
-			Old: next.Old, New: next.New, Seq: next.Seq, TimeMilli: next.TimeMilli})
+		if wire.MatchAny(d.cfg.Refs, next.Ref) {
+			d.stats.Notifications++
+			ev := Event{ServerKey: p.key.String(), Repo: next.RepoID, Ref: next.Ref,
+				Old: next.Old, New: next.New, Seq: next.Seq, TimeMilli: next.TimeMilli}
+			if c := next.chat; c != nil {
+				ev.Author, ev.Subject, ev.Count = c.Author, c.Subject, int(c.Count)
+			}
+			d.state.Pending = append(d.state.Pending, ev)
+		} else {
+			d.stats.Filtered++
+		}
 		if next.Sig != ([wire.SigLen]byte{}) {
-			signed = append(signed, next)
+			signed = append(signed, next.Forward)
 		}
 		delete(h, next.Seq)
-		next = h[next.Seq+1]
+		next, ok = nextHeld(h, rs.LastSeq)
 	}
 	for seq := range h {
 		if seq <= rs.LastSeq {
@@ -87,6 +122,19 @@ func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) {
 	p.mu.Unlock()
 	d.commitLocked(p, n.RepoID, rs.LastSeq)
 	d.forward(p, signed)
+}
+
+// nextHeld finds the held event that follows last: the lowest one whose
+// previous event is at or before last.
+func nextHeld(h map[uint64]arrival, last uint64) (arrival, bool) {
+	var best arrival
+	found := false
+	for seq, a := range h {
+		if seq > last && a.after <= last && (!found || seq < best.Seq) {
+			best, found = a, true
+		}
+	}
+	return best, found
 }
 
 // commitLocked saves the state, releases mu, and only then acks and wakes

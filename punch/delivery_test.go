@@ -28,6 +28,7 @@ type recorder struct {
 	seqs    []uint64
 	byRepo  map[string][]uint64
 	resyncs []punch.Event
+	events  []punch.Event // every event but resyncs, whole
 }
 
 func (r *recorder) handle(_ context.Context, ev punch.Event) {
@@ -36,6 +37,7 @@ func (r *recorder) handle(_ context.Context, ev punch.Event) {
 		r.resyncs = append(r.resyncs, ev)
 	} else {
 		r.seqs = append(r.seqs, ev.Seq)
+		r.events = append(r.events, ev)
 		if r.byRepo == nil {
 			r.byRepo = make(map[string][]uint64)
 		}

@@ -113,6 +113,7 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) er
 	switch m := msg.(type) {
 	case *wire.Pong:
 		d.onPong(p, u, m)
+		d.subscribe(p, false)
 		// The rendezvous sends a Challenge with every pong until this
 		// address is proven. If that Challenge was lost, the next quiet
 		// keepalive would be a whole interval away: recheck each second
@@ -152,7 +153,13 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) er
 	case *wire.Validated:
 		p.mu.Lock()
 		u.validated = true
+		primary := u == p.primary
 		p.mu.Unlock()
+		if primary {
+			d.subscribe(p, true)
+		}
+	case *wire.Subscribed:
+		d.onSubscribed(p, m)
 	case *wire.Fanout:
 		d.onFanout(ctx, p, m)
 	case *wire.Edge:

@@ -26,6 +26,11 @@ type Event struct {
 	// Resync is true when events were lost to the server's retention: the
 	// right action is a full pull.
 	Resync bool `json:"resync,omitempty"`
+	// The push's chat message, when the notification carried one (a
+	// rendezvous that writes messages, a daemon it knows reads them).
+	Author  string `json:"author,omitempty"`
+	Subject string `json:"subject,omitempty"`
+	Count   int    `json:"count,omitempty"` // commits the push added
 }
 
 // RepoState is the daemon's position in one repository's log.

@@ -15,8 +15,11 @@ type sub struct {
 	c *client
 	r *repo
 	// at is where it sits in the subSets it can be in (see subSet).
-	at       [2]int
-	acked    uint64 // the client handled every event up to here
+	at    [2]int
+	acked uint64 // the client handled every event up to here (or needs none of them: a ref filter)
+	// clientAt is the client's own position, from its last ack or
+	// keepalive: acked passes it only over events its filter leaves out.
+	clientAt uint64
 	sent     uint64 // highest seq sent in the current window
 	nextSend int64  // unix nanoseconds: when the window is sent again
 	// The authorisation last read for this subscription: its expiry (unix
@@ -58,8 +61,11 @@ func (s *Server) onAck(c *client, m *wire.Ack, src netip.AddrPort, now time.Time
 	if m.Seq <= su.acked || m.Seq > su.r.head {
 		return // duplicate or stale ack
 	}
-	su.acked = m.Seq
+	su.acked, su.clientAt = m.Seq, m.Seq
 	su.sent = max(su.sent, su.acked)
+	if len(su.r.events) > 0 {
+		s.skipFiltered(su, su.r.events[0].Seq)
+	}
 	// Progress: restart the timer for whatever is still in flight.
 	su.rto = InitialRTO
 	su.nextSend = now.Add(su.rto).UnixNano()
@@ -228,6 +234,7 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 		su.treeWait = 0
 		s.stats.DirectFallbacks++
 	}
+	s.skipFiltered(su, first)
 	inFlight := su.sent > su.acked
 	expired := inFlight && now.UnixNano() >= su.nextSend
 	if expired && c.standbyUsable(now) {
@@ -267,14 +274,34 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 	if from > end {
 		return out
 	}
+	refs := su.refFilter()
+	// after is the client's event before the next one sent: with a
+	// filter, the last wanted one before it, or what the client acked.
+	after := from - 1
+	for refs != nil && after > su.acked && !su.wanted(refs, after, first) {
+		after--
+	}
+	if refs != nil && after == su.acked {
+		// Whatever lies between the client's own position and here, its
+		// filter leaves out (skipFiltered passed only over such).
+		after = su.clientAt
+	}
+	withMsg := c.prefs != nil && c.prefs.messages
 	for seq := from; seq <= end; seq++ {
+		if !su.wanted(refs, seq, first) {
+			if seq > su.sent {
+				s.stats.Filtered++
+			}
+			continue
+		}
 		// The event is immutable, and loading more of the log never moves
 		// it: the sender may read it outside the lock.
-		j := job{conn: c.conn, to: c.addr, c: c, r: r, ev: &r.events[seq-first]}
+		j := job{conn: c.conn, to: c.addr, c: c, r: r, ev: &r.events[seq-first], after: after, withMsg: withMsg}
 		if c.peer != nil && r.sigs != nil && r.sigs[seq-first] != ([wire.SigLen]byte{}) {
 			j.sig = &r.sigs[seq-first] // a peer gets the signed event, which it may forward
 		}
 		out = append(out, j)
+		after = seq
 		if seq <= su.sent {
 			s.stats.Retransmits++
 		} else {

@@ -29,6 +29,9 @@ type client struct {
 	// standby is a dual-stack client's path on its other address family
 	// (standby.go); nil for most clients, so that they pay 8 bytes for it.
 	standby *standbyPath
+	// prefs are what its Subscribe asked for (subscribe.go); nil for a
+	// daemon that sent none.
+	prefs *prefs
 }
 
 // since is how long before now the unix-nanosecond time t was.
@@ -159,7 +162,7 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 		if su == nil {
 			// A new follower starts at the head: no history replay. A fresh
 			// client whose earlier pong was lost keeps the start it was given.
-			su = &sub{c: c, r: r, rto: InitialRTO, acked: r.head}
+			su = &sub{c: c, r: r, rto: InitialRTO, acked: r.head, clientAt: r.head}
 			c.subs = append(c.subs, su)
 			r.subs.add(su)
 			news = true
@@ -169,6 +172,7 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 		} else {
 			// The client's own report is the truth about what it handled.
 			su.acked = min(sb.LastSeq, r.head)
+			su.clientAt = su.acked
 		}
 		su.sent = su.acked
 		statuses[i] = wire.SubStatus{Status: wire.StatusOK, Position: su.acked}

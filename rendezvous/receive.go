@@ -139,6 +139,8 @@ func (s *Server) handleGCNChecked(conn udpconn.Conn, b []byte, src netip.AddrPor
 		s.onEdgeState(c, m, now)
 	case *wire.ChallengeReply:
 		s.onChallengeReply(c, m, src, now)
+	case *wire.Subscribe:
+		return s.onSubscribe(c, m, src, now), nil
 	default:
 		s.stats.Unexpected++
 	}

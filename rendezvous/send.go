@@ -23,6 +23,10 @@ type job struct {
 	ev  *store.Event
 	sig *[wire.SigLen]byte
 	msg wire.Message
+	// For a notification to a daemon that asked for them (its Subscribe):
+	// type 0x14, with the chat message and the client's previous event.
+	withMsg bool
+	after   uint64
 }
 
 // batchSize is how many datagrams one sendmmsg carries.
@@ -67,7 +71,12 @@ func (sw *sender) sealAndSend(s *Server, jobs []job) {
 			sw.fwd = wire.Forward{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New, Sig: *j.sig}
 			m = &sw.fwd
 		case j.ev != nil:
-			sw.notify = wire.Notify{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, Recipient: j.c.key, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New}
+			sw.notify = wire.Notify{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, Recipient: j.c.key, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New,
+				WithMessage: j.withMsg, After: j.after}
+			if j.withMsg && j.ev.Chat != nil {
+				sw.notify.Chat = *j.ev.Chat
+				sw.notify.FitMessage()
+			}
 			m = &sw.notify
 		}
 		start := len(sw.buf)

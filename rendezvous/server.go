@@ -131,6 +131,9 @@ type Stats struct {
 	Limited       uint64 `json:"limited"`       // new keys over the per-source rate
 	Amplification uint64 `json:"amplification"` // replies dropped for being larger than the request
 	Rebinds       uint64 `json:"rebinds"`       // client address changes
+	// Subscriptions with preferences (subscribe.go).
+	Subscribes uint64 `json:"subscribes"` // Subscribe messages taken
+	Filtered   uint64 `json:"filtered"`   // events not sent to a client because its ref patterns leave them out
 	// Dual-stack clients (standby.go).
 	StandbyKeepalives uint64 `json:"standby_keepalives"` // keepalives on a client's standby path
 	PathSwaps         uint64 `json:"path_swaps"`         // deliveries moved to a client's other address family
