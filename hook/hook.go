@@ -43,6 +43,9 @@ type Options struct {
 	Stdin    io.Reader
 	Stderr   io.Writer
 	Now      func() time.Time
+	// Message, when set, is every update's chat message, instead of what
+	// git says of its commits (a test notification's text).
+	Message *wire.Chat
 }
 
 // Result says what happened, for tests and logs.
@@ -91,7 +94,14 @@ func Run(o Options) (Result, error) {
 		return res, err
 	}
 	// Messages first: the rendezvous reads them when it reads the events.
-	msgs := readMessages(gitDirOf(o.GitDir), ups)
+	var msgs []store.Message
+	if o.Message != nil {
+		for _, u := range ups {
+			msgs = append(msgs, store.Message{Old: u.Old, New: u.New, Chat: *o.Message})
+		}
+	} else {
+		msgs = readMessages(gitDirOf(o.GitDir), ups)
+	}
 	if err := st.AppendMessages(id, msgs); err != nil {
 		fmt.Fprintf(o.Stderr, "gcn-punch: %s: chat message not recorded (the notification goes without it): %v\n", id, err)
 	} else {

@@ -40,9 +40,15 @@ func (d *Daemon) onNotify(p *serverLink, n *wire.Notify) {
 	d.onArrival(p, a)
 }
 
-// onEvent handles a signed event, from the parent or the rendezvous.
+// onEvent handles a signed event, from the parent or the rendezvous; its
+// message, if it has one, is signed with it.
 func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) {
-	d.onArrival(p, arrival{Forward: n, after: n.Seq - 1})
+	a := arrival{Forward: n, after: n.Seq - 1}
+	if n.WithMessage && n.Chat != (wire.Chat{}) {
+		c := n.Chat
+		a.chat = &c
+	}
+	d.onArrival(p, a)
 }
 
 // onArrival handles events in order, exactly once, whichever way they came:

@@ -106,7 +106,11 @@ func (w *fanWorld) push(n int) { w.pushTo("chat.git", n) }
 func (w *fanWorld) pushTo(repo string, n int) {
 	w.t.Helper()
 	for i := range n {
-		if _, err := w.st.Append(repo, []store.Update{{Old: fmt.Sprintf("%040x", i), New: fmt.Sprintf("%040x", i+1), Ref: "refs/heads/main"}}, time.Now()); err != nil {
+		u := store.Update{Old: fmt.Sprintf("%040x", i), New: fmt.Sprintf("%040x", i+1), Ref: "refs/heads/main"}
+		if err := w.st.AppendMessages(repo, []store.Message{{Old: u.Old, New: u.New, Chat: wire.Chat{Author: "alice", Subject: fmt.Sprintf("message %d", i+1)}}}); err != nil {
+			w.t.Fatal(err)
+		}
+		if _, err := w.st.Append(repo, []store.Update{u}, time.Now()); err != nil {
 			w.t.Fatal(err)
 		}
 		if err := w.srv.Poke(repo); err != nil {
@@ -190,6 +194,16 @@ func TestFanoutChainOverICE(t *testing.T) {
 		t.Fatalf("--no-peer took part: %+v", st)
 	}
 	wantExactlyInOrder(t, "the --no-peer daemon", leafRec.snapshot(), 20)
+	// The chat message travelled with each event, signed, down the chain.
+	for i, rec := range w.recs {
+		rec.mu.Lock()
+		for _, ev := range rec.events {
+			if ev.Author != "alice" || ev.Subject != fmt.Sprintf("message %d", ev.Seq) {
+				t.Errorf("daemon %d, event %d: message %q %q", i, ev.Seq, ev.Author, ev.Subject)
+			}
+		}
+		rec.mu.Unlock()
+	}
 	var st punch.Status = w.daems[1].Status()
 	if r := st.Servers[0].Repos[0]; r.Parent == nil || r.Parent.Path == "" || r.Parent.Received == 0 {
 		t.Fatalf("the middle daemon's status does not show its parent: %+v", r)

@@ -297,8 +297,13 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 		// The event is immutable, and loading more of the log never moves
 		// it: the sender may read it outside the lock.
 		j := job{conn: c.conn, to: c.addr, c: c, r: r, ev: &r.events[seq-first], after: after, withMsg: withMsg}
-		if c.peer != nil && r.sigs != nil && r.sigs[seq-first] != ([wire.SigLen]byte{}) {
-			j.sig = &r.sigs[seq-first] // a peer gets the signed event, which it may forward
+		if sg := &r.sigs; c.peer != nil && *sg != nil && (*sg)[seq-first].plain != ([wire.SigLen]byte{}) {
+			// A peer gets the signed event, which it may forward: with its
+			// message when every member of its tree can read that.
+			j.sig, j.withMsg = &(*sg)[seq-first].plain, false
+			if withMsg && (*sg)[seq-first].msg != ([wire.SigLen]byte{}) && (su.node == nil || r.tree == nil || r.tree.signedMessages()) {
+				j.sig, j.withMsg = &(*sg)[seq-first].msg, true
+			}
 		}
 		out = append(out, j)
 		after = seq

@@ -21,7 +21,7 @@ type repo struct {
 	subs subSet
 	// With fan-out: each event's server signature, beside events (zero for
 	// an event too large to forward), and the followers' tree.
-	sigs [][wire.SigLen]byte
+	sigs []eventSigs
 	tree *tree
 	// held are events given numbers while the log could not be written,
 	// delivered from memory until the disk takes them (held.go).
@@ -80,15 +80,30 @@ func (s *Server) followersDue(r *repo, now time.Time) {
 	}
 }
 
+// eventSigs are an event's server signatures for trees: of the plain
+// Forward, and of the one with its message (zero without a message).
+type eventSigs struct {
+	plain, msg [wire.SigLen]byte
+}
+
 // sign signs an event once for every hop of its trees; an event too large
-// to forward gets no signature (it goes to everyone directly).
-func (s *Server) sign(repoID string, e store.Event) (sig [wire.SigLen]byte) {
+// to forward gets no signature (it goes to everyone directly). Its message
+// is shortened, if need be, to what a Forward can carry.
+func (s *Server) sign(repoID string, e *store.Event) (sig eventSigs) {
 	f := wire.Forward{Seq: e.Seq, TimeMilli: e.TimeMilli, RepoID: repoID, Ref: e.Ref, Old: e.Old, New: e.New}
 	if f.Validate() != nil {
 		return sig
 	}
 	f.Sign(s.fan.signer)
-	return f.Sig
+	sig.plain = f.Sig
+	if e.Chat != nil {
+		f.WithMessage, f.Chat = true, *e.Chat
+		f.FitMessage()
+		f.Sign(s.fan.signer)
+		sig.msg = f.Sig
+		e.Chat = &f.Chat
+	}
+	return sig
 }
 
 // loadRepo reads what is new in a repository's log; it re-reads the whole
@@ -158,10 +173,10 @@ func (s *Server) addEvents(r *repo, evs []store.Event) {
 		if len(r.events) > 0 && e.Seq != r.events[len(r.events)-1].Seq+1 {
 			r.events, r.sigs = nil, nil // a gap: keep only what is contiguous
 		}
-		r.events = append(r.events, e)
 		if s.fan != nil {
-			r.sigs = append(r.sigs, s.sign(r.id, e))
+			r.sigs = append(r.sigs, s.sign(r.id, &e)) // first: it may shorten the message
 		}
+		r.events = append(r.events, e)
 	}
 	if len(r.events) > 0 {
 		r.head = r.events[len(r.events)-1].Seq

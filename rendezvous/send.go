@@ -25,6 +25,7 @@ type job struct {
 	msg wire.Message
 	// For a notification to a daemon that asked for them (its Subscribe):
 	// type 0x14, with the chat message and the client's previous event.
+	// With sig: sig is the signature of the Forward with the message.
 	withMsg bool
 	after   uint64
 }
@@ -69,6 +70,9 @@ func (sw *sender) sealAndSend(s *Server, jobs []job) {
 		switch {
 		case j.sig != nil:
 			sw.fwd = wire.Forward{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New, Sig: *j.sig}
+			if j.withMsg {
+				sw.fwd.WithMessage, sw.fwd.Chat = true, *j.ev.Chat // as signed: fitted by sign
+			}
 			m = &sw.fwd
 		case j.ev != nil:
 			sw.notify = wire.Notify{Seq: j.ev.Seq, TimeMilli: j.ev.TimeMilli, Recipient: j.c.key, RepoID: j.r.id, Ref: j.ev.Ref, Old: j.ev.Old, New: j.ev.New,

@@ -36,6 +36,11 @@ func (s *Server) onSubscribe(c *client, m *wire.Subscribe, src netip.AddrPort, n
 	}
 	c.prefs = p
 	s.stats.Subscribes++
+	for _, su := range c.subs {
+		if su.node != nil && su.r.tree != nil {
+			su.r.tree.setOldReader(su.node, !p.messages)
+		}
+	}
 	// What was held back or in flight is looked at again under the new
 	// filter.
 	for _, su := range c.subs {

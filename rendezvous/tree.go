@@ -19,6 +19,9 @@ type tnode struct {
 	failed   int   // edges to a parent on which no path formed
 	// open is whether the node sits in its tree's open queue.
 	open bool
+	// oldReader: its client did not say that it reads signed messages
+	// (Forward 0x16); while the tree has one, events go as plain Forward.
+	oldReader bool
 }
 
 // tree is the fan-out tree of one repository. Called with the server's mu held.
@@ -26,6 +29,8 @@ type tree struct {
 	arity int
 	roots []*tnode
 	size  int
+	// oldReaders counts the members with oldReader set.
+	oldReaders int
 	// openAt[d] lists members at depth d that may have room for a child,
 	// oldest first; entries that filled up or left are skipped lazily.
 	openAt [][]*tnode
@@ -127,6 +132,7 @@ func (t *tree) insert(su *sub, leaf bool) (n *tnode, adopted []*tnode) {
 	n = &tnode{su: su, leaf: leaf}
 	t.attach(n, t.slot(n))
 	t.size++
+	t.setOldReader(n, su.c == nil || su.c.prefs == nil || !su.c.prefs.messages)
 	for i := len(t.roots) - 1; i >= 0 && len(t.roots) > t.arity && t.room(n); i-- {
 		r := t.roots[i]
 		if r == n || n.under(r) || (t.canReach != nil && !t.canReach(n, r)) {
@@ -189,6 +195,7 @@ func (t *tree) detach(n *tnode) {
 func (t *tree) remove(n *tnode) []*tnode {
 	t.detach(n)
 	t.size--
+	t.setOldReader(n, false)
 	n.su = nil // no longer has room: the queues skip it
 	moved := n.children
 	n.children = nil
@@ -252,3 +259,20 @@ func (t *tree) height() int {
 	t.walk(func(n *tnode) { h = max(h, n.depth+1) })
 	return h
 }
+
+// setOldReader sets whether a member reads only plain Forward, keeping the
+// tree's count.
+func (t *tree) setOldReader(n *tnode, old bool) {
+	if n.oldReader != old {
+		n.oldReader = old
+		if old {
+			t.oldReaders++
+		} else {
+			t.oldReaders--
+		}
+	}
+}
+
+// signedMessages reports whether every member reads Forward with a
+// message (0x16): then events go to the tree with their messages.
+func (t *tree) signedMessages() bool { return t.oldReaders == 0 }

@@ -202,3 +202,30 @@ func BenchmarkTreeInsert100k(b *testing.B) {
 		}
 	}
 }
+
+// A tree sends signed messages (Forward 0x16) only while none of its
+// members is an old reader: the count follows joins, leaves and Subscribes.
+func TestTreeCountsOldReaders(t *testing.T) {
+	tr := newTree(2)
+	newer := &client{prefs: &prefs{messages: true}}
+	older := &client{}
+	a, _ := tr.insert(&sub{c: newer}, false)
+	if !tr.signedMessages() {
+		t.Fatal("a tree of new readers must send messages")
+	}
+	b, _ := tr.insert(&sub{c: older}, false)
+	if tr.signedMessages() {
+		t.Fatal("an old reader joined: messages must stop")
+	}
+	tr.setOldReader(b, false) // its Subscribe arrived
+	tr.setOldReader(b, false) // twice changes nothing
+	if !tr.signedMessages() || tr.oldReaders != 0 {
+		t.Fatalf("after the old reader subscribed: %d old readers", tr.oldReaders)
+	}
+	tr.setOldReader(a, true)
+	tr.remove(a)
+	if !tr.signedMessages() || tr.oldReaders != 0 {
+		t.Fatalf("after the old reader left: %d old readers", tr.oldReaders)
+	}
+	checkTree(t, tr)
+}

@@ -249,17 +249,8 @@ const NotifyMsgExtra = 8 + 4 + 1 + MaxAuthor + 1 + MaxSubject
 // FitMessage shortens the message, the subject first, so that the
 // notification fits one datagram; the event itself always fits.
 func (m *Notify) FitMessage() {
-	if !m.WithMessage {
-		return
-	}
-	over := m.plaintextLen() - MaxPlaintext
-	if over <= 0 {
-		return
-	}
-	was := len(m.Subject)
-	m.Subject = TrimText(m.Subject, max(0, was-over))
-	if over -= was - len(m.Subject); over > 0 {
-		m.Author = TrimText(m.Author, max(0, len(m.Author)-over))
+	if m.WithMessage {
+		m.Chat.fit(m.plaintextLen() - MaxPlaintext)
 	}
 }
 
@@ -290,7 +281,7 @@ func (m *Notify) AppendPlaintext(b []byte) []byte {
 	b = append(b, m.Ref...)
 	b = appendOIDs(b, m.Old, m.New)
 	if m.WithMessage {
-		b = m.appendMessage(b)
+		b = m.Chat.append(b)
 	}
 	return b
 }
@@ -347,7 +338,7 @@ func parseNotify(r *reader, withMessage bool) *Notify {
 	m.RepoID = r.repoID()
 	m.Ref, m.Old, m.New = r.refAndOIDs()
 	if withMessage {
-		r.message(m)
+		r.chat(&m.Chat)
 	}
 	if r.err == nil && m.Seq == 0 {
 		r.fail(fmt.Errorf("%w: sequence number 0", ErrField))

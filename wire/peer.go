@@ -3,7 +3,6 @@ package wire
 import (
 	"crypto/ed25519"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 )
@@ -42,18 +41,39 @@ const (
 //
 // Unlike Notify it names no recipient: one signature serves every hop, and
 // the box of each hop says who sent it to whom.
+//
+// Type 0x16 adds the chat message, signed with the event, for trees whose
+// every member said (Subscribe) that it reads it:
+//
+//	offset  size  field
+//	0       1     type 0x16
+//	1       ...   as type 0x08, up to the new object id
+//	..      4     commits the push added (0: unknown, or none)
+//	..      1+A   author, as in Notify type 0x14
+//	..      1+S   subject, as in Notify type 0x14
+//	..      64    Ed25519 signature over "gcn-punch event+message v1\x00"
+//	              followed by bytes 1.. up to here
 type Forward struct {
 	Seq       uint64
 	TimeMilli int64
 	RepoID    string
 	Ref       string
 	Old, New  string // lowercase hex object ids, 40 or 64 characters
-	Sig       [SigLen]byte
+	// WithMessage selects type 0x16, which carries (and signs) Chat.
+	WithMessage bool
+	Chat
+	Sig [SigLen]byte
 }
 
+// TypeForwardMsg is a Forward with its chat message.
+const TypeForwardMsg Type = 0x16
+
 // signContext separates the signature of an event from any other use of
-// the server's signing key.
-const signContext = "gcn-punch event v1\x00"
+// the server's signing key, and an event with a message from one without.
+const (
+	signContext    = "gcn-punch event v1\x00"
+	signContextMsg = "gcn-punch event+message v1\x00"
+)
 
 // appendBody appends the signed part of the message (without the type).
 func (m *Forward) appendBody(b []byte) []byte {
@@ -62,15 +82,26 @@ func (m *Forward) appendBody(b []byte) []byte {
 	b = appendRepoID(b, m.RepoID)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Ref)))
 	b = append(b, m.Ref...)
-	b = append(b, byte(len(m.Old)/2))
-	b, _ = hex.AppendDecode(b, []byte(m.Old))
-	b, _ = hex.AppendDecode(b, []byte(m.New))
+	b = appendOIDs(b, m.Old, m.New)
+	if m.WithMessage {
+		b = m.Chat.append(b)
+	}
 	return b
 }
 
 // AppendSigned appends the bytes the signature covers.
 func (m *Forward) AppendSigned(b []byte) []byte {
+	if m.WithMessage {
+		return m.appendBody(append(b, signContextMsg...))
+	}
 	return m.appendBody(append(b, signContext...))
+}
+
+// FitMessage shortens the message so that the Forward fits one datagram.
+func (m *Forward) FitMessage() {
+	if m.WithMessage {
+		m.Chat.fit(len(m.AppendPlaintext(nil)) - MaxPlaintext)
+	}
 }
 
 // Sign sets the signature. Validate the message first.
@@ -85,7 +116,11 @@ func (m *Forward) Verify(pub ed25519.PublicKey) bool {
 
 // AppendPlaintext implements Message. Validate first: it encodes what it is given.
 func (m *Forward) AppendPlaintext(b []byte) []byte {
-	b = append(b, byte(TypeForward))
+	t := TypeForward
+	if m.WithMessage {
+		t = TypeForwardMsg
+	}
+	b = append(b, byte(t))
 	b = m.appendBody(b)
 	return append(b, m.Sig[:]...)
 }
@@ -102,10 +137,13 @@ func (m *Forward) Validate() error {
 	return nil
 }
 
-func parseForward(r *reader) *Forward {
-	m := &Forward{Seq: r.u64(), TimeMilli: int64(r.u64())}
+func parseForward(r *reader, withMessage bool) *Forward {
+	m := &Forward{Seq: r.u64(), TimeMilli: int64(r.u64()), WithMessage: withMessage}
 	m.RepoID = r.repoID()
 	m.Ref, m.Old, m.New = r.refAndOIDs()
+	if withMessage {
+		r.chat(&m.Chat)
+	}
 	copy(m.Sig[:], r.take(SigLen))
 	if r.err == nil && m.Seq == 0 {
 		r.fail(fmt.Errorf("%w: sequence number 0", ErrField))

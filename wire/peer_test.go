@@ -54,6 +54,50 @@ func TestForwardSignature(t *testing.T) {
 	}
 }
 
+// The message of type 0x16 is signed with the event: a peer cannot alter
+// it, add one to a plain Forward, or strip it from a signed one.
+func TestForwardMessageSignature(t *testing.T) {
+	pub, priv := testSigner(t)
+	m := &Forward{Seq: 7, TimeMilli: 1, RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB,
+		WithMessage: true, Chat: Chat{Count: 2, Author: "alice", Subject: "lunch at 1?"}}
+	m.Sign(priv)
+	got, err := ParsePlaintext(m.AppendPlaintext(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := got.(*Forward)
+	if !f.WithMessage || f.Subject != "lunch at 1?" || !f.Verify(pub) {
+		t.Fatalf("round trip: %+v verifies %v", f, f.Verify(pub))
+	}
+	for name, alter := range map[string]func(*Forward){
+		"subject":  func(f *Forward) { f.Subject = "lunch at 2?" },
+		"author":   func(f *Forward) { f.Author = "mallory" },
+		"count":    func(f *Forward) { f.Count = 3 },
+		"stripped": func(f *Forward) { f.WithMessage, f.Chat = false, Chat{} },
+	} {
+		c := *f
+		alter(&c)
+		if c.Verify(pub) {
+			t.Errorf("altered %s still verifies", name)
+		}
+	}
+	plain := &Forward{Seq: 7, TimeMilli: 1, RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB}
+	plain.Sign(priv)
+	added := *plain
+	added.WithMessage, added.Chat = true, Chat{Subject: "forged"}
+	if added.Verify(pub) {
+		t.Error("a message added to a plain Forward verifies")
+	}
+	// The longest event that forwards keeps forwarding with a message: the
+	// message is shortened.
+	long := &Forward{Seq: 1, RepoID: "r", Ref: "refs/heads/" + strings.Repeat("x", 900), Old: oidA, New: oidB,
+		WithMessage: true, Chat: Chat{Author: strings.Repeat("a", MaxAuthor), Subject: strings.Repeat("s", MaxSubject)}}
+	long.FitMessage()
+	if err := long.Validate(); err != nil {
+		t.Fatalf("after FitMessage: %v", err)
+	}
+}
+
 // A Forward carries 64 bytes of signature where a Notify carries its
 // 32-byte recipient: an event at the edge of Notify's size does not fit.
 func TestForwardSize(t *testing.T) {

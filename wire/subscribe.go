@@ -252,20 +252,32 @@ func validText(s string, max int) bool {
 	return len(s) <= max && utf8.ValidString(s) && TrimText(s, max) == s
 }
 
-// appendMessage appends the chat message of type 0x14, its last fields.
-func (m *Notify) appendMessage(b []byte) []byte {
-	b = binary.BigEndian.AppendUint32(b, m.Count)
-	b = append(b, byte(len(m.Author)))
-	b = append(b, m.Author...)
-	b = append(b, byte(len(m.Subject)))
-	return append(b, m.Subject...)
+// append appends the chat message's fields, as types 0x14 and 0x16 end.
+func (c *Chat) append(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, c.Count)
+	b = append(b, byte(len(c.Author)))
+	b = append(b, c.Author...)
+	b = append(b, byte(len(c.Subject)))
+	return append(b, c.Subject...)
 }
 
-func (r *reader) message(m *Notify) {
-	m.Count = r.u32()
-	m.Author = string(r.take(int(r.u8())))
-	m.Subject = string(r.take(int(r.u8())))
-	if r.err == nil && (!validText(m.Author, MaxAuthor) || !validText(m.Subject, MaxSubject)) {
+// fit shortens the message by over bytes if it can, the subject first.
+func (c *Chat) fit(over int) {
+	if over <= 0 {
+		return
+	}
+	was := len(c.Subject)
+	c.Subject = TrimText(c.Subject, max(0, was-over))
+	if over -= was - len(c.Subject); over > 0 {
+		c.Author = TrimText(c.Author, max(0, len(c.Author)-over))
+	}
+}
+
+func (r *reader) chat(c *Chat) {
+	c.Count = r.u32()
+	c.Author = string(r.take(int(r.u8())))
+	c.Subject = string(r.take(int(r.u8())))
+	if r.err == nil && (!validText(c.Author, MaxAuthor) || !validText(c.Subject, MaxSubject)) {
 		r.fail(fmt.Errorf("%w: message author or subject not clean UTF-8 within bounds", ErrField))
 	}
 }

@@ -267,8 +267,8 @@ func ParsePlaintext(p []byte) (Message, error) {
 		m = parseResync(&r)
 	case TypePing:
 		m = &Ping{Counter: r.u64()}
-	case TypeForward:
-		m = parseForward(&r)
+	case TypeForward, TypeForwardMsg:
+		m = parseForward(&r, Type(p[0]) == TypeForwardMsg)
 	case TypeFanout:
 		m = parseFanout(&r)
 	case TypePeerInfo:

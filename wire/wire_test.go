@@ -54,6 +54,8 @@ func sampleMessages() []Message {
 		&Subscribe{Flags: SubscribeMessages, Repos: []RepoPrefs{{RepoID: "chat.git", Refs: []string{"refs/heads/main", "refs/heads/release/*"}}, {RepoID: "team/x"}}},
 		&Subscribe{},
 		&Subscribed{Digest: [SubscribeDigest]byte{1, 7: 2}},
+		&Forward{Seq: 4, TimeMilli: 5, RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB, WithMessage: true,
+			Chat: Chat{Count: 1, Author: "bob", Subject: "hi"}, Sig: [SigLen]byte{9}},
 	}
 }
 
@@ -105,6 +107,11 @@ func TestGoldenPlaintext(t *testing.T) {
 		{&Subscribe{Flags: SubscribeMessages, Repos: []RepoPrefs{{RepoID: "r", Refs: []string{"refs/h*"}}, {RepoID: "s"}}},
 			"13" + "01" + "02" + "01" + "72" + "01" + "07" + hex.EncodeToString([]byte("refs/h*")) + "01" + "73" + "00"},
 		{&Subscribed{Digest: [SubscribeDigest]byte{0xaa, 7: 0xbb}}, "15" + "aa" + strings.Repeat("00", 6) + "bb"},
+		{&Forward{Seq: 1, TimeMilli: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true, Chat: Chat{Count: 1, Author: "al", Subject: "hi"},
+			Sig: [SigLen]byte{0xaa, 63: 0xbb}},
+			"16" + "0000000000000001" + "0000000000000002" + "01" + "72" +
+				"000c" + hex.EncodeToString([]byte("refs/heads/m")) + "14" + oidA + oidB +
+				"00000001" + "02" + "616c" + "02" + "6869" + "aa" + strings.Repeat("00", 62) + "bb"},
 	}
 	for _, c := range cases {
 		got := hex.EncodeToString(c.m.AppendPlaintext(nil))

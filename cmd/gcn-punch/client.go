@@ -55,6 +55,7 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) e
 	listen := fs.String("listen", ":0", "local UDP address")
 	noDesktop := fs.Bool("no-desktop", false, "no desktop notifications even when a session bus exists")
 	noPeer := fs.Bool("no-peer", false, "never forward to other clients nor take part in hole punching: a leaf served by the rendezvous")
+	refs := fs.StringArray("refs", nil, "follow only refs matching this git glob, e.g. refs/heads/main or 'refs/heads/release/*' (repeatable, at most 8; default every ref)")
 	verbose := fs.BoolP("verbose", "v", false, "debug logging")
 	configDefault := daemonConfigPath()
 	if out != nil {
@@ -67,6 +68,14 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) e
 	}
 	if fs.Changed("keepalive") && (*keepalive < punch.MinKeepalive || *keepalive > punch.MaxKeepalive) {
 		usageFail(fs, fmt.Errorf("--keepalive %v: give %v to %v, the range the daemon learns in (or leave it out, and the daemon learns it)", *keepalive, punch.MinKeepalive, punch.MaxKeepalive))
+	}
+	if len(*refs) > wire.MaxRefPatterns {
+		usageFail(fs, fmt.Errorf("--refs given %d times: at most %d patterns", len(*refs), wire.MaxRefPatterns))
+	}
+	for _, p := range *refs {
+		if err := wire.ValidRefPattern(p); err != nil {
+			usageFail(fs, fmt.Errorf("--refs: %s", errText(err)))
+		}
 	}
 	log := logger(*verbose)
 
@@ -162,7 +171,7 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) e
 		fixed = *keepalive
 	}
 	d, err := punch.New(punch.Config{Conn: conn, Servers: servers, StateDir: *stateDir,
-		FixedKeepalive: fixed, Handle: handle, NoPeer: *noPeer, Control: punch.ControlSocket(*stateDir), Logger: log})
+		FixedKeepalive: fixed, Handle: handle, NoPeer: *noPeer, Refs: *refs, Control: punch.ControlSocket(*stateDir), Logger: log})
 	if err != nil {
 		return err
 	}

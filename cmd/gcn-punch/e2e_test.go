@@ -579,31 +579,44 @@ func TestE2EWatchPrintsJSONLines(t *testing.T) {
 	if !poll(20*time.Second, func() bool { return punch.HasPosition(state) }) {
 		t.Fatal("watch never got its position")
 	}
-	var heads []string
+	var heads, subjects []string
 	for range 3 {
 		w.push()
 		heads = append(heads, strings.TrimSpace(run(t, w.clone, "git", "rev-parse", "HEAD")))
+		subjects = append(subjects, fmt.Sprintf("message %d", w.pushes.Load()))
 	}
+	author := strings.TrimSpace(run(t, w.clone, "git", "log", "-1", "--format=%an"))
+	// A test notification from the server side, with its own text.
+	run(t, "", binary, "notify", "--store", w.store, "--repo-id", "chat.git", "--message", "hello from the admin")
 	var lines []string
 	poll(20*time.Second, func() bool {
 		b, _ := os.ReadFile(outPath)
 		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
-		return len(lines) >= 3
+		return len(lines) >= 4
 	})
-	if len(lines) != 3 {
+	if len(lines) != 4 {
 		b, _ := os.ReadFile(logs.Name())
-		t.Fatalf("stdout has %d lines, want 3:\n%s\nstderr:\n%s", len(lines), strings.Join(lines, "\n"), b)
+		t.Fatalf("stdout has %d lines, want 4:\n%s\nstderr:\n%s", len(lines), strings.Join(lines, "\n"), b)
 	}
-	for i, l := range lines {
-		var ev struct {
-			Repo, Ref, New, Event string
-			Seq                   uint64
-			TimeMS                int64 `json:"time_ms"`
-		}
+	type line struct {
+		Repo, Ref, New, Event, Author, Subject string
+		Seq                                    uint64
+		Count                                  int
+		TimeMS                                 int64 `json:"time_ms"`
+	}
+	for i, l := range lines[:3] {
+		var ev line
+		// The chat message travelled from the hook: watch has no clone.
 		if err := json.Unmarshal([]byte(l), &ev); err != nil || ev.Seq != uint64(i+1) || ev.Repo != "chat.git" ||
-			ev.Ref != "refs/heads/main" || ev.New != heads[i] || ev.Event != "push" || ev.TimeMS == 0 {
-			t.Fatalf("line %d: %q (%v); want seq %d, refs/heads/main at %s", i, l, err, i+1, heads[i])
+			ev.Ref != "refs/heads/main" || ev.New != heads[i] || ev.Event != "push" || ev.TimeMS == 0 ||
+			ev.Author != author || ev.Subject != subjects[i] || ev.Count != 1 {
+			t.Fatalf("line %d: %q (%v); want seq %d, refs/heads/main at %s, %s: %q, 1 commit", i, l, err, i+1, heads[i], author, subjects[i])
 		}
+	}
+	var ev line
+	if err := json.Unmarshal([]byte(lines[3]), &ev); err != nil || ev.Seq != 4 || ev.Ref != "refs/gcn-punch/test" ||
+		ev.Author != "gcn-punch notify" || ev.Subject != "hello from the admin" {
+		t.Fatalf("the test notification's line: %q (%v)", lines[3], err)
 	}
 }
 

@@ -85,6 +85,7 @@ func runNotify(args []string) error {
 	fs := newFlags("notify")
 	storeDir := fs.String("store", store.DefaultDir, "store directory")
 	repoID := fs.String("repo-id", "", "repository id whose followers get the notification")
+	message := fs.String("message", "test notification", "the text followers see (as a commit's subject, from \"gcn-punch notify\")")
 	parse(fs, args)
 	if *repoID == "" {
 		usageFail(fs, errors.New("--repo-id is required"))
@@ -101,7 +102,8 @@ func runNotify(args []string) error {
 	zero := strings.Repeat("0", 40)
 	var stderr strings.Builder
 	res, err := hook.Run(hook.Options{StoreDir: st.Dir, RepoID: *repoID, Stderr: &stderr,
-		Stdin: strings.NewReader(zero + " " + zero + " " + notifyRef + "\n")})
+		Stdin:   strings.NewReader(zero + " " + zero + " " + notifyRef + "\n"),
+		Message: &wire.Chat{Author: "gcn-punch notify", Subject: wire.TrimText(*message, wire.MaxSubject)}})
 	if err != nil {
 		return err
 	}

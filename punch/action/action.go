@@ -56,8 +56,10 @@ func (r *Runner) Handle(ctx context.Context, ev punch.Event) {
 			log.Warn("fast-forward", "clone", c, "err", err)
 		}
 	}
-	var msg *Message
-	if len(clones) > 0 {
+	// The notification's own message first (the rendezvous had it from
+	// the hook); a clone that fetched the commits can say it too.
+	msg := EventMessage(ev)
+	if msg == nil && len(clones) > 0 {
 		if m, ok := ReadMessage(ctx, clones[0], ev); ok {
 			msg = &m
 		}

@@ -11,13 +11,21 @@ import (
 
 // Message is what a chat user wants from a notification: who wrote the
 // pushed tip commit, its subject line, and how many commits the push
-// added ("alice: lunch at 1?", "+2 more"). The daemon reads it from its
-// clone once the fetch has brought the commits: no field of it travels in
-// the notification, so it cannot be forged by anyone but a pusher, and it
-// costs the hook and the wire nothing.
+// added ("alice: lunch at 1?", "+2 more"). It comes in the notification
+// (the hook read it, the rendezvous sealed it to this daemon) or, from an
+// older rendezvous or through a fan-out tree, from the daemon's clone once
+// the fetch has brought the commits.
 type Message struct {
 	Author, Subject string
 	Count           int // commits the push added; 0 when unknown
+}
+
+// EventMessage is the message the notification carried, or nil.
+func EventMessage(ev punch.Event) *Message {
+	if ev.Author == "" && ev.Subject == "" {
+		return nil
+	}
+	return &Message{Author: ev.Author, Subject: ev.Subject, Count: ev.Count}
 }
 
 // ReadMessage reads an event's message from a clone that has fetched its

@@ -99,3 +99,21 @@ func TestExecSeesTheMessage(t *testing.T) {
 		}
 	}
 }
+
+// Without a clone, the message the notification carried reaches the
+// program; a clone is not asked when the notification had one.
+func TestExecSeesTheNotificationsMessage(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "env")
+	prog := filepath.Join(dir, "prog")
+	os.WriteFile(prog, []byte("#!/bin/sh\nenv | grep ^GCN_ | sort > \"$1\"\n"), 0o755)
+	r := &Runner{Exec: []string{prog, out}}
+	r.Handle(context.Background(), punch.Event{Repo: "chat.git", Ref: "refs/heads/main", Old: strings.Repeat("1", 40), New: strings.Repeat("2", 40),
+		Seq: 7, Author: "carol", Subject: "on my way", Count: 3})
+	b, _ := os.ReadFile(out)
+	for _, want := range []string{"GCN_AUTHOR=carol", "GCN_SUBJECT=on my way", "GCN_COUNT=3", "GCN_SEQ=7"} {
+		if !strings.Contains(string(b), want+"\n") {
+			t.Errorf("environment lacks %q:\n%s", want, b)
+		}
+	}
+}
