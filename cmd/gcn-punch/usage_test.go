@@ -77,6 +77,25 @@ func TestKeepaliveOutOfRangeIsAUsageError(t *testing.T) {
 	}
 }
 
+// A --refs pattern that is not a ref glob is a usage error that shows what
+// one looks like; nine patterns are one too many.
+func TestBadRefsPatternIsAUsageError(t *testing.T) {
+	base := []string{"daemon", "--server", "127.0.0.1:9", "--server-key", strings.Repeat("0", 64), "--repo-id", "x", "--state", t.TempDir()}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--refs", "main"}, "must start with refs/"},
+		{[]string{"--refs", "refs/heads/[main"}, "bad glob"},
+		{strings.Fields(strings.Repeat("--refs refs/heads/a ", 9)), "at most 8"},
+	} {
+		code, _, errs := runCode(t, "", append(base, c.args...)...)
+		if code != 2 || !strings.Contains(errs, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit 2 saying %q", c.args, code, errs, c.want)
+		}
+	}
+}
+
 // status --store on a directory that holds no store is an error that says
 // so, and creates nothing: a mistyped path used to become a new, empty store.
 func TestStatusOnMissingStoreCreatesNothing(t *testing.T) {
