@@ -28,7 +28,12 @@ type Options struct {
 	// precomputation each second (0: 4000); see Config.
 	NewKeyRate float64
 	MaxStreams int // streams over SSH accepted at once; 0: DefaultMaxStreams
-	Logger     *slog.Logger
+	// Metrics, when set, is a TCP address where the counters are served as
+	// Prometheus text at /metrics.
+	Metrics string
+	// Version is the build's, for the start line.
+	Version string
+	Logger  *slog.Logger
 }
 
 // ListenAndServe opens the UDP sockets and the control socket and serves
@@ -77,6 +82,13 @@ func ListenAndServe(ctx context.Context, o Options) error {
 		return fmt.Errorf("rendezvous: %w", err)
 	}
 	defer ctl.Close()
+	var metrics net.Listener
+	if o.Metrics != "" {
+		if metrics, err = net.Listen("tcp", o.Metrics); err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		defer metrics.Close()
+	}
 	if err := st.SetRendezvous(conn.LocalAddrPort(), o.Open, second); err != nil {
 		return err
 	}
@@ -84,11 +96,18 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	if second.IsValid() {
 		udp += "," + second.String()
 	}
-	o.Logger.Info("rendezvous up", "udp", udp, "server_key", srv.PublicKey().String(), "open", o.Open, "fanout", o.Fanout, "store", st.Dir)
+	attrs := []any{"version", o.Version, "udp", udp, "server_key", srv.PublicKey().String(), "open", o.Open, "fanout", o.Fanout, "store", st.Dir}
+	if metrics != nil {
+		attrs = append(attrs, "metrics", "http://"+metrics.Addr().String()+"/metrics")
+	}
+	o.Logger.Info("rendezvous up", attrs...)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { control.Serve(ctx, ctl, srv.log, srv.answerControl) })
+	if metrics != nil {
+		wg.Go(func() { srv.serveMetrics(ctx, metrics) })
+	}
 	err = srv.Run(ctx)
 	cancel()
 	ctl.Close()

@@ -39,7 +39,7 @@ type watchLine struct {
 
 // runClient runs a client daemon; with out, as `watch`, printing events
 // there instead of acting on them.
-func runClient(ctx context.Context, name string, args []string, out io.Writer) error {
+func runClient(ctx context.Context, name string, args []string, out io.Writer) (err error) {
 	fs := newFlags(name)
 	server := fs.String("server", "", "rendezvous UDP address HOST:PORT, or one per family: ADDR4:PORT,[ADDR6]:PORT (a name with both families gives a path on each)")
 	serverKey := fs.String("server-key", "", "rendezvous public key: 64 hex characters, or @FILE")
@@ -56,7 +56,7 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) e
 	noDesktop := fs.Bool("no-desktop", false, "no desktop notifications even when a session bus exists")
 	noPeer := fs.Bool("no-peer", false, "never forward to other clients nor take part in hole punching: a leaf served by the rendezvous")
 	refs := fs.StringArray("refs", nil, "follow only refs matching this git glob, e.g. refs/heads/main or 'refs/heads/release/*' (repeatable, at most 8; default every ref)")
-	verbose := fs.BoolP("verbose", "v", false, "debug logging")
+	logs := addLogFlags(fs)
 	configDefault := daemonConfigPath()
 	if out != nil {
 		configDefault = "" // watch reads a file only when given one
@@ -77,7 +77,7 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) e
 			usageFail(fs, fmt.Errorf("--refs: %s", errText(err)))
 		}
 	}
-	log := logger(*verbose)
+	log := logs.logger(fs)
 
 	sshMode := *server == "" && *serverKey == "" && len(*repoIDs) == 0
 	if sshMode && len(*clones) == 0 {
@@ -175,7 +175,8 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) e
 	if err != nil {
 		return err
 	}
-	log.Info(name+" up", "client", d.PublicKey().String(), "udp", conn.LocalAddrPort().String(), "ssh_registration", sshMode)
+	log.Info(name+" up", "version", shortVersion(), "client", d.PublicKey().String(), "udp", conn.LocalAddrPort().String(), "ssh_registration", sshMode)
+	defer func() { log.Info(name+" stopped", "err", err) }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if sshMode {

@@ -4,7 +4,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -144,10 +143,3 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func logger(verbose bool) *slog.Logger {
-	lvl := slog.LevelInfo
-	if verbose {
-		lvl = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-}

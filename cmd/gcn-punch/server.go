@@ -33,14 +33,15 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.IntVar(&o.Fanout, "fanout", rendezvous.DefaultFanout, "arity of each repository's peer-to-peer tree; 0: the rendezvous sends to every client itself")
 	fs.Float64Var(&o.NewKeyRate, "new-key-rate", 4000, "keys not seen before that may cost a key computation each second; past it, new keys must echo a cookie")
 	fs.IntVar(&o.MaxStreams, "max-streams", rendezvous.DefaultMaxStreams, "streams over SSH (clients whose UDP is blocked) accepted at once; each costs an sshd process")
-	verbose := fs.BoolP("verbose", "v", false, "debug logging")
+	fs.StringVar(&o.Metrics, "metrics", "", "serve the counters as Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9478; default off)")
+	logs := addLogFlags(fs)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
 	config := configFlag(fs, rendezvousConfigPath)
 	parse(fs, args)
 	if err := applyConfig(fs, *config); err != nil {
 		return err
 	}
-	o.Logger = logger(*verbose)
+	o.Logger = logs.logger(fs)
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -52,7 +53,10 @@ func runRendezvous(ctx context.Context, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	return rendezvous.ListenAndServe(ctx, o)
+	o.Version = shortVersion()
+	err := rendezvous.ListenAndServe(ctx, o)
+	o.Logger.Info("rendezvous stopped", "err", err)
+	return err
 }
 
 func runHook(args []string) {

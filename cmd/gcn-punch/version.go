@@ -13,6 +13,11 @@ var version string
 // versionString is what `gcn-punch version` prints: the version, and the
 // Go release and platform it was built for.
 func versionString() string {
+	return fmt.Sprintf("gcn-punch %s (%s, %s/%s)", shortVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// shortVersion is the build's version alone, as start lines log it.
+func shortVersion() string {
 	v := version
 	if v == "" {
 		v = "unknown"
@@ -32,5 +37,5 @@ func versionString() string {
 			}
 		}
 	}
-	return fmt.Sprintf("gcn-punch %s (%s, %s/%s)", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return v
 }
