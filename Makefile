@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/gcn-punch
 GOFLAGS ?=
 
-.PHONY: all build demo test test-short fuzz bench netns-test nat-matrix vet client-graph clean deb install uninstall
+.PHONY: all build demo test test-short fuzz bench netns-test nat-matrix vet client-graph clean deb install uninstall man
 
 VERSION ?= 0.1.0
 # What `gcn-punch version` says: git describe, else the package version.
@@ -74,6 +74,11 @@ fuzz:
 bench: build
 	./$(BIN) bench --doc docs/bench.md
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# The manual page is generated from the flag definitions (and prose in
+# cmd/gcn-punch/manpage.go); `make test` fails when it is out of date.
+man:
+	$(GO) test -count=1 -run '^TestManPageIsCurrent$$' ./cmd/gcn-punch/ -args -update-man
 
 # Debian package (binary, units, docs, man page), checked with dpkg-deb and lintian.
 deb:

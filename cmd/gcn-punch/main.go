@@ -16,13 +16,15 @@ const usage = `gcn-punch: git push notifications over UDP, through NATs
 
 usage:
   gcn-punch rendezvous --listen HOST:PORT [--alt-listen HOST:PORT] --store DIR [--open] [--fanout K]
+                   [--metrics ADDR] [--log-format FORMAT]
   gcn-punch hook --store DIR [--repo-id ID]         (as post-receive; reads "<old> <new> <ref>")
   gcn-punch daemon --server HOST:PORT --server-key HEX|@FILE --repo-id ID --state DIR
                    [--repo CLONE] [--exec 'PROGRAM ARGS...'] [--keepalive DURATION] [--no-peer]
+                   [--refs PATTERN]... [--log-format FORMAT]
   gcn-punch watch   (the daemon's flags)   prints each notification as a JSON line on stdout
   gcn-punch status --store DIR [--json|--stats|--tree]   (server side)
   gcn-punch status --state DIR [--json|--stats]      (client side: a running daemon)
-  gcn-punch notify --store DIR --repo-id ID     a test notification through the whole path
+  gcn-punch notify --store DIR --repo-id ID [--message TEXT]   a test notification through the whole path
   gcn-punch revoke --store DIR KEY|USER         end a client's access at once (server side)
   gcn-punch unpin SERVER [--state DIR]          forget a server's pinned key (client side)
   gcn-punch install server --repo PATH [--store DIR] [--listen ADDR] [--user GITUSER]
@@ -35,7 +37,7 @@ usage:
                    (as ~/git-shell-commands/gcn-heartbeat, run by clients over SSH)
   gcn-punch version                         (also --version)
 
-Run "gcn-punch COMMAND --help" for a command's flags.
+Run "gcn-punch COMMAND --help" for a command's flags, "man gcn-punch" for all of them.
 `
 
 func main() {
@@ -94,6 +96,7 @@ func main() {
 func newFlags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("gcn-punch "+name, flag.ContinueOnError)
 	fs.SortFlags = false
+	fs.Usage = func() { onHelp(fs) }
 	return fs
 }
 
@@ -102,6 +105,7 @@ func newFlags(name string) *flag.FlagSet {
 func parse(fs *flag.FlagSet, args []string) {
 	err := parseFlags(fs, args)
 	if err == flag.ErrHelp {
+		printHelp(fs)
 		os.Exit(0)
 	}
 	if err != nil {
@@ -112,16 +116,16 @@ func parse(fs *flag.FlagSet, args []string) {
 // usageFail names a usage error on stderr above the command's flags and
 // exits 2.
 func usageFail(fs *flag.FlagSet, err error) {
-	fmt.Fprintf(os.Stderr, "%s: %v\n\nflags of %s:\n%s", fs.Name(), err, fs.Name(), fs.FlagUsages())
+	fmt.Fprintf(os.Stderr, "%s: %v\n\nflags of %s:\n%s", fs.Name(), err, fs.Name(), flagHelp(fs))
 	os.Exit(2)
 }
 
-// parseFlags parses args and refuses positional arguments.
 // parseOne is parse for a command that takes one argument besides its
 // flags (what names it); it exits 2 without exactly one.
 func parseOne(fs *flag.FlagSet, args []string, what string) string {
 	err := fs.Parse(args)
 	if err == flag.ErrHelp {
+		printHelp(fs)
 		os.Exit(0)
 	}
 	if err == nil && fs.NArg() != 1 {
@@ -133,6 +137,7 @@ func parseOne(fs *flag.FlagSet, args []string, what string) string {
 	return fs.Arg(0)
 }
 
+// parseFlags parses args and refuses positional arguments.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err

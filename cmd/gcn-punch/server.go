@@ -35,7 +35,7 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.IntVar(&o.MaxStreams, "max-streams", rendezvous.DefaultMaxStreams, "streams over SSH (clients whose UDP is blocked) accepted at once; each costs an sshd process")
 	fs.StringVar(&o.Metrics, "metrics", "", "serve the counters as Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9478; default off)")
 	logs := addLogFlags(fs)
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for `go tool pprof`)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for go tool pprof)")
 	config := configFlag(fs, rendezvousConfigPath)
 	parse(fs, args)
 	if err := applyConfig(fs, *config); err != nil {
@@ -67,6 +67,7 @@ func runHook(args []string) {
 	// A hook that fails would fail the push: a usage error is one line on
 	// stderr and exit 0, like every other hook problem.
 	if err := parseFlags(fs, args); err == flag.ErrHelp {
+		printHelp(fs)
 		return
 	} else if err != nil {
 		fmt.Fprintf(os.Stderr, "gcn-punch hook: %v; nothing recorded (the push itself succeeded)\n", err)
@@ -193,7 +194,7 @@ func runHeartbeat(args []string) int {
 		return 1
 	}
 	if err := fs.Parse(args); err == flag.ErrHelp {
-		fmt.Printf("usage: gcn-heartbeat --repo PATH --id HEX --port N [--reflexive IP:PORT] [--proof P]\n       gcn-heartbeat watch --repo PATH\n\n%s", fs.FlagUsages())
+		fmt.Printf("usage: gcn-heartbeat --repo PATH --id HEX --port N [--reflexive IP:PORT] [--proof P]\n       gcn-heartbeat watch --repo PATH\n\n%s", flagHelp(fs))
 		return 0
 	} else if err != nil {
 		return fail(err)
@@ -228,7 +229,7 @@ func runWatch(args []string) int {
 	}
 	err := fs.Parse(args)
 	if err == flag.ErrHelp {
-		fmt.Printf("usage: gcn-heartbeat watch --repo PATH\n\n%s", fs.FlagUsages())
+		fmt.Printf("usage: gcn-heartbeat watch --repo PATH\n\n%s", flagHelp(fs))
 		return 0
 	}
 	if err != nil || fs.NArg() > 0 {
@@ -257,22 +258,32 @@ func runInstall(cmd string, args []string) error {
 	side := args[0]
 	fs := newFlags(cmd + " " + side)
 	repo := fs.String("repo", "", "repository (server) or clone (client)")
+	// Each side and verb shows only the flags it uses: uninstall needs to
+	// know where things are, not how they would be made.
+	installing := cmd == "install"
 	bin, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	binary := fs.String("binary", bin, "path of gcn-punch that units and hooks run")
+	binary := &bin
+	if installing {
+		binary = fs.String("binary", bin, "path of gcn-punch that units and hooks run (default: this program's own path)")
+	}
 	var srv install.ServerInstall
 	var cli install.ClientInstall
 	printUnit := false
 	if side == "server" {
 		fs.StringVar(&srv.Store, "store", store.DefaultDir, "store directory")
-		fs.StringVar(&srv.Listen, "listen", ":3478", "UDP address for the rendezvous unit")
 		fs.StringVar(&srv.User, "user", "", "the git user (required as root)")
-		fs.StringVar(&srv.RepoID, "repo-id", "", "repository id (default: git config gcnpunch.repoid, else the directory name)")
+		if installing {
+			fs.StringVar(&srv.Listen, "listen", ":3478", "UDP address for the rendezvous unit")
+			fs.StringVar(&srv.RepoID, "repo-id", "", "repository id (default: git config gcnpunch.repoid, else the directory name)")
+		}
 		fs.StringVar(&srv.UnitPath, "unit", install.UnitPath, "where root writes the rendezvous's systemd unit")
-		fs.BoolVar(&printUnit, "print-unit", false, "print the rendezvous's systemd unit for --user, --store, --listen, --binary; change nothing")
-	} else {
+		if installing {
+			fs.BoolVar(&printUnit, "print-unit", false, "print the rendezvous's systemd unit for --user, --store, --listen, --binary; change nothing")
+		}
+	} else if installing {
 		fs.StringVar(&cli.Exec, "exec", "", "program the daemon runs on each notification")
 	}
 	parse(fs, args[1:])
