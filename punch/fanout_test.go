@@ -22,6 +22,7 @@ type fanWorld struct {
 	st    *store.Store
 	addr  string
 	repos []string // what every daemon follows; nil: chat.git
+	refs  []string // the --refs of daemons started while set
 	daems []*punch.Daemon
 	recs  []*recorder
 	stops []func() // each daemon's: stops it and waits
@@ -82,7 +83,7 @@ func (w *fanWorld) run(dir string, rec *recorder, noPeer bool, keepalive time.Du
 		repos = []string{"chat.git"}
 	}
 	d, err := punch.New(punch.Config{Conn: conn, Servers: []punch.Server{{Addr: mustAddr(w.addr), Key: w.srv.PublicKey(), Repos: repos}},
-		StateDir: dir, Handle: rec.handle, NoPeer: noPeer, FixedKeepalive: keepalive})
+		StateDir: dir, Handle: rec.handle, NoPeer: noPeer, FixedKeepalive: keepalive, Refs: w.refs})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -420,5 +421,58 @@ func TestFanoutIdlePathSurvives(t *testing.T) {
 	}
 	if st := w.daems[1].Stats(); st.FromPeer != 1 {
 		t.Fatalf("the child took %d events from its parent after the idle time, want 1", st.FromPeer)
+	}
+}
+
+// With fan-out on, a daemon that follows only some refs is served
+// directly, out of the tree, so that the rendezvous can leave the other
+// events out: it sends nothing for them, and the daemon filters nothing
+// itself. The others still form their tree.
+func TestFanoutLeavesFilteredFollowersOut(t *testing.T) {
+	w := newFanWorld(t, 3)
+	w.daemon(false)
+	w.daemon(false)
+	w.refs = mainOnly
+	filtered, rec := w.daemon(false)
+	w.refs = nil
+	if !realWait(20*time.Second, func() bool { return w.connected(2) && w.srv.Stats().Subscribes >= 3 }) {
+		t.Fatalf("the tree of the two unfiltered daemons never formed: %+v", w.srv.Trees())
+	}
+	for _, d := range w.daems {
+		if !realWait(10*time.Second, func() bool { _, ok := d.LastSeq(w.srv.PublicKey(), "chat.git"); return ok }) {
+			t.Fatal("a daemon never learned its position")
+		}
+	}
+	const n = 30
+	for i := range n {
+		ref := "refs/heads/side"
+		if i%3 == 0 {
+			ref = "refs/heads/main"
+		}
+		if _, err := w.st.Append("chat.git", []store.Update{{Old: fmt.Sprintf("%040x", i), New: fmt.Sprintf("%040x", i+1), Ref: ref}}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		w.srv.Poke("chat.git")
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i, r := range w.recs[:2] {
+		if !realWait(30*time.Second, func() bool { return len(r.snapshot()) >= n }) {
+			t.Fatalf("daemon %d handled %d of %d", i, len(r.snapshot()), n)
+		}
+		wantExactlyInOrder(t, fmt.Sprintf("daemon %d", i), r.snapshot(), n)
+	}
+	if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= n/3 }) {
+		t.Fatalf("the filtered daemon handled %d of %d", len(rec.snapshot()), n/3)
+	}
+	time.Sleep(200 * time.Millisecond)
+	wantMainOnly(t, "filtered daemon", rec, n, false)
+	if f := filtered.Stats().Filtered; f != 0 {
+		t.Fatalf("the filtered daemon left out %d events itself: the rendezvous sent them", f)
+	}
+	if st := w.srv.Stats(); st.Filtered < 2*n/3 {
+		t.Fatalf("the rendezvous filtered %d events, want at least %d", st.Filtered, 2*n/3)
+	}
+	if trees := w.srv.Trees(); len(trees) != 1 || trees[0].Size != 2 {
+		t.Fatalf("the filtered daemon is in the tree: %+v", trees)
 	}
 }

@@ -297,9 +297,10 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 		// The event is immutable, and loading more of the log never moves
 		// it: the sender may read it outside the lock.
 		j := job{conn: c.conn, to: c.addr, c: c, r: r, ev: &r.events[seq-first], after: after, withMsg: withMsg}
-		if sg := &r.sigs; c.peer != nil && *sg != nil && (*sg)[seq-first].plain != ([wire.SigLen]byte{}) {
+		if sg := &r.sigs; c.peer != nil && refs == nil && *sg != nil && (*sg)[seq-first].plain != ([wire.SigLen]byte{}) {
 			// A peer gets the signed event, which it may forward: with its
-			// message when every member of its tree can read that.
+			// message when every member of its tree can read that. (A
+			// filtered client gets Notify, whose After says what it skipped.)
 			j.sig, j.withMsg = &(*sg)[seq-first].plain, false
 			if withMsg && (*sg)[seq-first].msg != ([wire.SigLen]byte{}) && (su.node == nil || r.tree == nil || r.tree.signedMessages()) {
 				j.sig, j.withMsg = &(*sg)[seq-first].msg, true

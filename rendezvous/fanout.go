@@ -159,6 +159,12 @@ func (s *Server) onPeerInfo(c *client, m *wire.PeerInfo, now time.Time) {
 // joinTree places a subscription of a client that takes part.
 func (s *Server) joinTree(su *sub, now time.Time) {
 	r := su.r
+	if su.filtered() {
+		// A tree member gets every event (it forwards them); a client that
+		// wants only some refs is served directly, so that the others
+		// cost no datagram at all.
+		return
+	}
 	if r.tree == nil {
 		r.tree = newTree(s.fan.arity)
 		r.tree.canReach = canReach

@@ -37,7 +37,10 @@ func (s *Server) onSubscribe(c *client, m *wire.Subscribe, src netip.AddrPort, n
 	c.prefs = p
 	s.stats.Subscribes++
 	for _, su := range c.subs {
-		if su.node != nil && su.r.tree != nil {
+		switch {
+		case su.node != nil && su.filtered():
+			s.leaveTree(su, now) // served directly from now on (joinTree)
+		case su.node != nil && su.r.tree != nil:
 			su.r.tree.setOldReader(su.node, !p.messages)
 		}
 	}
@@ -60,6 +63,12 @@ func (su *sub) refFilter() []string {
 		return nil
 	}
 	return su.c.prefs.refs[su.r.id]
+}
+
+// filtered reports whether the client wants only some refs of the
+// repository.
+func (su *sub) filtered() bool {
+	return su.c != nil && su.c.prefs != nil && len(su.c.prefs.refs[su.r.id]) > 0
 }
 
 // wanted reports whether the subscription wants event seq, which the
