@@ -51,6 +51,7 @@ func (s *Server) Poke(repoID string) error {
 	s.poked[repoID] = struct{}{}
 	s.mu.Unlock()
 	s.kickSender()
+	s.kickCluster()
 	return nil
 }
 
@@ -170,6 +171,9 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 // it keeps only what is contiguous. Called with mu held, or before Run.
 func (s *Server) addEvents(r *repo, evs []store.Event) {
 	for _, e := range evs {
+		if len(r.events) > 0 && e.Seq <= r.head {
+			continue // had it: a cluster's copy of a log's event, or the other way round
+		}
 		if len(r.events) > 0 && e.Seq != r.events[len(r.events)-1].Seq+1 {
 			r.events, r.sigs = nil, nil // a gap: keep only what is contiguous
 		}

@@ -230,6 +230,9 @@ func (s *Server) authorised(c *client, repoID string, key wire.Key, now time.Tim
 		return now.Unix() < su.authExpiry
 	}
 	exp, ok := s.cfg.Store.AuthExpiry(repoID, key)
+	if cexp, cok := s.clusterAuthExpiry(repoID, key); cok && (!ok || cexp.After(exp)) {
+		exp, ok = cexp, true // registered through another node's server
+	}
 	if su != nil {
 		su.authRead, su.authExpiry = now.UnixNano(), 0
 		if ok {

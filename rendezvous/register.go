@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -145,6 +146,10 @@ func Heartbeat(st *store.Store, req HeartbeatRequest, sshConnection, home string
 	if err := st.Authorise(repoID, id, expiry); err != nil {
 		return fail("%v", err)
 	}
+	// A rendezvous in a cluster shares it with the other nodes; best
+	// effort and brief (it also shares the store's registrations whenever
+	// it joins the cluster).
+	control.Dial(st.SocketPath(), "auth "+repoID+" "+id.String(), shareAuthTimeout)
 	if writeRecord {
 		if req.Owner != "" {
 			if err := st.SetOwner(id, req.Owner); err != nil {

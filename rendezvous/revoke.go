@@ -15,6 +15,13 @@ import (
 func (s *Server) Revoke(key wire.Key) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.unshareAuth(key) // and on every other node of a cluster
+	return s.dropRevoked(key)
+}
+
+// dropRevoked forgets a client whose access ended and pings it, so that its
+// daemon learns at once. Called with mu held.
+func (s *Server) dropRevoked(key wire.Key) bool {
 	c := s.clients[key]
 	if c == nil {
 		return false

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 
 	"github.com/gitchat/gcn-punch/internal/control"
 	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/rendezvous/cluster"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -33,6 +35,8 @@ type Options struct {
 	Metrics string
 	// Version is the build's, for the start line.
 	Version string
+	// Cluster, with URLs set, joins this node to a cluster (scaleout.go).
+	Cluster cluster.Options
 	Logger  *slog.Logger
 }
 
@@ -48,6 +52,18 @@ func ListenAndServe(ctx context.Context, o Options) error {
 		return err
 	}
 	cfg := Config{Store: st, Open: o.Open, Fanout: o.Fanout, NewKeyRate: o.NewKeyRate, MaxStreams: o.MaxStreams, Logger: o.Logger}
+	if o.Cluster.URLs != "" {
+		if o.Cluster.Name == "" {
+			o.Cluster.Name, _ = os.Hostname()
+		}
+		o.Cluster.Logger = o.Logger
+		cl, err := cluster.Connect(o.Cluster)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		cfg.Cluster = cl
+	}
 	var grids []*Grid
 	for i, l := range listens {
 		conn, err := listenUDP(l)
@@ -100,6 +116,9 @@ func ListenAndServe(ctx context.Context, o Options) error {
 	if metrics != nil {
 		attrs = append(attrs, "metrics", "http://"+metrics.Addr().String()+"/metrics")
 	}
+	if cfg.Cluster != nil {
+		attrs = append(attrs, "cluster", o.Cluster.URLs, "node", o.Cluster.Name)
+	}
 	o.Logger.Info("rendezvous up", attrs...)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -121,6 +140,8 @@ func ListenAndServe(ctx context.Context, o Options) error {
 //	status\n           → one JSON array of ClientStatus, then "\n"
 //	stats\n            → one JSON object of Stats (the counters), then "\n"
 //	tree\n             → one JSON array of RepoTree, then "\n"
+//	cluster\n          → one JSON cluster.Status, then "\n" (with --cluster)
+//	auth <repo> <key>\n → "ok\n": share the store's authorisation with the cluster
 //	hold <json>\n      → "ok held|recorded <first> <last>\n" or "error <reason>\n"
 //	                     (a store.HoldRequest: updates the hook could not write)
 //	revoke <key>\n     → "ok dropped\n" (it was live) or "ok not live\n": Revoke
@@ -171,6 +192,28 @@ func (s *Server) answerControl(w io.Writer, cmd, arg string) {
 		json.NewEncoder(w).Encode(s.Stats())
 	case "tree":
 		json.NewEncoder(w).Encode(s.Trees())
+	case "cluster":
+		st, ok := s.ClusterStatus(context.Background())
+		if !ok {
+			io.WriteString(w, "error this rendezvous runs without --cluster\n")
+			return
+		}
+		json.NewEncoder(w).Encode(st)
+	case "auth":
+		// "auth <repo> <key>": gcn-heartbeat registered a client; share it.
+		repo, hexKey, _ := strings.Cut(arg, " ")
+		key, err := wire.ParseKey(hexKey)
+		if err == nil {
+			err = wire.ValidRepoID(repo)
+		}
+		if err == nil {
+			err = s.ShareAuth(repo, key)
+		}
+		if err != nil {
+			fmt.Fprintf(w, "error %v\n", err)
+			return
+		}
+		io.WriteString(w, "ok\n")
 	default:
 		fmt.Fprintf(w, "error unknown command %q\n", cmd)
 	}

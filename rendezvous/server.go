@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/udpconn"
+	"github.com/gitchat/gcn-punch/rendezvous/cluster"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -107,7 +108,10 @@ type Config struct {
 	// MaxStreams caps the streams over SSH it accepts; 0 means
 	// DefaultMaxStreams.
 	MaxStreams int
-	Logger     *slog.Logger
+	// Cluster, when set, shares events and authorisations with other
+	// nodes through NATS JetStream (scaleout.go).
+	Cluster *cluster.Cluster
+	Logger  *slog.Logger
 }
 
 // Stats counts what the server did; every dropped datagram is counted.
@@ -156,7 +160,10 @@ type Stats struct {
 	HeldWritten uint64 `json:"held_written"` // held events written to the log since
 	// Every datagram the rendezvous's sockets took in and handed out, of any kind
 	// (STUN too): what a push costs it, whatever path each event took.
-	DatagramsIn  uint64 `json:"datagrams_in"`
+	// Scale-out (--cluster).
+	ClusterPublished uint64 `json:"cluster_published"` // events of this node's logs published to the stream
+	ClusterEvents    uint64 `json:"cluster_events"`    // events this node took from the stream before its log had them (or with no log)
+	DatagramsIn      uint64 `json:"datagrams_in"`
 	DatagramsOut uint64 `json:"datagrams_out"`
 }
 
@@ -167,6 +174,8 @@ type Server struct {
 	pub  wire.Key
 	priv wire.Key
 	kick chan struct{}
+	// cluster is its part in a cluster (scaleout.go); nil without one.
+	cluster *clusterState
 	mu   sync.Mutex
 	// Datagram counts, kept outside mu: the socket loops add to them per batch.
 	datagramsIn, datagramsOut atomic.Uint64
@@ -238,6 +247,9 @@ func New(cfg Config) (*Server, error) {
 		s.fan = &fanout{arity: cfg.Fanout, signer: signer, edges: map[uint64]*edge{}, waiting: map[uint64]*edge{}}
 		copy(s.fan.signPub[:], signer.Public().(ed25519.PublicKey))
 	}
+	if cfg.Cluster != nil {
+		s.cluster = newClusterState(cfg.Cluster)
+	}
 	if _, err := rand.Read(s.cookieKey[:]); err != nil {
 		return nil, err
 	}
@@ -299,6 +311,9 @@ func (s *Server) Run(ctx context.Context) error {
 				}
 			}
 		}
+	}
+	if s.cluster != nil {
+		wg.Go(func() { s.runCluster(ctx) })
 	}
 	wg.Go(func() { s.recordWriter(ctx) })
 	wg.Go(func() { s.heldWriter(ctx) })

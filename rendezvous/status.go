@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/control"
+	"github.com/gitchat/gcn-punch/rendezvous/cluster"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
 )
@@ -145,6 +146,46 @@ func WriteStats(w io.Writer, storeDir string) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(stats)
 }
+
+// WriteCluster prints the cluster as the running rendezvous sees it: its
+// connection, the events stream, and the live nodes with their clients.
+func WriteCluster(w io.Writer, storeDir string, asJSON bool) error {
+	st, err := store.OpenExisting(storeDir)
+	if err != nil {
+		return err
+	}
+	var cs cluster.Status
+	// The answer waits for the stream's and the nodes' state.
+	if err := control.AskJSON(st.SocketPath(), "cluster", clusterStatusTimeout, &cs); err != nil {
+		return askFailed(st.Dir, err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(cs)
+	}
+	conn := cs.Connected
+	if conn == "" {
+		conn = "not connected"
+	}
+	fmt.Fprintf(w, "node %s, NATS %s", cs.Node, conn)
+	if !cs.Ready {
+		fmt.Fprintln(w, "; the stream is not set up yet (the cluster is unreachable or electing its leader)")
+		return nil
+	}
+	fmt.Fprintf(w, "\nstream %s: %d events of %d repositories, %d bytes, sequence %d..%d, %d replicas (%d current, leader %s)\n",
+		cluster.StreamName, cs.Stream.Messages, cs.Stream.Subjects, cs.Stream.Bytes, cs.Stream.FirstSeq, cs.Stream.LastSeq,
+		cs.Stream.Replicas, cs.Stream.InCluster, cs.Stream.Leader)
+	fmt.Fprintf(w, "%-20s %-40s %8s  %s\n", "NODE", "UDP", "CLIENTS", "LAST SEEN")
+	for _, n := range cs.Nodes {
+		fmt.Fprintf(w, "%-20s %-40s %8d  %s ago\n", n.Name, strings.Join(n.UDP, ","), n.Clients, time.Since(n.Updated).Round(time.Second))
+	}
+	return nil
+}
+
+// clusterStatusTimeout bounds `status --cluster`: the node asks NATS for
+// the stream's and the nodes' state, a few round trips.
+const clusterStatusTimeout = 10 * time.Second
 
 // askFailed says why the rendezvous on a store did not answer, and what to do.
 func askFailed(storeDir string, err error) error {

@@ -33,6 +33,11 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.IntVar(&o.Fanout, "fanout", rendezvous.DefaultFanout, "arity of each repository's peer-to-peer tree; 0: the rendezvous sends to every client itself")
 	fs.Float64Var(&o.NewKeyRate, "new-key-rate", 4000, "keys not seen before that may cost a key computation each second; past it, new keys must echo a cookie")
 	fs.IntVar(&o.MaxStreams, "max-streams", rendezvous.DefaultMaxStreams, "streams over SSH (clients whose UDP is blocked) accepted at once; each costs an sshd process")
+	fs.StringVar(&o.Cluster.URLs, "cluster", "", "join a cluster of rendezvous nodes through NATS JetStream: nats://HOST:PORT[,nats://...] (default none: one node, as ever)")
+	fs.StringVar(&o.Cluster.Creds, "cluster-creds", "", "NATS credentials file for --cluster")
+	fs.StringVar(&o.Cluster.User, "cluster-user", "", "NATS user (with --cluster-password) or token for --cluster")
+	fs.StringVar(&o.Cluster.Password, "cluster-password", "", "NATS password for --cluster-user")
+	fs.StringVar(&o.Cluster.Name, "node", "", "this node's name in the cluster (default: the host name)")
 	fs.StringVar(&o.Metrics, "metrics", "", "serve the counters as Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9478; default off)")
 	logs := addLogFlags(fs)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for go tool pprof)")
@@ -315,6 +320,7 @@ func runStatus(args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	stats := fs.Bool("stats", false, "print the running rendezvous's (or with --state, daemon's) counters as JSON")
 	tree := fs.Bool("tree", false, "print each repository's peer-to-peer tree as the running rendezvous has it")
+	clusterView := fs.Bool("cluster", false, "print the cluster (--cluster): the events stream, and each node with its clients")
 	parse(fs, args)
 	if *stateDir != "" {
 		if *stats {
@@ -327,6 +333,9 @@ func runStatus(args []string) error {
 	}
 	if *tree {
 		return rendezvous.WriteTrees(os.Stdout, *dir, *asJSON)
+	}
+	if *clusterView {
+		return rendezvous.WriteCluster(os.Stdout, *dir, *asJSON)
 	}
 	return rendezvous.WriteStatus(os.Stdout, *dir, *asJSON)
 }

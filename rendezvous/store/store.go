@@ -318,6 +318,32 @@ func (s *Store) AuthExpiry(repoID string, id wire.Key) (time.Time, bool) {
 	return time.Unix(exp, 0), true
 }
 
+// EachAuth calls fn with every authorisation that parses, repository by
+// repository.
+func (s *Store) EachAuth(fn func(repoID string, id wire.Key, expiry time.Time)) error {
+	repos, err := os.ReadDir(filepath.Join(s.Dir, "auth"))
+	if err != nil {
+		return err
+	}
+	for _, rd := range repos {
+		repoID := repoIDFromDir(rd.Name())
+		if !rd.IsDir() || wire.ValidRepoID(repoID) != nil {
+			continue
+		}
+		keys, _ := os.ReadDir(filepath.Join(s.Dir, "auth", rd.Name()))
+		for _, kd := range keys {
+			id, err := wire.ParseKey(kd.Name())
+			if err != nil || len(kd.Name()) != 2*wire.KeyLen {
+				continue
+			}
+			if exp, ok := s.AuthExpiry(repoID, id); ok {
+				fn(repoID, id, exp)
+			}
+		}
+	}
+	return nil
+}
+
 // hexOK reports whether s is lowercase hex of a git object id.
 func hexOK(s string) bool {
 	if len(s) != 40 && len(s) != 64 {

@@ -1,0 +1,102 @@
+// Package natstest runs NATS servers with JetStream inside a test process, on loopback.
+package natstest
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// readyWithin bounds a server's start: one is up in about 30 ms here.
+const readyWithin = 10 * time.Second
+
+// FreePort is a loopback TCP port free a moment ago, for a server that must
+// come back on the same port after a stop.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs a JetStream server on 127.0.0.1:port (0: any) that keeps its
+// data in dir, and stops it when the test ends. Stop it earlier with
+// Shutdown; start it again on the same port and dir to bring its data back.
+func Start(t testing.TB, dir string, port int) *server.Server {
+	t.Helper()
+	if port == 0 {
+		port = -1
+	}
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(readyWithin) {
+		t.Fatal("NATS server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// URL is a server's client URL.
+func URL(s *server.Server) string { return s.ClientURL() }
+
+// Cluster runs n JetStream servers routed to each other as one cluster,
+// each with its own data directory under dir, and returns them and their
+// client URLs joined by commas.
+func Cluster(t testing.TB, dir string, n int) ([]*server.Server, string) {
+	t.Helper()
+	clusterPorts := make([]int, n)
+	for i := range clusterPorts {
+		clusterPorts[i] = FreePort(t)
+	}
+	var routes []string
+	for _, p := range clusterPorts {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	var servers []*server.Server
+	urls := ""
+	for i := range n {
+		opts := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: -1, JetStream: true,
+			StoreDir: fmt.Sprintf("%s/n%d", dir, i+1), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "gcn", Host: "127.0.0.1", Port: clusterPorts[i]},
+			Routes:  server.RoutesFromStr(joinComma(routes)),
+		}
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		t.Cleanup(s.Shutdown)
+		servers = append(servers, s)
+	}
+	for _, s := range servers {
+		if !s.ReadyForConnections(readyWithin) {
+			t.Fatal("NATS server not ready")
+		}
+		if urls != "" {
+			urls += ","
+		}
+		urls += s.ClientURL()
+	}
+	return servers, urls
+}
+
+func joinComma(xs []string) string {
+	out := ""
+	for i, x := range xs {
+		if i > 0 {
+			out += ","
+		}
+		out += x
+	}
+	return out
+}

@@ -1,0 +1,203 @@
+package punch_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/natstest"
+	"github.com/gitchat/gcn-punch/netsim"
+	"github.com/gitchat/gcn-punch/punch"
+	"github.com/gitchat/gcn-punch/rendezvous"
+	"github.com/gitchat/gcn-punch/rendezvous/cluster"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+// clusterNode is one rendezvous of a cluster, on the in-memory network.
+type clusterNode struct {
+	srv   *rendezvous.Server
+	store *store.Store
+	addr  string
+	stop  func()
+}
+
+// startNode runs a rendezvous at addr with its own store (holding the
+// shared identity in keys) joined to the NATS cluster at urls.
+func startNode(t *testing.T, mn *netsim.MemNet, addr, name, urls string, keys string, open bool) *clusterNode {
+	t.Helper()
+	dir := t.TempDir()
+	if keys != "" {
+		for _, f := range []string{"server.key", "server.pub", "server.sign"} {
+			b, err := os.ReadFile(filepath.Join(keys, f))
+			if err != nil {
+				continue
+			}
+			os.WriteFile(filepath.Join(dir, f), b, 0o600)
+		}
+	}
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := cluster.Connect(cluster.Options{URLs: urls, Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := mn.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: st, Open: open, Cluster: cl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Run(ctx); close(done) }()
+	var once sync.Once
+	n := &clusterNode{srv: srv, store: st, addr: addr}
+	n.stop = func() { once.Do(func() { cancel(); conn.Close(); <-done; cl.Close() }) }
+	t.Cleanup(n.stop)
+	return n
+}
+
+// nodeDaemon runs a daemon that follows chat.git at one node.
+func nodeDaemon(t *testing.T, mn *netsim.MemNet, addr string, n *clusterNode, rec *recorder) *punch.Daemon {
+	t.Helper()
+	conn, err := mn.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := runDaemon(t, conn, punch.Config{
+		Servers:  []punch.Server{{Addr: mustAddr(n.addr), Key: n.srv.PublicKey(), Repos: []string{"chat.git"}}},
+		StateDir: filepath.Join(t.TempDir(), "state"),
+		Handle:   rec.handle,
+	})
+	if !realWait(20*time.Second, func() bool { _, ok := d.LastSeq(n.srv.PublicKey(), "chat.git"); return ok }) {
+		t.Fatal("a daemon never learned its position")
+	}
+	return d
+}
+
+// push records n events in the store's log, with messages, and pokes its
+// rendezvous, as the hook does.
+func (n *clusterNode) push(t *testing.T, from, count int) {
+	t.Helper()
+	for i := from; i < from+count; i++ {
+		u := store.Update{Old: fmt.Sprintf("%040x", i), New: fmt.Sprintf("%040x", i+1), Ref: "refs/heads/main"}
+		n.store.AppendMessages("chat.git", []store.Message{{Old: u.Old, New: u.New, Chat: wire.Chat{Author: "alice", Subject: fmt.Sprintf("message %d", i+1)}}})
+		if _, err := n.store.Append("chat.git", []store.Update{u}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		n.srv.Poke("chat.git")
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func waitHandled(t *testing.T, name string, rec *recorder, n int) {
+	t.Helper()
+	if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= n }) {
+		t.Fatalf("%s handled %d of %d", name, len(rec.snapshot()), n)
+	}
+	time.Sleep(200 * time.Millisecond) // a late duplicate would show now
+	wantExactlyInOrder(t, name, rec.snapshot(), n)
+}
+
+// Two rendezvous nodes share one identity and a JetStream server. Pushes
+// recorded beside node A reach a daemon at node B through the stream,
+// exactly once, in order, with their messages. While the cluster is down,
+// A's own clients still get every push (from A's log), and once it is back
+// A publishes the backlog and B's daemon gets it: nothing lost or doubled.
+func TestClusterTwoNodesDeliverAndCatchUp(t *testing.T) {
+	natsDir, port := t.TempDir(), natstest.FreePort(t)
+	ns := natstest.Start(t, natsDir, port)
+	urls := natstest.URL(ns)
+	mn := netsim.NewMemNet(7)
+	a := startNode(t, mn, "198.18.0.1:3478", "a", urls, "", true)
+	b := startNode(t, mn, "198.18.0.2:3478", "b", urls, a.store.Dir, true)
+	if a.srv.PublicKey() != b.srv.PublicKey() {
+		t.Fatal("the nodes do not share their identity")
+	}
+	var atA, atB recorder
+	nodeDaemon(t, mn, "198.19.1.2:40000", a, &atA)
+	nodeDaemon(t, mn, "198.19.2.2:40000", b, &atB)
+
+	a.push(t, 0, 50)
+	waitHandled(t, "the daemon at A", &atA, 50)
+	waitHandled(t, "the daemon at B", &atB, 50)
+	atB.mu.Lock()
+	if ev := atB.events[49]; ev.Author != "alice" || ev.Subject != "message 50" {
+		t.Fatalf("the message did not travel through the stream: %+v", ev)
+	}
+	atB.mu.Unlock()
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	a.push(t, 50, 10)
+	waitHandled(t, "the daemon at A, the cluster down", &atA, 60)
+	if got := len(atB.snapshot()); got != 50 {
+		t.Fatalf("B's daemon handled %d with the cluster down, want 50", got)
+	}
+	natstest.Start(t, natsDir, port) // back, with its data
+	waitHandled(t, "the daemon at B, the cluster back", &atB, 60)
+	if st := a.srv.Stats(); st.ClusterPublished != 60 {
+		t.Fatalf("A published %d events, want 60 (each once)", st.ClusterPublished)
+	}
+	if st := b.srv.Stats(); st.ClusterEvents != 60 || st.ClusterPublished != 0 {
+		t.Fatalf("B took %d events from the stream and published %d, want 60 and 0", st.ClusterEvents, st.ClusterPublished)
+	}
+}
+
+// In registered mode, a client registered beside node A (its store) is
+// served by node B through the shared authorisations, and revoking it at
+// A ends it at B too.
+func TestClusterSharesAuthorisations(t *testing.T) {
+	ns := natstest.Start(t, t.TempDir(), 0)
+	urls := natstest.URL(ns)
+	mn := netsim.NewMemNet(8)
+	a := startNode(t, mn, "198.18.0.1:3478", "a", urls, "", false)
+	b := startNode(t, mn, "198.18.0.2:3478", "b", urls, a.store.Dir, false)
+
+	conn, err := mn.Listen("198.19.2.2:40000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(t.TempDir(), "state")
+	pub, _, err := punch.LoadOrCreateKey(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.store.Authorise("chat.git", pub, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// As gcn-heartbeat asks the rendezvous beside the store.
+	if !realWait(20*time.Second, func() bool { return a.srv.ShareAuth("chat.git", pub) == nil }) {
+		t.Fatal("the authorisation was never shared")
+	}
+	var atB recorder
+	d, _ := runDaemon(t, conn, punch.Config{
+		Servers:  []punch.Server{{Addr: mustAddr(b.addr), Key: b.srv.PublicKey(), Repos: []string{"chat.git"}}},
+		StateDir: state, Handle: atB.handle,
+	})
+	if !realWait(20*time.Second, func() bool { _, ok := d.LastSeq(b.srv.PublicKey(), "chat.git"); return ok }) {
+		t.Fatal("node B never accepted the client registered at A")
+	}
+	a.push(t, 0, 5)
+	waitHandled(t, "the daemon at B", &atB, 5)
+
+	os.Remove(filepath.Join(a.store.Dir, "auth", "chat.git", pub.String()))
+	a.srv.Revoke(pub)
+	if !realWait(20*time.Second, func() bool { return len(b.srv.Clients()) == 0 }) {
+		t.Fatal("node B still serves the client revoked at A")
+	}
+	a.push(t, 5, 3)
+	time.Sleep(time.Second)
+	if got := len(atB.snapshot()); got != 5 {
+		t.Fatalf("the revoked daemon handled %d events, want 5", got)
+	}
+}

@@ -1,0 +1,171 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gitchat/gcn-punch/internal/natstest"
+	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
+)
+
+func connect(t *testing.T, urls, name string) *Cluster {
+	t.Helper()
+	c, err := Connect(Options{URLs: urls, Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func ev(seq uint64) store.Event {
+	return store.Event{Seq: seq, TimeMilli: int64(seq), Old: fmt.Sprintf("%040x", seq-1), New: fmt.Sprintf("%040x", seq), Ref: "refs/heads/main",
+		Chat: &wire.Chat{Author: "alice", Subject: fmt.Sprintf("m%d", seq), Count: 1}}
+}
+
+// An event published twice is in the stream once; the stream says where a
+// repository stands; a second node consumes every event, in order, with
+// its message; repository ids with dots and slashes keep apart.
+func TestPublishOnceConsumeInOrder(t *testing.T) {
+	s := natstest.Start(t, t.TempDir(), 0)
+	a := connect(t, natstest.URL(s), "a")
+	b := connect(t, natstest.URL(s), "b")
+	ctx := context.Background()
+	for _, repo := range []string{"chat.git", "team/chat.git"} {
+		for seq := uint64(1); seq <= 20; seq++ {
+			for range 2 { // every event twice: a publisher that retried
+				if err := a.Publish(ctx, repo, ev(seq)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if last, err := a.LastPublished(ctx, "chat.git"); err != nil || last != 20 {
+		t.Fatalf("last published %d, %v", last, err)
+	}
+	if last, err := a.LastPublished(ctx, "other.git"); err != nil || last != 0 {
+		t.Fatalf("a repository with no events: %d, %v", last, err)
+	}
+	var mu sync.Mutex
+	got := map[string][]store.Event{}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		b.ConsumeEvents(cctx, func(repo string, e store.Event) {
+			mu.Lock()
+			got[repo] = append(got[repo], e)
+			mu.Unlock()
+		})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		n := len(got["chat.git"]) + len(got["team/chat.git"])
+		mu.Unlock()
+		if n >= 40 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a duplicate would show now
+	mu.Lock()
+	defer mu.Unlock()
+	for _, repo := range []string{"chat.git", "team/chat.git"} {
+		evs := got[repo]
+		if len(evs) != 20 {
+			t.Fatalf("%s: consumed %d events, want 20 (each once)", repo, len(evs))
+		}
+		for i, e := range evs {
+			if e.Seq != uint64(i+1) || e.Chat == nil || e.Chat.Subject != fmt.Sprintf("m%d", i+1) || e.Ref != "refs/heads/main" {
+				t.Fatalf("%s: event %d is %+v", repo, i, e)
+			}
+		}
+	}
+	st := b.Status(ctx)
+	if !st.Ready || st.Stream.Messages != 40 || st.Stream.Subjects != 2 {
+		t.Fatalf("status: %+v", st)
+	}
+}
+
+// Authorisations put by one node reach another's watcher, and so does
+// their end.
+func TestAuthorisationsReachEveryNode(t *testing.T) {
+	s := natstest.Start(t, t.TempDir(), 0)
+	a := connect(t, natstest.URL(s), "a")
+	b := connect(t, natstest.URL(s), "b")
+	ctx, cancel := context.WithCancel(context.Background())
+	changes := make(chan AuthChange, 10)
+	done := make(chan struct{})
+	go func() { b.WatchAuth(ctx, func(c AuthChange) { changes <- c }); close(done) }()
+	defer func() { cancel(); <-done }()
+	key := wire.Key{1, 2, 3}
+	exp := time.Unix(time.Now().Add(time.Hour).Unix(), 0)
+	if err := a.PutAuth(ctx, "team/chat.git", key, exp); err != nil {
+		t.Fatal(err)
+	}
+	want := func(deleted bool) {
+		t.Helper()
+		select {
+		case c := <-changes:
+			if c.Repo != "team/chat.git" || c.Key != key || c.Deleted != deleted || (!deleted && !c.Expiry.Equal(exp)) {
+				t.Fatalf("change %+v", c)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no change reached the other node")
+		}
+	}
+	want(false)
+	if err := a.DeleteAuth(ctx, []string{"team/chat.git"}, key); err != nil {
+		t.Fatal(err)
+	}
+	want(true)
+}
+
+// Nodes list themselves, and a malformed event in the stream is skipped
+// rather than taken.
+func TestNodesAndMalformedEvents(t *testing.T) {
+	s := natstest.Start(t, t.TempDir(), 0)
+	a := connect(t, natstest.URL(s), "a")
+	ctx := context.Background()
+	if err := a.PutNode(ctx, NodeInfo{Name: "a", UDP: []string{"198.18.0.1:3478"}, Clients: 7, Updated: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := a.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Clients != 7 {
+		t.Fatalf("nodes %+v, %v", nodes, err)
+	}
+	for _, bad := range []string{`{"repo":"chat.git","seq":0}`, `{"repo":"../x","seq":1,"old":"` + strings.Repeat("0", 40) + `"}`, `not json`} {
+		if _, _, err := decodeEvent([]byte(bad)); err == nil {
+			t.Errorf("decoded %s", bad)
+		}
+	}
+}
+
+func FuzzDecodeEvent(f *testing.F) {
+	f.Add([]byte(`{"repo":"chat.git","seq":1,"time_ms":1,"old":"` + strings.Repeat("0", 40) + `","new":"` + strings.Repeat("a", 40) + `","ref":"refs/heads/main","author":"al","subject":"hi","count":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		repo, e, err := decodeEvent(b)
+		if err != nil {
+			return
+		}
+		// What decodes is an event a notification can carry.
+		if err := (&wire.Notify{Seq: e.Seq, RepoID: repo, Ref: e.Ref, Old: e.Old, New: e.New}).Validate(); err != nil || e.Seq == 0 {
+			t.Fatalf("decoded an invalid event: %v", err)
+		}
+		if e.Chat != nil && (wire.TrimText(e.Chat.Subject, wire.MaxSubject) != e.Chat.Subject || wire.TrimText(e.Chat.Author, wire.MaxAuthor) != e.Chat.Author) {
+			t.Fatal("decoded a message that is not clean")
+		}
+	})
+}
