@@ -164,7 +164,7 @@ type Stats struct {
 	ClusterPublished uint64 `json:"cluster_published"` // events of this node's logs published to the stream
 	ClusterEvents    uint64 `json:"cluster_events"`    // events this node took from the stream before its log had them (or with no log)
 	DatagramsIn      uint64 `json:"datagrams_in"`
-	DatagramsOut uint64 `json:"datagrams_out"`
+	DatagramsOut     uint64 `json:"datagrams_out"`
 }
 
 // Server is a running rendezvous.
@@ -176,7 +176,7 @@ type Server struct {
 	kick chan struct{}
 	// cluster is its part in a cluster (scaleout.go); nil without one.
 	cluster *clusterState
-	mu   sync.Mutex
+	mu      sync.Mutex
 	// Datagram counts, kept outside mu: the socket loops add to them per batch.
 	datagramsIn, datagramsOut atomic.Uint64
 	// dirty holds the latest record of each client still to be written;
