@@ -60,6 +60,8 @@ type Result struct {
 	Held bool
 	// Messages is how many updates' chat messages were recorded.
 	Messages int
+	// Published says the events reached the cluster's stream (--cluster).
+	Published bool
 }
 
 // Run appends the updates read from Stdin and notifies. Every problem is
@@ -118,6 +120,7 @@ func Run(o Options) (Result, error) {
 		// that failed): say so loudly, and deliver.
 		fmt.Fprintf(o.Stderr, "gcn-punch: %s: %v\n", id, err)
 	}
+	res.Published = publishToCluster(st, id, res.Events)
 	reply, err := control.Dial(st.SocketPath(), "poke "+id, PokeTimeout)
 	if err == nil && reply == "ok\n" {
 		res.Poked = true

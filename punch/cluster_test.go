@@ -2,13 +2,17 @@ package punch_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gitchat/gcn-punch/hook"
 	"github.com/gitchat/gcn-punch/internal/natstest"
 	"github.com/gitchat/gcn-punch/netsim"
 	"github.com/gitchat/gcn-punch/punch"
@@ -66,17 +70,19 @@ func startNode(t *testing.T, mn *netsim.MemNet, addr, name, urls string, keys st
 	return n
 }
 
-// nodeDaemon runs a daemon that follows chat.git at one node.
-func nodeDaemon(t *testing.T, mn *netsim.MemNet, addr string, n *clusterNode, rec *recorder) *punch.Daemon {
+// nodeDaemon runs a daemon that follows chat.git at one node (keepalive
+// zero: learned, as by default).
+func nodeDaemon(t *testing.T, mn *netsim.MemNet, addr string, n *clusterNode, rec *recorder, keepalive time.Duration) *punch.Daemon {
 	t.Helper()
 	conn, err := mn.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d, _ := runDaemon(t, conn, punch.Config{
-		Servers:  []punch.Server{{Addr: mustAddr(n.addr), Key: n.srv.PublicKey(), Repos: []string{"chat.git"}}},
-		StateDir: filepath.Join(t.TempDir(), "state"),
-		Handle:   rec.handle,
+		Servers:        []punch.Server{{Addr: mustAddr(n.addr), Key: n.srv.PublicKey(), Repos: []string{"chat.git"}}},
+		StateDir:       filepath.Join(t.TempDir(), "state"),
+		Handle:         rec.handle,
+		FixedKeepalive: keepalive,
 	})
 	if !realWait(20*time.Second, func() bool { _, ok := d.LastSeq(n.srv.PublicKey(), "chat.git"); return ok }) {
 		t.Fatal("a daemon never learned its position")
@@ -101,7 +107,7 @@ func (n *clusterNode) push(t *testing.T, from, count int) {
 
 func waitHandled(t *testing.T, name string, rec *recorder, n int) {
 	t.Helper()
-	if !realWait(30*time.Second, func() bool { return len(rec.snapshot()) >= n }) {
+	if !realWait(60*time.Second, func() bool { return len(rec.snapshot()) >= n }) {
 		t.Fatalf("%s handled %d of %d", name, len(rec.snapshot()), n)
 	}
 	time.Sleep(200 * time.Millisecond) // a late duplicate would show now
@@ -124,8 +130,8 @@ func TestClusterTwoNodesDeliverAndCatchUp(t *testing.T) {
 		t.Fatal("the nodes do not share their identity")
 	}
 	var atA, atB recorder
-	nodeDaemon(t, mn, "198.19.1.2:40000", a, &atA)
-	nodeDaemon(t, mn, "198.19.2.2:40000", b, &atB)
+	nodeDaemon(t, mn, "198.19.1.2:40000", a, &atA, 0)
+	nodeDaemon(t, mn, "198.19.2.2:40000", b, &atB, 0)
 
 	a.push(t, 0, 50)
 	waitHandled(t, "the daemon at A", &atA, 50)
@@ -200,4 +206,69 @@ func TestClusterSharesAuthorisations(t *testing.T) {
 	if got := len(atB.snapshot()); got != 5 {
 		t.Fatalf("the revoked daemon handled %d events, want 5", got)
 	}
+}
+
+// A daemon learns the cluster's nodes from its node and, when that node
+// is killed mid-stream, moves to another: its next keepalive goes
+// unanswered, and after the retries (8 s) it moves. Every push, before,
+// during and after the move, is handled exactly once, in order. (A 5 s
+// keepalive keeps the test short; the bound is the interval and 8 s.)
+func TestClusterDaemonMovesWhenItsNodeDies(t *testing.T) {
+	ns := natstest.Start(t, t.TempDir(), 0)
+	urls := natstest.URL(ns)
+	mn := netsim.NewMemNet(9)
+	a := startNode(t, mn, "198.18.0.1:3478", "a", urls, "", true) // beside the store: the publisher
+	b := startNode(t, mn, "198.18.0.2:3478", "b", urls, a.store.Dir, true)
+	c := startNode(t, mn, "198.18.0.3:3478", "c", urls, a.store.Dir, true)
+	var rec recorder
+	d := nodeDaemon(t, mn, "198.19.1.2:40000", b, &rec, 5*time.Second)
+	// Every node lists itself within a refresh; the daemon hears the list.
+	if !realWait(30*time.Second, func() bool { return len(d.Status().Servers[0].Nodes) == 3 }) {
+		t.Fatalf("the daemon never learned the three nodes: %+v", d.Status().Servers[0])
+	}
+	a.push(t, 0, 20)
+	waitHandled(t, "the daemon at B", &rec, 20)
+	b.stop() // as kill -9: no goodbye
+	killed := time.Now()
+	a.push(t, 20, 20)
+	waitHandled(t, "the daemon after B died", &rec, 40)
+	t.Logf("all 40 handled %v after the node died", time.Since(killed).Round(100*time.Millisecond))
+	st := d.Status().Servers[0]
+	if st.Addr != c.addr && st.Addr != a.addr {
+		t.Fatalf("the daemon is at %s, want another node", st.Addr)
+	}
+	if d.Stats().NodeMoves == 0 {
+		t.Fatal("no move counted")
+	}
+}
+
+// The hook publishes each push to the cluster itself: with the rendezvous
+// beside the store dead, pushes still reach a daemon at another node, each
+// once, in order.
+func TestClusterHookPublishesWhenItsRendezvousIsDown(t *testing.T) {
+	ns := natstest.Start(t, t.TempDir(), 0)
+	urls := natstest.URL(ns)
+	mn := netsim.NewMemNet(10)
+	a := startNode(t, mn, "198.18.0.1:3478", "a", urls, "", true)
+	b := startNode(t, mn, "198.18.0.2:3478", "b", urls, a.store.Dir, true)
+	cf, _ := json.Marshal(cluster.Options{URLs: urls})
+	if err := a.store.SetCluster(cf); err != nil { // as ListenAndServe writes it
+		t.Fatal(err)
+	}
+	var rec recorder
+	nodeDaemon(t, mn, "198.19.2.2:40000", b, &rec, 0)
+	hookPush := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			res, err := hook.Run(hook.Options{StoreDir: a.store.Dir, RepoID: "chat.git", Stderr: io.Discard,
+				Stdin: strings.NewReader(fmt.Sprintf("%040x %040x refs/heads/main\n", i, i+1))})
+			if err != nil || !res.Published {
+				t.Fatalf("hook: %+v %v", res, err)
+			}
+		}
+	}
+	hookPush(0, 5)
+	waitHandled(t, "the daemon at B", &rec, 5)
+	a.stop()
+	hookPush(5, 5)
+	waitHandled(t, "the daemon at B, A down", &rec, 10)
 }

@@ -39,6 +39,9 @@ type ServerStatus struct {
 	// family's path, the primary carrying the deliveries (paths.go). The
 	// fields above are the primary's.
 	Paths []PathStatus `json:"paths,omitempty"`
+	// Nodes are a clustered rendezvous's nodes, which the daemon may move
+	// between (nodes.go).
+	Nodes []string `json:"nodes,omitempty"`
 }
 
 // PathStatus is one address family's path to a rendezvous.
@@ -79,6 +82,9 @@ func (d *Daemon) Status() Status {
 		ss := ServerStatus{Key: p.key.String(), Addr: prim.addr.String(), LastPong: prim.lastPong, Keepalive: prim.interval.String(), Path: "udp", PathSince: p.pathSince}
 		if p.stream != nil {
 			ss.Path = "ssh"
+		}
+		for _, n := range p.nodes {
+			ss.Nodes = append(ss.Nodes, n.String())
 		}
 		if prim.observed.IsValid() {
 			ss.Observed = prim.observed.String()

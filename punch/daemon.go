@@ -96,6 +96,8 @@ type Stats struct {
 	PunchAttempts uint64 `json:"punch_attempts"` // edges whose paths were sought
 	wire.PunchOK         // paths formed, by the remote candidate's kind
 	PunchFailed   uint64 `json:"punch_failed"` // edges on which no path formed
+	// A clustered rendezvous.
+	NodeMoves uint64 `json:"node_moves"` // moves to another node after one stopped answering
 }
 
 // Daemon follows repositories and handles their notifications.
@@ -167,6 +169,10 @@ type serverLink struct {
 	subscribeFor   [wire.SubscribeDigest]byte
 	subscribeTries int
 	subscribed     bool
+	// A clustered rendezvous's nodes (nodes.go), and when the link last
+	// moved between them.
+	nodes   []netip.AddrPort
+	movedAt time.Time
 }
 
 // New loads the client key and state.

@@ -173,7 +173,9 @@ func (d *Daemon) sendKeepaliveVia(p *serverLink, u *udpPath, probe time.Duration
 	// from the clock.
 	p.counter = max(p.counter+1, uint64(now.UnixNano()))
 	u.remember(sentKeepalive{counter: p.counter, standby: standby, repos: srv.Repos})
-	quiet = probe == 0 && allKnown && !p.denied && !u.check && !u.lastPong.IsZero() && now.Sub(u.lastPong) < wire.PongRefresh
+	// With several nodes to move to, every keepalive asks for a pong, so
+	// that a node that dies is noticed within an interval (nodes.go).
+	quiet = probe == 0 && allKnown && !p.denied && !u.check && !u.lastPong.IsZero() && now.Sub(u.lastPong) < wire.PongRefresh && !p.multiNode()
 	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs, Quiet: quiet, Standby: standby}
 	u.probeCounter = 0
 	if probe > 0 {

@@ -160,6 +160,8 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) er
 		}
 	case *wire.Subscribed:
 		d.onSubscribed(p, m)
+	case *wire.Nodes:
+		d.onNodes(p, m)
 	case *wire.Fanout:
 		d.onFanout(ctx, p, m)
 	case *wire.Edge:

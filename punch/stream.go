@@ -153,6 +153,9 @@ func (d *Daemon) pathWatch(ctx context.Context, p *serverLink) {
 			}
 			opened = time.Time{}
 		}
+		if d.failover(p, silent, now) {
+			continue // another node of the cluster, over UDP, before SSH
+		}
 		if silent < udpDeadAfter || now.Before(next) {
 			continue
 		}

@@ -13,7 +13,7 @@ const subscribeTries = 4
 // subscription is the Subscribe this daemon sends a rendezvous: it reads
 // chat messages, and wants the refs of Config.Refs in each repository.
 func (d *Daemon) subscription(p *serverLink) *wire.Subscribe {
-	m := &wire.Subscribe{Flags: wire.SubscribeMessages}
+	m := &wire.Subscribe{Flags: wire.SubscribeMessages | wire.SubscribeNodes}
 	if len(d.cfg.Refs) > 0 {
 		for _, repo := range p.server().Repos {
 			m.Repos = append(m.Repos, wire.RepoPrefs{RepoID: repo, Refs: d.cfg.Refs})

@@ -110,7 +110,7 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 	}
 	s.stats.Keepalives++
 	// A quiet keepalive is answered only with news for the client.
-	news := !m.Quiet || m.ProbeMillis > 0 || allowed < len(m.Subs)
+	news := !m.Quiet || m.ProbeMillis > 0 || allowed < len(m.Subs) || s.nodesNews(c)
 	if c == nil {
 		news = true
 		c = &client{key: key, shared: shared, addr: src, conn: conn, pathSince: now.UnixNano()}
@@ -200,6 +200,7 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 		return nil
 	}
 	pong := s.seal(&wire.Pong{Counter: m.Counter, Observed: src, Statuses: statuses}, key, &shared, reqLen)
+	s.offerNodes(c) // a cluster's nodes, when they changed since it last heard
 	if c.proven != src {
 		s.challenge(c, src, reqLen-len(pong), now)
 		return pong

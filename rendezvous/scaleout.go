@@ -2,7 +2,9 @@ package rendezvous
 
 import (
 	"context"
+	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -43,6 +45,10 @@ type clusterState struct {
 	auth map[authEntry]int64
 	// unshared are registrations the cluster could not take yet.
 	unshared map[authEntry]bool
+	// nodes are the live nodes' advertised addresses, sorted, and
+	// nodesVer counts their changes (clients are sent each version once).
+	nodes    []netip.AddrPort
+	nodesVer uint32
 	kick     chan struct{}
 }
 
@@ -87,6 +93,7 @@ func (s *Server) runCluster(ctx context.Context) {
 			if err := cs.cl.PutNode(ctx, s.nodeInfo()); err == nil {
 				lastNode = time.Now()
 			}
+			s.refreshNodes(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -97,11 +104,16 @@ func (s *Server) runCluster(ctx context.Context) {
 	}
 }
 
-// nodeInfo is what this node tells the others of itself.
+// nodeInfo is what this node tells the others of itself: the addresses
+// clients reach it at (--advertise, else its bound addresses that name a
+// host).
 func (s *Server) nodeInfo() cluster.NodeInfo {
 	n := cluster.NodeInfo{Name: s.cluster.cl.Name(), Updated: time.Now()}
+	for _, a := range s.cfg.Advertise {
+		n.UDP = append(n.UDP, a.String())
+	}
 	for _, g := range s.grids {
-		if c := g[0][0]; c != nil {
+		if c := g[0][0]; c != nil && len(s.cfg.Advertise) == 0 && !c.LocalAddrPort().Addr().IsUnspecified() {
 			n.UDP = append(n.UDP, c.LocalAddrPort().String())
 		}
 	}
@@ -321,4 +333,46 @@ func (s *Server) ClusterStatus(ctx context.Context) (st cluster.Status, ok bool)
 		return st, false
 	}
 	return s.cluster.cl.Status(ctx), true
+}
+
+// refreshNodes reads the live nodes' addresses; a change makes a new
+// version, which each client that reads Nodes is sent with its next pong.
+func (s *Server) refreshNodes(ctx context.Context) {
+	infos, err := s.cluster.cl.Nodes(ctx)
+	if err != nil {
+		return
+	}
+	var addrs []netip.AddrPort
+	for _, n := range infos {
+		for _, u := range n.UDP {
+			if a, err := netip.ParseAddrPort(u); err == nil && !a.Addr().IsUnspecified() && len(addrs) < wire.MaxNodes {
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	slices.SortFunc(addrs, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !slices.Equal(addrs, s.cluster.nodes) {
+		s.cluster.nodes = addrs
+		s.cluster.nodesVer++
+		s.log.Info("cluster nodes", "udp", addrs)
+	}
+}
+
+// nodesNews reports whether a client that reads them has not been sent
+// the current node list: news, which a quiet keepalive is answered for.
+// Called with mu held.
+func (s *Server) nodesNews(c *client) bool {
+	return s.cluster != nil && c != nil && c.prefs != nil && c.prefs.nodes && len(s.cluster.nodes) > 0 && c.prefs.nodesSent != s.cluster.nodesVer
+}
+
+// offerNodes sends a client that reads them the cluster's nodes, once per
+// version of the list. Called with mu held.
+func (s *Server) offerNodes(c *client) {
+	if !s.nodesNews(c) {
+		return
+	}
+	c.prefs.nodesSent = s.cluster.nodesVer
+	s.note(c, &wire.Nodes{Addrs: slices.Clone(s.cluster.nodes)})
 }

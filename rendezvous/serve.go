@@ -35,8 +35,10 @@ type Options struct {
 	Metrics string
 	// Version is the build's, for the start line.
 	Version string
-	// Cluster, with URLs set, joins this node to a cluster (scaleout.go).
-	Cluster cluster.Options
+	// Cluster, with URLs set, joins this node to a cluster (scaleout.go);
+	// Advertise, comma-separated HOST:PORTs, is where clients reach it.
+	Cluster   cluster.Options
+	Advertise string
 	Logger  *slog.Logger
 }
 
@@ -63,6 +65,16 @@ func ListenAndServe(ctx context.Context, o Options) error {
 		}
 		defer cl.Close()
 		cfg.Cluster = cl
+		for _, a := range strings.Split(o.Advertise, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				continue
+			}
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil || ap.Addr().IsUnspecified() || ap.Port() == 0 {
+				return fmt.Errorf("--advertise %q: give the IP:PORT clients reach this node at", a)
+			}
+			cfg.Advertise = append(cfg.Advertise, ap)
+		}
 	}
 	var grids []*Grid
 	for i, l := range listens {
@@ -104,6 +116,14 @@ func ListenAndServe(ctx context.Context, o Options) error {
 			return fmt.Errorf("--metrics: %w", err)
 		}
 		defer metrics.Close()
+	}
+	// The hook publishes each push to the cluster itself (cluster.PublishNow).
+	var clusterFile []byte
+	if cfg.Cluster != nil {
+		clusterFile, _ = json.Marshal(o.Cluster)
+	}
+	if err := st.SetCluster(clusterFile); err != nil {
+		return err
 	}
 	if err := st.SetRendezvous(conn.LocalAddrPort(), o.Open, second); err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -109,8 +110,10 @@ type Config struct {
 	// DefaultMaxStreams.
 	MaxStreams int
 	// Cluster, when set, shares events and authorisations with other
-	// nodes through NATS JetStream (scaleout.go).
-	Cluster *cluster.Cluster
+	// nodes through NATS JetStream (scaleout.go); Advertise are the
+	// addresses clients reach this node at (default: its bound ones).
+	Cluster   *cluster.Cluster
+	Advertise []netip.AddrPort
 	Logger  *slog.Logger
 }
 

@@ -14,6 +14,10 @@ import (
 type prefs struct {
 	messages bool
 	refs     map[string][]string // repository id → patterns; absent: every ref
+	// nodes: it reads Nodes (0x17); nodesSent is the version of the node
+	// list it was sent last (scaleout.go).
+	nodes     bool
+	nodesSent uint32
 }
 
 // onSubscribe takes a daemon's preferences, from the address it has shown
@@ -25,7 +29,7 @@ func (s *Server) onSubscribe(c *client, m *wire.Subscribe, src netip.AddrPort, n
 		return nil
 	}
 	c.seenFrom(src, now)
-	p := &prefs{messages: m.Flags&wire.SubscribeMessages != 0}
+	p := &prefs{messages: m.Flags&wire.SubscribeMessages != 0, nodes: m.Flags&wire.SubscribeNodes != 0}
 	for _, r := range m.Repos {
 		if len(r.Refs) > 0 {
 			if p.refs == nil {
@@ -52,6 +56,7 @@ func (s *Server) onSubscribe(c *client, m *wire.Subscribe, src netip.AddrPort, n
 		}
 	}
 	s.kickSender()
+	s.offerNodes(c)
 	// The address is proven: the confirmation may be larger than the request.
 	return s.seal(&wire.Subscribed{Digest: m.Digest()}, c.key, &c.shared, wire.MaxDatagram)
 }

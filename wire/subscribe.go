@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"path"
 	"strings"
 	"unicode/utf8"
@@ -26,8 +27,12 @@ const (
 	SubscribeDigest = 8   // bytes of the digest Subscribed confirms
 )
 
-// SubscribeMessages is the Subscribe flag "send me type 0x14".
-const SubscribeMessages = 1 << 0
+// Subscribe flags: what the daemon understands.
+const (
+	SubscribeMessages = 1 << 0 // Notify 0x14 and Forward 0x16
+	SubscribeNodes    = 1 << 1 // Nodes 0x17
+	subscribeFlags    = SubscribeMessages | SubscribeNodes
+)
 
 // RepoPrefs is what a daemon wants of one repository.
 type RepoPrefs struct {
@@ -41,7 +46,8 @@ type RepoPrefs struct {
 //
 //	offset  size  field
 //	0       1     type 0x13
-//	1       1     flags: bit 0 = understands Notify with message (0x14); others zero
+//	1       1     flags: bit 0 = understands Notify with message (0x14) and Forward
+//	              with message (0x16); bit 1 = understands Nodes (0x17); others zero
 //	2       1     number of repositories N, 0..16
 //	then, per repository:
 //	        1     repository id length L, 1..100
@@ -59,7 +65,44 @@ const (
 	TypeSubscribe  Type = 0x13 // client → rendezvous: ref filters, features
 	TypeNotifyMsg  Type = 0x14 // rendezvous → client: Notify with its chat message
 	TypeSubscribed Type = 0x15 // rendezvous → client: the Subscribe was taken
+	TypeNodes      Type = 0x17 // rendezvous → client: every node of its cluster
 )
+
+// MaxNodes bounds the nodes a Nodes message lists.
+const MaxNodes = 16
+
+// Nodes lists the addresses of every rendezvous node of a cluster (the
+// sender among them), which share one identity: a daemon whose node stops
+// answering moves to another.
+//
+//	offset  size  field
+//	0       1     type 0x17
+//	1       1     number of addresses N, 1..16
+//	then N × address: 1 length (4 or 16), the IP, 2 port
+type Nodes struct {
+	Addrs []netip.AddrPort
+}
+
+// AppendPlaintext implements Message.
+func (m *Nodes) AppendPlaintext(b []byte) []byte {
+	b = append(b, byte(TypeNodes), byte(len(m.Addrs)))
+	for _, a := range m.Addrs {
+		b = appendAddrPort(b, a)
+	}
+	return b
+}
+
+func parseNodes(r *reader) *Nodes {
+	m := &Nodes{}
+	n := int(r.u8())
+	if r.err == nil && (n == 0 || n > MaxNodes) {
+		r.fail(fmt.Errorf("%w: %d nodes", ErrField, n))
+	}
+	for i := 0; i < n && r.err == nil; i++ {
+		m.Addrs = append(m.Addrs, r.candidateAddr())
+	}
+	return m
+}
 
 // AppendPlaintext implements Message.
 func (m *Subscribe) AppendPlaintext(b []byte) []byte {
@@ -84,7 +127,7 @@ func (m *Subscribe) Digest() (d [SubscribeDigest]byte) {
 
 // Validate checks that every field can be encoded.
 func (m *Subscribe) Validate() error {
-	if m.Flags&^SubscribeMessages != 0 {
+	if m.Flags&^subscribeFlags != 0 {
 		return fmt.Errorf("%w: subscribe flags %#x", ErrField, m.Flags)
 	}
 	if len(m.Repos) > MaxSubs {
@@ -129,7 +172,7 @@ func parseSubscribe(r *reader) *Subscribe {
 		}
 		m.Repos = append(m.Repos, rp)
 	}
-	if r.err == nil && m.Flags&^SubscribeMessages != 0 {
+	if r.err == nil && m.Flags&^subscribeFlags != 0 {
 		r.fail(fmt.Errorf("%w: subscribe flags %#x", ErrField, m.Flags))
 	}
 	return m

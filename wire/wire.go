@@ -285,6 +285,8 @@ func ParsePlaintext(p []byte) (Message, error) {
 		m = &Validated{}
 	case TypeSubscribe:
 		m = parseSubscribe(&r)
+	case TypeNodes:
+		m = parseNodes(&r)
 	case TypeSubscribed:
 		var d Subscribed
 		copy(d.Digest[:], r.take(SubscribeDigest))

@@ -56,6 +56,8 @@ func sampleMessages() []Message {
 		&Subscribed{Digest: [SubscribeDigest]byte{1, 7: 2}},
 		&Forward{Seq: 4, TimeMilli: 5, RepoID: "chat.git", Ref: "refs/heads/main", Old: oidA, New: oidB, WithMessage: true,
 			Chat: Chat{Count: 1, Author: "bob", Subject: "hi"}, Sig: [SigLen]byte{9}},
+		&Nodes{Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.1:3478"), netip.MustParseAddrPort("[2001:2::1]:3478")}},
+		&Subscribe{Flags: SubscribeMessages | SubscribeNodes},
 	}
 }
 
@@ -107,6 +109,7 @@ func TestGoldenPlaintext(t *testing.T) {
 		{&Subscribe{Flags: SubscribeMessages, Repos: []RepoPrefs{{RepoID: "r", Refs: []string{"refs/h*"}}, {RepoID: "s"}}},
 			"13" + "01" + "02" + "01" + "72" + "01" + "07" + hex.EncodeToString([]byte("refs/h*")) + "01" + "73" + "00"},
 		{&Subscribed{Digest: [SubscribeDigest]byte{0xaa, 7: 0xbb}}, "15" + "aa" + strings.Repeat("00", 6) + "bb"},
+		{&Nodes{Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.1:4660")}}, "17" + "01" + "04" + "c6120001" + "1234"},
 		{&Forward{Seq: 1, TimeMilli: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true, Chat: Chat{Count: 1, Author: "al", Subject: "hi"},
 			Sig: [SigLen]byte{0xaa, 63: 0xbb}},
 			"16" + "0000000000000001" + "0000000000000002" + "01" + "72" +
@@ -256,7 +259,10 @@ func TestRejects(t *testing.T) {
 		{"subject with a line end", (&Notify{Seq: 3, After: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true, Chat: Chat{Subject: "a\nb"}}).AppendPlaintext(nil), ErrField},
 		{"subject not UTF-8", (&Notify{Seq: 3, After: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true, Chat: Chat{Subject: "\xff"}}).AppendPlaintext(nil), ErrField},
 		{"truncated message", (&Notify{Seq: 3, After: 2, RepoID: "r", Ref: "refs/heads/m", Old: oidA, New: oidB, WithMessage: true, Chat: Chat{Subject: "hello"}}).AppendPlaintext(nil)[:123], ErrShort},
-		{"subscribe flags", (&Subscribe{Flags: 2}).AppendPlaintext(nil), ErrField},
+		{"subscribe flags", (&Subscribe{Flags: 4}).AppendPlaintext(nil), ErrField},
+		{"no nodes", []byte{0x17, 0}, ErrField},
+		{"unspecified node", (&Nodes{Addrs: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:3478")}}).AppendPlaintext(nil), ErrField},
+		{"node port zero", (&Nodes{Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.1:0")}}).AppendPlaintext(nil), ErrField},
 		{"subscribe bad pattern", (&Subscribe{Repos: []RepoPrefs{{RepoID: "r", Refs: []string{"heads/*"}}}}).AppendPlaintext(nil), ErrRef},
 		{"subscribe bad glob", (&Subscribe{Repos: []RepoPrefs{{RepoID: "r", Refs: []string{"refs/[a"}}}}).AppendPlaintext(nil), ErrRef},
 		{"subscribe too many patterns", (&Subscribe{Repos: []RepoPrefs{{RepoID: "r", Refs: strings.Fields(strings.Repeat("refs/a ", MaxRefPatterns+1))}}}).AppendPlaintext(nil), ErrField},

@@ -38,6 +38,7 @@ func runRendezvous(ctx context.Context, args []string) error {
 	fs.StringVar(&o.Cluster.User, "cluster-user", "", "NATS user (with --cluster-password) or token for --cluster")
 	fs.StringVar(&o.Cluster.Password, "cluster-password", "", "NATS password for --cluster-user")
 	fs.StringVar(&o.Cluster.Name, "node", "", "this node's name in the cluster (default: the host name)")
+	fs.StringVar(&o.Advertise, "advertise", "", "the IP:PORT (one per family, comma-separated) at which clients reach this node, told to them for failover (default: the --listen addresses that name a host)")
 	fs.StringVar(&o.Metrics, "metrics", "", "serve the counters as Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9478; default off)")
 	logs := addLogFlags(fs)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until exit (for go tool pprof)")

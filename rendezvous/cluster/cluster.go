@@ -58,17 +58,18 @@ const (
 // cluster is unreachable, or has no JetStream leader yet).
 var ErrNotReady = errors.New("cluster: not set up yet (unreachable, or electing its leader)")
 
-// Options configure a connection.
+// Options configure a connection. The first four are what the store's
+// cluster.json holds for the hook (store.ClusterFile).
 type Options struct {
-	URLs     string // comma-separated nats:// URLs
-	Creds    string // a NATS credentials file, or ""
-	User     string // user and password, or a token in User alone, or ""
-	Password string
-	Name     string // this node's name in the cluster
+	URLs     string `json:"urls"`               // comma-separated nats:// URLs
+	Creds    string `json:"creds,omitempty"`    // a NATS credentials file, or ""
+	User     string `json:"user,omitempty"`     // user and password, or a token in User alone, or ""
+	Password string `json:"password,omitempty"` //
+	Name     string `json:"-"`                  // this node's name in the cluster
 	// Replicas of the stream and buckets; 0: as many servers as the
 	// cluster has, at most 3.
-	Replicas int
-	Logger   *slog.Logger
+	Replicas int          `json:"-"`
+	Logger   *slog.Logger `json:"-"`
 }
 
 // Cluster is one node's connection.
@@ -103,14 +104,7 @@ func Connect(o Options) (*Cluster, error) {
 			o.Logger.Info("cluster connection back", "server", nc.ConnectedUrlRedacted())
 		}),
 	}
-	switch {
-	case o.Creds != "":
-		opts = append(opts, nats.UserCredentials(o.Creds))
-	case o.User != "" && o.Password != "":
-		opts = append(opts, nats.UserInfo(o.User, o.Password))
-	case o.User != "":
-		opts = append(opts, nats.Token(o.User))
-	}
+	opts = append(opts, o.auth()...)
 	nc, err := nats.Connect(o.URLs, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -213,6 +207,52 @@ func (c *Cluster) Publish(ctx context.Context, repo string, e store.Event) error
 	if _, _, _, err := c.ready(); err != nil {
 		return err
 	}
+	return c.publish(ctx, repo, e)
+}
+
+// PublishNow connects, publishes a push's events in order and closes, all
+// within budget, failing at once where a rendezvous would retry: the
+// hook's way, so that a push reaches the stream before the hook returns
+// even when the rendezvous beside the store is down. What it cannot
+// publish, that rendezvous publishes from the log later.
+func PublishNow(o Options, repo string, evs []store.Event, budget time.Duration) error {
+	deadline := time.Now().Add(budget)
+	opts := []nats.Option{nats.Name("gcn-punch hook"), nats.Timeout(budget), nats.NoReconnect()}
+	opts = append(opts, o.auth()...)
+	nc, err := nats.Connect(o.URLs, opts...)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	c := &Cluster{o: o, nc: nc, js: js}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	for _, e := range evs {
+		if err := c.publish(ctx, repo, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// auth is the options that present the credentials.
+func (o Options) auth() []nats.Option {
+	switch {
+	case o.Creds != "":
+		return []nats.Option{nats.UserCredentials(o.Creds)}
+	case o.User != "" && o.Password != "":
+		return []nats.Option{nats.UserInfo(o.User, o.Password)}
+	case o.User != "":
+		return []nats.Option{nats.Token(o.User)}
+	}
+	return nil
+}
+
+func (c *Cluster) publish(ctx context.Context, repo string, e store.Event) error {
 	m := eventMsg{Repo: repo, Seq: e.Seq, TimeMilli: e.TimeMilli, Old: e.Old, New: e.New, Ref: e.Ref}
 	if e.Chat != nil {
 		m.Author, m.Subject, m.Count = e.Chat.Author, e.Chat.Subject, e.Chat.Count

@@ -144,3 +144,29 @@ func readSmall(path string, limit int64) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// ClusterPath holds, while a rendezvous runs with --cluster, how to reach
+// the cluster (JSON: urls, and creds or user and password), so that the
+// hook publishes each push to it before returning. 0600: it may hold a
+// password.
+func (s *Store) ClusterPath() string { return filepath.Join(s.Dir, "cluster.json") }
+
+// SetCluster writes the cluster file, or removes it (nil).
+func (s *Store) SetCluster(b []byte) error {
+	if b == nil {
+		if err := os.Remove(s.ClusterPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return atomicfile.WriteFile(s.ClusterPath(), b, 0o600)
+}
+
+// Cluster reads the cluster file; nil when there is none.
+func (s *Store) Cluster() ([]byte, error) {
+	b, err := readSmall(s.ClusterPath(), maxSmallFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
+}
