@@ -39,7 +39,7 @@ type Options struct {
 	// Advertise, comma-separated HOST:PORTs, is where clients reach it.
 	Cluster   cluster.Options
 	Advertise string
-	Logger  *slog.Logger
+	Logger    *slog.Logger
 }
 
 // ListenAndServe opens the UDP sockets and the control socket and serves

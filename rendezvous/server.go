@@ -114,7 +114,7 @@ type Config struct {
 	// addresses clients reach this node at (default: its bound ones).
 	Cluster   *cluster.Cluster
 	Advertise []netip.AddrPort
-	Logger  *slog.Logger
+	Logger    *slog.Logger
 }
 
 // Stats counts what the server did; every dropped datagram is counted.
