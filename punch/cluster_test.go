@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -271,4 +272,125 @@ func TestClusterHookPublishesWhenItsRendezvousIsDown(t *testing.T) {
 	a.stop()
 	hookPush(5, 5)
 	waitHandled(t, "the daemon at B, A down", &rec, 10)
+}
+
+// BenchmarkClusterEndToEnd measures events through JetStream with two
+// rendezvous nodes on this machine: a push recorded beside node A (its log
+// and a poke, as the hook does) until a daemon at node B has handled it.
+// It reports the latency (p50, p99) one push at a time, and the throughput
+// of a burst of 1000 pushes.
+func BenchmarkClusterEndToEnd(b *testing.B) {
+	ns := natstest.Start(b, b.TempDir(), 0)
+	urls := natstest.URL(ns)
+	mn := netsim.NewMemNet(11)
+	a := startNodeB(b, mn, "198.18.0.1:3478", "a", urls, "")
+	nb := startNodeB(b, mn, "198.18.0.2:3478", "b", urls, a.store.Dir)
+	var rec recorder
+	conn, err := mn.Listen("198.19.2.2:40000")
+	if err != nil {
+		b.Fatal(err)
+	}
+	d, err := punch.New(punch.Config{Conn: conn, Servers: []punch.Server{{Addr: mustAddr(nb.addr), Key: nb.srv.PublicKey(), Repos: []string{"chat.git"}}},
+		StateDir: filepath.Join(b.TempDir(), "state"), Handle: rec.handle})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	defer func() { cancel(); conn.Close(); <-done }()
+	if !realWait(20*time.Second, func() bool { _, ok := d.LastSeq(nb.srv.PublicKey(), "chat.git"); return ok }) {
+		b.Fatal("no position")
+	}
+	pushed := 0
+	push := func() {
+		u := store.Update{Old: fmt.Sprintf("%040x", pushed), New: fmt.Sprintf("%040x", pushed+1), Ref: "refs/heads/main"}
+		if _, err := a.store.Append("chat.git", []store.Update{u}, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+		a.srv.Poke("chat.git")
+		pushed++
+	}
+	var lat []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		push()
+		for len(rec.snapshot()) < pushed {
+			if time.Since(start) > 10*time.Second {
+				b.Fatalf("push %d not handled at B", pushed)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	// A burst: how fast events cross the stream into node B (its memory),
+	// and how fast the daemon handles them (each saved with an fsync
+	// before its ack: the daemon's disk sets that pace).
+	const burst = 1000
+	before := nb.srv.Stats().ClusterEvents
+	start := time.Now()
+	for range burst {
+		push()
+	}
+	if !realWait(60*time.Second, func() bool { return nb.srv.Stats().ClusterEvents-before >= burst }) {
+		b.Fatal("the burst did not reach node B")
+	}
+	b.ReportMetric(burst/time.Since(start).Seconds(), "to-node-B-events/s")
+	if !realWait(60*time.Second, func() bool { return len(rec.snapshot()) >= pushed }) {
+		b.Fatal("the burst was not handled at B")
+	}
+	b.ReportMetric(burst/time.Since(start).Seconds(), "handled-events/s")
+	wantExactlyInOrderTB(b, rec.snapshot(), pushed)
+}
+
+// startNodeB is startNode for a benchmark.
+func startNodeB(b *testing.B, mn *netsim.MemNet, addr, name, urls, keys string) *clusterNode {
+	b.Helper()
+	dir := b.TempDir()
+	for _, f := range []string{"server.key", "server.pub", "server.sign"} {
+		if keys == "" {
+			break
+		}
+		if bs, err := os.ReadFile(filepath.Join(keys, f)); err == nil {
+			os.WriteFile(filepath.Join(dir, f), bs, 0o600)
+		}
+	}
+	st, err := store.Open(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cl, err := cluster.Connect(cluster.Options{URLs: urls, Name: name})
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := mn.Listen(addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: st, Open: true, Cluster: cl})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Run(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); conn.Close(); <-done; cl.Close() })
+	return &clusterNode{srv: srv, store: st, addr: addr}
+}
+
+func wantExactlyInOrderTB(b *testing.B, got []uint64, n int) {
+	b.Helper()
+	if len(got) != n {
+		b.Fatalf("handled %d, want %d", len(got), n)
+	}
+	for i, s := range got {
+		if s != uint64(i+1) {
+			b.Fatalf("event %d has seq %d", i, s)
+		}
+	}
 }

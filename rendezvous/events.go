@@ -51,7 +51,6 @@ func (s *Server) Poke(repoID string) error {
 	s.poked[repoID] = struct{}{}
 	s.mu.Unlock()
 	s.kickSender()
-	s.kickCluster()
 	return nil
 }
 
@@ -67,6 +66,7 @@ func (s *Server) loadPoked() {
 			continue
 		}
 		s.followersDue(r, time.Now())
+		s.kickCluster() // the new events are in memory: publish them now
 	}
 }
 

@@ -169,3 +169,53 @@ func FuzzDecodeEvent(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkPublish measures synchronous, deduplicated publishes to one
+// embedded JetStream server on loopback (file storage), and a second node
+// consuming them: events/s each way.
+func BenchmarkPublish(b *testing.B) {
+	s := natstest.Start(b, b.TempDir(), 0)
+	c, err := Connect(Options{URLs: natstest.URL(s), Name: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Setup(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	// Spread over 100 repositories, so that no subject outgrows what the
+	// stream retains of one.
+	for i := range b.N {
+		if err := c.Publish(ctx, fmt.Sprintf("r%d.git", i%100), ev(uint64(i/100+1))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "published/s")
+	b.StopTimer()
+	// Consume them all from a second connection.
+	d, err := Connect(Options{URLs: natstest.URL(s), Name: "reader"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Setup(ctx); err != nil {
+		b.Fatal(err)
+	}
+	var n sync.WaitGroup
+	n.Add(b.N)
+	cctx, cancel := context.WithCancel(ctx)
+	start = time.Now()
+	seen := 0
+	go d.ConsumeEvents(cctx, func(string, store.Event) {
+		if seen < b.N {
+			seen++
+			n.Done()
+		}
+	})
+	n.Wait()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumed/s")
+	cancel()
+}
