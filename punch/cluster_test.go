@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,7 +32,7 @@ type clusterNode struct {
 
 // startNode runs a rendezvous at addr with its own store (holding the
 // shared identity in keys) joined to the NATS cluster at urls.
-func startNode(t *testing.T, mn *netsim.MemNet, addr, name, urls string, keys string, open bool) *clusterNode {
+func startNode(t testing.TB, mn *netsim.MemNet, addr, name, urls string, keys string, open bool) *clusterNode {
 	t.Helper()
 	dir := t.TempDir()
 	if keys != "" {
@@ -53,22 +52,26 @@ func startNode(t *testing.T, mn *netsim.MemNet, addr, name, urls string, keys st
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(cl.Close) // after the server's own cleanup: cleanups run last first
 	conn, err := mn.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: st, Open: open, Cluster: cl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Run(ctx); close(done) }()
-	var once sync.Once
-	n := &clusterNode{srv: srv, store: st, addr: addr}
-	n.stop = func() { once.Do(func() { cancel(); conn.Close(); <-done; cl.Close() }) }
-	t.Cleanup(n.stop)
+	n := &clusterNode{store: st, addr: addr}
+	srv, stop := runServer(t, conn, rendezvous.Config{Store: st, Open: open, Cluster: cl})
+	n.srv, n.stop = srv, func() { stop(); cl.Close() } // as kill -9: the node's NATS connection goes too
 	return n
+}
+
+// twoNodes starts a JetStream server and two nodes sharing one identity:
+// a beside the store that takes the pushes, and b.
+func twoNodes(t *testing.T, seed uint64, open bool) (a, b *clusterNode, mn *netsim.MemNet, urls string) {
+	t.Helper()
+	urls = natstest.URL(natstest.Start(t, t.TempDir(), 0))
+	mn = netsim.NewMemNet(seed)
+	a = startNode(t, mn, "198.18.0.1:3478", "a", urls, "", open)
+	b = startNode(t, mn, "198.18.0.2:3478", "b", urls, a.store.Dir, open)
+	return a, b, mn, urls
 }
 
 // nodeDaemon runs a daemon that follows chat.git at one node (keepalive
@@ -164,11 +167,7 @@ func TestClusterTwoNodesDeliverAndCatchUp(t *testing.T) {
 // served by node B through the shared authorisations, and revoking it at
 // A ends it at B too.
 func TestClusterSharesAuthorisations(t *testing.T) {
-	ns := natstest.Start(t, t.TempDir(), 0)
-	urls := natstest.URL(ns)
-	mn := netsim.NewMemNet(8)
-	a := startNode(t, mn, "198.18.0.1:3478", "a", urls, "", false)
-	b := startNode(t, mn, "198.18.0.2:3478", "b", urls, a.store.Dir, false)
+	a, b, mn, _ := twoNodes(t, 8, false)
 
 	conn, err := mn.Listen("198.19.2.2:40000")
 	if err != nil {
@@ -247,11 +246,7 @@ func TestClusterDaemonMovesWhenItsNodeDies(t *testing.T) {
 // beside the store dead, pushes still reach a daemon at another node, each
 // once, in order.
 func TestClusterHookPublishesWhenItsRendezvousIsDown(t *testing.T) {
-	ns := natstest.Start(t, t.TempDir(), 0)
-	urls := natstest.URL(ns)
-	mn := netsim.NewMemNet(10)
-	a := startNode(t, mn, "198.18.0.1:3478", "a", urls, "", true)
-	b := startNode(t, mn, "198.18.0.2:3478", "b", urls, a.store.Dir, true)
+	a, b, mn, urls := twoNodes(t, 10, true)
 	cf, _ := json.Marshal(cluster.Options{URLs: urls})
 	if err := a.store.SetCluster(cf); err != nil { // as ListenAndServe writes it
 		t.Fatal(err)
@@ -283,8 +278,8 @@ func BenchmarkClusterEndToEnd(b *testing.B) {
 	ns := natstest.Start(b, b.TempDir(), 0)
 	urls := natstest.URL(ns)
 	mn := netsim.NewMemNet(11)
-	a := startNodeB(b, mn, "198.18.0.1:3478", "a", urls, "")
-	nb := startNodeB(b, mn, "198.18.0.2:3478", "b", urls, a.store.Dir)
+	a := startNode(b, mn, "198.18.0.1:3478", "a", urls, "", true)
+	nb := startNode(b, mn, "198.18.0.2:3478", "b", urls, a.store.Dir, true)
 	var rec recorder
 	conn, err := mn.Listen("198.19.2.2:40000")
 	if err != nil {
@@ -345,52 +340,5 @@ func BenchmarkClusterEndToEnd(b *testing.B) {
 		b.Fatal("the burst was not handled at B")
 	}
 	b.ReportMetric(burst/time.Since(start).Seconds(), "handled-events/s")
-	wantExactlyInOrderTB(b, rec.snapshot(), pushed)
-}
-
-// startNodeB is startNode for a benchmark.
-func startNodeB(b *testing.B, mn *netsim.MemNet, addr, name, urls, keys string) *clusterNode {
-	b.Helper()
-	dir := b.TempDir()
-	for _, f := range []string{"server.key", "server.pub", "server.sign"} {
-		if keys == "" {
-			break
-		}
-		if bs, err := os.ReadFile(filepath.Join(keys, f)); err == nil {
-			os.WriteFile(filepath.Join(dir, f), bs, 0o600)
-		}
-	}
-	st, err := store.Open(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cl, err := cluster.Connect(cluster.Options{URLs: urls, Name: name})
-	if err != nil {
-		b.Fatal(err)
-	}
-	conn, err := mn.Listen(addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: st, Open: true, Cluster: cl})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Run(ctx); close(done) }()
-	b.Cleanup(func() { cancel(); conn.Close(); <-done; cl.Close() })
-	return &clusterNode{srv: srv, store: st, addr: addr}
-}
-
-func wantExactlyInOrderTB(b *testing.B, got []uint64, n int) {
-	b.Helper()
-	if len(got) != n {
-		b.Fatalf("handled %d, want %d", len(got), n)
-	}
-	for i, s := range got {
-		if s != uint64(i+1) {
-			b.Fatalf("event %d has seq %d", i, s)
-		}
-	}
+	wantExactlyInOrder(b, "the daemon at B", rec.snapshot(), pushed)
 }

@@ -101,7 +101,15 @@ func labOn(t *testing.T, mn *netsim.MemNet, conn *netsim.MemConn, open bool, log
 
 // startServer runs a rendezvous on conn with the lab's store.
 func (l *lab) startServer(t *testing.T, conn *netsim.MemConn, open bool) {
-	srv, err := rendezvous.New(rendezvous.Config{Conn: conn, Store: l.store, Open: open, NewKeyRate: l.newKeyRate, Logger: l.logger})
+	l.srv, l.stopServer = runServer(t, conn, rendezvous.Config{Store: l.store, Open: open, NewKeyRate: l.newKeyRate, Logger: l.logger})
+}
+
+// runServer runs a rendezvous configured by cfg on conn until stop (or the
+// test's end).
+func runServer(t testing.TB, conn *netsim.MemConn, cfg rendezvous.Config) (srv *rendezvous.Server, stop func()) {
+	t.Helper()
+	cfg.Conn = conn
+	srv, err := rendezvous.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,9 +117,9 @@ func (l *lab) startServer(t *testing.T, conn *netsim.MemConn, open bool) {
 	done := make(chan struct{})
 	go func() { srv.Run(ctx); close(done) }()
 	var once sync.Once
-	l.srv = srv
-	l.stopServer = func() { once.Do(func() { cancel(); conn.Close(); <-done }) }
-	t.Cleanup(l.stopServer)
+	stop = func() { once.Do(func() { cancel(); conn.Close(); <-done }) }
+	t.Cleanup(stop)
+	return srv, stop
 }
 
 // restartServer stops the rendezvous and starts a new one on the same
@@ -210,7 +218,7 @@ func waitFor(limit time.Duration, cond func() bool) bool {
 	return cond()
 }
 
-func wantExactlyInOrder(t *testing.T, name string, got []uint64, n int) {
+func wantExactlyInOrder(t testing.TB, name string, got []uint64, n int) {
 	t.Helper()
 	if len(got) != n {
 		t.Fatalf("%s handled %d events, want exactly %d: %v", name, len(got), n, got)
