@@ -47,7 +47,8 @@ type row struct{ scenario, kind, result, recovery, keepalive string }
 var scenarios = []string{"TestNATEveryKind", "TestNATTwoClientsBehindOneNAT", "TestNATLoss25Percent",
 	"TestNATRebindingMidStream", "TestNATShortMappingLifetime", "TestNATRestarts", "TestNATUDPBlocked", "TestNATHairpinning",
 	"TestNATProbeInterop", "TestNATProbeLifetime", "TestNATFanoutPairMatrix", "TestNATFanoutCrowd", "TestNATFanoutChurn",
-	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall", "TestNATIPv6FirewallTimeout", "TestNATFanoutIPv6Pair", "TestNATDualStackFailover"}
+	"TestNATUDPBlockedTurnsToSSH", "TestNATIPv6Firewall", "TestNATIPv6FirewallTimeout", "TestNATFanoutIPv6Pair", "TestNATDualStackFailover",
+	"TestNATClusterFailover"}
 
 var contributed sync.Map
 
@@ -71,6 +72,9 @@ func allScenariosRan() bool {
 func TestMain(m *testing.M) {
 	if mode := os.Getenv("GCN_UDP_HELPER"); mode != "" {
 		os.Exit(udpHelper(mode))
+	}
+	if spec := os.Getenv("GCN_NATS_HELPER"); spec != "" {
+		os.Exit(natsHelper(spec))
 	}
 	if err := netsim.Available(); err != nil {
 		fmt.Printf("netsim: NAT lab tests skipped: %v\n", err)
