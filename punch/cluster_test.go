@@ -342,3 +342,36 @@ func BenchmarkClusterEndToEnd(b *testing.B) {
 	b.ReportMetric(burst/time.Since(start).Seconds(), "handled-events/s")
 	wantExactlyInOrder(b, "the daemon at B", rec.snapshot(), pushed)
 }
+
+// A daemon keeps the node list in its state: restarted while the node it
+// was configured with is down, it moves to another and gets what it missed.
+func TestClusterRestartedDaemonUsesSavedNodes(t *testing.T) {
+	a, b, mn, urls := twoNodes(t, 12, true)
+	startNode(t, mn, "198.18.0.3:3478", "c", urls, a.store.Dir, true)
+	state := filepath.Join(t.TempDir(), "state")
+	var rec recorder
+	start := func() (*punch.Daemon, func()) {
+		conn, err := mn.Listen("198.19.1.2:40000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return runDaemon(t, conn, punch.Config{
+			Servers:  []punch.Server{{Addr: mustAddr(b.addr), Key: b.srv.PublicKey(), Repos: []string{"chat.git"}}},
+			StateDir: state, Handle: rec.handle, FixedKeepalive: 5 * time.Second,
+		})
+	}
+	d, stop := start()
+	if !realWait(30*time.Second, func() bool { return len(d.Status().Servers[0].Nodes) == 3 }) {
+		t.Fatalf("the daemon never learned the three nodes: %+v", d.Status().Servers[0])
+	}
+	a.push(t, 0, 5)
+	waitHandled(t, "the daemon at B", &rec, 5)
+	stop()
+	b.stop()
+	a.push(t, 5, 5)
+	d, _ = start() // still configured with B, which is gone
+	waitHandled(t, "the restarted daemon", &rec, 10)
+	if st := d.Status().Servers[0]; st.Addr == b.addr {
+		t.Fatalf("the daemon is still at the dead node: %+v", st)
+	}
+}

@@ -261,7 +261,8 @@ func (d *Daemon) Follow(s Server) error {
 		kick(prim.ping)
 		return nil
 	}
-	p := &serverLink{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), held: map[string]map[uint64]arrival{}}
+	p := &serverLink{key: s.Key, shared: wire.SharedKey(s.Key, d.priv), held: map[string]map[uint64]arrival{},
+		nodes: d.savedNodes(s.Key)}
 	cp := s
 	cp.Repos = append([]string(nil), s.Repos...)
 	p.srv.Store(&cp)

@@ -32,9 +32,34 @@ func (d *Daemon) onNodes(p *serverLink, m *wire.Nodes) {
 	changed := !slices.Equal(addrs, p.nodes)
 	p.nodes = addrs
 	p.mu.Unlock()
-	if changed {
-		d.log.Info("cluster nodes", "server", p.key.String()[:16], "nodes", addrs)
+	if !changed {
+		return
 	}
+	d.log.Info("cluster nodes", "server", p.key.String()[:16], "nodes", addrs)
+	d.mu.Lock()
+	if d.state.Nodes == nil {
+		d.state.Nodes = map[string][]string{}
+	}
+	var list []string
+	for _, a := range addrs {
+		list = append(list, a.String())
+	}
+	d.state.Nodes[p.key.String()] = list
+	d.saveLocked()
+	d.mu.Unlock()
+}
+
+// savedNodes are the node addresses the state keeps for a server.
+func (d *Daemon) savedNodes(key wire.Key) []netip.AddrPort {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []netip.AddrPort
+	for _, s := range d.state.Nodes[key.String()] {
+		if a, err := netip.ParseAddrPort(s); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // multiNode reports whether the link knows other nodes to move to. Called

@@ -56,6 +56,10 @@ type State struct {
 	// Rendezvous maps a server key to the UDP address last used for it
 	// (`gcn-punch probe` starts from it).
 	Rendezvous map[string]string `json:"rendezvous,omitempty"`
+	// Nodes maps a server key to its cluster's node addresses, as the
+	// last Nodes message listed them (nodes.go): a daemon restarted while
+	// its node is down moves to another.
+	Nodes map[string][]string `json:"nodes,omitempty"`
 }
 
 // LastRendezvous returns an address the daemon in stateDir last used.
