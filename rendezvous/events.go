@@ -171,8 +171,11 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 // it keeps only what is contiguous. Called with mu held, or before Run.
 func (s *Server) addEvents(r *repo, evs []store.Event) {
 	for _, e := range evs {
-		if len(r.events) > 0 && e.Seq <= r.head {
-			continue // had it: a cluster's copy of a log's event, or the other way round
+		if len(r.events) > 0 && e.Seq <= r.events[len(r.events)-1].Seq {
+			// Had it: a cluster's copy of a log's event, or the other way
+			// round. (Not r.head: a log read again after its compaction
+			// starts below it, and must be taken whole.)
+			continue
 		}
 		if len(r.events) > 0 && e.Seq != r.events[len(r.events)-1].Seq+1 {
 			r.events, r.sigs = nil, nil // a gap: keep only what is contiguous
