@@ -55,21 +55,9 @@ func startNATS(t *testing.T, h *netsim.Host, name, dir string, hosts []netip.Add
 	for _, a := range hosts {
 		routes = append(routes, fmt.Sprintf("nats://%s:%d", a, natsClusterPort))
 	}
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := h.Command(os.Args[0], "-test.run", "^$")
 	cmd.Env = append(os.Environ(), "GCN_NATS_HELPER="+strings.Join([]string{name, h.Addr.String(), filepath.Join(dir, name), strings.Join(routes, ",")}, " "))
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	p := &proc{cmd: cmd, log: logPath}
-	t.Cleanup(func() { p.stop(syscall.SIGKILL) })
-	return p
+	return startCmd(t, cmd, filepath.Join(dir, name+".log"))
 }
 
 // Three rendezvous nodes on a three-server NATS JetStream cluster, one node

@@ -136,11 +136,17 @@ type proc struct {
 
 func startIn(t *testing.T, h *netsim.Host, logPath string, args ...string) *proc {
 	t.Helper()
+	return startCmd(t, h.Command(binary, args...), logPath)
+}
+
+// startCmd starts cmd with its output in the file at logPath, and kills it
+// at the test's end.
+func startCmd(t *testing.T, cmd *exec.Cmd, logPath string) *proc {
+	t.Helper()
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := h.Command(binary, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

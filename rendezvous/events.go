@@ -29,6 +29,9 @@ type repo struct {
 	// msgs follows the messages file: an event read from the log takes
 	// its message from there.
 	msgs store.MessageReader
+	// local: this node has the repository's log (it is beside the store),
+	// so in a cluster it publishes the events (scaleout.go).
+	local bool
 }
 
 func (s *Server) repo(id string) *repo {
@@ -120,6 +123,7 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 		return r, err
 	}
 	defer f.Close()
+	r.local = true
 	fi, err := f.Stat()
 	if err != nil {
 		return r, err

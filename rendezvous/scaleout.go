@@ -136,7 +136,7 @@ func (s *Server) publishLogs(ctx context.Context) {
 	var repos []todo
 	s.mu.Lock()
 	for id, r := range s.repos {
-		if _, err := os.Stat(s.cfg.Store.LogPath(id)); err != nil && len(r.held) == 0 {
+		if !r.local && len(r.held) == 0 {
 			continue // not this node's to publish: it has no log of it
 		}
 		pub, known := cs.published[id]
