@@ -4,12 +4,10 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/gitchat/gcn-punch/internal/gitcmd"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
-	"github.com/gitchat/gcn-punch/wire"
 )
 
 // Reading chat messages costs one git process per ref update (about 2 ms
@@ -22,9 +20,6 @@ const (
 	// messageBudget bounds all of a push's message reading, so that the
 	// hook's whole run stays well under its 50 ms.
 	messageBudget = 20 * time.Millisecond
-	// maxCounted bounds the commits counted for one update: a push of an
-	// old branch's whole history says "1000+" rather than walk it.
-	maxCounted = 1001
 )
 
 // gitDirOf is the repository the hook runs in, or "" outside one.
@@ -58,32 +53,13 @@ func readMessages(gitDir string, ups []store.Update) []store.Message {
 		if len(out) == maxMessages || ctx.Err() != nil {
 			break
 		}
-		if isZero(u.New) {
-			continue // a deletion adds nothing
+		// post-receive runs after the refs moved: a new ref's commits are
+		// those no other ref has.
+		c, err := gitcmd.PushMessage(ctx, []string{"-c", "safe.directory=*", "--git-dir", gitDir}, u.Old, u.New, []string{"--exclude=" + u.Ref, "--all"})
+		if err != nil {
+			continue // a deletion, or git failed: the event goes without
 		}
-		args := []string{"-c", "safe.directory=*", "--git-dir", gitDir, "log", "--format=%an%x00%s", "--max-count=1001"}
-		if isZero(u.Old) {
-			args = append(args, u.New, "--not", "--exclude="+u.Ref, "--all", "--")
-		} else {
-			args = append(args, u.Old+".."+u.New, "--")
-		}
-		text, err := gitcmd.Output(ctx, "", args...)
-		count := len(strings.Split(text, "\n"))
-		if err == nil && text == "" {
-			// A new ref on commits the repository had: its tip, none added.
-			count = 0
-			text, err = gitcmd.Output(ctx, "", "-c", "safe.directory=*", "--git-dir", gitDir, "log", "-1", "--format=%an%x00%s", u.New, "--")
-		}
-		if err != nil || text == "" {
-			continue
-		}
-		line, _, _ := strings.Cut(text, "\n")
-		author, subject, _ := strings.Cut(line, "\x00")
-		out = append(out, store.Message{Old: u.Old, New: u.New, Chat: wire.Chat{
-			Count:  uint32(min(count, maxCounted)),
-			Author: wire.TrimText(author, wire.MaxAuthor), Subject: wire.TrimText(subject, wire.MaxSubject)}})
+		out = append(out, store.Message{Old: u.Old, New: u.New, Chat: c})
 	}
 	return out
 }
-
-func isZero(oid string) bool { return strings.Trim(oid, "0") == "" }

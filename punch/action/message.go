@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gitchat/gcn-punch/internal/gitcmd"
 	"github.com/gitchat/gcn-punch/punch"
-	"github.com/gitchat/gcn-punch/wire"
 )
 
 // Message is what a chat user wants from a notification: who wrote the
@@ -32,31 +32,19 @@ func EventMessage(ev punch.Event) *Message {
 // commits. It reports false for a resync, a deletion, or a commit the
 // clone does not have.
 func ReadMessage(ctx context.Context, clone string, ev punch.Event) (Message, bool) {
-	if ev.Resync || ev.New == "" || strings.Trim(ev.New, "0") == "" {
+	if ev.Resync {
 		return Message{}, false
 	}
-	out, err := git(ctx, clone, "log", "-1", "--format=%an%x00%s", ev.New, "--")
+	ctx, cancel := context.WithTimeout(ctx, gitTimeout)
+	defer cancel()
+	// A new branch: the commits no other branch of origin has. (With
+	// --remotes, --exclude patterns leave out "refs/remotes/".)
+	branch := "origin/" + strings.TrimPrefix(ev.Ref, "refs/heads/")
+	c, err := gitcmd.PushMessage(ctx, []string{"-C", clone}, ev.Old, ev.New, []string{"--exclude=" + branch, "--remotes=origin"})
 	if err != nil {
 		return Message{}, false
 	}
-	author, subject, ok := strings.Cut(out, "\x00")
-	if !ok {
-		return Message{}, false
-	}
-	m := Message{Author: wire.TrimText(author, wire.MaxAuthor), Subject: wire.TrimText(subject, wire.MaxSubject)}
-	var count string
-	if strings.Trim(ev.Old, "0") == "" {
-		// A new branch: the commits no other branch of origin has. (With
-		// --remotes, --exclude patterns leave out "refs/remotes/".)
-		branch := "origin/" + strings.TrimPrefix(ev.Ref, "refs/heads/")
-		count, err = git(ctx, clone, "rev-list", "--count", ev.New, "--not", "--exclude="+branch, "--remotes=origin", "--")
-	} else {
-		count, err = git(ctx, clone, "rev-list", "--count", ev.Old+".."+ev.New, "--")
-	}
-	if err == nil {
-		m.Count, _ = strconv.Atoi(count)
-	}
-	return m, true
+	return Message{Author: c.Author, Subject: c.Subject, Count: int(c.Count)}, true
 }
 
 // env is the message's part of a program's environment.
