@@ -2,7 +2,6 @@
 package natstest
 
 import (
-	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -47,56 +46,3 @@ func Start(t testing.TB, dir string, port int) *server.Server {
 
 // URL is a server's client URL.
 func URL(s *server.Server) string { return s.ClientURL() }
-
-// Cluster runs n JetStream servers routed to each other as one cluster,
-// each with its own data directory under dir, and returns them and their
-// client URLs joined by commas.
-func Cluster(t testing.TB, dir string, n int) ([]*server.Server, string) {
-	t.Helper()
-	clusterPorts := make([]int, n)
-	for i := range clusterPorts {
-		clusterPorts[i] = FreePort(t)
-	}
-	var routes []string
-	for _, p := range clusterPorts {
-		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
-	}
-	var servers []*server.Server
-	urls := ""
-	for i := range n {
-		opts := &server.Options{
-			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: -1, JetStream: true,
-			StoreDir: fmt.Sprintf("%s/n%d", dir, i+1), NoLog: true, NoSigs: true,
-			Cluster: server.ClusterOpts{Name: "gcn", Host: "127.0.0.1", Port: clusterPorts[i]},
-			Routes:  server.RoutesFromStr(joinComma(routes)),
-		}
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		t.Cleanup(s.Shutdown)
-		servers = append(servers, s)
-	}
-	for _, s := range servers {
-		if !s.ReadyForConnections(readyWithin) {
-			t.Fatal("NATS server not ready")
-		}
-		if urls != "" {
-			urls += ","
-		}
-		urls += s.ClientURL()
-	}
-	return servers, urls
-}
-
-func joinComma(xs []string) string {
-	out := ""
-	for i, x := range xs {
-		if i > 0 {
-			out += ","
-		}
-		out += x
-	}
-	return out
-}
