@@ -78,16 +78,7 @@ func twoNodes(t *testing.T, seed uint64, open bool) (a, b *clusterNode, mn *nets
 // zero: learned, as by default).
 func nodeDaemon(t *testing.T, mn *netsim.MemNet, addr string, n *clusterNode, rec *recorder, keepalive time.Duration) *punch.Daemon {
 	t.Helper()
-	conn, err := mn.Listen(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, _ := runDaemon(t, conn, punch.Config{
-		Servers:        []punch.Server{{Addr: mustAddr(n.addr), Key: n.srv.PublicKey(), Repos: []string{"chat.git"}}},
-		StateDir:       filepath.Join(t.TempDir(), "state"),
-		Handle:         rec.handle,
-		FixedKeepalive: keepalive,
-	})
+	d, _ := followAt(t, mn, addr, n.addr, n.srv.PublicKey(), punch.Config{Handle: rec.handle, FixedKeepalive: keepalive})
 	if !realWait(20*time.Second, func() bool { _, ok := d.LastSeq(n.srv.PublicKey(), "chat.git"); return ok }) {
 		t.Fatal("a daemon never learned its position")
 	}
@@ -168,11 +159,6 @@ func TestClusterTwoNodesDeliverAndCatchUp(t *testing.T) {
 // A ends it at B too.
 func TestClusterSharesAuthorisations(t *testing.T) {
 	a, b, mn, _ := twoNodes(t, 8, false)
-
-	conn, err := mn.Listen("198.19.2.2:40000")
-	if err != nil {
-		t.Fatal(err)
-	}
 	state := filepath.Join(t.TempDir(), "state")
 	pub, _, err := punch.LoadOrCreateKey(state)
 	if err != nil {
@@ -186,10 +172,7 @@ func TestClusterSharesAuthorisations(t *testing.T) {
 		t.Fatal("the authorisation was never shared")
 	}
 	var atB recorder
-	d, _ := runDaemon(t, conn, punch.Config{
-		Servers:  []punch.Server{{Addr: mustAddr(b.addr), Key: b.srv.PublicKey(), Repos: []string{"chat.git"}}},
-		StateDir: state, Handle: atB.handle,
-	})
+	d, _ := followAt(t, mn, "198.19.2.2:40000", b.addr, b.srv.PublicKey(), punch.Config{StateDir: state, Handle: atB.handle})
 	if !realWait(20*time.Second, func() bool { _, ok := d.LastSeq(b.srv.PublicKey(), "chat.git"); return ok }) {
 		t.Fatal("node B never accepted the client registered at A")
 	}
@@ -351,14 +334,7 @@ func TestClusterRestartedDaemonUsesSavedNodes(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "state")
 	var rec recorder
 	start := func() (*punch.Daemon, func()) {
-		conn, err := mn.Listen("198.19.1.2:40000")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return runDaemon(t, conn, punch.Config{
-			Servers:  []punch.Server{{Addr: mustAddr(b.addr), Key: b.srv.PublicKey(), Repos: []string{"chat.git"}}},
-			StateDir: state, Handle: rec.handle, FixedKeepalive: 5 * time.Second,
-		})
+		return followAt(t, mn, "198.19.1.2:40000", b.addr, b.srv.PublicKey(), punch.Config{StateDir: state, Handle: rec.handle, FixedKeepalive: 5 * time.Second})
 	}
 	d, stop := start()
 	if !realWait(30*time.Second, func() bool { return len(d.Status().Servers[0].Nodes) == 3 }) {

@@ -8,6 +8,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/gitchat/gcn-punch/netsim"
 	"github.com/gitchat/gcn-punch/punch"
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 	"github.com/gitchat/gcn-punch/wire"
@@ -17,17 +18,24 @@ var mainOnly = []string{"refs/heads/main"}
 
 // refDaemon starts a daemon that follows chat.git's refs matching refs.
 func (l *lab) refDaemon(t *testing.T, addr string, refs []string, rec *recorder) *punch.Daemon {
-	conn, err := l.net.Listen(addr)
+	d, _ := followAt(t, l.net, addr, l.addr, l.srv.PublicKey(), punch.Config{Handle: rec.handle, Refs: refs})
+	return d
+}
+
+// followAt runs, on a new socket at addr, a daemon that follows chat.git at
+// the rendezvous at server, configured by cfg besides (its state in a
+// fresh directory unless cfg names one), until stop or the test's end.
+func followAt(t *testing.T, mn *netsim.MemNet, addr, server string, key wire.Key, cfg punch.Config) (d *punch.Daemon, stop func()) {
+	t.Helper()
+	conn, err := mn.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, _ := runDaemon(t, conn, punch.Config{
-		Servers:  []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}},
-		StateDir: filepath.Join(t.TempDir(), "state"),
-		Handle:   rec.handle,
-		Refs:     refs,
-	})
-	return d
+	cfg.Servers = []punch.Server{{Addr: mustAddr(server), Key: key, Repos: []string{"chat.git"}}}
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join(t.TempDir(), "state")
+	}
+	return runDaemon(t, conn, cfg)
 }
 
 // pushMixed pushes n events, every third to refs/heads/main and the others
