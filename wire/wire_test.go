@@ -163,6 +163,9 @@ func TestRoundTrip(t *testing.T) {
 	sAB, sBA := SharedKey(pubB, privA), SharedKey(pubA, privB)
 	for _, m := range sampleMessages() {
 		plain := m.AppendPlaintext(nil)
+		if n, ok := m.(*Notify); ok && n.plaintextLen() != len(plain) {
+			t.Fatalf("Notify.plaintextLen %d, encoded %d", n.plaintextLen(), len(plain))
+		}
 		back, err := ParsePlaintext(plain)
 		if err != nil {
 			t.Fatalf("%T: %v", m, err)
