@@ -47,12 +47,8 @@ func (s *Server) onSubscribe(c *client, m *wire.Subscribe, src netip.AddrPort, n
 		case su.node != nil && su.r.tree != nil:
 			su.r.tree.setOldReader(su.node, !p.messages)
 		}
-	}
-	// What was held back or in flight is looked at again under the new
-	// filter.
-	for _, su := range c.subs {
 		if su.acked < su.r.head {
-			s.pending.add(su)
+			s.pending.add(su) // what it lacks is looked at again under the new filter
 		}
 	}
 	s.kickSender()
