@@ -46,6 +46,10 @@ type Options struct {
 	// Message, when set, is every update's chat message, instead of what
 	// git says of its commits (a test notification's text).
 	Message *wire.Chat
+	// MessageBudget bounds the time spent reading messages from git
+	// (0: DefaultMessageBudget). Tests that assert on messages raise it, since a
+	// loaded machine can spend more than the default on one git process.
+	MessageBudget time.Duration
 }
 
 // Result says what happened, for tests and logs.
@@ -102,7 +106,7 @@ func Run(o Options) (Result, error) {
 			msgs = append(msgs, store.Message{Old: u.Old, New: u.New, Chat: *o.Message})
 		}
 	} else {
-		msgs = readMessages(gitDirOf(o.GitDir), ups)
+		msgs = readMessages(gitDirOf(o.GitDir), ups, o.MessageBudget)
 	}
 	if err := st.AppendMessages(id, msgs); err != nil {
 		fmt.Fprintf(o.Stderr, "gcn-punch: %s: chat message not recorded (the notification goes without it): %v\n", id, err)

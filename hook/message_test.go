@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gitchat/gcn-punch/rendezvous/store"
 )
@@ -44,7 +45,8 @@ func TestHookRecordsChatMessages(t *testing.T) {
 	in := first + " " + tip + " refs/heads/main\n" + // two commits added
 		zero + " " + first + " refs/heads/old\n" + // a new ref on a commit main has: none new
 		first + " " + zero + " refs/heads/gone\n" // a deletion: no message
-	res, err := Run(Options{StoreDir: st.Dir, GitDir: bare, Stdin: strings.NewReader(in), Stderr: &strings.Builder{}})
+	res, err := Run(Options{StoreDir: st.Dir, GitDir: bare, Stdin: strings.NewReader(in), Stderr: &strings.Builder{},
+		MessageBudget: time.Minute}) // the default 20 ms is a production bound; CI under -race can exceed it per git run
 	if err != nil || len(res.Events) != 3 {
 		t.Fatalf("run: %+v %v", res, err)
 	}

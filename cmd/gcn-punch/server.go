@@ -70,6 +70,7 @@ func runHook(args []string) {
 	o := hook.Options{Stdin: os.Stdin, Stderr: os.Stderr}
 	fs.StringVar(&o.StoreDir, "store", store.DefaultDir, "store directory")
 	fs.StringVar(&o.RepoID, "repo-id", "", "repository id (default: git config gcnpunch.repoid, else the directory name)")
+	fs.DurationVar(&o.MessageBudget, "message-time", hook.DefaultMessageBudget, "time allowed for reading a push's chat messages from git (10ms to 1s; on a slow or loaded server, raise it)")
 	// A hook that fails would fail the push: a usage error is one line on
 	// stderr and exit 0, like every other hook problem.
 	if err := parseFlags(fs, args); err == flag.ErrHelp {
@@ -77,6 +78,10 @@ func runHook(args []string) {
 		return
 	} else if err != nil {
 		fmt.Fprintf(os.Stderr, "gcn-punch hook: %v; nothing recorded (the push itself succeeded)\n", err)
+		return
+	}
+	if o.MessageBudget < 10*time.Millisecond || o.MessageBudget > time.Second {
+		fmt.Fprintf(os.Stderr, "gcn-punch hook: --message-time %v: give 10ms to 1s; nothing recorded (the push itself succeeded)\n", o.MessageBudget)
 		return
 	}
 	if _, err := hook.Run(o); err != nil {

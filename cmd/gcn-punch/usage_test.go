@@ -44,6 +44,10 @@ func TestHookMistypedFlagExitsZeroWithOneLine(t *testing.T) {
 	if code != 0 || !strings.Contains(errs, "--bogus") || strings.Count(errs, "\n") != 1 {
 		t.Fatalf("hook --bogus: exit %d, stderr %q; want exit 0 and one line naming the flag", code, errs)
 	}
+	code, _, errs = runCode(t, "", "hook", "--message-time", "5s")
+	if code != 0 || !strings.Contains(errs, "--message-time 5s: give 10ms to 1s") || strings.Count(errs, "\n") != 1 {
+		t.Fatalf("hook --message-time 5s: exit %d, stderr %q; want exit 0 and one line giving the range", code, errs)
+	}
 }
 
 // --help prints the command's flags and exits 0.
