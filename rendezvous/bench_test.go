@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,5 +62,63 @@ func benchmarkKeepalive(b *testing.B, quiet, open bool) {
 		if reply := s.handle(0, 0, 0, pkts[clients+i], cs[i%clients].src); (reply == nil) != quiet {
 			b.Fatalf("quiet %v, reply %d bytes", quiet, len(reply))
 		}
+	}
+}
+
+// BenchmarkAck is the rendezvous's work for one client's ack of a new event:
+// open, find the subscription, move it on, take it off the pending list.
+func BenchmarkAck(b *testing.B) {
+	st, _ := store.Open(b.TempDir())
+	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
+	s, err := New(Config{Conn: conn, Store: st, Open: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const clients = 1000
+	type cl struct {
+		pub    wire.Key
+		shared [32]byte
+		src    netip.AddrPort
+	}
+	cs := make([]cl, clients)
+	for i := range cs {
+		pub, priv, _ := wire.GenerateKey()
+		c := cl{pub, wire.SharedKey(s.PublicKey(), priv), netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(i)}), uint16(1000+i))}
+		cs[i] = c
+		ka, _ := wire.Seal(nil, &wire.Keepalive{Counter: 1, Subs: []wire.Sub{{RepoID: "chat.git"}}}, c.pub, &c.shared)
+		s.handle(0, 0, 0, ka, c.src)
+		ans, _ := wire.Seal(nil, &wire.ChallengeReply{Cookie: s.cookie(c.pub, c.src, cookieEpochOf(time.Now()))}, c.pub, &c.shared)
+		s.handle(0, 0, 0, ans, c.src)
+	}
+	r := s.repos["chat.git"]
+	if r == nil {
+		b.Fatal("no repository")
+	}
+	rounds := b.N/clients + 1
+	acks := make([][]byte, 0, rounds*clients)
+	base := r.head
+	for k := 1; k <= rounds; k++ {
+		for _, c := range cs {
+			a, _ := wire.Seal(nil, &wire.Ack{RepoID: "chat.git", Seq: base + uint64(k)}, c.pub, &c.shared)
+			acks = append(acks, a)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%clients == 0 {
+			b.StopTimer()
+			s.mu.Lock()
+			seq := r.head + 1
+			s.addEvents(r, []store.Event{{Seq: seq, TimeMilli: 1, Old: strings.Repeat("0", 40), New: strings.Repeat("1", 40), Ref: "refs/heads/main"}})
+			s.mu.Unlock()
+			b.StartTimer()
+		}
+		s.handle(0, 0, 0, acks[i], cs[i%clients].src)
+	}
+	b.StopTimer()
+	// Each ack moved its subscription on: the first client acked every event.
+	if su := s.clients[cs[0].pub].sub("chat.git"); su == nil || su.acked != r.head || r.head == base {
+		b.Fatalf("the first client's subscription is at %v, the head at %d", su, r.head)
 	}
 }
