@@ -69,7 +69,7 @@ func hold(st *store.Store, id string, ups []store.Update, cause error, res *Resu
 			id, cause, err, evs[0].Seq, evs[len(evs)-1].Seq)
 	}
 	res.Events = append(res.Events, evs...)
-	res.Direct = sendDirect(st, id, evs, now)
+	res.Direct = sendDirect(st, id, evs, now, o.SendBudget)
 	return nil
 }
 

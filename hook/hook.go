@@ -50,6 +50,9 @@ type Options struct {
 	// (0: DefaultMessageBudget). Tests that assert on messages raise it, since a
 	// loaded machine can spend more than the default on one git process.
 	MessageBudget time.Duration
+	// SendBudget bounds the direct send when the rendezvous is down (0:
+	// DirectBudget). Tests that assert on what was sent raise it.
+	SendBudget time.Duration
 }
 
 // Result says what happened, for tests and logs.
@@ -134,7 +137,7 @@ func Run(o Options) (Result, error) {
 		err = errors.New(strings.TrimSpace(reply))
 	}
 	fmt.Fprintf(o.Stderr, "gcn-punch: rendezvous not reachable (%v); event logged, sent directly as a best effort, catch-up delivers the rest\n", err)
-	res.Direct = sendDirect(st, id, res.Events, o.Now())
+	res.Direct = sendDirect(st, id, res.Events, o.Now(), o.SendBudget)
 	return res, nil
 }
 
@@ -226,9 +229,12 @@ func RepoID(gitDir string) (string, error) {
 // sendDirect sends the new events from the rendezvous's own address (free,
 // since the rendezvous is down), which the clients' NATs let through. In
 // registered mode only clients authorised for the repository get them; in
-// open mode every recently seen client does. It stops at DirectBudget.
-func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time) int {
-	deadline := time.Now().Add(DirectBudget)
+// open mode every recently seen client does. It stops at budget.
+func sendDirect(st *store.Store, repoID string, evs []store.Event, now time.Time, budget time.Duration) int {
+	if budget <= 0 {
+		budget = DirectBudget
+	}
+	deadline := time.Now().Add(budget)
 	pub, priv, err := st.ExistingServerKeys()
 	if err != nil {
 		return 0
