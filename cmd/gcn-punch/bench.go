@@ -93,7 +93,11 @@ func runLoadgen(ctx context.Context, args []string) error {
 	fs.BoolVar(&o.Peer, "peer", false, "take part in fan-out trees, forwarding as daemons do")
 	fs.BoolVar(&o.Echo, "echo", false, "echo for the floor measurement: no protocol, no crypto")
 	fs.IntVar(&o.RegisterRate, "register-rate", 0, "registrations a second at most (0: as fast as answered)")
+	fs.IntVar(&o.Workers, "workers", 1, "threads serving the clients' sockets")
 	parse(fs, args)
+	if o.Workers < 1 || o.Workers > 64 {
+		usageFail(fs, fmt.Errorf("--workers %d: give 1 to 64", o.Workers))
+	}
 	if o.Keepalive != 0 && (o.Keepalive < time.Second || o.Keepalive > punch.MaxKeepalive) {
 		usageFail(fs, fmt.Errorf("--keepalive %v: give 0 (none) or 1s to %v", o.Keepalive, punch.MaxKeepalive))
 	}

@@ -36,8 +36,9 @@ type LoadgenOptions struct {
 	// interval, spread evenly, once Start is closed.
 	Keepalive time.Duration
 	Start     <-chan struct{}
-	// Workers is how many threads serve the clients' sockets (default 1:
-	// the bench runs several generator processes).
+	// Workers is how many threads serve the clients' sockets (default 1;
+	// the bench gives a generator that simulates every client one per
+	// core).
 	Workers int
 	// Peer makes the clients take part in fan-out trees (see peer.go).
 	Peer bool

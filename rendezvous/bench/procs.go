@@ -193,6 +193,17 @@ func startGenerators(ctx context.Context, o Options, t genTarget, n int, keepali
 		if t.peer {
 			args = append(args, "--peer")
 		}
+		if gens == 1 && keepalive == 0 {
+			// One process simulates every client: a thread per core, as
+			// several processes would have. Simulated daemons stand for
+			// separate machines, and a tree puts its forwarding on them:
+			// on one thread a member's children waited for the rest of
+			// its level, and at 100k the last levels missed their
+			// deadlines. The floor and --fanout 0 get the same threads;
+			// the keepalive load, which measures a steady trickle, stays
+			// on one.
+			args = append(args, "--workers", strconv.Itoa(runtime.NumCPU()))
+		}
 		if !t.echo {
 			// All generators together register at most registerRate a
 			// second: faster, the rendezvous's socket overflows with the
