@@ -21,40 +21,53 @@ func BenchmarkKeepalive(b *testing.B) {
 	b.Run("quiet-registered", func(b *testing.B) { benchmarkKeepalive(b, true, false) })
 }
 
-func benchmarkKeepalive(b *testing.B, quiet, open bool) {
+// benchClient is a client of a rendezvous on an in-memory network.
+type benchClient struct {
+	pub    wire.Key
+	shared [32]byte
+	src    netip.AddrPort
+}
+
+// registeredClients starts a rendezvous on an in-memory network with n
+// clients that follow chat.git (authorised, unless open), each registered
+// and shown to receive at its address.
+func registeredClients(b *testing.B, open bool, n int) (*Server, []benchClient) {
 	st, _ := store.Open(b.TempDir())
 	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
-	now := time.Now()
 	s, err := New(Config{Conn: conn, Store: st, Open: open})
 	if err != nil {
 		b.Fatal(err)
 	}
-	const clients = 1000
-	type cl struct {
-		pub    wire.Key
-		shared [32]byte
-		src    netip.AddrPort
-	}
-	cs := make([]cl, clients)
+	cs := make([]benchClient, n)
 	for i := range cs {
 		pub, priv, _ := wire.GenerateKey()
-		cs[i] = cl{pub, wire.SharedKey(s.PublicKey(), priv), netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), uint16(1000+i))}
+		c := benchClient{pub, wire.SharedKey(s.PublicKey(), priv), netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(i)}), uint16(1000+i))}
 		if !open {
-			if err := st.Authorise("chat.git", pub, now.Add(time.Hour)); err != nil {
+			if err := st.Authorise("chat.git", pub, time.Now().Add(time.Hour)); err != nil {
 				b.Fatal(err)
 			}
 		}
+		ka, _ := wire.Seal(nil, &wire.Keepalive{Counter: 1, Subs: []wire.Sub{{RepoID: "chat.git", Known: true}}}, c.pub, &c.shared)
+		s.handle(0, 0, 0, ka, c.src)
+		ans, _ := wire.Seal(nil, &wire.ChallengeReply{Cookie: s.cookie(c.pub, c.src, cookieEpochOf(time.Now()))}, c.pub, &c.shared)
+		s.handle(0, 0, 0, ans, c.src)
+		cs[i] = c
 	}
+	return s, cs
+}
+
+func benchmarkKeepalive(b *testing.B, quiet, open bool) {
+	const clients = 1000
+	s, cs := registeredClients(b, open, clients)
+	// The first keepalive after the Challenge asks for a pong; the rest
+	// are what is measured.
 	pkts := make([][]byte, b.N+clients)
 	for i := range pkts {
 		c := cs[i%clients]
-		pkts[i], _ = wire.Seal(nil, &wire.Keepalive{Counter: uint64(i + 1), Subs: []wire.Sub{{RepoID: "chat.git", Known: true}}, Quiet: quiet && i >= clients}, c.pub, &c.shared)
+		pkts[i], _ = wire.Seal(nil, &wire.Keepalive{Counter: uint64(i + 2), Subs: []wire.Sub{{RepoID: "chat.git", Known: true}}, Quiet: quiet && i >= clients}, c.pub, &c.shared)
 	}
-	for i := 0; i < clients; i++ { // register, and answer the Challenge
-		c := cs[i]
-		s.handle(0, 0, 0, pkts[i], c.src)
-		ans, _ := wire.Seal(nil, &wire.ChallengeReply{Cookie: s.cookie(c.pub, c.src, cookieEpochOf(time.Now()))}, c.pub, &c.shared)
-		s.handle(0, 0, 0, ans, c.src)
+	for i := 0; i < clients; i++ {
+		s.handle(0, 0, 0, pkts[i], cs[i].src)
 	}
 	b.ResetTimer()
 	b.ReportAllocs()
@@ -68,28 +81,8 @@ func benchmarkKeepalive(b *testing.B, quiet, open bool) {
 // BenchmarkAck is the rendezvous's work for one client's ack of a new event:
 // open, find the subscription, move it on, take it off the pending list.
 func BenchmarkAck(b *testing.B) {
-	st, _ := store.Open(b.TempDir())
-	conn, _ := netsim.NewMemNet(1).Listen("198.18.0.1:3478")
-	s, err := New(Config{Conn: conn, Store: st, Open: true})
-	if err != nil {
-		b.Fatal(err)
-	}
 	const clients = 1000
-	type cl struct {
-		pub    wire.Key
-		shared [32]byte
-		src    netip.AddrPort
-	}
-	cs := make([]cl, clients)
-	for i := range cs {
-		pub, priv, _ := wire.GenerateKey()
-		c := cl{pub, wire.SharedKey(s.PublicKey(), priv), netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(i)}), uint16(1000+i))}
-		cs[i] = c
-		ka, _ := wire.Seal(nil, &wire.Keepalive{Counter: 1, Subs: []wire.Sub{{RepoID: "chat.git"}}}, c.pub, &c.shared)
-		s.handle(0, 0, 0, ka, c.src)
-		ans, _ := wire.Seal(nil, &wire.ChallengeReply{Cookie: s.cookie(c.pub, c.src, cookieEpochOf(time.Now()))}, c.pub, &c.shared)
-		s.handle(0, 0, 0, ans, c.src)
-	}
+	s, cs := registeredClients(b, true, clients)
 	r := s.repos["chat.git"]
 	if r == nil {
 		b.Fatal("no repository")
