@@ -77,25 +77,14 @@ func (d *Daemon) failover(p *serverLink, silent time.Duration, now time.Time) bo
 		return false
 	}
 	from := u.addr
+	// The node after it in the list (its node unlisted: the first), in its
+	// family.
 	var next netip.AddrPort
-	for i, a := range p.nodes {
-		if a == from {
-			// The one after it, in its family.
-			for j := 1; j < len(p.nodes); j++ {
-				if b := p.nodes[(i+j)%len(p.nodes)]; b.Addr().Is6() == from.Addr().Is6() {
-					next = b
-					break
-				}
-			}
+	i := slices.Index(p.nodes, from)
+	for j := 1; j <= len(p.nodes); j++ {
+		if b := p.nodes[(i+j)%len(p.nodes)]; b != from && b.Addr().Is6() == from.Addr().Is6() {
+			next = b
 			break
-		}
-	}
-	if !next.IsValid() {
-		for _, b := range p.nodes { // its node is not listed: the first of its family
-			if b != from && b.Addr().Is6() == from.Addr().Is6() {
-				next = b
-				break
-			}
 		}
 	}
 	if !next.IsValid() {
