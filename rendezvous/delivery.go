@@ -15,7 +15,7 @@ type sub struct {
 	c *client
 	r *repo
 	// at is where it sits in the subSets it can be in (see subSet).
-	at    [2]int
+	at    [3]int
 	acked uint64 // the client handled every event up to here (or needs none of them: a ref filter)
 	// clientAt is the client's own position, from its last ack or
 	// keepalive: acked passes it only over events its filter leaves out.
@@ -28,20 +28,35 @@ type sub struct {
 	rto                  time.Duration
 	// Fan-out: its place in the repository's tree (nil: not in one), and
 	// while the tree has the next event to deliver, until when (unix
-	// nanoseconds; 0: not waiting for the tree).
+	// nanoseconds; 0: not waiting for the tree). While it waits it sits
+	// in the server's treeWaits, not in its pending set.
 	node     *tnode
 	treeWait int64
 }
 
 // waitForTree gives the tree until the member's deadline to deliver what
 // the subscription is missing, unless the rendezvous is sending to it
-// directly already (the rendezvous's own children always are).
-func (s *Server) waitForTree(su *sub, now time.Time) {
-	if su.node == nil || su.node.parent == nil || su.treeWait != 0 || su.sent > su.acked {
-		return
+// directly already (the rendezvous's own children always are). It reports
+// whether the member waits for the tree, newly or already.
+func (s *Server) waitForTree(su *sub, now time.Time) bool {
+	if su.treeWait != 0 {
+		// Parked; or its deadline passed, and appendDue serves it directly.
+		return su.at[treeSlot] != 0
 	}
-	su.treeWait = now.Add(treeDeadline(su.node.depth)).UnixNano()
+	if su.node == nil || su.node.parent == nil || su.sent > su.acked {
+		return false
+	}
+	su.treeWait = s.treeWaits.park(su, now.Add(treeDeadline(su.node.depth)).UnixNano())
 	su.nextSend = su.treeWait
+	return true
+}
+
+// stopTreeWait ends a member's wait for the tree, if it waits.
+func (s *Server) stopTreeWait(su *sub) {
+	if su.treeWait != 0 {
+		s.treeWaits.unpark(su, su.treeWait)
+		su.treeWait = 0
+	}
 }
 
 // onAck takes a client's acknowledgement of everything up to m.Seq.
@@ -71,9 +86,9 @@ func (s *Server) onAck(c *client, m *wire.Ack, src netip.AddrPort, now time.Time
 	su.nextSend = now.Add(su.rto).UnixNano()
 	if su.treeWait != 0 {
 		// The tree is delivering: a new deadline for the rest, if any.
-		su.treeWait = 0
-		if su.acked < su.r.head {
-			s.waitForTree(su, now)
+		s.stopTreeWait(su)
+		if su.acked < su.r.head && s.waitForTree(su, now) {
+			return
 		}
 	}
 	if su.acked < su.r.head {
@@ -104,6 +119,12 @@ func (s *Server) sendDue() time.Time {
 		}
 		notes = append(notes, s.notes...) // resent edges
 		s.notes = nil
+	}
+	// Members whose tree deadline passed are served directly (appendDue
+	// counts the fallback); the others cost nothing until theirs.
+	s.treeWaits.expire(now, s.pending.add)
+	if t := s.treeWaits.earliest(); !t.IsZero() && t.Before(next) {
+		next = t
 	}
 	due := s.due[:0]
 	// Backwards, so that removing (which moves the last one here) is safe.
@@ -226,12 +247,14 @@ func (s *Server) appendDue(out []job, su *sub, now time.Time) []job {
 	}
 	if su.treeWait != 0 {
 		if now.UnixNano() < su.treeWait {
+			// The tree has until then; its bucket brings the member back.
 			su.nextSend = su.treeWait
-			return out // the tree has until then
+			s.pending.remove(su)
+			return out
 		}
 		// The tree did not deliver in time: this client is served directly
 		// until it has caught up.
-		su.treeWait = 0
+		s.stopTreeWait(su)
 		s.stats.DirectFallbacks++
 	}
 	s.skipFiltered(su, first)

@@ -77,8 +77,7 @@ func (s *Server) loadPoked() {
 // Called with mu held.
 func (s *Server) followersDue(r *repo, now time.Time) {
 	for _, su := range r.subs.list {
-		if su.acked < r.head {
-			s.waitForTree(su, now)
+		if su.acked < r.head && !s.waitForTree(su, now) {
 			s.pending.add(su)
 		}
 	}

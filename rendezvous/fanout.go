@@ -197,7 +197,15 @@ func (s *Server) leaveTree(su *sub, now time.Time) {
 		}
 	}
 	moved := su.r.tree.remove(n)
-	su.node, su.treeWait = nil, 0
+	su.node = nil
+	if su.treeWait != 0 {
+		// Out of the tree, it is the rendezvous's to serve.
+		s.stopTreeWait(su)
+		if su.acked < su.r.head {
+			s.pending.add(su)
+			s.kickSender()
+		}
+	}
 	for _, c := range moved {
 		s.relink(c, now)
 	}

@@ -226,6 +226,11 @@ func TestFanoutSendsToKAndFallsBackAfterDeadline(t *testing.T) {
 		if direct != 2 {
 			t.Fatalf("%d members got the event from the rendezvous, want the 2 it parents", direct)
 		}
+		// The members the tree serves wait outside the set that the send
+		// loop scans on every wake.
+		if n := len(l.s.pending.list); n != 0 {
+			t.Fatalf("%d subscriptions pending after the direct children acked, want 0", n)
+		}
 		// Every other member but one acks as if its parent forwarded it.
 		late := l.clients[6]
 		for _, c := range l.clients[2:6] {

@@ -192,7 +192,8 @@ type Server struct {
 	nextStream  uint64
 	clients     map[wire.Key]*client
 	repos       map[string]*repo
-	pending     subSet // subscriptions that may owe events
+	pending     subSet    // subscriptions that may owe events
+	treeWaits   treeWaits // tree members given until a deadline to ack
 	probes      map[probeKey]probe
 	stunRL      *rateLimiter
 	unkRL       *rateLimiter

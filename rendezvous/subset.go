@@ -12,10 +12,12 @@ type subSet struct {
 	slot int
 }
 
-// The subSet slots: the server's pending set, and a repository's followers.
+// The subSet slots: the server's pending set, a repository's followers,
+// and the bucket of a member waiting for the tree (treeWaits).
 const (
 	pendingSlot = iota
 	repoSlot
+	treeSlot
 )
 
 func (set *subSet) add(su *sub) {
