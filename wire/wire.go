@@ -309,7 +309,7 @@ func ValidRepoID(id string) error {
 	if len(id) == 0 || len(id) > MaxRepoID {
 		return fmt.Errorf("%w: length %d not in 1..%d", ErrRepoID, len(id), MaxRepoID)
 	}
-	for _, seg := range strings.Split(id, "/") {
+	for seg := range strings.SplitSeq(id, "/") { // allocates nothing: every datagram with a repository checks it
 		if seg == "" || seg == "." || seg == ".." {
 			return fmt.Errorf("%w: %q has an empty, '.' or '..' segment", ErrRepoID, id)
 		}
