@@ -108,6 +108,12 @@ type Machine struct {
 	// ran; OwnNetns says it ran in a namespace of its own (see netns.go).
 	UDPHashEntries int  `json:"udp_hash_entries"`
 	OwnNetns       bool `json:"own_netns"`
+	// ClientsPerGenerator is how many of 100k simulated clients one
+	// generator process held here: all of them when the open-file limit
+	// could be raised that far (then on a thread per core), else
+	// perGenerator, each process on one thread. The tree's timings depend
+	// on it.
+	ClientsPerGenerator int `json:"clients_per_generator"`
 }
 
 // TreeRun is one arity's figures in the tree comparison: what one push to

@@ -24,7 +24,7 @@ import (
 
 func machine() Machine {
 	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Date: time.Now().UTC().Format("2006-01-02"),
-		UDPHashEntries: udpHashEntries(), OwnNetns: InOwnNetns()}
+		UDPHashEntries: udpHashEntries(), OwnNetns: InOwnNetns(), ClientsPerGenerator: clientsPerGenerator(100000)}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}
