@@ -37,9 +37,9 @@ func (r Results) Table(w io.Writer) {
 	}
 	switch per := r.Machine.ClientsPerGenerator; {
 	case per >= 100000:
-		fmt.Fprintf(w, "100k simulated clients ran in one generator process, on a thread per core.\n\n")
+		fmt.Fprintf(w, "One generator process holds 100k simulated clients here, on a thread per core.\n\n")
 	case per > 0:
-		fmt.Fprintf(w, "The open-file limit here could not be raised to 100k sockets in one process: 100k simulated clients ran in %d generator processes of at most %d, each on one thread, and the tree's deepest members are reached later than with one process on a thread per core.\n\n", (100000+per-1)/per, per)
+		fmt.Fprintf(w, "The open-file limit here cannot be raised to 100k sockets in one process: 100k simulated clients take %d generator processes of at most %d, each on one thread, and the tree's deepest members are reached later than with one process on a thread per core.\n\n", (100000+per-1)/per, per)
 	}
 	fmt.Fprintln(w, "### Fan-out: one push, N registered clients, until all have acked")
 	fmt.Fprintln(w)

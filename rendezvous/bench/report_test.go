@@ -12,8 +12,8 @@ func TestTableSaysHowClientsWereSimulated(t *testing.T) {
 		per  int
 		want string
 	}{
-		{100000, "100k simulated clients ran in one generator process, on a thread per core."},
-		{15000, "100k simulated clients ran in 7 generator processes of at most 15000, each on one thread"},
+		{100000, "One generator process holds 100k simulated clients here, on a thread per core."},
+		{15000, "100k simulated clients take 7 generator processes of at most 15000, each on one thread"},
 	} {
 		var b strings.Builder
 		Results{Machine: Machine{ClientsPerGenerator: c.per}}.Table(&b)
