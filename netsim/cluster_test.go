@@ -151,7 +151,7 @@ func TestNATClusterFailover(t *testing.T) {
 		}
 		for _, c := range clients {
 			if err := c.exactly(n, limit); err != nil {
-				t.Fatalf("%s: %v\n%s", name, err, c.text())
+				t.Fatalf("%s: %v\n%s\n%s", name, err, c.text(), nodeLogs(nodes))
 			}
 		}
 		return fmt.Sprintf("all %d at every daemon in %v", n, time.Since(start).Round(100*time.Millisecond))
@@ -170,8 +170,13 @@ func TestNATClusterFailover(t *testing.T) {
 	natsProcs[1].stop(syscall.SIGKILL) // a NATS server
 	record(t, row{"cluster: a NATS server killed", kind, "ok", pushes(5, "a NATS server killed", 60*time.Second), "5s (set)"})
 
-	// Node 3 cut off from NATS: its host drops its NATS client traffic.
-	cut := fmt.Sprintf("table inet gcncut {\n chain out {\n  type filter hook output priority 0;\n  tcp dport %d drop\n }\n}\n", natsClientPort)
+	// Node 3 cut off from NATS: its host drops its NATS client traffic both
+	// ways (a server keeps pushing a pull consumer's messages after the
+	// client's own packets stop, so dropping only what node 3 sends is no
+	// partition). Node 3 is the only NATS client on its host, and its NATS
+	// server's own traffic to the other nodes (from port 4222, and on the
+	// route port) is neither of these.
+	cut := fmt.Sprintf("table inet gcncut {\n chain out {\n  type filter hook output priority 0;\n  tcp dport %d drop\n }\n chain in {\n  type filter hook input priority 0;\n  tcp sport %d drop\n }\n}\n", natsClientPort, natsClientPort)
 	nft := hosts[2].Command("nft", "-f", "-")
 	nft.Stdin = strings.NewReader(cut)
 	if out, err := nft.CombinedOutput(); err != nil {
@@ -193,11 +198,22 @@ func TestNATClusterFailover(t *testing.T) {
 	}
 	for _, c := range clients {
 		if err := c.exactly(n, 90*time.Second); err != nil {
-			t.Fatalf("after node 3's partition: %v\n%s", err, c.text())
+			t.Fatalf("after node 3's partition: %v\n%s\n%s", err, c.text(), nodeLogs(nodes))
 		}
 	}
 	record(t, row{"cluster: a node cut off from NATS for 5 s", kind, "ok",
 		fmt.Sprintf("all %d at every daemon %v after the cut", n, time.Since(start).Round(100*time.Millisecond)), "5s (set)"})
+}
+
+// nodeLogs is the last lines of each rendezvous node's log, for a failure's
+// message.
+func nodeLogs(nodes []*proc) string {
+	var b strings.Builder
+	for i, p := range nodes {
+		lines := strings.Split(strings.TrimSpace(p.text()), "\n")
+		fmt.Fprintf(&b, "--- node%d (last %d lines)\n%s\n", i+1, min(40, len(lines)), strings.Join(lines[max(0, len(lines)-40):], "\n"))
+	}
+	return b.String()
 }
 
 // nodes is the cluster's nodes as the daemon knows them.

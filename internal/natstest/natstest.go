@@ -2,7 +2,10 @@
 package natstest
 
 import (
+	"fmt"
 	"net"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,3 +49,47 @@ func Start(t testing.TB, dir string, port int) *server.Server {
 
 // URL is a server's client URL.
 func URL(s *server.Server) string { return s.ClientURL() }
+
+// StartCluster runs n JetStream servers routed to each other as one
+// cluster on loopback, with their data under dir, and stops them when the
+// test ends. It returns once each takes connections; the JetStream meta
+// leader is elected a few seconds later.
+func StartCluster(t testing.TB, dir string, n int) []*server.Server {
+	t.Helper()
+	routes := make([]string, n)
+	ports := make([]int, n)
+	for i := range n {
+		ports[i] = FreePort(t)
+		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", ports[i])
+	}
+	servers := make([]*server.Server, n)
+	for i := range n {
+		s, err := server.NewServer(&server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: -1, JetStream: true,
+			StoreDir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "test", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		t.Cleanup(s.Shutdown)
+		servers[i] = s
+	}
+	for _, s := range servers {
+		if !s.ReadyForConnections(readyWithin) {
+			t.Fatal("NATS server not ready")
+		}
+	}
+	return servers
+}
+
+// URLs is the client URLs of servers, comma-separated.
+func URLs(servers []*server.Server) string {
+	var u []string
+	for _, s := range servers {
+		u = append(u, s.ClientURL())
+	}
+	return strings.Join(u, ",")
+}

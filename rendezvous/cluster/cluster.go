@@ -82,6 +82,8 @@ type Cluster struct {
 	events jetstream.Stream
 	auth   jetstream.KeyValue
 	nodes  jetstream.KeyValue
+	// watch is how the event consumer is supervised (consume.go).
+	watch consumeWatch
 }
 
 // Connect opens the connection. It does not wait for the cluster: an
@@ -114,7 +116,7 @@ func Connect(o Options) (*Cluster, error) {
 		nc.Close()
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	return &Cluster{o: o, nc: nc, js: js, log: o.Logger}, nil
+	return &Cluster{o: o, nc: nc, js: js, log: o.Logger, watch: consumeWatch{every: consumeCheck, stall: consumeStall}}, nil
 }
 
 // Close ends the connection.
@@ -299,33 +301,6 @@ func decodeEvent(b []byte) (string, store.Event, error) {
 		e.Chat = &wire.Chat{Count: m.Count, Author: wire.TrimText(m.Author, wire.MaxAuthor), Subject: wire.TrimText(m.Subject, wire.MaxSubject)}
 	}
 	return m.Repo, e, nil
-}
-
-// ConsumeEvents calls fn with every event in the stream, from the first it
-// retains, then with each new one, in the stream's order, until ctx ends.
-// A malformed message is logged and skipped.
-func (c *Cluster) ConsumeEvents(ctx context.Context, fn func(repo string, e store.Event)) error {
-	if _, _, _, err := c.ready(); err != nil {
-		return err
-	}
-	cons, err := c.js.OrderedConsumer(ctx, StreamName, jetstream.OrderedConsumerConfig{FilterSubjects: []string{eventsSubject + ">"}})
-	if err != nil {
-		return fmt.Errorf("cluster: consumer: %w", err)
-	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		repo, e, err := decodeEvent(msg.Data())
-		if err != nil {
-			c.log.Warn("skipping a malformed event in the stream", "subject", msg.Subject(), "err", err)
-			return
-		}
-		fn(repo, e)
-	})
-	if err != nil {
-		return fmt.Errorf("cluster: consume: %w", err)
-	}
-	<-ctx.Done()
-	cc.Stop()
-	return nil
 }
 
 func authKey(repo string, key wire.Key) string {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -218,4 +219,126 @@ func BenchmarkPublish(b *testing.B) {
 	n.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumed/s")
 	cancel()
+}
+
+// A node goes on consuming events when the NATS server it is connected to
+// dies: its connection moves to another server of the cluster, and every
+// event published after the death reaches it, once, in order.
+func TestConsumeSurvivesItsServersDeath(t *testing.T) {
+	servers := natstest.StartCluster(t, t.TempDir(), 3)
+	urls := natstest.URLs(servers)
+	a := connect(t, urls, "a")
+	b := connect(t, urls, "b")
+	var mu sync.Mutex
+	var got []uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		b.ConsumeEvents(ctx, func(_ string, e store.Event) {
+			mu.Lock()
+			got = append(got, e.Seq)
+			mu.Unlock()
+		})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	publish := func(from, to uint64) {
+		t.Helper()
+		for seq := from; seq <= to; seq++ {
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				err := a.Publish(ctx, "chat.git", ev(seq))
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("publish %d: %v", seq, err)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	}
+	consumed := func(n int, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			mu.Lock()
+			g := slices.Clone(got)
+			mu.Unlock()
+			if len(g) >= n || time.Now().After(deadline) {
+				want := make([]uint64, n)
+				for i := range want {
+					want[i] = uint64(i + 1)
+				}
+				if !slices.Equal(g, want) {
+					t.Fatalf("consumed %v, want 1..%d once each in order", g, n)
+				}
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	publish(1, 5)
+	consumed(5, 30*time.Second)
+	name := b.nc.ConnectedServerName()
+	for _, s := range servers {
+		if s.Name() == name {
+			s.Shutdown()
+		}
+	}
+	publish(6, 10)
+	consumed(10, 60*time.Second)
+}
+
+// A consumer that goes silent while the stream moves on is replaced by one
+// that starts where it stopped: every event is taken once, in order.
+func TestSilentConsumerIsReplaced(t *testing.T) {
+	s := natstest.Start(t, t.TempDir(), 0)
+	a := connect(t, natstest.URL(s), "a")
+	b := connect(t, natstest.URL(s), "b")
+	b.watch.every, b.watch.stall = 50*time.Millisecond, 300*time.Millisecond
+	var mu sync.Mutex
+	var gens []int
+	b.watch.drop = func(generation int, seq uint64) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Contains(gens, generation) {
+			gens = append(gens, generation)
+		}
+		return generation == 0 && seq > 3 // the first consumer falls silent after 3
+	}
+	var got []uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		b.ConsumeEvents(ctx, func(_ string, e store.Event) {
+			mu.Lock()
+			got = append(got, e.Seq)
+			mu.Unlock()
+		})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	for seq := uint64(1); seq <= 10; seq++ {
+		if err := a.Publish(ctx, "chat.git", ev(seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		g, n := slices.Clone(got), len(gens)
+		mu.Unlock()
+		if len(g) >= len(want) || time.Now().After(deadline) {
+			if !slices.Equal(g, want) {
+				t.Fatalf("took %v, want 1..10 once each in order", g)
+			}
+			if n < 2 {
+				t.Fatalf("consumers seen %d, want a replacement", n)
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
