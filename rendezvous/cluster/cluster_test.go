@@ -221,6 +221,52 @@ func BenchmarkPublish(b *testing.B) {
 	cancel()
 }
 
+// taking runs c.ConsumeEvents until the test ends and keeps the sequence
+// numbers it takes.
+type taking struct {
+	mu  sync.Mutex
+	got []uint64
+}
+
+func startTaking(t *testing.T, c *Cluster) *taking {
+	tk := &taking{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		c.ConsumeEvents(ctx, func(_ string, e store.Event) {
+			tk.mu.Lock()
+			tk.got = append(tk.got, e.Seq)
+			tk.mu.Unlock()
+		})
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return tk
+}
+
+// want waits until n events were taken, or within passed, and fails the
+// test unless they are 1..n, once each, in order.
+func (tk *taking) want(t *testing.T, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		tk.mu.Lock()
+		g := slices.Clone(tk.got)
+		tk.mu.Unlock()
+		if len(g) >= n || time.Now().After(deadline) {
+			want := make([]uint64, n)
+			for i := range want {
+				want[i] = uint64(i + 1)
+			}
+			if !slices.Equal(g, want) {
+				t.Fatalf("took %v, want 1..%d once each in order", g, n)
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // A node goes on consuming events when the NATS server it is connected to
 // dies: its connection moves to another server of the cluster, and every
 // event published after the death reaches it, once, in order.
@@ -229,19 +275,8 @@ func TestConsumeSurvivesItsServersDeath(t *testing.T) {
 	urls := natstest.URLs(servers)
 	a := connect(t, urls, "a")
 	b := connect(t, urls, "b")
-	var mu sync.Mutex
-	var got []uint64
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		b.ConsumeEvents(ctx, func(_ string, e store.Event) {
-			mu.Lock()
-			got = append(got, e.Seq)
-			mu.Unlock()
-		})
-		close(done)
-	}()
-	defer func() { cancel(); <-done }()
+	tk := startTaking(t, b)
+	ctx := context.Background()
 	publish := func(from, to uint64) {
 		t.Helper()
 		for seq := from; seq <= to; seq++ {
@@ -258,28 +293,8 @@ func TestConsumeSurvivesItsServersDeath(t *testing.T) {
 			}
 		}
 	}
-	consumed := func(n int, within time.Duration) {
-		t.Helper()
-		deadline := time.Now().Add(within)
-		for {
-			mu.Lock()
-			g := slices.Clone(got)
-			mu.Unlock()
-			if len(g) >= n || time.Now().After(deadline) {
-				want := make([]uint64, n)
-				for i := range want {
-					want[i] = uint64(i + 1)
-				}
-				if !slices.Equal(g, want) {
-					t.Fatalf("consumed %v, want 1..%d once each in order", g, n)
-				}
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 	publish(1, 5)
-	consumed(5, 30*time.Second)
+	tk.want(t, 5, 30*time.Second)
 	name := b.nc.ConnectedServerName()
 	for _, s := range servers {
 		if s.Name() == name {
@@ -287,7 +302,7 @@ func TestConsumeSurvivesItsServersDeath(t *testing.T) {
 		}
 	}
 	publish(6, 10)
-	consumed(10, 60*time.Second)
+	tk.want(t, 10, 60*time.Second)
 }
 
 // A consumer that goes silent while the stream moves on is replaced by one
@@ -307,38 +322,16 @@ func TestSilentConsumerIsReplaced(t *testing.T) {
 		}
 		return generation == 0 && seq > 3 // the first consumer falls silent after 3
 	}
-	var got []uint64
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		b.ConsumeEvents(ctx, func(_ string, e store.Event) {
-			mu.Lock()
-			got = append(got, e.Seq)
-			mu.Unlock()
-		})
-		close(done)
-	}()
-	defer func() { cancel(); <-done }()
+	tk := startTaking(t, b)
 	for seq := uint64(1); seq <= 10; seq++ {
-		if err := a.Publish(ctx, "chat.git", ev(seq)); err != nil {
+		if err := a.Publish(context.Background(), "chat.git", ev(seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want := []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		mu.Lock()
-		g, n := slices.Clone(got), len(gens)
-		mu.Unlock()
-		if len(g) >= len(want) || time.Now().After(deadline) {
-			if !slices.Equal(g, want) {
-				t.Fatalf("took %v, want 1..10 once each in order", g)
-			}
-			if n < 2 {
-				t.Fatalf("consumers seen %d, want a replacement", n)
-			}
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+	tk.want(t, 10, 20*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(gens) < 2 {
+		t.Fatalf("consumers seen %d, want a replacement", len(gens))
 	}
 }
