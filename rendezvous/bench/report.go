@@ -69,7 +69,7 @@ func (r Results) Table(w io.Writer) {
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 		for _, t := range r.Trees {
 			fmt.Fprintf(w, "| %d | %d | %s | %s | %s | %s | %s | %s | %s |\n", t.Clients, t.Fanout, t.AllAckedMillis.fmt("ms", 1), t.FloorRatio.fmt("×", 2),
-				t.CPUMillis.fmt("ms", 0), t.CPURatio.fmt("×", 2), t.DatagramsOut.count(), t.DatagramsIn.count(), t.DirectFallbacks.count())
+				t.CPUMillis.fmt("ms", 1), t.CPURatio.fmt("×", 2), t.DatagramsOut.count(), t.DatagramsIn.count(), t.DirectFallbacks.count())
 		}
 		fmt.Fprintln(w)
 	}

@@ -1,0 +1,45 @@
+package bench
+
+import (
+	"crypto/sha256"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// The CPU clock reads the same account as /proc/PID/stat, without its
+// 10 ms rounding, for this process and for another one.
+func TestClockCPUAgreesWithProcStat(t *testing.T) {
+	child := exec.Command("sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 30")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { child.Process.Kill(); child.Wait() }()
+	// Some CPU of our own, so that there is something to read.
+	sum := sha256.Sum256(nil)
+	for range 200000 {
+		sum = sha256.Sum256(sum[:])
+	}
+	for _, pid := range []int{os.Getpid(), child.Process.Pid} {
+		// stat, clock, stat: /proc/PID/stat truncates user and system
+		// time to ticks each, so it reads up to two ticks under the
+		// clock, and never over it.
+		before, err := statCPU(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clock, err := clockCPU(pid)
+		if err != nil {
+			t.Fatalf("pid %d: the CPU clock: %v", pid, err)
+		}
+		after, err := statCPU(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const tick = 10 * time.Millisecond
+		if clock < before || clock > after+2*tick || clock <= 0 {
+			t.Errorf("pid %d: CPU clock %v, /proc stat %v then %v", pid, clock, before, after)
+		}
+	}
+}
