@@ -120,12 +120,16 @@ type Machine struct {
 // Clients simulated daemons cost the rendezvous with --fanout Fanout (0:
 // it sends to every client itself). Ratios are to figures of the same run.
 type TreeRun struct {
-	Clients         int    `json:"clients"`
-	Fanout          int    `json:"fanout"`
-	AllAckedMillis  Spread `json:"all_acked_ms"`
-	FloorRatio      Spread `json:"all_acked_over_floor"`
-	CPUMillis       Spread `json:"cpu_ms_per_push"`
-	CPURatio        Spread `json:"cpu_over_direct"` // to --fanout 0 in the same run
+	Clients        int    `json:"clients"`
+	Fanout         int    `json:"fanout"`
+	AllAckedMillis Spread `json:"all_acked_ms"`
+	FloorRatio     Spread `json:"all_acked_over_floor"`
+	CPUMillis      Spread `json:"cpu_ms_per_push"`
+	CPURatio       Spread `json:"cpu_over_direct"` // to --fanout 0 in the same run
+	// SimCPUMillis is the simulated clients' CPU for the push, every
+	// generator process together: the work that real daemons do on their
+	// own machines, and that here shares the cores with the rendezvous.
+	SimCPUMillis    Spread `json:"simulated_clients_cpu_ms"`
 	DatagramsOut    Spread `json:"datagrams_out_per_push"`
 	DatagramsIn     Spread `json:"datagrams_in_per_push"`
 	DirectFallbacks Spread `json:"direct_fallbacks"`
@@ -137,6 +141,7 @@ type Floor struct {
 	Clients         int    `json:"clients"`
 	AllEchoedMillis Spread `json:"all_echoed_ms"`
 	CPUMillis       Spread `json:"sender_cpu_ms"`
+	SimCPUMillis    Spread `json:"simulated_clients_cpu_ms"`
 }
 
 // Results is everything `gcn-punch bench --json` prints.
@@ -219,16 +224,17 @@ func Run(ctx context.Context, o Options) (Results, error) {
 // arity at n clients, so that each ratio compares figures of one run.
 func treeComparison(ctx context.Context, o Options, n int) (Floor, []TreeRun, error) {
 	arities := append([]int{0}, o.Fanouts...)
-	var flMs, flCPU []float64
-	type series struct{ ms, ratio, cpu, cpuRatio, out, in, fb []float64 }
+	var flMs, flCPU, flSim []float64
+	type series struct{ ms, ratio, cpu, cpuRatio, sim, out, in, fb []float64 }
 	ser := make([]series, len(arities))
 	for run := 0; run < o.Runs; run++ {
-		floor, floorCPU, err := floorOnce(ctx, o, n)
+		fr, err := floorOnce(ctx, o, n)
 		if err != nil {
 			return Floor{}, nil, err
 		}
-		o.progress("floor %d, run %d: all echoed in %.1f ms, sender CPU %.1f ms", n, run+1, floor, floorCPU)
-		flMs, flCPU = append(flMs, floor), append(flCPU, floorCPU)
+		floor := fr.Ms
+		o.progress("floor %d, run %d: all echoed in %.1f ms, sender CPU %.1f ms, simulated clients' CPU %.1f ms", n, run+1, floor, fr.CPUMs, fr.SimCPUMs)
+		flMs, flCPU, flSim = append(flMs, floor), append(flCPU, fr.CPUMs), append(flSim, fr.SimCPUMs)
 		var direct float64
 		for i, k := range arities {
 			f, err := pushOnce(ctx, o, n, k)
@@ -238,11 +244,11 @@ func treeComparison(ctx context.Context, o Options, n int) (Floor, []TreeRun, er
 			if k == 0 {
 				direct = f.CPUMs
 			}
-			o.progress("push to %d, --fanout %d, run %d: all acked in %.1f ms (%.2f× floor), rendezvous CPU %.1f ms, datagrams out %d in %d, %d direct fallbacks",
-				n, k, run+1, f.AllAckedMs, f.AllAckedMs/floor, f.CPUMs, f.Out, f.In, f.DirectFallbacks)
+			o.progress("push to %d, --fanout %d, run %d: all acked in %.1f ms (%.2f× floor), rendezvous CPU %.1f ms, simulated clients' CPU %.1f ms, datagrams out %d in %d, %d direct fallbacks",
+				n, k, run+1, f.AllAckedMs, f.AllAckedMs/floor, f.CPUMs, f.SimCPUMs, f.Out, f.In, f.DirectFallbacks)
 			s := &ser[i]
 			s.ms, s.ratio, s.cpu = append(s.ms, f.AllAckedMs), append(s.ratio, f.AllAckedMs/floor), append(s.cpu, f.CPUMs)
-			s.cpuRatio = append(s.cpuRatio, f.CPUMs/direct)
+			s.cpuRatio, s.sim = append(s.cpuRatio, f.CPUMs/direct), append(s.sim, f.SimCPUMs)
 			s.out, s.in, s.fb = append(s.out, float64(f.Out)), append(s.in, float64(f.In)), append(s.fb, float64(f.DirectFallbacks))
 		}
 	}
@@ -250,7 +256,7 @@ func treeComparison(ctx context.Context, o Options, n int) (Floor, []TreeRun, er
 	for i, k := range arities {
 		s := ser[i]
 		trees[i] = TreeRun{Clients: n, Fanout: k, AllAckedMillis: spread(s.ms), FloorRatio: spread(s.ratio), CPUMillis: spread(s.cpu),
-			CPURatio: spread(s.cpuRatio), DatagramsOut: spread(s.out), DatagramsIn: spread(s.in), DirectFallbacks: spread(s.fb)}
+			CPURatio: spread(s.cpuRatio), SimCPUMillis: spread(s.sim), DatagramsOut: spread(s.out), DatagramsIn: spread(s.in), DirectFallbacks: spread(s.fb)}
 	}
-	return Floor{Clients: n, AllEchoedMillis: spread(flMs), CPUMillis: spread(flCPU)}, trees, nil
+	return Floor{Clients: n, AllEchoedMillis: spread(flMs), CPUMillis: spread(flCPU), SimCPUMillis: spread(flSim)}, trees, nil
 }

@@ -172,32 +172,38 @@ func (f *floorSocket) push(limit time.Duration) (time.Duration, error) {
 // floorCoalesce is the rendezvous's wait after a short read under load.
 const floorCoalesce = 10 * time.Millisecond
 
-// floorOnce measures the floor for n clients: ms until all echoed, and the
-// sender's CPU per push in ms.
-func floorOnce(ctx context.Context, o Options, n int) (ms, cpuMs float64, err error) {
+// floorRun is what the floor of one push took.
+type floorRun struct {
+	Ms, CPUMs, SimCPUMs float64 // until all echoed; the sender's CPU; the simulated clients' CPU
+}
+
+// floorOnce measures the floor for n clients.
+func floorOnce(ctx context.Context, o Options, n int) (floorRun, error) {
 	f, err := listenFloor()
 	if err != nil {
-		return 0, 0, err
+		return floorRun{}, err
 	}
 	defer f.conn.Close()
 	gens, evs, _, err := startGenerators(ctx, o, genTarget{addr: f.conn.LocalAddrPort(), echo: true}, n, 0)
 	defer stopAll(gens)
 	if err != nil {
-		return 0, 0, err
+		return floorRun{}, err
 	}
 	if err := f.welcome(n, 5*time.Minute); err != nil {
-		return 0, 0, err
+		return floorRun{}, err
 	}
 	if _, err := await(evs, "registered", time.Minute); err != nil {
-		return 0, 0, err
+		return floorRun{}, err
 	}
 	time.Sleep(300 * time.Millisecond) // the last welcomes are taken
-	cpu0 := selfCPU()
+	cpu0, sim0 := selfCPU(), gensCPU(gens)
 	d, err := f.push(2 * time.Minute)
 	if err != nil {
-		return 0, 0, err
+		return floorRun{}, err
 	}
-	return float64(d.Microseconds()) / 1000, float64((selfCPU() - cpu0).Microseconds()) / 1000, nil
+	cpu1, sim1 := selfCPU(), gensCPU(gens)
+	return floorRun{Ms: float64(d.Microseconds()) / 1000, CPUMs: float64((cpu1 - cpu0).Microseconds()) / 1000,
+		SimCPUMs: float64((sim1 - sim0).Microseconds()) / 1000}, nil
 }
 
 // selfCPU is this process's user+system CPU time.

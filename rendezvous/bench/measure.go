@@ -19,6 +19,7 @@ import (
 type pushRun struct {
 	AllAckedMs      float64 // hook start → the last client's ack sent
 	CPUMs           float64 // the rendezvous's CPU for the push
+	SimCPUMs        float64 // the simulated clients' CPU for it, all generator processes
 	RSSPerClient    float64 // bytes of the rendezvous's RSS per idle client
 	In, Out         uint64  // the rendezvous's datagrams for the push
 	DirectFallbacks uint64  // tree members it served directly
@@ -59,6 +60,7 @@ func pushOnce(ctx context.Context, o Options, n, k int) (pushRun, error) {
 		return res, err
 	}
 	cpu0, _ := procCPU(pid)
+	sim0 := gensCPU(gens)
 	t0 := time.Now()
 	if err := rp.hook(o, 1); err != nil {
 		return res, err
@@ -69,12 +71,14 @@ func pushOnce(ctx context.Context, o Options, n, k int) (pushRun, error) {
 	}
 	time.Sleep(200 * time.Millisecond) // the last acks reach the rendezvous
 	cpu1, _ := procCPU(pid)
+	sim1 := gensCPU(gens)
 	st1, err := rp.stats()
 	if err != nil {
 		return res, err
 	}
 	res.AllAckedMs = float64(time.Unix(0, last).Sub(t0).Microseconds()) / 1000
 	res.CPUMs = float64((cpu1 - cpu0).Microseconds()) / 1000
+	res.SimCPUMs = float64((sim1 - sim0).Microseconds()) / 1000
 	res.RSSPerClient = float64(rss1-rss0) / float64(n)
 	// Less the two stats requests' own datagrams: none (a Unix socket).
 	res.In, res.Out = st1.DatagramsIn-st0.DatagramsIn, st1.DatagramsOut-st0.DatagramsOut

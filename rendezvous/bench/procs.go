@@ -52,6 +52,18 @@ func procCPU(pid int) (time.Duration, error) {
 	return statCPU(pid)
 }
 
+// gensCPU is the CPU time of the generator processes, together.
+func gensCPU(gens []*exec.Cmd) time.Duration {
+	var sum time.Duration
+	for _, g := range gens {
+		if g.Process != nil {
+			d, _ := procCPU(g.Process.Pid)
+			sum += d
+		}
+	}
+	return sum
+}
+
 // clockCPU reads pid's CPU-time clock: the id that clock_getcpuclockid(3)
 // makes, (^pid << 3) | CPUCLOCK_SCHED (2), the scheduler's own account.
 func clockCPU(pid int) (time.Duration, error) {
