@@ -51,6 +51,12 @@ func (c *Cluster) ConsumeEvents(ctx context.Context, fn func(repo string, e stor
 	t := &taker{fn: fn, next: 1, progress: time.Now(), log: c.log}
 	for generation := 0; ; generation++ {
 		cc, err := c.startConsumer(ctx, t, generation)
+		if ctx.Err() != nil {
+			if cc != nil {
+				cc.Stop()
+			}
+			return nil
+		}
 		if err != nil {
 			c.log.Warn("cluster: starting the event consumer", "err", err, "retry_in", c.watch.every)
 		}
