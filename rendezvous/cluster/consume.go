@@ -15,9 +15,9 @@ import (
 // itself when it misses two of its 5 s heartbeats (10 s) or its connection
 // comes back, and retries its own re-creation; but a terminal answer from
 // the server, or a re-creation that fails in a way it does not retry,
-// leaves it silent for good, and in the lab it once stayed silent for over
-// a minute after a NATS server's SIGKILL. So a node also checks the
-// stream itself.
+// leaves it silent for good, and in the lab it once stayed silent for the
+// whole minute a test waited after a NATS server's SIGKILL. So a node also
+// checks the stream itself.
 const (
 	// consumeCheck is how often a node compares what it has taken with
 	// the stream's last sequence number: one lookup per 5 s.
