@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -341,48 +340,6 @@ type AuthChange struct {
 	Key     wire.Key
 	Expiry  time.Time
 	Deleted bool
-}
-
-// WatchAuth calls fn with every authorisation the bucket holds and then
-// with each change, until ctx ends.
-func (c *Cluster) WatchAuth(ctx context.Context, fn func(AuthChange)) error {
-	_, auth, _, err := c.ready()
-	if err != nil {
-		return err
-	}
-	w, err := auth.WatchAll(ctx)
-	if err != nil {
-		return err
-	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			if e == nil {
-				continue // the end of what the bucket held
-			}
-			repoHex, keyHex, ok := strings.Cut(e.Key(), ".")
-			repo, err1 := hex.DecodeString(repoHex)
-			key, err2 := wire.ParseKey(keyHex)
-			if !ok || err1 != nil || err2 != nil {
-				continue
-			}
-			ch := AuthChange{Repo: string(repo), Key: key, Deleted: e.Operation() != jetstream.KeyValuePut}
-			if !ch.Deleted {
-				secs, err := strconv.ParseInt(string(e.Value()), 10, 64)
-				if err != nil {
-					continue
-				}
-				ch.Expiry = time.Unix(secs, 0)
-			}
-			fn(ch)
-		}
-	}
 }
 
 // NodeInfo is what a node says of itself in the nodes bucket.

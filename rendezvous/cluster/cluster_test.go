@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -305,12 +306,13 @@ func TestConsumeSurvivesItsServersDeath(t *testing.T) {
 	tk.want(t, 10, 60*time.Second)
 }
 
-// A consumer that goes silent while the stream moves on is replaced by one
-// that starts where it stopped: every event is taken once, in order.
-func TestSilentConsumerIsReplaced(t *testing.T) {
+// silencedPair starts a server and two nodes, a and b, with b's
+// supervision shortened and its first consumer or watcher falling silent
+// after stream sequence number after; generations says how many b started.
+func silencedPair(t *testing.T, after uint64) (a, b *Cluster, generations func() int) {
 	s := natstest.Start(t, t.TempDir(), 0)
-	a := connect(t, natstest.URL(s), "a")
-	b := connect(t, natstest.URL(s), "b")
+	a = connect(t, natstest.URL(s), "a")
+	b = connect(t, natstest.URL(s), "b")
 	b.watch.every, b.watch.stall = 50*time.Millisecond, 300*time.Millisecond
 	var mu sync.Mutex
 	var gens []int
@@ -320,8 +322,19 @@ func TestSilentConsumerIsReplaced(t *testing.T) {
 		if !slices.Contains(gens, generation) {
 			gens = append(gens, generation)
 		}
-		return generation == 0 && seq > 3 // the first consumer falls silent after 3
+		return generation == 0 && seq > after
 	}
+	return a, b, func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(gens)
+	}
+}
+
+// A consumer that goes silent while the stream moves on is replaced by one
+// that starts where it stopped: every event is taken once, in order.
+func TestSilentConsumerIsReplaced(t *testing.T) {
+	a, b, generations := silencedPair(t, 3)
 	tk := startTaking(t, b)
 	for seq := uint64(1); seq <= 10; seq++ {
 		if err := a.Publish(context.Background(), "chat.git", ev(seq)); err != nil {
@@ -329,9 +342,54 @@ func TestSilentConsumerIsReplaced(t *testing.T) {
 		}
 	}
 	tk.want(t, 10, 20*time.Second)
-	mu.Lock()
-	defer mu.Unlock()
-	if len(gens) < 2 {
-		t.Fatalf("consumers seen %d, want a replacement", len(gens))
+	if n := generations(); n < 2 {
+		t.Fatalf("consumers seen %d, want a replacement", n)
+	}
+}
+
+// An authorisations watcher that goes silent is replaced, and the new one
+// brings what the silent one missed, a revocation included.
+func TestSilentAuthWatcherIsReplaced(t *testing.T) {
+	a, b, generations := silencedPair(t, 2)
+	var mu sync.Mutex
+	held := map[wire.Key]bool{} // b's view: who is authorised
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		b.WatchAuth(ctx, func(ch AuthChange) {
+			mu.Lock()
+			held[ch.Key] = !ch.Deleted
+			mu.Unlock()
+		})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	exp := time.Now().Add(time.Hour)
+	want := map[wire.Key]bool{}
+	for i := range 5 {
+		k := wire.Key{byte(i + 1)}
+		if err := a.PutAuth(ctx, "chat.git", k, exp); err != nil {
+			t.Fatal(err)
+		}
+		want[k] = true
+	}
+	revoked := wire.Key{1} // taken by the first watcher, then revoked
+	if err := a.DeleteAuth(ctx, []string{"chat.git"}, revoked); err != nil {
+		t.Fatal(err)
+	}
+	want[revoked] = false
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		got := maps.Clone(held)
+		mu.Unlock()
+		n := generations()
+		if maps.Equal(got, want) && n >= 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node b holds %v after %d watchers, want %v", got, n, want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

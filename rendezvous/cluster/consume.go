@@ -2,22 +2,29 @@ package cluster
 
 import (
 	"context"
+	"encoding/hex"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gitchat/gcn-punch/rendezvous/store"
+	"github.com/gitchat/gcn-punch/wire"
 )
 
-// Supervision of the event consumer. nats.go's ordered consumer replaces
-// itself when it misses two of its 5 s heartbeats (10 s) or its connection
-// comes back, and retries its own re-creation; but a terminal answer from
-// the server, or a re-creation that fails in a way it does not retry,
-// leaves it silent for good, and in the lab it once stayed silent for the
-// whole minute a test waited after a NATS server's SIGKILL. So a node also
-// checks the stream itself.
+// Supervision of the event consumer and of the authorisations watcher.
+// nats.go's ordered consumer replaces itself when it misses two of its 5 s
+// heartbeats (10 s) or its connection comes back, and retries its own
+// re-creation; but a terminal answer from the server, or a re-creation
+// that fails in a way it does not retry, leaves it silent for good, and in
+// the lab it once stayed silent for the whole minute a test waited after a
+// NATS server's SIGKILL. So a node also checks the stream itself. The
+// authorisations watcher is an ordered consumer of the bucket's stream
+// too, and a silent one would keep a revoked client's access on this
+// node, so it is checked the same way.
 const (
 	// consumeCheck is how often a node compares what it has taken with
 	// the stream's last sequence number: one lookup per 5 s.
@@ -30,8 +37,8 @@ const (
 )
 
 // consumeWatch is the supervision's timing (tests shorten it), and
-// drop, for tests, makes the consumer of a generation ignore a message as
-// a silent consumer would.
+// drop, for tests, makes the consumer or watcher of a generation ignore a
+// message (by its stream sequence number) as a silent one would.
 type consumeWatch struct {
 	every, stall time.Duration
 	drop         func(generation int, seq uint64) bool
@@ -178,4 +185,105 @@ func (c *Cluster) supervise(ctx context.Context, events jetstream.Stream, t *tak
 			return true
 		}
 	}
+}
+
+// WatchAuth calls fn with every authorisation the bucket holds and then
+// with each change, until ctx ends. It is supervised as ConsumeEvents is:
+// a watcher that stays behind the bucket's last revision without taking
+// anything for consumeStall, or ends, is replaced by a new one, which
+// hands fn every authorisation the bucket holds again, and the end of
+// every one deleted meanwhile (its delete marker is the key's last
+// revision), so that a revocation still reaches this node.
+func (c *Cluster) WatchAuth(ctx context.Context, fn func(AuthChange)) error {
+	_, auth, _, err := c.ready()
+	if err != nil {
+		return err
+	}
+	var seen uint64 // the highest revision taken
+	for generation := 0; ; generation++ {
+		w, err := auth.WatchAll(ctx)
+		if ctx.Err() != nil {
+			if w != nil {
+				w.Stop()
+			}
+			return nil
+		}
+		if err != nil {
+			c.log.Warn("cluster: watching the authorisations", "err", err, "retry_in", c.watch.every)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(c.watch.every):
+			}
+			continue
+		}
+		stalled := c.followAuth(ctx, auth, w, generation, &seen, fn)
+		w.Stop()
+		if !stalled {
+			return nil
+		}
+		c.log.Warn("cluster: the authorisations watcher stopped taking changes; starting a new one", "revision", seen)
+	}
+}
+
+// followAuth hands w's changes to fn until ctx ends (false) or w must be
+// replaced (true): it ended, or it stayed behind the bucket without taking
+// anything for the stall bound.
+func (c *Cluster) followAuth(ctx context.Context, auth jetstream.KeyValue, w jetstream.KeyWatcher, generation int, seen *uint64, fn func(AuthChange)) bool {
+	tick := time.NewTicker(c.watch.every)
+	defer tick.Stop()
+	progress := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case e, ok := <-w.Updates():
+			if !ok {
+				return ctx.Err() == nil
+			}
+			if e == nil {
+				continue // the end of what the bucket held
+			}
+			if drop := c.watch.drop; drop != nil && drop(generation, e.Revision()) {
+				continue
+			}
+			*seen = max(*seen, e.Revision())
+			progress = time.Now()
+			if ch, ok := decodeAuth(e); ok {
+				fn(ch)
+			}
+		case <-tick.C:
+			ictx, cancel := context.WithTimeout(ctx, opTimeout)
+			st, err := auth.Status(ictx)
+			cancel()
+			bs, ok := st.(*jetstream.KeyValueBucketStatus)
+			if err != nil || !ok || bs.StreamInfo() == nil {
+				continue // the bucket cannot say now; neither can the check
+			}
+			if bs.StreamInfo().State.LastSeq <= *seen {
+				progress = time.Now()
+			} else if time.Since(progress) >= c.watch.stall {
+				return true
+			}
+		}
+	}
+}
+
+// decodeAuth reads an authorisation's change from the bucket's entry.
+func decodeAuth(e jetstream.KeyValueEntry) (AuthChange, bool) {
+	repoHex, keyHex, ok := strings.Cut(e.Key(), ".")
+	repo, err1 := hex.DecodeString(repoHex)
+	key, err2 := wire.ParseKey(keyHex)
+	if !ok || err1 != nil || err2 != nil {
+		return AuthChange{}, false
+	}
+	ch := AuthChange{Repo: string(repo), Key: key, Deleted: e.Operation() != jetstream.KeyValuePut}
+	if !ch.Deleted {
+		secs, err := strconv.ParseInt(string(e.Value()), 10, 64)
+		if err != nil {
+			return AuthChange{}, false
+		}
+		ch.Expiry = time.Unix(secs, 0)
+	}
+	return ch, true
 }
