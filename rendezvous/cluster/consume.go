@@ -44,6 +44,19 @@ type consumeWatch struct {
 	drop         func(generation int, seq uint64) bool
 }
 
+// stalled is the supervision's one rule: a follower that has taken the
+// stream up to sequence number taken, where the stream's last is last, is
+// stalled once it has been behind for the stall bound without taking
+// anything (progress: when it last took something, or was seen caught up;
+// reset here when it is).
+func (cw consumeWatch) stalled(last, taken uint64, progress *time.Time) bool {
+	if last <= taken {
+		*progress = time.Now()
+		return false
+	}
+	return time.Since(*progress) >= cw.stall
+}
+
 // ConsumeEvents calls fn with every event in the stream, from the first it
 // retains, then with each new one, in the stream's order, until ctx ends.
 // A malformed message is logged and skipped. A consumer that stays behind
@@ -175,11 +188,7 @@ func (c *Cluster) supervise(ctx context.Context, events jetstream.Stream, t *tak
 			continue // the stream cannot say now; neither can the check
 		}
 		t.mu.Lock()
-		behind := info.State.LastSeq >= t.next
-		if !behind {
-			t.progress = time.Now()
-		}
-		stalled := behind && time.Since(t.progress) >= c.watch.stall
+		stalled := c.watch.stalled(info.State.LastSeq, t.next-1, &t.progress)
 		t.mu.Unlock()
 		if stalled {
 			return true
@@ -260,9 +269,7 @@ func (c *Cluster) followAuth(ctx context.Context, auth jetstream.KeyValue, w jet
 			if err != nil || !ok || bs.StreamInfo() == nil {
 				continue // the bucket cannot say now; neither can the check
 			}
-			if bs.StreamInfo().State.LastSeq <= *seen {
-				progress = time.Now()
-			} else if time.Since(progress) >= c.watch.stall {
+			if c.watch.stalled(bs.StreamInfo().State.LastSeq, *seen, &progress) {
 				return true
 			}
 		}
