@@ -96,8 +96,6 @@ type Stats struct {
 	PunchAttempts uint64 `json:"punch_attempts"` // edges whose paths were sought
 	wire.PunchOK         // paths formed, by the remote candidate's kind
 	PunchFailed   uint64 `json:"punch_failed"` // edges on which no path formed
-	AcksRelayed   uint64 `json:"acks_relayed"`  // own acks handed to the parent for the rendezvous
-	AcksGathered  uint64 `json:"acks_gathered"` // children's acks passed on to the rendezvous
 	// A clustered rendezvous.
 	NodeMoves uint64 `json:"node_moves"` // moves to another node after one stopped answering
 }
@@ -128,16 +126,11 @@ type Daemon struct {
 	paths   map[pathKey]*peerPath // one ICE path per peer, shared by its edges
 	fan     atomic.Pointer[fanoutState]
 	edgeWG  sync.WaitGroup
-	// gathers holds children's acks on their way to each rendezvous
-	// (gather.go), under edgesMu.
-	gathers map[*serverLink]*gathering
 	// streamers open streams over SSH, by server key (under mu).
 	streamers map[wire.Key]Streamer
 	// forwardHook, set only by tests (export_test.go), rewrites what is
 	// forwarded: a hostile parent.
 	forwardHook func([]*wire.Forward) []*wire.Forward
-	// gatherHook, tests only: rewrites the children's acks passed on.
-	gatherHook func([][]byte) [][]byte
 }
 
 // serverLink is the daemon's side of one rendezvous: keepalive state, the
@@ -161,7 +154,6 @@ type serverLink struct {
 	nat       *natBehaviour
 	natProbed bool
 	rejoinAt  time.Time // when this daemon last asked to rejoin the trees
-	gathers   bool      // the rendezvous said it takes gathered acks (Gather)
 	// A Busy cookie, which keepalives carry while it is fresh (busy.go),
 	// and when a Busy last made the daemon resend its keepalive.
 	cookie               [wire.CookieLen]byte
@@ -205,7 +197,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, pub: pub, priv: priv, state: st,
-		links: make(map[wire.Key]*serverLink), edges: make(map[uint64]*peerEdge), gathers: make(map[*serverLink]*gathering), paths: make(map[pathKey]*peerPath), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
+		links: make(map[wire.Key]*serverLink), edges: make(map[uint64]*peerEdge), paths: make(map[pathKey]*peerPath), stun: newSTUNClient(false), work: make(chan struct{}, 1)}
 	for _, s := range cfg.Servers {
 		if _, dup := d.links[s.Key]; dup {
 			return nil, fmt.Errorf("punch: server key %s given twice", s.Key)
@@ -373,7 +365,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	cancel()
 	wg.Wait()
-	d.stopGathering()
 	d.closeEdges()
 	d.edgeWG.Wait()
 	// Stopped: leave the whole state in state.json.

@@ -24,9 +24,6 @@ type arrival struct {
 	// left out the events between as not wanted (its ref filter).
 	after uint64
 	chat  *wire.Chat // the push's message, when the notification carried one
-	// via is the parent edge it came on, when that edge carries this
-	// daemon's acks (gather.go); nil otherwise.
-	via *peerEdge
 }
 
 // onNotify handles a notification sent to this daemon alone (unsigned: it
@@ -45,14 +42,8 @@ func (d *Daemon) onNotify(p *serverLink, n *wire.Notify) {
 
 // onEvent handles a signed event, from the parent or the rendezvous; its
 // message, if it has one, is signed with it.
-func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) { d.onEventFrom(p, n, nil) }
-
-// onEventFrom is onEvent for an event that came from the parent on edge e.
-func (d *Daemon) onEventFrom(p *serverLink, n *wire.Forward, e *peerEdge) {
+func (d *Daemon) onEvent(p *serverLink, n *wire.Forward) {
 	a := arrival{Forward: n, after: n.Seq - 1}
-	if e != nil && e.gather {
-		a.via = e
-	}
 	if n.WithMessage && n.Chat != (wire.Chat{}) {
 		c := n.Chat
 		a.chat = &c
@@ -135,7 +126,7 @@ func (d *Daemon) onArrival(p *serverLink, n arrival) {
 		}
 	}
 	p.mu.Unlock()
-	d.commitLockedVia(p, n.RepoID, rs.LastSeq, n.via)
+	d.commitLocked(p, n.RepoID, rs.LastSeq)
 	d.forward(p, signed)
 }
 
@@ -155,22 +146,13 @@ func nextHeld(h map[uint64]arrival, last uint64) (arrival, bool) {
 // commitLocked saves the state, releases mu, and only then acks and wakes
 // the action worker: nothing is acknowledged that a crash could lose.
 func (d *Daemon) commitLocked(p *serverLink, repo string, seq uint64) {
-	d.commitLockedVia(p, repo, seq, nil)
-}
-
-// commitLockedVia is commitLocked whose ack goes through the parent on
-// edge via, when there is one and it can take it.
-func (d *Daemon) commitLockedVia(p *serverLink, repo string, seq uint64, via *peerEdge) {
 	err := d.state.save(d.cfg.StateDir)
 	d.mu.Unlock()
 	if err != nil {
 		d.log.Error("cannot save state; not acknowledging", "err", err)
 		return
 	}
-	ack := &wire.Ack{RepoID: repo, Seq: seq}
-	if via == nil || !d.relayAck(p, via, ack) {
-		d.send(p, ack)
-	}
+	d.send(p, &wire.Ack{RepoID: repo, Seq: seq})
 	d.wakeWorker()
 }
 

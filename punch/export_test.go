@@ -8,7 +8,3 @@ func SetForwardHook(d *Daemon, f func([]*wire.Forward) []*wire.Forward) { d.forw
 
 // ICEConsent exposes iceConsent to tests.
 var ICEConsent = iceConsent
-
-// SetGatherHook makes a daemon hostile to its children's acks, for tests:
-// what it passes on to the rendezvous goes through f first.
-func SetGatherHook(d *Daemon, f func([][]byte) [][]byte) { d.gatherHook = f }

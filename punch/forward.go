@@ -10,8 +10,7 @@ import (
 
 // handlePeer takes a datagram from a key that is not a rendezvous's: it
 // counts only as a signed event from this daemon's parent in that
-// repository, or a child's ack to pass on (gather.go). It reports whether
-// the sender is a known peer.
+// repository. It reports whether the sender is a known peer.
 func (d *Daemon) handlePeer(b []byte, sender wire.Key) bool {
 	d.edgesMu.Lock()
 	var cands []*peerEdge
@@ -27,10 +26,6 @@ func (d *Daemon) handlePeer(b []byte, sender wire.Key) bool {
 	_, msg, err := wire.Open(b, &cands[0].shared)
 	if err != nil {
 		d.countOpenFailure(err)
-		return true
-	}
-	if ra, ok := msg.(*wire.RelayAck); ok {
-		d.onRelayAck(sender, ra)
 		return true
 	}
 	f, ok := msg.(*wire.Forward)
@@ -57,7 +52,7 @@ func (d *Daemon) handlePeer(b []byte, sender wire.Key) bool {
 	from.lastSeen = time.Now()
 	d.edgesMu.Unlock()
 	d.count(func(s *Stats) { s.FromPeer++ })
-	d.onEventFrom(from.link, f, from)
+	d.onEvent(from.link, f)
 	return true
 }
 

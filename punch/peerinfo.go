@@ -26,14 +26,14 @@ func (d *Daemon) onFanout(ctx context.Context, p *serverLink, m *wire.Fanout) {
 	p.natProbed = true
 	p.mu.Unlock()
 	if nat != nil {
-		d.send(p, d.peerInfo(p, nat))
+		d.send(p, d.peerInfo(nat))
 		return
 	}
 	if started {
 		return // the probe answers when it ends
 	}
 	d.edgeWG.Go(func() {
-		d.send(p, d.peerInfo(p, d.measureNAT(ctx, p)))
+		d.send(p, d.peerInfo(d.measureNAT(ctx, p)))
 	})
 }
 
@@ -75,7 +75,7 @@ func (d *Daemon) rejoinIfForgotten(ctx context.Context, p *serverLink) bool {
 	p.natProbed = true
 	p.mu.Unlock()
 	rejoin := func(nat *natBehaviour) {
-		m := d.peerInfo(p, nat)
+		m := d.peerInfo(nat)
 		m.Flags |= wire.PeerFlagRejoin
 		d.send(p, m)
 	}
@@ -168,16 +168,11 @@ func behaviourName(b byte) string {
 
 // peerInfo is this daemon's offer: it may parent unless its NAT maps per
 // destination (a child could not reach the mapping its candidates name).
-func (d *Daemon) peerInfo(p *serverLink, nat *natBehaviour) *wire.PeerInfo {
+func (d *Daemon) peerInfo(nat *natBehaviour) *wire.PeerInfo {
 	var flags byte
 	if nat.Mapping != wire.AddressDependent && nat.Mapping != wire.AddressAndPortDependent {
 		flags = wire.PeerFlagParent
 	}
-	p.mu.Lock()
-	if p.gathers {
-		flags |= wire.PeerFlagGather
-	}
-	p.mu.Unlock()
 	return &wire.PeerInfo{Flags: flags, Mapping: nat.Mapping, Filtering: nat.Filtering, Host: d.hostCandidates()}
 }
 

@@ -18,7 +18,6 @@ type peerEdge struct {
 	link   *serverLink
 	repo   string
 	role   byte // wire.RoleParent: the peer is this daemon's parent
-	gather bool // acks go child → parent → rendezvous (gather.go)
 	peer   wire.Key
 	shared [32]byte
 	path   *peerPath
@@ -147,7 +146,7 @@ func (d *Daemon) onEdge(ctx context.Context, p *serverLink, m *wire.Edge) {
 	for _, id := range stale {
 		d.dropEdge(id, true)
 	}
-	e := &peerEdge{id: m.ID, link: p, repo: m.RepoID, role: m.Role, gather: m.Gather, peer: m.Peer, shared: wire.SharedKey(m.Peer, d.priv), state: wire.EdgeChecking}
+	e := &peerEdge{id: m.ID, link: p, repo: m.RepoID, role: m.Role, peer: m.Peer, shared: wire.SharedKey(m.Peer, d.priv), state: wire.EdgeChecking}
 	// Edges arrive one at a time, from the read loop: no other can make a
 	// path to this peer meanwhile.
 	d.edgesMu.Lock()

@@ -162,11 +162,6 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) er
 		d.onSubscribed(p, m)
 	case *wire.Nodes:
 		d.onNodes(p, m)
-	case *wire.Gather:
-		// It comes just before the Fanout offer, whose answer says so.
-		p.mu.Lock()
-		p.gathers = true
-		p.mu.Unlock()
 	case *wire.Fanout:
 		d.onFanout(ctx, p, m)
 	case *wire.Edge:

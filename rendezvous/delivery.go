@@ -59,8 +59,7 @@ func (s *Server) stopTreeWait(su *sub) {
 	}
 }
 
-// onAck takes a client's acknowledgement of everything up to m.Seq, from
-// src, or carried by its parent (src not valid).
+// onAck takes a client's acknowledgement of everything up to m.Seq.
 func (s *Server) onAck(c *client, m *wire.Ack, src netip.AddrPort, now time.Time) {
 	su := c.sub(m.RepoID)
 	if su == nil {
@@ -68,19 +67,16 @@ func (s *Server) onAck(c *client, m *wire.Ack, src netip.AddrPort, now time.Time
 		return
 	}
 	s.stats.Acks++
-	if src.IsValid() { // not an ack its parent carried (gathered.go)
-		c.seenFrom(src, now)
-		if sb := c.standby; sb != nil && src == sb.proven && src == sb.addr {
-			// The client answered on its standby path: that path most
-			// recently confirmed that it works, so deliveries go there.
-			s.swapPaths(c, now, "an ack came on it")
-		}
+	c.seenFrom(src, now)
+	if sb := c.standby; sb != nil && src == sb.proven && src == sb.addr {
+		// The client answered on its standby path: that path most
+		// recently confirmed that it works, so deliveries go there.
+		s.swapPaths(c, now, "an ack came on it")
 	}
 	if m.Seq <= su.acked || m.Seq > su.r.head {
 		return // duplicate or stale ack
 	}
 	su.acked, su.clientAt = m.Seq, m.Seq
-	s.stats.LastAckUnixNano = now.UnixNano()
 	su.sent = max(su.sent, su.acked)
 	if len(su.r.events) > 0 {
 		s.skipFiltered(su, su.r.events[0].Seq)

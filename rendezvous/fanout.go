@@ -83,10 +83,6 @@ func (p *peerInfo) canParent() bool {
 	return p.flags&wire.PeerFlagParent != 0 && !p.mapsPerDestination()
 }
 
-// gathers reports whether the client relays its acks through a parent and
-// carries its children's (it heard this rendezvous's Gather).
-func (p *peerInfo) gathers() bool { return p.flags&wire.PeerFlagGather != 0 }
-
 func (p *peerInfo) mapsPerDestination() bool {
 	return p.mapping == wire.AddressDependent || p.mapping == wire.AddressAndPortDependent
 }
@@ -121,12 +117,6 @@ type edge struct {
 	next          int64 // unix nanoseconds: send again if not taken
 }
 
-// gather reports whether the child's acks go through the parent: both
-// ends said they can (PeerFlagGather).
-func (e *edge) gather() bool {
-	return e.child.su.c.peer.gathers() && e.parent.su.c.peer.gathers()
-}
-
 // iceChars is the ICE credential alphabet (RFC 8445 §15.4).
 const iceChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -154,7 +144,7 @@ func (s *Server) onPeerInfo(c *client, m *wire.PeerInfo, now time.Time) {
 	if m.Flags&wire.PeerFlagRejoin != 0 {
 		// A daemon that restarted while in trees: it needs the signing key
 		// again, and every edge it was an end of, made anew.
-		s.offerFanout(c)
+		s.note(c, s.fanoutMsg())
 		if member {
 			s.rebound(c, now)
 		}
@@ -270,7 +260,7 @@ func (s *Server) sendEdge(e *edge, now time.Time) {
 		if end == 1 {
 			me, peer, role = e.parent, e.child, wire.RoleChild
 		}
-		m := &wire.Edge{ID: e.id, Role: role, Gather: e.gather(), RepoID: repoID, Peer: peer.su.c.key,
+		m := &wire.Edge{ID: e.id, Role: role, RepoID: repoID, Peer: peer.su.c.key,
 			LocalUfrag: e.ufrag[end], LocalPwd: e.pwd[end], RemoteUfrag: e.ufrag[1-end], RemotePwd: e.pwd[1-end],
 			Candidates: candidates(peer.su.c)}
 		s.note(me.su.c, m)
@@ -415,13 +405,6 @@ func (s *Server) noteTo(c *client, conn udpconn.Conn, to netip.AddrPort, m wire.
 }
 
 // fanoutMsg is the Fanout message this rendezvous sends to clients.
-// offerFanout offers a client fan-out: Gather first, so that a daemon that
-// knows it says so in the PeerInfo that answers the Fanout.
-func (s *Server) offerFanout(c *client) {
-	s.note(c, &wire.Gather{})
-	s.note(c, s.fanoutMsg())
-}
-
 func (s *Server) fanoutMsg() *wire.Fanout {
 	return &wire.Fanout{SigningKey: s.fan.signPub, Arity: byte(s.fan.arity)}
 }

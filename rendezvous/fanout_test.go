@@ -23,9 +23,6 @@ type fanLab struct {
 	s       *Server
 	net     *netsim.MemNet
 	clients []*fanClient
-	// peerFlags are what the clients that join next offer, besides
-	// PeerFlagParent.
-	peerFlags byte
 }
 
 type fanClient struct {
@@ -100,7 +97,7 @@ func (l *fanLab) join(addr string) *fanClient {
 	if len(c.take(func(m wire.Message) bool { _, ok := m.(*wire.Fanout); return ok })) != 1 {
 		l.t.Fatal("the rendezvous did not offer fan-out once the address was shown")
 	}
-	l.send(c, &wire.PeerInfo{Flags: wire.PeerFlagParent | l.peerFlags})
+	l.send(c, &wire.PeerInfo{Flags: wire.PeerFlagParent})
 	l.flush()
 	return c
 }

@@ -207,13 +207,8 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 	}
 	if s.fan != nil && c.peer == nil && len(pong)+fanoutSealedLen <= reqLen {
 		// Offer fan-out with each pong until the client answers (or never:
-		// an old or --no-peer daemon is served directly). The replies
-		// together stay within the keepalive's size: Gather goes too only
-		// where it fits (the offer after validation always carries it), so
-		// a member offered here alone acks the rendezvous itself.
-		if len(pong)+fanoutSealedLen+gatherSealedLen <= reqLen {
-			s.note(c, &wire.Gather{})
-		}
+		// an old or --no-peer daemon is served directly). Both replies
+		// together stay within the keepalive's size.
 		s.note(c, s.fanoutMsg())
 	}
 	return pong
@@ -221,9 +216,6 @@ func (s *Server) onKeepalive(conn udpconn.Conn, c *client, key wire.Key, shared 
 
 // fanoutSealedLen is the size of a sealed Fanout message.
 const fanoutSealedLen = wire.Overhead + 1 + 32 + 1
-
-// gatherSealedLen is the size of a sealed Gather message.
-const gatherSealedLen = wire.Overhead + 1
 
 // authorised says whether key may follow repoID now. A subscription keeps
 // the authorisation it read for authRecheck; otherwise the file is read.

@@ -131,8 +131,6 @@ func (s *Server) handleGCNChecked(conn udpconn.Conn, b []byte, src netip.AddrPor
 	switch m := msg.(type) {
 	case *wire.Ack:
 		s.onAck(c, m, src, now)
-	case *wire.Acks:
-		s.onAcks(c, m, src, now)
 	case *wire.PeerInfo:
 		c.seenFrom(src, now)
 		s.onPeerInfo(c, m, now)

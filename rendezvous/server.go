@@ -152,14 +152,6 @@ type Stats struct {
 	Edges           uint64 `json:"edges"`            // parent-child edges made
 	wire.PunchOK           // paths formed, by the remote candidate's kind
 	PunchFailed     uint64 `json:"punch_failed"` // edges on which no path formed
-	AcksRelayed     uint64 `json:"acks_relayed"` // members' own acks that their parents carried (gathered)
-	AckBatches      uint64 `json:"ack_batches"`  // Acks datagrams from parents carrying them
-	// LastAckUnixNano is when an ack last moved a subscription on (0:
-	// never): with the head's acks all in, when the last of them came.
-	LastAckUnixNano int64 `json:"last_ack_unix_nano,omitempty"`
-	// SubscriptionsBehind is a gauge, counted when asked: subscriptions
-	// whose client has not yet acked its repository's head.
-	SubscriptionsBehind int `json:"subscriptions_behind"`
 	// Address validation (validate.go).
 	Challenges uint64 `json:"challenges"` // Challenges sent to addresses not yet shown to receive
 	Validated  uint64 `json:"validated"`  // addresses shown to receive
@@ -300,13 +292,6 @@ func (s *Server) PublicKey() wire.Key { return s.pub }
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	st := s.stats
-	for _, r := range s.repos {
-		for _, su := range r.subs.list {
-			if su.acked < r.head {
-				st.SubscriptionsBehind++
-			}
-		}
-	}
 	s.mu.Unlock()
 	st.DatagramsIn, st.DatagramsOut = s.datagramsIn.Load(), s.datagramsOut.Load()
 	return st

@@ -115,7 +115,7 @@ func (s *Server) onChallengeReply(c *client, m *wire.ChallengeReply, src netip.A
 			}
 		}
 	case c.peer == nil:
-		s.offerFanout(c)
+		s.note(c, s.fanoutMsg())
 	case rebound:
 		s.rebound(c, now) // its tree neighbours need its new address
 	}

@@ -11,9 +11,8 @@ import (
 // repository in a tree and signs each event once; every hop seals the signed
 // event to the next peer with box. A daemon accepts a forwarded event only
 // with a valid server signature, for a repository it follows, from the peer
-// the rendezvous made its parent. Each daemon's ack is sealed by the daemon
-// to the rendezvous, even when its parent carries it (gather.go), so no peer
-// can make the rendezvous believe another got an event.
+// the rendezvous made its parent. Each daemon still acks the rendezvous
+// itself, so no peer can make the rendezvous believe another got an event.
 
 // Limits of the fan-out messages.
 const (
@@ -191,7 +190,7 @@ const (
 	maxBehaviour                 = AddressAndPortDependent
 	PeerFlagParent          byte = 1 << 0 // the daemon may forward to children
 	PeerFlagRejoin          byte = 1 << 1 // the daemon lost its edges and signing key (it restarted): send them again
-	peerFlagsKnown               = PeerFlagParent | PeerFlagRejoin | PeerFlagGather
+	peerFlagsKnown               = PeerFlagParent | PeerFlagRejoin
 )
 
 // PeerInfo is a daemon's offer to take part in fan-out, for every
@@ -202,8 +201,7 @@ const (
 //	1       1     flags: bit 0 = may be a parent (forward to children);
 //	              bit 1 = rejoin: the daemon restarted, and holds neither its
 //	              edges nor the signing key (the rendezvous answers with its
-//	              Fanout and makes each of the daemon's edges again);
-//	              bit 2 = gathers acks (gather.go; only after a Gather)
+//	              Fanout and makes each of the daemon's edges again)
 //	2       1     NAT mapping: 0 unknown, 1 endpoint-independent,
 //	              2 address-dependent, 3 address-and-port-dependent
 //	3       1     NAT filtering, the same codes
@@ -307,9 +305,7 @@ type Candidate struct {
 //	offset  size  field
 //	0       1     type 0x0b
 //	1       8     edge id, nonzero
-//	9       1     role: 1 the peer is your parent, 2 your child, 3 drop;
-//	              plus 0x80 (EdgeGather, on 1 and 2 only) when the child's
-//	              acks go through the parent (gather.go)
+//	9       1     role: 1 the peer is your parent, 2 your child, 3 drop
 //	10      1     repository id length L, 1..100
 //	11      L     repository id
 //	..      32    the peer's box public key
@@ -323,7 +319,6 @@ type Candidate struct {
 type Edge struct {
 	ID                     uint64
 	Role                   byte
-	Gather                 bool // EdgeGather on the role byte
 	RepoID                 string
 	Peer                   Key
 	LocalUfrag, LocalPwd   string
@@ -335,11 +330,7 @@ type Edge struct {
 func (m *Edge) AppendPlaintext(b []byte) []byte {
 	b = append(b, byte(TypeEdge))
 	b = binary.BigEndian.AppendUint64(b, m.ID)
-	role := m.Role
-	if m.Gather {
-		role |= EdgeGather
-	}
-	b = append(b, role)
+	b = append(b, m.Role)
 	b = appendRepoID(b, m.RepoID)
 	b = append(b, m.Peer[:]...)
 	for _, s := range []string{m.LocalUfrag, m.LocalPwd, m.RemoteUfrag, m.RemotePwd} {
@@ -356,7 +347,6 @@ func (m *Edge) AppendPlaintext(b []byte) []byte {
 
 func parseEdge(r *reader) *Edge {
 	m := &Edge{ID: r.u64(), Role: r.u8()}
-	m.Gather, m.Role = m.Role&EdgeGather != 0, m.Role&^EdgeGather
 	m.RepoID = r.repoID()
 	m.Peer = r.key()
 	creds := make([]string, 4)
@@ -367,8 +357,8 @@ func parseEdge(r *reader) *Edge {
 	n := int(r.u8())
 	if r.err == nil {
 		switch {
-		case m.ID == 0 || m.Role < RoleParent || m.Role > RoleDrop || m.Gather && m.Role == RoleDrop:
-			r.fail(fmt.Errorf("%w: edge id %d, role %d, gather %v", ErrField, m.ID, m.Role, m.Gather))
+		case m.ID == 0 || m.Role < RoleParent || m.Role > RoleDrop:
+			r.fail(fmt.Errorf("%w: edge id %d, role %d", ErrField, m.ID, m.Role))
 		case n > MaxCandidates:
 			r.fail(fmt.Errorf("%w: %d candidates", ErrField, n))
 		case m.Role != RoleDrop && !(validICE(m.LocalUfrag, 4, 32) && validICE(m.RemoteUfrag, 4, 32) && validICE(m.LocalPwd, 22, 64) && validICE(m.RemotePwd, 22, 64)):

@@ -126,7 +126,7 @@ func TestPeerMessagesRejectBadFields(t *testing.T) {
 		&Fanout{Arity: 0},
 		&Fanout{Arity: MaxFanout + 1},
 		&PeerInfo{Flags: 0x80},
-		&PeerInfo{Flags: 0x08},
+		&PeerInfo{Flags: 0x04},
 		&PeerInfo{Mapping: 4},
 		&PeerInfo{Host: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:1")}},
 		&PeerInfo{Host: []netip.AddrPort{netip.MustParseAddrPort("198.19.1.1:0")}},
@@ -147,9 +147,6 @@ func TestPeerMessagesRejectBadFields(t *testing.T) {
 		func(e *Edge) { e.Candidates[0].Kind = 0 },
 		func(e *Edge) { e.Candidates = make([]Candidate, MaxCandidates+1) },
 		func(e *Edge) { e.Role = RoleDrop }, // a drop with credentials
-		func(e *Edge) { // a drop marked EdgeGather
-			*e = Edge{ID: e.ID, Role: RoleDrop, Gather: true, RepoID: e.RepoID, Peer: e.Peer}
-		},
 	} {
 		c := *good
 		c.Candidates = append([]Candidate(nil), good.Candidates...)

@@ -287,12 +287,6 @@ func ParsePlaintext(p []byte) (Message, error) {
 		m = parseSubscribe(&r)
 	case TypeNodes:
 		m = parseNodes(&r)
-	case TypeGather:
-		m = &Gather{}
-	case TypeRelayAck:
-		m = parseRelayAck(&r)
-	case TypeAcks:
-		m = parseAcks(&r)
 	case TypeSubscribed:
 		var d Subscribed
 		copy(d.Digest[:], r.take(SubscribeDigest))

@@ -58,25 +58,7 @@ func sampleMessages() []Message {
 			Chat: Chat{Count: 1, Author: "bob", Subject: "hi"}, Sig: [SigLen]byte{9}},
 		&Nodes{Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.1:3478"), netip.MustParseAddrPort("[2001:2::1]:3478")}},
 		&Subscribe{Flags: SubscribeMessages | SubscribeNodes},
-		&Gather{},
-		&RelayAck{Datagram: sampleSealedAck(5, 77)},
-		&Acks{Datagrams: [][]byte{sampleSealedAck(5, 77), sampleSealedAck(6, 78)}},
-		&PeerInfo{Flags: PeerFlagParent | PeerFlagGather},
-		&Edge{ID: 11, Role: RoleParent, Gather: true, RepoID: "chat.git", Peer: fixedKey(4), LocalUfrag: "abcd", LocalPwd: strings.Repeat("p", 22),
-			RemoteUfrag: "efgh", RemotePwd: strings.Repeat("q", 24), Candidates: []Candidate{{CandSrflx, netip.MustParseAddrPort("198.18.0.12:40000")}}},
 	}
-}
-
-// sampleSealedAck is a client's sealed Ack of seq in chat.git, with a fixed
-// nonce: the datagram a member hands its parent.
-func sampleSealedAck(client byte, seq uint64) []byte {
-	priv := fixedKey(client)
-	shared := SharedKey(PublicKey(fixedKey(1)), priv)
-	d, err := SealWithNonce(nil, &Ack{RepoID: "chat.git", Seq: seq}, PublicKey(priv), &[NonceLen]byte{client}, &shared)
-	if err != nil {
-		panic(err)
-	}
-	return d
 }
 
 // Golden plaintexts, written out field by field from the layout comments.
