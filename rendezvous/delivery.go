@@ -77,6 +77,7 @@ func (s *Server) onAck(c *client, m *wire.Ack, src netip.AddrPort, now time.Time
 		return // duplicate or stale ack
 	}
 	su.acked, su.clientAt = m.Seq, m.Seq
+	s.stats.LastAckUnixNano = now.UnixNano()
 	su.sent = max(su.sent, su.acked)
 	if len(su.r.events) > 0 {
 		s.skipFiltered(su, su.r.events[0].Seq)

@@ -415,3 +415,29 @@ func TestFanoutRejoinRemakesTheMembersEdges(t *testing.T) {
 		}
 	})
 }
+
+// The stats say how many followers are behind the head, and when the last
+// ack that moved one on came: what `make bench` reads as "all acked".
+func TestStatsCountFollowersBehindAndTheLastAck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newFanLab(t, 2, 3)
+		if st := l.s.Stats(); st.SubscriptionsBehind != 0 || st.LastAckUnixNano != 0 {
+			t.Fatalf("before any event: %d behind, last ack at %d", st.SubscriptionsBehind, st.LastAckUnixNano)
+		}
+		l.push()
+		if st := l.s.Stats(); st.SubscriptionsBehind != 3 {
+			t.Fatalf("after a push: %d behind, want 3", st.SubscriptionsBehind)
+		}
+		for _, c := range l.clients[:2] {
+			l.send(c, &wire.Ack{RepoID: "chat.git", Seq: 1})
+		}
+		time.Sleep(7 * time.Millisecond)
+		last := time.Now()
+		l.send(l.clients[2], &wire.Ack{RepoID: "chat.git", Seq: 1})
+		time.Sleep(time.Millisecond)
+		l.send(l.clients[2], &wire.Ack{RepoID: "chat.git", Seq: 1}) // a duplicate moves nothing
+		if st := l.s.Stats(); st.SubscriptionsBehind != 0 || st.LastAckUnixNano != last.UnixNano() {
+			t.Fatalf("after every ack: %d behind, last ack %v after the one that moved the last", st.SubscriptionsBehind, time.Unix(0, st.LastAckUnixNano).Sub(last))
+		}
+	})
+}

@@ -38,6 +38,7 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 		{"clients", "clients the rendezvous holds in memory", clients},
 		{"repositories", "repositories with followers or events in memory", repos},
 		{"tree_members", "subscriptions placed in peer-to-peer trees", members},
+		{"subscriptions_behind", "subscriptions whose client has not acked its repository's head", st.SubscriptionsBehind},
 	} {
 		fmt.Fprintf(&b, "# HELP %s%s %s\n# TYPE %s%s gauge\n%s%s %d\n", metricsPrefix, g.name, g.help, metricsPrefix, g.name, metricsPrefix, g.name, g.v)
 	}

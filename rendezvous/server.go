@@ -152,6 +152,12 @@ type Stats struct {
 	Edges           uint64 `json:"edges"`            // parent-child edges made
 	wire.PunchOK           // paths formed, by the remote candidate's kind
 	PunchFailed     uint64 `json:"punch_failed"` // edges on which no path formed
+	// LastAckUnixNano is when an ack last moved a subscription on (0:
+	// never): once the head's acks are all in, when the last of them came.
+	LastAckUnixNano int64 `json:"last_ack_unix_nano,omitempty"`
+	// SubscriptionsBehind is a gauge, counted when asked: subscriptions
+	// whose client has not yet acked its repository's head.
+	SubscriptionsBehind int `json:"subscriptions_behind"`
 	// Address validation (validate.go).
 	Challenges uint64 `json:"challenges"` // Challenges sent to addresses not yet shown to receive
 	Validated  uint64 `json:"validated"`  // addresses shown to receive
@@ -292,6 +298,13 @@ func (s *Server) PublicKey() wire.Key { return s.pub }
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	st := s.stats
+	for _, r := range s.repos {
+		for _, su := range r.subs.list {
+			if su.acked < r.head {
+				st.SubscriptionsBehind++
+			}
+		}
+	}
 	s.mu.Unlock()
 	st.DatagramsIn, st.DatagramsOut = s.datagramsIn.Load(), s.datagramsOut.Load()
 	return st

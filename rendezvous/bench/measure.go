@@ -17,7 +17,7 @@ import (
 
 // pushRun is what one push to n registered clients cost the rendezvous.
 type pushRun struct {
-	AllAckedMs      float64 // hook start → the last client's ack sent
+	AllAckedMs      float64 // hook start → the rendezvous took the last client's ack
 	CPUMs           float64 // the rendezvous's CPU for the push
 	SimCPUMs        float64 // the simulated clients' CPU for it, all generator processes
 	RSSPerClient    float64 // bytes of the rendezvous's RSS per idle client
@@ -65,18 +65,30 @@ func pushOnce(ctx context.Context, o Options, n, k int) (pushRun, error) {
 	if err := rp.hook(o, 1); err != nil {
 		return res, err
 	}
-	last, err := await(evs, "notified", 2*time.Minute)
-	if err != nil {
+	if _, err := await(evs, "notified", 2*time.Minute); err != nil {
 		return res, err
 	}
-	time.Sleep(200 * time.Millisecond) // the last acks reach the rendezvous
-	cpu1, _ := procCPU(pid)
-	sim1 := gensCPU(gens)
-	st1, err := rp.stats()
-	if err != nil {
-		return res, err
+	// Every simulated client has the event and has sent its ack. Done when
+	// the rendezvous holds every subscription at the head: the time is when
+	// it took the last ack, as the floor's is when its sender read the
+	// last echo.
+	var cpu1, sim1 time.Duration
+	var st1 rendezvous.Stats
+	for i := 0; ; i++ {
+		time.Sleep(200 * time.Millisecond)
+		cpu1, _ = procCPU(pid)
+		sim1 = gensCPU(gens)
+		if st1, err = rp.stats(); err != nil {
+			return res, err
+		}
+		if st1.SubscriptionsBehind == 0 {
+			break
+		}
+		if i == 50 {
+			return res, fmt.Errorf("%d of %d clients never acked the push", st1.SubscriptionsBehind, n)
+		}
 	}
-	res.AllAckedMs = float64(time.Unix(0, last).Sub(t0).Microseconds()) / 1000
+	res.AllAckedMs = float64(time.Unix(0, st1.LastAckUnixNano).Sub(t0).Microseconds()) / 1000
 	res.CPUMs = float64((cpu1 - cpu0).Microseconds()) / 1000
 	res.SimCPUMs = float64((sim1 - sim0).Microseconds()) / 1000
 	res.RSSPerClient = float64(rss1-rss0) / float64(n)

@@ -43,6 +43,9 @@ func (r Results) Table(w io.Writer) {
 	}
 	fmt.Fprintln(w, "### Fan-out: one push, N registered clients, until all have acked")
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "All acked, here and below: from the hook's start until the rendezvous took the last client's ack")
+	fmt.Fprintln(w, "(its `last_ack_unix_nano`, read once its `subscriptions_behind` is 0).")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| clients | all acked | rendezvous CPU per recipient | RSS per idle client |")
 	fmt.Fprintln(w, "|---|---|---|---|")
 	for _, f := range r.FanOut {
