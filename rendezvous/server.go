@@ -138,6 +138,12 @@ type Stats struct {
 	Limited       uint64 `json:"limited"`       // new keys over the per-source rate
 	Amplification uint64 `json:"amplification"` // replies dropped for being larger than the request
 	Rebinds       uint64 `json:"rebinds"`       // client address changes
+	// Delivery as it stands: when an ack last moved a subscription on (0:
+	// never; once the head's acks are all in, when the last of them came),
+	// and a gauge counted when asked: subscriptions whose client has not
+	// yet acked its repository's head.
+	LastAckUnixNano     int64 `json:"last_ack_unix_nano,omitempty"`
+	SubscriptionsBehind int   `json:"subscriptions_behind"`
 	// Subscriptions with preferences (subscribe.go).
 	Subscribes uint64 `json:"subscribes"` // Subscribe messages taken
 	Filtered   uint64 `json:"filtered"`   // events not sent to a client because its ref patterns leave them out
@@ -152,12 +158,6 @@ type Stats struct {
 	Edges           uint64 `json:"edges"`            // parent-child edges made
 	wire.PunchOK           // paths formed, by the remote candidate's kind
 	PunchFailed     uint64 `json:"punch_failed"` // edges on which no path formed
-	// LastAckUnixNano is when an ack last moved a subscription on (0:
-	// never): once the head's acks are all in, when the last of them came.
-	LastAckUnixNano int64 `json:"last_ack_unix_nano,omitempty"`
-	// SubscriptionsBehind is a gauge, counted when asked: subscriptions
-	// whose client has not yet acked its repository's head.
-	SubscriptionsBehind int `json:"subscriptions_behind"`
 	// Address validation (validate.go).
 	Challenges uint64 `json:"challenges"` // Challenges sent to addresses not yet shown to receive
 	Validated  uint64 `json:"validated"`  // addresses shown to receive
