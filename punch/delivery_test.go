@@ -402,6 +402,27 @@ func TestKeepaliveAdaptsToMappingLifetime(t *testing.T) {
 	}
 }
 
+// From its first keepalive on, the daemon reports the interval it keeps
+// alive with (status's KEEPALIVE), not 0 while its first lifetime probe
+// takes its whole idle time. Fake time.
+func TestKeepaliveIntervalIsReportedDuringTheFirstProbe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		var a recorder
+		d := l.natDaemon(t, "198.19.1.2:40000", 15*time.Second, &a)
+		key := l.srv.PublicKey()
+		if !waitFor(5*time.Second, func() bool { return d.Interval(key) > 0 }) {
+			t.Fatal("no keepalive interval reported 5 s after start")
+		}
+		// The first probe stays silent for DefaultKeepalive: it cannot have
+		// concluded, and the interval is the search's starting one.
+		if iv := d.Interval(key); iv != punch.DefaultKeepalive {
+			t.Fatalf("interval %v during the first probe, want %v", iv, punch.DefaultKeepalive)
+		}
+		synctest.Wait()
+	})
+}
+
 // Between pongs the daemon's keepalives are quiet: it asks for a pong at
 // least every PongRefresh, and the rendezvous answers the rest only with
 // news. A push still arrives at once. Fake time.

@@ -31,6 +31,10 @@ func (d *Daemon) keepaliveLoop(ctx context.Context, p *serverLink, u *udpPath) {
 	retry := firstRetry
 	search := newLifetimeSearch(d.cfg.FixedKeepalive)
 	for {
+		// What status shows from the first keepalive on: the interval the
+		// search stands at (the default until a probe has concluded, which
+		// takes the first probe's whole idle time).
+		d.setInterval(p, u, search.interval())
 		probe := search.nextProbe()
 		if p.onStream() != nil {
 			probe = 0 // a stream tells nothing of the NAT's UDP mappings
