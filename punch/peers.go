@@ -282,12 +282,6 @@ func roleName(r byte) string {
 	return "child"
 }
 
-func (d *Daemon) edge(id uint64) *peerEdge {
-	d.edgesMu.Lock()
-	defer d.edgesMu.Unlock()
-	return d.edges[id]
-}
-
 // dropEdge ends an edge; it reports whether there was one. The last edge
 // on a path closes its agent. With wait, the agent is closed before it
 // returns, so that a new agent toward the same peer never shares ICE's mux
