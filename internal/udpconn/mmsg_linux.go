@@ -292,7 +292,17 @@ func (u *mmsgConn) writeBatch(s *sendBatch) error {
 			s.n = 0
 			return errClosed
 		}
-		k, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&s.hdrs[sent])), uintptr(s.n-sent), 0, 0, 0)
+		// As readBatch reads: first without waiting, outside the
+		// scheduler's syscall accounting (a sendmmsg of a full batch takes
+		// about a millisecond on loopback, long enough for the runtime to
+		// hand the sender's P away and back); only a full socket buffer
+		// takes the blocking call. A 100k fan-out, four alternate runs each
+		// (bench --sizes 100000 --runs 1): 13.86 µs of CPU per recipient
+		// median (11.22-14.00) against 15.12 (14.53-15.71).
+		k, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&s.hdrs[sent])), uintptr(s.n-sent), unix.MSG_DONTWAIT, 0, 0)
+		if errno == unix.EAGAIN {
+			k, _, errno = unix.Syscall6(unix.SYS_SENDMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&s.hdrs[sent])), uintptr(s.n-sent), 0, 0, 0)
+		}
 		u.mu.RUnlock()
 		switch {
 		case errno == unix.EINTR:
