@@ -154,6 +154,19 @@ func (r *recvBatch) init(n int) {
 	r.srcs = make([]netip.AddrPort, n)
 }
 
+// mmsg makes a recvmmsg or sendmmsg call (trap) on n headers: first with
+// MSG_DONTWAIT as a raw system call, which cannot block and so needs no P
+// handed off and taken back around it; only when that would block (an
+// empty queue, a full buffer), the blocking call with flags, which the
+// scheduler accounts for.
+func mmsg(trap uintptr, fd int, hdrs *unix.Mmsghdr, n int, flags uintptr) (int, unix.Errno) {
+	got, _, errno := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(hdrs)), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
+	if errno == unix.EAGAIN {
+		got, _, errno = unix.Syscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(hdrs)), uintptr(n), flags, 0, 0)
+	}
+	return int(got), errno
+}
+
 // readBatch blocks until at least one datagram is there and returns how
 // many of the first n slots it filled (MSG_WAITFORONE: it never waits for a
 // full batch).
@@ -177,17 +190,12 @@ func (u *mmsgConn) readBatch(r *recvBatch, n int) (int, error) {
 			u.mu.RUnlock()
 			return 0, errClosed
 		}
-		// First without waiting, and without telling the scheduler: a
-		// read that cannot block needs no P handed off, and under load
-		// (the reader pauses to let batches gather) datagrams are nearly
-		// always queued. Only an empty queue takes the blocking call.
-		// Measured with 100k simulated clients keeping alive (make bench's
-		// keepalive row, four alternate runs each): 4.29% of one core
-		// (4.12-4.67) against 4.86% (4.66-4.97).
-		got, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
-		if errno == unix.EAGAIN {
-			got, _, errno = unix.Syscall6(unix.SYS_RECVMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(n), unix.MSG_WAITFORONE, 0, 0)
-		}
+		// Under load the reader pauses to let batches gather, so datagrams
+		// are nearly always queued. With 100k simulated clients keeping
+		// alive (make bench's keepalive row, four alternate runs each):
+		// 4.29% of one core (4.12-4.67) against 4.86% (4.66-4.97) with the
+		// blocking call alone.
+		got, errno := mmsg(unix.SYS_RECVMMSG, u.fd, &r.hdrs[0], n, unix.MSG_WAITFORONE)
 		u.mu.RUnlock()
 		if u.shut.Load() {
 			return 0, errClosed
@@ -294,17 +302,12 @@ func (u *mmsgConn) writeBatch(s *sendBatch) error {
 			s.n = 0
 			return errClosed
 		}
-		// As readBatch reads: first without waiting, outside the
-		// scheduler's syscall accounting (a sendmmsg of a full batch takes
-		// about a millisecond on loopback, long enough for the runtime to
-		// hand the sender's P away and back); only a full socket buffer
-		// takes the blocking call. A 100k fan-out, four alternate runs each
-		// (bench --sizes 100000 --runs 1): 13.86 µs of CPU per recipient
-		// median (11.22-14.00) against 15.12 (14.53-15.71).
-		k, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&s.hdrs[sent])), uintptr(s.n-sent), unix.MSG_DONTWAIT, 0, 0)
-		if errno == unix.EAGAIN {
-			k, _, errno = unix.Syscall6(unix.SYS_SENDMMSG, uintptr(u.fd), uintptr(unsafe.Pointer(&s.hdrs[sent])), uintptr(s.n-sent), 0, 0, 0)
-		}
+		// A sendmmsg of a full batch takes about a millisecond on
+		// loopback. A 100k fan-out, four alternate runs each (bench
+		// --sizes 100000 --runs 1): 13.86 µs of CPU per recipient median
+		// (11.22-14.00) against 15.12 (14.53-15.71) with the blocking call
+		// alone.
+		k, errno := mmsg(unix.SYS_SENDMMSG, u.fd, &s.hdrs[sent], s.n-sent, 0)
 		u.mu.RUnlock()
 		switch {
 		case errno == unix.EINTR:
