@@ -31,9 +31,10 @@ func (d *Daemon) keepaliveLoop(ctx context.Context, p *serverLink, u *udpPath) {
 	retry := firstRetry
 	search := newLifetimeSearch(d.cfg.FixedKeepalive)
 	for {
-		// What status shows from the first keepalive on: the interval the
+		// What status shows, from the first keepalive on: the interval the
 		// search stands at (the default until a probe has concluded, which
-		// takes the first probe's whole idle time).
+		// takes the first probe's whole idle time). Only a probe's outcome
+		// changes it, and each outcome leads back here.
 		d.setInterval(p, u, search.interval())
 		probe := search.nextProbe()
 		if p.onStream() != nil {
@@ -76,10 +77,8 @@ func (d *Daemon) keepaliveLoop(ctx context.Context, p *serverLink, u *udpPath) {
 						"survived_idle", search.lo, "failed_idle", search.hi)
 				}
 			}
-			d.setInterval(p, u, search.interval())
 			continue // a keepalive now: after a failure it re-opens the mapping
 		}
-		d.setInterval(p, u, search.interval())
 		sleepUntil(ctx, u.ping, search.interval())
 		if ctx.Err() != nil {
 			return
