@@ -17,12 +17,14 @@ const usage = `gcn-punch: git push notifications over UDP, through NATs
 usage:
   gcn-punch rendezvous --listen HOST:PORT [--alt-listen HOST:PORT] --store DIR [--open] [--fanout K]
                    [--metrics ADDR] [--log-format FORMAT]
+                   [--cluster nats://HOST:PORT[,...] [--cluster-creds FILE] [--node NAME]]
   gcn-punch hook --store DIR [--repo-id ID]         (as post-receive; reads "<old> <new> <ref>")
   gcn-punch daemon --server HOST:PORT --server-key HEX|@FILE --repo-id ID --state DIR
                    [--repo CLONE] [--exec 'PROGRAM ARGS...'] [--keepalive DURATION] [--no-peer]
                    [--refs PATTERN]... [--log-format FORMAT]
+  gcn-punch daemon|rendezvous --config FILE   settings from TOML; flags win
   gcn-punch watch   (the daemon's flags)   prints each notification as a JSON line on stdout
-  gcn-punch status --store DIR [--json|--stats|--tree]   (server side)
+  gcn-punch status --store DIR [--json|--stats|--tree|--cluster]   (server side)
   gcn-punch status --state DIR [--json|--stats]      (client side: a running daemon)
   gcn-punch notify --store DIR --repo-id ID [--message TEXT]   a test notification through the whole path
   gcn-punch revoke --store DIR KEY|USER         end a client's access at once (server side)

@@ -263,6 +263,9 @@ func runInstall(cmd string, args []string) error {
 			fmt.Print(use)
 			os.Exit(0)
 		}
+		if len(args) > 0 {
+			fmt.Fprintf(os.Stderr, "gcn-punch %s: unknown subcommand %q (server or client)\n", cmd, args[0])
+		}
 		fmt.Fprintf(os.Stderr, "gcn-punch %s: %s", cmd, use)
 		os.Exit(2)
 	}

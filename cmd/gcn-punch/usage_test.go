@@ -58,6 +58,24 @@ func TestHelpExitsZero(t *testing.T) {
 	}
 }
 
+// gcn-punch --help lists every form of every command, the cluster and the
+// configuration file included (they were in the README but not here).
+func TestTopUsageListsEveryForm(t *testing.T) {
+	code, out, _ := runCode(t, "", "--help")
+	if code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, form := range []string{"gcn-punch rendezvous", "gcn-punch hook", "gcn-punch daemon", "gcn-punch watch",
+		"gcn-punch status --store", "gcn-punch status --state", "gcn-punch notify", "gcn-punch revoke", "gcn-punch unpin",
+		"gcn-punch install server", "gcn-punch install client", "gcn-punch uninstall", "gcn-punch probe", "gcn-punch bench",
+		"gcn-punch heartbeat --repo", "gcn-punch heartbeat watch", "gcn-punch version",
+		"--cluster nats://", "--config FILE", "--tree", "--stats", "--refs PATTERN", "--no-peer", "--metrics ADDR"} {
+		if !strings.Contains(out, form) {
+			t.Errorf("the usage does not list %q", form)
+		}
+	}
+}
+
 // version and --version print the version, the Go release and the platform,
 // and exit 0.
 func TestVersion(t *testing.T) {
@@ -118,15 +136,19 @@ func TestStatusOnMissingStoreCreatesNothing(t *testing.T) {
 // --help exits 0 on every subcommand; install and uninstall with no side, or
 // an unknown one, are usage errors, exit 2.
 func TestEveryHelpExitsZeroAndMissingSubcommandTwo(t *testing.T) {
-	for _, c := range []string{"rendezvous", "hook", "daemon", "status", "probe", "bench", "heartbeat", "heartbeat watch",
-		"install server", "install client", "uninstall server", "uninstall client", "install", "uninstall"} {
+	for _, c := range []string{"rendezvous", "hook", "daemon", "watch", "status", "notify", "revoke", "unpin", "probe", "bench",
+		"heartbeat", "heartbeat watch", "install server", "install client", "uninstall server", "uninstall client", "install", "uninstall"} {
 		if code, out, errs := runCode(t, "", append(strings.Fields(c), "--help")...); code != 0 || !strings.Contains(out+errs, "usage") && !strings.Contains(out+errs, "--") {
 			t.Errorf("%s --help: exit %d, output %q", c, code, out+errs)
 		}
 	}
 	for _, args := range [][]string{{"install"}, {"uninstall"}, {"install", "bogus"}} {
-		if code, out, errs := runCode(t, "", args...); code != 2 || !strings.Contains(errs, "server|client") || out != "" {
+		code, out, errs := runCode(t, "", args...)
+		if code != 2 || !strings.Contains(errs, "server|client") || out != "" {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 and the usage on stderr", args, code, out, errs)
+		}
+		if len(args) > 1 && !strings.Contains(errs, `unknown subcommand "bogus"`) {
+			t.Errorf("%v: stderr %q does not name the unknown subcommand", args, errs)
 		}
 	}
 }
