@@ -678,8 +678,11 @@ func TestE2ERevokeByUser(t *testing.T) {
 		t.Fatalf("status does not show who registered the client:\n%s", s)
 	}
 	out := run(t, "", binary, "revoke", "--store", w.store, "alice")
-	if !strings.Contains(out, "revoked "+pub.String()+" (alice) from [chat.git]: the running rendezvous dropped it at once") {
+	if !strings.Contains(out, "revoked "+pub.String()+" (alice), from chat.git: the running rendezvous dropped it at once") {
 		t.Fatalf("revoke said %q", out)
+	}
+	if strings.Contains(out, "--open") {
+		t.Fatalf("revoke spoke of --open to a rendezvous without it: %q", out)
 	}
 	w.push()
 	if !poll(20*time.Second, func() bool { return strings.Contains(d.logText(), "not registered") }) {
@@ -695,6 +698,25 @@ func TestE2ERevokeByUser(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, `no client registered by "alice"`) {
 		t.Fatalf("revoking again: exit %d, %q", code, errs)
 	}
+}
+
+// Under --open, revoke still drops the client, and says that it will be
+// back: any key may follow there, so revocation cannot keep it out.
+func TestE2ERevokeUnderOpenSaysTheClientComesBack(t *testing.T) {
+	w := newWorld(t, true)
+	d := w.startDaemon("alice", w.listen)
+	d.ready(t)
+	pub, _, err := punch.LoadOrCreateKey(filepath.Join(w.dir, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := run(t, "", binary, "revoke", "--store", w.store, pub.String())
+	if !strings.Contains(out, "revoked "+pub.String()+" (owner unknown), no authorisation on record: the running rendezvous dropped it at once") ||
+		!strings.Contains(out, "runs with --open") {
+		t.Fatalf("revoke said %q", out)
+	}
+	w.push()
+	d.wantExactly(t, 1)
 }
 
 // A daemon configured by ~/.config/gcn-punch/daemon.toml alone (here under

@@ -174,7 +174,17 @@ func runRevoke(args []string) error {
 		if owner == "" {
 			owner = "owner unknown"
 		}
-		fmt.Printf("revoked %s (%s) from %v: %s\n", k, owner, repos, live)
+		from := "no authorisation on record"
+		if len(repos) > 0 {
+			from = "from " + strings.Join(repos, ", ")
+		}
+		fmt.Printf("revoked %s (%s), %s: %s\n", k, owner, from, live)
+	}
+	if st.Mode() == store.ModeOpen {
+		// Under --open any key may follow any repository: the client is
+		// dropped, and back at its next keepalive.
+		fmt.Println("This rendezvous runs with --open, where any key may follow: the client is back at its next keepalive. Revocation keeps a client out only without --open.")
+		return nil
 	}
 	fmt.Println("A revoked client can register again while its SSH key may log in: remove that key from the git account's authorized_keys too.")
 	return nil
