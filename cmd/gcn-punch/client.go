@@ -176,7 +176,7 @@ func runClient(ctx context.Context, name string, args []string, out io.Writer) (
 		return err
 	}
 	log.Info(name+" up", "version", shortVersion(), "client", d.PublicKey().String(), "udp", conn.LocalAddrPort().String(), "ssh_registration", sshMode)
-	defer func() { log.Info(name+" stopped", "err", err) }()
+	defer func() { logStopped(log, name, err) }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if sshMode {

@@ -141,3 +141,13 @@ func appendAttr(b *strings.Builder, prefix string, a slog.Attr) {
 	}
 	fmt.Fprintf(b, "  %s%s=%s", prefix, a.Key, v)
 }
+
+// logStopped writes a long-running command's last line: INFO when it
+// stopped as asked, ERROR with the reason when it failed.
+func logStopped(log *slog.Logger, name string, err error) {
+	if err != nil {
+		log.Error(name+" stopped", "err", errText(err))
+		return
+	}
+	log.Info(name + " stopped")
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -53,5 +54,21 @@ func TestLogFormats(t *testing.T) {
 	var obj map[string]any
 	if err := json.Unmarshal([]byte(lines[1]), &obj); err != nil || obj["msg"] != "detail" || obj["level"] != "DEBUG" {
 		t.Fatalf("json line %q: %v", lines[1], err)
+	}
+}
+
+// The last line says "stopped" without an empty err attribute when the
+// command stopped as asked, and at ERROR with the reason when it failed.
+func TestStoppedLine(t *testing.T) {
+	var b bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&b, nil))
+	logStopped(log, "daemon", nil)
+	if got := b.String(); !strings.Contains(got, `level=INFO msg="daemon stopped"`) || strings.Contains(got, "err=") {
+		t.Errorf("stopped as asked: %q", got)
+	}
+	b.Reset()
+	logStopped(log, "rendezvous", errors.New("listen udp: address already in use"))
+	if got := b.String(); !strings.Contains(got, `level=ERROR msg="rendezvous stopped" err="listen udp: address already in use"`) {
+		t.Errorf("failed: %q", got)
 	}
 }

@@ -61,7 +61,7 @@ func runRendezvous(ctx context.Context, args []string) error {
 	}
 	o.Version = shortVersion()
 	err := rendezvous.ListenAndServe(ctx, o)
-	o.Logger.Info("rendezvous stopped", "err", err)
+	logStopped(o.Logger, "rendezvous", err)
 	return err
 }
 
