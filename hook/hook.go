@@ -102,6 +102,12 @@ func Run(o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	if ok, served := st.Serves(id); !ok {
+		// A hook copied into another repository, or a mistyped --repo-id,
+		// must not start a repository of its own in the store.
+		return res, fmt.Errorf("%w: %s (this store serves %s): nothing recorded; `gcn-punch install server --repo PATH` serves a repository",
+			ErrNotServed, id, strings.Join(served, ", "))
+	}
 	// Messages first: the rendezvous reads them when it reads the events.
 	var msgs []store.Message
 	if o.Message != nil {
@@ -179,6 +185,10 @@ func shorten(s string) string {
 	}
 	return fmt.Sprintf("%q... (%d bytes)", s[:keep], len(s))
 }
+
+// ErrNotServed is Run's error for a repository outside the store's served
+// list (when it has one): nothing is recorded.
+var ErrNotServed = errors.New("repository not served by this store")
 
 // ErrNotRepository is RepoID's error outside a git repository: the hook
 // then records nothing, rather than inventing a repository named after the

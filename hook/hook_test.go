@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -72,6 +73,33 @@ func TestHookOutsideARepositoryRecordsNothing(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Join(st.Dir, "repos")); len(entries) != 0 {
 		t.Fatalf("the store gained %d repositories", len(entries))
+	}
+}
+
+// In a repository the store does not serve (it serves others), the hook
+// records nothing and names the ones it serves; with no served list (a
+// store set up by hand) every repository is taken.
+func TestHookInAnUnservedRepositoryRecordsNothing(t *testing.T) {
+	st, _ := store.Open(t.TempDir())
+	in := strings.Repeat("0", 40) + " " + strings.Repeat("a", 40) + " refs/heads/main\n"
+	res, err := Run(Options{StoreDir: st.Dir, RepoID: "chat.git", Stdin: strings.NewReader(in), Stderr: io.Discard})
+	if err != nil || len(res.Events) != 1 {
+		t.Fatalf("no served list: %d events, %v; want the push recorded", len(res.Events), err)
+	}
+	served := filepath.Join(t.TempDir(), "chat.git")
+	os.Mkdir(served, 0o755)
+	if err := st.Serve("chat.git", served); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(Options{StoreDir: st.Dir, RepoID: "other.git", Stdin: strings.NewReader(in), Stderr: io.Discard})
+	if !errors.Is(err, ErrNotServed) || !strings.Contains(err.Error(), "this store serves chat.git") {
+		t.Fatalf("Run in an unserved repository: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(st.Dir, "repos", "other.git")); !os.IsNotExist(err) {
+		t.Fatalf("the store gained other.git: %v", err)
+	}
+	if res, err := Run(Options{StoreDir: st.Dir, RepoID: "chat.git", Stdin: strings.NewReader(in), Stderr: io.Discard}); err != nil || len(res.Events) != 1 {
+		t.Fatalf("the served repository: %d events, %v", len(res.Events), err)
 	}
 }
 

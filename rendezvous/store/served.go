@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/gitchat/gcn-punch/internal/atomicfile"
@@ -38,6 +39,26 @@ func (s *Store) Served() (map[string]string, error) {
 		}
 	}
 	return m, nil
+}
+
+// Serves reports whether the store serves the repository id: it is in the
+// served list, or there is no list (a store set up by hand, with no
+// `gcn-punch install server`, serves every repository that pushes to it).
+// With a list, the others are named in the error's hint.
+func (s *Store) Serves(id string) (bool, []string) {
+	if _, err := os.Stat(filepath.Join(s.servedDir(), repoDirName(id))); err == nil {
+		return true, nil
+	}
+	served, err := s.Served()
+	if err != nil || len(served) == 0 {
+		return true, nil
+	}
+	ids := make([]string, 0, len(served))
+	for other := range served {
+		ids = append(ids, other)
+	}
+	slices.Sort(ids)
+	return false, ids
 }
 
 // Serve records that this store serves the repository at path under id.
