@@ -1042,6 +1042,41 @@ func TestNATProbeLifetime(t *testing.T) {
 	record(t, row{"probe --lifetime, 15 s mapping timeout", "port-restricted", res, fmt.Sprintf("measured %.0f s", *rep.Lifetime), "-"})
 }
 
+// probe --lifetime behind a router that forgets idle mappings after 4 s:
+// gone after 10 s and after 5 s idle, it says "under 5 s" (it once said
+// "0 s idle", and "a keepalive every 0s").
+func TestNATProbeShortLifetime(t *testing.T) {
+	skipUnlessLab(t)
+	t.Parallel()
+	lab := newLab(t, netsim.RouterSpec{Kind: netsim.PortRestricted, UDPTimeout: 4 * time.Second})
+	dir := t.TempDir()
+	a, b := netsim.ServerAddr.String(), netsim.ServerAltAddr.String()
+	startIn(t, lab.Server, filepath.Join(dir, "rendezvous.log"),
+		"rendezvous", "--listen", a+":3478", "--alt-listen", b+":3479", "--store", filepath.Join(dir, "store"), "--open")
+	time.Sleep(500 * time.Millisecond)
+	cmd := lab.Routers[0].Clients[0].Command(binary, "probe", "--server", a+":3478", "--json", "--lifetime", "--lifetime-max", "60s")
+	var progress strings.Builder
+	cmd.Stderr = &progress
+	out, err := cmd.Output()
+	var rep struct {
+		Lifetime *float64 `json:"mapping_lifetime_s"`
+		Under    bool     `json:"mapping_lifetime_under"`
+		Verdict  struct {
+			Keepalive string `json:"keepalive"`
+		} `json:"verdict"`
+	}
+	res := "ok"
+	switch {
+	case err != nil || json.Unmarshal(out, &rep) != nil || rep.Lifetime == nil:
+		res = "FAIL"
+		t.Fatalf("probe --lifetime: %v\n%s\n%s", err, out, progress.String())
+	case !rep.Under || *rep.Lifetime != 5 || !strings.Contains(rep.Verdict.Keepalive, "within 5 s"):
+		res = "FAIL"
+		t.Errorf("behind a 4 s NAT: lifetime %.0f s, under %v, verdict %q; want under 5 s", *rep.Lifetime, rep.Under, rep.Verdict.Keepalive)
+	}
+	record(t, row{"probe --lifetime, 4 s mapping timeout", "port-restricted", res, fmt.Sprintf("measured under %.0f s", *rep.Lifetime), "-"})
+}
+
 // IPv6 through home routers with a stateful IPv6 firewall and no NAT: a
 // dual-stack client and one on an IPv6-only network, both given the
 // rendezvous's IPv6 address, get every push exactly once, in order; the

@@ -61,6 +61,9 @@ type ProbeReport struct {
 	// LifetimeAtLeast: nothing expired within --lifetime-max, so the
 	// lifetime is at least LifetimeSec.
 	LifetimeAtLeast bool `json:"mapping_lifetime_at_least,omitempty"`
+	// LifetimeUnder: even LifetimeSec idle was too long (the NAT forgets
+	// within it).
+	LifetimeUnder bool `json:"mapping_lifetime_under,omitempty"`
 	// IPv6: whether the rendezvous answered over IPv6 (nil: not tested, no
 	// IPv6 address for it), the address it saw, whether that is one of
 	// this machine's own (a global address, no NAT66), and how the
@@ -256,11 +259,15 @@ func Probe(ctx context.Context, o ProbeOptions) (ProbeReport, error) {
 	}
 	wg.Wait()
 	v6.Wait()
-	if o.Lifetime {
-		if lt, atLeast, ok := measureLifetime(ctx, o, s1); ok {
-			r.LifetimeSec, r.LifetimeAtLeast = &lt, atLeast
+	switch {
+	case !o.Lifetime:
+	case r.OtherAddress == "":
+		r.Untested = append(r.Untested, "mapping lifetime: the rendezvous has no second address, and a single address does not answer RESPONSE-PORT, which the measurement needs (start it with --alt-listen on another IP and port); the daemon learns the lifetime by itself")
+	default:
+		if lt, ok := measureLifetime(ctx, o, s1); ok {
+			r.LifetimeSec, r.LifetimeAtLeast, r.LifetimeUnder = &lt.secs, lt.atLeast, lt.under
 		} else {
-			r.Untested = append(r.Untested, "mapping lifetime: the rendezvous does not honour RESPONSE-PORT, or no answer came back")
+			r.Untested = append(r.Untested, "mapping lifetime: the rendezvous did not answer RESPONSE-PORT even without waiting, or stopped answering")
 		}
 	}
 	r.Verdict = verdict(r)

@@ -42,7 +42,9 @@ func verdict(r ProbeReport) ProbeVerdict {
 		return v
 	}
 	v.Push = "yes: the rendezvous sends each notification down the path your NAT keeps open for the daemon's keepalives; no port needs opening"
-	if r.LifetimeSec != nil && r.LifetimeAtLeast {
+	if r.LifetimeSec != nil && r.LifetimeUnder {
+		v.Keepalive = fmt.Sprintf("your NAT forgot an idle mapping within %.0f s: the daemon keeps it with a keepalive every 2 s (its shortest), if that suffices; otherwise it turns to its SSH path", *r.LifetimeSec)
+	} else if r.LifetimeSec != nil && r.LifetimeAtLeast {
 		v.Keepalive = fmt.Sprintf("your NAT kept an idle mapping at least %.0f s (nothing expired within --lifetime-max): a keepalive every %.0f s suffices, and a longer one may; the daemon finds the real bound by itself", *r.LifetimeSec, *r.LifetimeSec*safetyMargin)
 	} else if r.LifetimeSec != nil {
 		iv := time.Duration(*r.LifetimeSec * safetyMargin * float64(time.Second)).Round(time.Second)
@@ -127,7 +129,9 @@ func (r ProbeReport) WriteHuman(w io.Writer) {
 		fmt.Fprintf(w, "  IPv6 public address     %s (global: %s)\n", r.IPv6Reflexive, global)
 		fmt.Fprintf(w, "  IPv6 filtering          %s\n", val(r.IPv6Filtering))
 	}
-	if r.LifetimeSec != nil && r.LifetimeAtLeast {
+	if r.LifetimeSec != nil && r.LifetimeUnder {
+		fmt.Fprintf(w, "  mapping lifetime        under %.0f s idle\n", *r.LifetimeSec)
+	} else if r.LifetimeSec != nil && r.LifetimeAtLeast {
 		fmt.Fprintf(w, "  mapping lifetime        at least %.0f s idle (nothing expired within --lifetime-max)\n", *r.LifetimeSec)
 	} else if r.LifetimeSec != nil {
 		fmt.Fprintf(w, "  mapping lifetime        %.0f s idle\n", *r.LifetimeSec)

@@ -51,3 +51,16 @@ func TestProbeLifetimeAtLeastIsABound(t *testing.T) {
 		t.Fatalf("a measured lifetime reported as a bound:\n%s", b.String())
 	}
 }
+
+// A NAT that forgot within the shortest idle time tried is reported as
+// "under" that time, never as a lifetime of that time or of zero.
+func TestProbeLifetimeUnderIsABound(t *testing.T) {
+	secs := 5.0
+	r := ProbeReport{UDP: true, LifetimeSec: &secs, LifetimeUnder: true}
+	r.Verdict = verdict(r)
+	var b bytes.Buffer
+	r.WriteHuman(&b)
+	if !strings.Contains(b.String(), "mapping lifetime        under 5 s idle") || !strings.Contains(r.Verdict.Keepalive, "within 5 s") {
+		t.Fatalf("an upper bound reported as the lifetime:\n%s", b.String())
+	}
+}

@@ -251,7 +251,7 @@ func runProbe(ctx context.Context, args []string) int {
 	fs := newFlags("probe")
 	server := fs.String("server", "", "rendezvous UDP address HOST:PORT, or one per family ADDR4:PORT,[ADDR6]:PORT (default: the daemon's, else the current clone's origin host, port 3478)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	lifetime := fs.Bool("lifetime", false, "also measure how long the NAT keeps an idle mapping (takes minutes)")
+	lifetime := fs.Bool("lifetime", false, "also measure how long the NAT keeps an idle mapping (takes minutes; needs a rendezvous with --alt-listen)")
 	lifetimeMax := fs.Duration("lifetime-max", 4*time.Minute, "bound on the waiting of --lifetime")
 	stateDir := fs.String("state", defaultStateDir(), "daemon state directory to take the rendezvous from")
 	parse(fs, args)

@@ -700,6 +700,26 @@ func TestE2ERevokeByUser(t *testing.T) {
 	}
 }
 
+// probe --lifetime against a rendezvous with one address, which answers
+// plain Binding only, says that it could not measure and why, instead of
+// reading the unanswered RESPONSE-PORT requests as a mapping gone at once
+// ("0 s idle: a keepalive every 0s").
+func TestE2EProbeLifetimeNeedsASecondAddress(t *testing.T) {
+	w := newWorld(t, true)
+	code, out, errs := runCode(t, "", "probe", "--server", w.listen, "--json", "--lifetime", "--lifetime-max", "10s")
+	var rep struct {
+		UDP      bool     `json:"udp"`
+		Lifetime *float64 `json:"mapping_lifetime_s"`
+		Untested []string `json:"untested"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil {
+		t.Fatalf("probe: exit %d, %v\n%s\n%s", code, err, out, errs)
+	}
+	if !rep.UDP || rep.Lifetime != nil || !strings.Contains(strings.Join(rep.Untested, "\n"), "mapping lifetime: the rendezvous has no second address") {
+		t.Fatalf("probe --lifetime at one address: udp %v, lifetime %v, untested %q", rep.UDP, rep.Lifetime, rep.Untested)
+	}
+}
+
 // Under --open, revoke still drops the client, and says that it will be
 // back: any key may follow there, so revocation cannot keep it out.
 func TestE2ERevokeUnderOpenSaysTheClientComesBack(t *testing.T) {
