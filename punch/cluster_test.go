@@ -239,7 +239,8 @@ func TestClusterHookPublishesWhenItsRendezvousIsDown(t *testing.T) {
 	hookPush := func(from, n int) {
 		for i := from; i < from+n; i++ {
 			res, err := hook.Run(hook.Options{StoreDir: a.store.Dir, RepoID: "chat.git", Stderr: io.Discard,
-				Stdin: strings.NewReader(fmt.Sprintf("%040x %040x refs/heads/main\n", i, i+1))})
+				Stdin:   strings.NewReader(fmt.Sprintf("%040x %040x refs/heads/main\n", i, i+1)),
+				Message: &wire.Chat{Author: "alice", Subject: fmt.Sprintf("message %d", i+1), Count: 1}})
 			if err != nil || !res.Published {
 				t.Fatalf("hook: %+v %v", res, err)
 			}
@@ -250,6 +251,15 @@ func TestClusterHookPublishesWhenItsRendezvousIsDown(t *testing.T) {
 	a.stop()
 	hookPush(5, 5)
 	waitHandled(t, "the daemon at B, A down", &rec, 10)
+	// The hook's own publication is the one the stream keeps (it
+	// deduplicates A's later one): it must carry the chat message.
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, ev := range rec.events {
+		if want := fmt.Sprintf("message %d", ev.Seq); ev.Author != "alice" || ev.Subject != want || ev.Count != 1 {
+			t.Errorf("seq %d at B: author %q, subject %q, count %d; want alice, %q, 1", ev.Seq, ev.Author, ev.Subject, ev.Count, want)
+		}
+	}
 }
 
 // BenchmarkClusterEndToEnd measures events through JetStream with two
