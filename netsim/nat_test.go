@@ -1010,34 +1010,48 @@ func bounded(cmd *exec.Cmd) ([]byte, error) {
 	}
 }
 
-// probe --lifetime behind a router that forgets idle mappings after 15 s.
-func TestNATProbeLifetime(t *testing.T) {
-	skipUnlessLab(t)
-	t.Parallel()
-	lab := newLab(t, netsim.RouterSpec{Kind: netsim.PortRestricted, UDPTimeout: 15 * time.Second})
+// lifetimeReport is what the lifetime tests read of probe --json.
+type lifetimeReport struct {
+	Lifetime *float64 `json:"mapping_lifetime_s"`
+	Under    bool     `json:"mapping_lifetime_under"`
+	Verdict  struct {
+		Keepalive string `json:"keepalive"`
+	} `json:"verdict"`
+}
+
+// probeLifetimeBehind runs probe --lifetime behind a port-restricted
+// router that forgets idle mappings after timeout, against a rendezvous
+// with a second address, and returns its report and progress lines.
+func probeLifetimeBehind(t *testing.T, timeout time.Duration, max string) (lifetimeReport, string) {
+	lab := newLab(t, netsim.RouterSpec{Kind: netsim.PortRestricted, UDPTimeout: timeout})
 	dir := t.TempDir()
 	a, b := netsim.ServerAddr.String(), netsim.ServerAltAddr.String()
 	startIn(t, lab.Server, filepath.Join(dir, "rendezvous.log"),
 		"rendezvous", "--listen", a+":3478", "--alt-listen", b+":3479", "--store", filepath.Join(dir, "store"), "--open")
 	time.Sleep(500 * time.Millisecond)
-	cmd := lab.Routers[0].Clients[0].Command(binary, "probe", "--server", a+":3478", "--json", "--lifetime", "--lifetime-max", "90s")
+	cmd := lab.Routers[0].Clients[0].Command(binary, "probe", "--server", a+":3478", "--json", "--lifetime", "--lifetime-max", max)
 	var progress strings.Builder
 	cmd.Stderr = &progress
 	out, err := cmd.Output()
-	var rep struct {
-		Lifetime *float64 `json:"mapping_lifetime_s"`
-	}
-	res := "ok"
-	switch {
-	case err != nil || json.Unmarshal(out, &rep) != nil || rep.Lifetime == nil:
-		res = "FAIL"
+	var rep lifetimeReport
+	if err != nil || json.Unmarshal(out, &rep) != nil || rep.Lifetime == nil {
 		t.Fatalf("probe --lifetime: %v\n%s\n%s", err, out, progress.String())
-	case *rep.Lifetime < 10 || *rep.Lifetime >= 15:
+	}
+	return rep, progress.String()
+}
+
+// probe --lifetime behind a router that forgets idle mappings after 15 s.
+func TestNATProbeLifetime(t *testing.T) {
+	skipUnlessLab(t)
+	t.Parallel()
+	rep, progress := probeLifetimeBehind(t, 15*time.Second, "90s")
+	res := "ok"
+	if *rep.Lifetime < 10 || *rep.Lifetime >= 15 {
 		res = "FAIL"
 		t.Errorf("measured lifetime %.0f s behind a 15 s NAT", *rep.Lifetime)
 	}
-	if !strings.Contains(progress.String(), "idle") {
-		t.Errorf("no progress shown while waiting:\n%s", progress.String())
+	if !strings.Contains(progress, "idle") {
+		t.Errorf("no progress shown while waiting:\n%s", progress)
 	}
 	record(t, row{"probe --lifetime, 15 s mapping timeout", "port-restricted", res, fmt.Sprintf("measured %.0f s", *rep.Lifetime), "-"})
 }
@@ -1048,29 +1062,9 @@ func TestNATProbeLifetime(t *testing.T) {
 func TestNATProbeShortLifetime(t *testing.T) {
 	skipUnlessLab(t)
 	t.Parallel()
-	lab := newLab(t, netsim.RouterSpec{Kind: netsim.PortRestricted, UDPTimeout: 4 * time.Second})
-	dir := t.TempDir()
-	a, b := netsim.ServerAddr.String(), netsim.ServerAltAddr.String()
-	startIn(t, lab.Server, filepath.Join(dir, "rendezvous.log"),
-		"rendezvous", "--listen", a+":3478", "--alt-listen", b+":3479", "--store", filepath.Join(dir, "store"), "--open")
-	time.Sleep(500 * time.Millisecond)
-	cmd := lab.Routers[0].Clients[0].Command(binary, "probe", "--server", a+":3478", "--json", "--lifetime", "--lifetime-max", "60s")
-	var progress strings.Builder
-	cmd.Stderr = &progress
-	out, err := cmd.Output()
-	var rep struct {
-		Lifetime *float64 `json:"mapping_lifetime_s"`
-		Under    bool     `json:"mapping_lifetime_under"`
-		Verdict  struct {
-			Keepalive string `json:"keepalive"`
-		} `json:"verdict"`
-	}
+	rep, _ := probeLifetimeBehind(t, 4*time.Second, "60s")
 	res := "ok"
-	switch {
-	case err != nil || json.Unmarshal(out, &rep) != nil || rep.Lifetime == nil:
-		res = "FAIL"
-		t.Fatalf("probe --lifetime: %v\n%s\n%s", err, out, progress.String())
-	case !rep.Under || *rep.Lifetime != 5 || !strings.Contains(rep.Verdict.Keepalive, "within 5 s"):
+	if !rep.Under || *rep.Lifetime != 5 || !strings.Contains(rep.Verdict.Keepalive, "within 5 s") {
 		res = "FAIL"
 		t.Errorf("behind a 4 s NAT: lifetime %.0f s, under %v, verdict %q; want under 5 s", *rep.Lifetime, rep.Under, rep.Verdict.Keepalive)
 	}

@@ -32,35 +32,25 @@ func TestProbeIPv6Verdict(t *testing.T) {
 	}
 }
 
-// A lifetime measurement in which nothing expired is reported as a lower
-// bound, never as the NAT's lifetime.
-func TestProbeLifetimeAtLeastIsABound(t *testing.T) {
+// A lifetime measurement is reported as what it is: a lower bound when
+// nothing expired, an upper bound when even the shortest idle time was too
+// long, and the NAT's lifetime otherwise; never one as another.
+func TestProbeLifetimeBounds(t *testing.T) {
 	secs := 120.0
-	r := ProbeReport{UDP: true, LifetimeSec: &secs, LifetimeAtLeast: true}
-	r.Verdict = verdict(r)
-	var b bytes.Buffer
-	r.WriteHuman(&b)
-	if !strings.Contains(b.String(), "at least 120 s idle") || !strings.Contains(r.Verdict.Keepalive, "at least 120 s") {
-		t.Fatalf("a bound reported as the lifetime:\n%s", b.String())
-	}
-	r.LifetimeAtLeast = false
-	r.Verdict = verdict(r)
-	b.Reset()
-	r.WriteHuman(&b)
-	if strings.Contains(b.String(), "at least") || strings.Contains(r.Verdict.Keepalive, "at least") {
-		t.Fatalf("a measured lifetime reported as a bound:\n%s", b.String())
-	}
-}
-
-// A NAT that forgot within the shortest idle time tried is reported as
-// "under" that time, never as a lifetime of that time or of zero.
-func TestProbeLifetimeUnderIsABound(t *testing.T) {
-	secs := 5.0
-	r := ProbeReport{UDP: true, LifetimeSec: &secs, LifetimeUnder: true}
-	r.Verdict = verdict(r)
-	var b bytes.Buffer
-	r.WriteHuman(&b)
-	if !strings.Contains(b.String(), "mapping lifetime        under 5 s idle") || !strings.Contains(r.Verdict.Keepalive, "within 5 s") {
-		t.Fatalf("an upper bound reported as the lifetime:\n%s", b.String())
+	for _, c := range []struct {
+		atLeast, under bool
+		line, verdict  string
+	}{
+		{true, false, "mapping lifetime        at least 120 s idle", "at least 120 s"},
+		{false, true, "mapping lifetime        under 120 s idle", "within 120 s"},
+		{false, false, "mapping lifetime        120 s idle", "kept an idle mapping 120 s"},
+	} {
+		r := ProbeReport{UDP: true, LifetimeSec: &secs, LifetimeAtLeast: c.atLeast, LifetimeUnder: c.under}
+		r.Verdict = verdict(r)
+		var b bytes.Buffer
+		r.WriteHuman(&b)
+		if !strings.Contains(b.String(), c.line) || !strings.Contains(r.Verdict.Keepalive, c.verdict) {
+			t.Errorf("at least %v, under %v: want %q and a verdict with %q:\n%s", c.atLeast, c.under, c.line, c.verdict, b.String())
+		}
 	}
 }
