@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -91,11 +92,15 @@ func Unpin(stateDir, server string) (removed map[string]string, err error) {
 		}
 	}
 	if len(removed) == 0 {
+		if len(st.Pins) == 0 {
+			return nil, fmt.Errorf("no key is pinned for %q in %s: nothing is pinned there (a daemon pins a server's key when it first registers over SSH)", server, stateDir)
+		}
 		names := make([]string, 0, len(st.Pins))
 		for name := range st.Pins {
 			names = append(names, name)
 		}
-		return nil, fmt.Errorf("no key is pinned for %q in %s (pinned: %v)", server, stateDir, names)
+		slices.Sort(names)
+		return nil, fmt.Errorf("no key is pinned for %q in %s: the pins there are %s (give one, or its host)", server, stateDir, strings.Join(names, ", "))
 	}
 	return removed, st.compact(stateDir)
 }

@@ -158,7 +158,7 @@ func TestUnpin(t *testing.T) {
 	if got, err := Unpin(dir, "git@[2001:db8::1]:22"); err != nil || len(got) != 1 {
 		t.Fatalf("by name: %v, %v", got, err)
 	}
-	if _, err := Unpin(dir, "chat.example"); err == nil || !strings.Contains(err.Error(), "no key is pinned") {
+	if _, err := Unpin(dir, "chat.example"); err == nil || !strings.Contains(err.Error(), "no key is pinned") || !strings.Contains(err.Error(), "the pins there are git@other.example:22 (give one") {
 		t.Fatalf("nothing left to unpin: %v", err)
 	}
 	st, _ = loadState(dir)
