@@ -102,9 +102,11 @@ func Run(o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	if ok, served := st.Serves(id); !ok {
+	if ok, served := st.Serves(id); !ok && !st.HasLog(id) {
 		// A hook copied into another repository, or a mistyped --repo-id,
-		// must not start a repository of its own in the store.
+		// must not start a repository of its own in the store (one that
+		// has a log already, hooked by hand beside an installed one, goes
+		// on as before).
 		return res, fmt.Errorf("%w: %s (this store serves %s): nothing recorded; `gcn-punch install server --repo PATH` serves a repository",
 			ErrNotServed, id, strings.Join(served, ", "))
 	}

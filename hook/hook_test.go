@@ -76,9 +76,10 @@ func TestHookOutsideARepositoryRecordsNothing(t *testing.T) {
 	}
 }
 
-// In a repository the store does not serve (it serves others), the hook
-// records nothing and names the ones it serves; with no served list (a
-// store set up by hand) every repository is taken.
+// In a new repository the store does not serve (it serves others), the
+// hook records nothing and names the ones it serves; with no served list (a
+// store set up by hand) every repository is taken, and one that has a log
+// already goes on.
 func TestHookInAnUnservedRepositoryRecordsNothing(t *testing.T) {
 	st, _ := store.Open(t.TempDir())
 	in := strings.Repeat("0", 40) + " " + strings.Repeat("a", 40) + " refs/heads/main\n"
@@ -100,6 +101,17 @@ func TestHookInAnUnservedRepositoryRecordsNothing(t *testing.T) {
 	}
 	if res, err := Run(Options{StoreDir: st.Dir, RepoID: "chat.git", Stdin: strings.NewReader(in), Stderr: io.Discard}); err != nil || len(res.Events) != 1 {
 		t.Fatalf("the served repository: %d events, %v", len(res.Events), err)
+	}
+	// A repository hooked by hand before the list existed keeps its log
+	// going: only a new one is refused.
+	if err := st.Unserve("chat.git"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Serve("notes.git", served); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := Run(Options{StoreDir: st.Dir, RepoID: "chat.git", Stdin: strings.NewReader(in), Stderr: io.Discard}); err != nil || len(res.Events) != 1 || res.Events[0].Seq != 3 {
+		t.Fatalf("a repository with a log, outside the list: %+v, %v; want seq 3 recorded", res.Events, err)
 	}
 }
 

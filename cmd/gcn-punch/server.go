@@ -113,7 +113,16 @@ func runNotify(args []string) error {
 	served, _ := st.Served()
 	logs, _ := st.Repos()
 	if _, ok := served[*repoID]; !ok && !slices.Contains(logs, *repoID) {
-		return fmt.Errorf("the store at %s serves no repository %q and has no log for it: give one of %v", st.Dir, *repoID, slices.Sorted(maps.Keys(served)))
+		known := slices.Sorted(maps.Keys(served))
+		for _, id := range logs {
+			if _, ok := served[id]; !ok {
+				known = append(known, id)
+			}
+		}
+		if len(known) == 0 {
+			return fmt.Errorf("the store at %s serves no repository yet: `gcn-punch install server --repo PATH` serves one", st.Dir)
+		}
+		return fmt.Errorf("the store at %s serves no repository %q and has no log for it: give one of %s", st.Dir, *repoID, strings.Join(known, ", "))
 	}
 	zero := strings.Repeat("0", 40)
 	var stderr strings.Builder

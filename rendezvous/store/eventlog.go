@@ -86,6 +86,12 @@ func (s *Store) repoDir(repoID string) string {
 // LogPath is the event log of a repository.
 func (s *Store) LogPath(repoID string) string { return filepath.Join(s.repoDir(repoID), "events.log") }
 
+// HasLog reports whether the repository has an event log in this store.
+func (s *Store) HasLog(repoID string) bool {
+	_, err := os.Stat(s.LogPath(repoID))
+	return err == nil
+}
+
 // seqPath holds the highest sequence number ever given out in a repository,
 // 20 digits and a newline, rewritten in place (one sector: it is written
 // whole or not at all) and synced after each append. It survives what
