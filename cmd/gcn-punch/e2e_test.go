@@ -651,6 +651,15 @@ func TestE2ENotifyWithoutPushing(t *testing.T) {
 	if _, err := os.Stat(missing); code != 1 || err == nil {
 		t.Fatalf("notify with no store: exit %d, %q; the directory: %v", code, errs, err)
 	}
+	// With the rendezvous down the check has failed: exit 1, saying what
+	// was recorded and what to start; the event is delivered once it runs.
+	w.rv.kill(syscall.SIGTERM)
+	code, _, errs = runCode(t, "", "notify", "--store", w.store, "--repo-id", "chat.git")
+	if code != 1 || !strings.Contains(errs, "recorded chat.git seq 4") || !strings.Contains(errs, "no rendezvous runs on") {
+		t.Fatalf("notify with the rendezvous down: exit %d, %q", code, errs)
+	}
+	w.startRendezvous()
+	d.wantExactly(t, 4)
 }
 
 // `gcn-punch revoke --store DIR USER` ends a registered client's access at

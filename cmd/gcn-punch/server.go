@@ -136,12 +136,13 @@ func runNotify(args []string) error {
 		return fmt.Errorf("nothing recorded: %s", strings.TrimSpace(stderr.String()))
 	}
 	seq := res.Events[0].Seq
-	switch {
-	case res.Poked:
-		fmt.Printf("notified %s: seq %d (%s), handed to the rendezvous; `gcn-punch status --store %s` shows who acked it\n", *repoID, seq, notifyRef, st.Dir)
-	default:
-		fmt.Printf("recorded %s seq %d (%s), but the rendezvous is not running: %s\n", *repoID, seq, notifyRef, strings.TrimSpace(stderr.String()))
+	if !res.Poked {
+		// The check failed: say so with exit 1, though the event is
+		// recorded and, as a push's would be, sent directly.
+		return fmt.Errorf("recorded %s seq %d (%s), but no rendezvous runs on %s (sent directly to %d recent clients as a best effort): start it (systemctl start gcn-punch-rendezvous), and its clients get the notification then",
+			*repoID, seq, notifyRef, st.Dir, res.Direct)
 	}
+	fmt.Printf("notified %s: seq %d (%s), handed to the rendezvous; `gcn-punch status --store %s` shows who acked it\n", *repoID, seq, notifyRef, st.Dir)
 	return nil
 }
 
