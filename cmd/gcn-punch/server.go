@@ -318,7 +318,7 @@ func runInstall(cmd string, args []string) error {
 			fs.BoolVar(&printUnit, "print-unit", false, "print the rendezvous's systemd unit for --user, --store, --listen, --binary; change nothing")
 		}
 	} else if installing {
-		fs.StringVar(&cli.Exec, "exec", "", "program the daemon runs on each notification")
+		fs.StringVar(&cli.Exec, "exec", "", "command the daemon runs on each notification: a program and its arguments, quoted as in systemd's ExecStart (no shell)")
 	}
 	parse(fs, args[1:])
 	if printUnit {
@@ -337,6 +337,13 @@ func runInstall(cmd string, args []string) error {
 	}
 	cli.Repo, cli.Binary, cli.Out = *repo, *binary, os.Stdout
 	if cmd == "install" {
+		if cli.Exec != "" {
+			// The daemon would refuse it at every start, and the unit
+			// restart it every 10 s: refuse it here, with the reason.
+			if _, err := execCommand(cli.Exec); err != nil {
+				return err
+			}
+		}
 		return cli.Install()
 	}
 	return cli.Uninstall()

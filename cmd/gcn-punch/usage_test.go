@@ -209,6 +209,27 @@ func TestDaemonRepoCheckedAtStart(t *testing.T) {
 	}
 }
 
+// install client refuses an --exec whose program does not exist, as the
+// daemon would at every start of the unit, and writes nothing.
+func TestInstallClientChecksExec(t *testing.T) {
+	dir := t.TempDir()
+	clone := filepath.Join(dir, "clone")
+	for _, args := range [][]string{{"init", "-q", clone}, {"-C", clone, "remote", "add", "origin", "git@chat.example:chat.git"}} {
+		if out, err := exec.Command("git", args...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	cmd := exec.Command(binary, "install", "client", "--repo", clone, "--exec", `gcn-punch-no-such-program "new message"`)
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), `no program "gcn-punch-no-such-program"`) {
+		t.Fatalf("install client with a missing --exec program: %v, %q; want exit 1 naming it", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".config")); !os.IsNotExist(err) {
+		t.Fatalf("install client wrote under HOME: %v", err)
+	}
+}
+
 // Every duration flag is checked: one out of its range is a usage error
 // (exit 2) that names the flag and its range.
 func TestDurationFlagsChecked(t *testing.T) {
