@@ -729,6 +729,34 @@ func TestE2EProbeLifetimeNeedsASecondAddress(t *testing.T) {
 	}
 }
 
+// Plain `gcn-punch status` on a client (no store at the default place, a
+// daemon's state at its default place) shows the running daemon, as
+// `tailscale status` does; it used to say there is no store.
+func TestE2EPlainStatusOnAClientShowsTheDaemon(t *testing.T) {
+	if _, err := store.OpenExisting(store.DefaultDir); err == nil {
+		t.Skipf("a store exists at %s on this machine: plain status shows it", store.DefaultDir)
+	}
+	w := newWorld(t, true)
+	home := filepath.Join(w.dir, "home")
+	state := filepath.Join(home, ".local", "state", "gcn-punch")
+	env := []string{"HOME=" + home, "XDG_STATE_HOME="}
+	start(t, filepath.Join(w.dir, "home-daemon.log"), env, "daemon", "--server", w.listen, "--server-key", "@"+filepath.Join(w.store, "server.pub"),
+		"--repo-id", "chat.git", "--no-desktop")
+	if !poll(20*time.Second, func() bool { return punch.HasPosition(state) }) {
+		t.Fatal("the daemon at the default state directory never registered")
+	}
+	pub, _, err := punch.LoadOrCreateKey(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "status")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "client "+pub.String()) || !strings.Contains(string(out), "chat.git") {
+		t.Fatalf("status on a client: %v\n%s", err, out)
+	}
+}
+
 // Under --open, revoke still drops the client, and says that it will be
 // back: any key may follow there, so revocation cannot keep it out.
 func TestE2ERevokeUnderOpenSaysTheClientComesBack(t *testing.T) {

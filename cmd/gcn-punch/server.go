@@ -352,12 +352,22 @@ func runInstall(cmd string, args []string) error {
 func runStatus(args []string) error {
 	fs := newFlags("status")
 	dir := fs.String("store", store.DefaultDir, "store directory (the server side)")
-	stateDir := fs.String("state", "", "a daemon's state directory: the client side")
+	stateDir := fs.String("state", "", "a daemon's state directory: the client side (used without either flag when there is no store at the default place but a daemon's state is, as on a client)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	stats := fs.Bool("stats", false, "print the running rendezvous's (or with --state, daemon's) counters as JSON")
 	tree := fs.Bool("tree", false, "print each repository's peer-to-peer tree as the running rendezvous has it")
 	clusterView := fs.Bool("cluster", false, "print the cluster (--cluster): the events stream, and each node with its clients")
 	parse(fs, args)
+	if *stateDir == "" && !fs.Changed("store") && !*tree && !*clusterView {
+		// Plain `gcn-punch status` on a client, where there is no store
+		// but a daemon's state: show the daemon, as tailscale status does.
+		if _, err := store.OpenExisting(*dir); errors.Is(err, store.ErrNoStore) {
+			if _, serr := os.Stat(defaultStateDir()); serr != nil {
+				return fmt.Errorf("%w; on a client, give a daemon's state directory: gcn-punch status --state DIR (there is none at %s)", err, defaultStateDir())
+			}
+			*stateDir = defaultStateDir()
+		}
+	}
 	if *stateDir != "" {
 		if *stats {
 			return punch.WriteStats(os.Stdout, *stateDir)
