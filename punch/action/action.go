@@ -139,6 +139,13 @@ func FastForward(ctx context.Context, clone string, ev punch.Event, log *slog.Lo
 	}
 	head, _ := git(ctx, clone, "symbolic-ref", "--quiet", "HEAD")
 	want := "refs/remotes/origin/" + strings.TrimPrefix(ev.Ref, "refs/heads/")
+	if out == "" && !ev.Resync {
+		// A clone of the repository while it was empty has no branch, and
+		// its unborn one tracks nothing that exists: the first pushed
+		// branch becomes its branch, checked out (nothing is there to lose;
+		// git refuses if an untracked file is in the way).
+		return takeFirstBranch(ctx, clone, strings.TrimPrefix(ev.Ref, "refs/heads/"), want, log)
+	}
 	for _, line := range strings.Split(out, "\n") {
 		local, upstream, ok := strings.Cut(line, "\x00")
 		if !ok || upstream == "" || (!ev.Resync && upstream != want) {
@@ -151,6 +158,19 @@ func FastForward(ctx context.Context, clone string, ev punch.Event, log *slog.Lo
 			log.Warn("not fast-forwarded", "clone", clone, "branch", local, "reason", err)
 		}
 	}
+	return nil
+}
+
+// takeFirstBranch checks out branch, tracking upstream, in a clone that has
+// no branch yet.
+func takeFirstBranch(ctx context.Context, clone, branch, upstream string, log *slog.Logger) error {
+	if _, err := git(ctx, clone, "rev-parse", "--verify", "--quiet", "HEAD"); err == nil {
+		return nil // a detached HEAD on a commit: leave it as it is
+	}
+	if _, err := git(ctx, clone, "checkout", "--quiet", "-b", branch, "--track", upstream); err != nil {
+		return fmt.Errorf("the clone has no branch yet, and checking out %s failed: %w", branch, err)
+	}
+	log.Info("the clone had no branch yet: checked out the pushed one", "clone", clone, "branch", branch)
 	return nil
 }
 

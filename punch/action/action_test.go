@@ -61,10 +61,7 @@ func setupRepos(t *testing.T) (server, clone, pusher string) {
 	exec.Command("git", "init", "-q", "--bare", "-b", "main", server).Run()
 	exec.Command("git", "clone", "-q", server, pusher).Run()
 	tgit(t, pusher, "checkout", "-q", "-b", "main")
-	os.WriteFile(filepath.Join(pusher, "f"), []byte("1\n"), 0o644)
-	tgit(t, pusher, "add", "f")
-	tgit(t, pusher, "commit", "-qm", "one")
-	tgit(t, pusher, "push", "-q", "origin", "main")
+	pushFirst(t, pusher)
 	exec.Command("git", "clone", "-q", server, clone).Run()
 	return
 }
@@ -139,6 +136,46 @@ func TestFastForwardBranchNotCheckedOut(t *testing.T) {
 	if tgit(t, clone, "symbolic-ref", "HEAD") != "refs/heads/main" {
 		t.Fatal("checked-out branch changed")
 	}
+}
+
+// A clone made while the repository was empty has no branch (its unborn
+// one tracks nothing): the first push gives it the pushed branch, checked
+// out, where it used to be fetched and left unseen.
+func TestFastForwardEmptyCloneTakesThePushedBranch(t *testing.T) {
+	d := t.TempDir()
+	server, clone, pusher := filepath.Join(d, "chat.git"), filepath.Join(d, "clone"), filepath.Join(d, "pusher")
+	exec.Command("git", "init", "-q", "--bare", "-b", "main", server).Run()
+	exec.Command("git", "-c", "init.defaultBranch=master", "clone", "-q", server, clone).Run()
+	exec.Command("git", "clone", "-q", server, pusher).Run()
+	tgit(t, pusher, "checkout", "-q", "-b", "main")
+	want := pushFirst(t, pusher)
+	if err := FastForward(context.Background(), clone, punch.Event{Ref: "refs/heads/main", New: want}, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if got := tgit(t, clone, "rev-parse", "HEAD"); got != want {
+		t.Fatalf("HEAD at %s, want %s", got, want)
+	}
+	if b := tgit(t, clone, "symbolic-ref", "HEAD"); b != "refs/heads/main" {
+		t.Fatalf("checked out %s", b)
+	}
+	if b, err := os.ReadFile(filepath.Join(clone, "f")); err != nil || string(b) != "1\n" {
+		t.Fatalf("work tree: %q, %v", b, err)
+	}
+	// A later push fast-forwards it as any tracking branch.
+	next := pushCommit(t, pusher, "2\n")
+	FastForward(context.Background(), clone, punch.Event{Ref: "refs/heads/main", New: next}, slog.New(slog.DiscardHandler))
+	if got := tgit(t, clone, "rev-parse", "HEAD"); got != next {
+		t.Fatalf("after the second push HEAD at %s, want %s", got, next)
+	}
+}
+
+// pushFirst commits f = "1" in pusher and pushes main.
+func pushFirst(t *testing.T, pusher string) string {
+	os.WriteFile(filepath.Join(pusher, "f"), []byte("1\n"), 0o644)
+	tgit(t, pusher, "add", "f")
+	tgit(t, pusher, "commit", "-qm", "one")
+	tgit(t, pusher, "push", "-q", "origin", "main")
+	return tgit(t, pusher, "rev-parse", "HEAD")
 }
 
 func TestOriginRepoID(t *testing.T) {
