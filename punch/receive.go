@@ -112,7 +112,7 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) er
 	}
 	switch m := msg.(type) {
 	case *wire.Pong:
-		d.onPong(p, u, m)
+		d.onPong(p, u, m, src.IsValid())
 		d.subscribe(p, false)
 		// The rendezvous sends a Challenge with every pong until this
 		// address is proven. If that Challenge was lost, the next quiet
@@ -249,7 +249,10 @@ func kick(c chan struct{}) {
 	}
 }
 
-func (d *Daemon) onPong(p *serverLink, u *udpPath, m *wire.Pong) {
+// onPong takes a pong; overUDP is false for one on the stream over SSH,
+// whose Observed is the stream's placeholder (100::/64), not where this
+// daemon is seen on the Internet.
+func (d *Daemon) onPong(p *serverLink, u *udpPath, m *wire.Pong, overUDP bool) {
 	p.mu.Lock()
 	k, ok := u.matching(m.Counter)
 	repos := k.repos
@@ -259,8 +262,10 @@ func (d *Daemon) onPong(p *serverLink, u *udpPath, m *wire.Pong) {
 		d.count(func(s *Stats) { s.Unexpected++ })
 		return
 	}
-	changed := u.observed != m.Observed
-	u.observed = m.Observed
+	changed := overUDP && u.observed != m.Observed
+	if overUDP {
+		u.observed = m.Observed
+	}
 	u.lastPong = time.Now()
 	if k.standby {
 		// A standby path's pong says that it works, and where the

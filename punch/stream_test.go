@@ -83,6 +83,11 @@ func TestDaemonMovesToSSHWhenUDPIsBlockedAndBack(t *testing.T) {
 		if p := pathOf(l, d); p != "ssh" {
 			t.Fatalf("the rendezvous has the client on %q, want ssh", p)
 		}
+		// The stream's pongs name its placeholder address (100::/64): not
+		// where the daemon is seen, which it must not take or show.
+		if obs := d.Observed(l.srv.PublicKey()); netip.MustParsePrefix("100::/64").Contains(obs.Addr()) {
+			t.Fatalf("the daemon takes the stream's placeholder %v as its public address", obs)
+		}
 		l.push(t, 5)
 		waitFor(10*time.Second, func() bool { return len(rec.snapshot()) >= 5 })
 
