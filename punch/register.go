@@ -430,11 +430,34 @@ func (r *Registrar) Run(ctx context.Context) {
 				r.Registered(reply.RepoID, r.Clone)
 			}
 		}
-		t := time.NewTimer(wait)
+		if !waitWall(ctx, wait, time.Now) {
+			return
+		}
+	}
+}
+
+// wallCheck is how often a wait for the next registration looks at the
+// wall clock. Go's timers run on the monotonic clock, which stops while a
+// laptop sleeps: a 24 h timer set before a week's suspend fired a day of
+// waking time after the resume, the 7-day registration expired meanwhile,
+// and the rendezvous refused the daemon all that day.
+const wallCheck = time.Minute
+
+// waitWall waits until wait has passed on the wall clock (now's reading
+// stripped of its monotonic part), or ctx ends; it reports whether the
+// time came.
+func waitWall(ctx context.Context, wait time.Duration, now func() time.Time) bool {
+	due := now().Round(0).Add(wait)
+	for {
+		left := due.Sub(now().Round(0))
+		if left <= 0 {
+			return true
+		}
+		t := time.NewTimer(min(left, wallCheck))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return
+			return false
 		case <-t.C:
 		}
 	}
