@@ -139,11 +139,12 @@ func FastForward(ctx context.Context, clone string, ev punch.Event, log *slog.Lo
 	}
 	head, _ := git(ctx, clone, "symbolic-ref", "--quiet", "HEAD")
 	want := "refs/remotes/origin/" + strings.TrimPrefix(ev.Ref, "refs/heads/")
-	if out == "" && !ev.Resync {
+	if out == "" && !ev.Resync && strings.Trim(ev.New, "0") != "" {
 		// A clone of the repository while it was empty has no branch, and
 		// its unborn one tracks nothing that exists: the first pushed
 		// branch becomes its branch, checked out (nothing is there to lose;
-		// git refuses if an untracked file is in the way).
+		// git refuses if an untracked file is in the way). A deletion
+		// gives it nothing to check out.
 		return takeFirstBranch(ctx, clone, strings.TrimPrefix(ev.Ref, "refs/heads/"), want, log)
 	}
 	for _, line := range strings.Split(out, "\n") {
