@@ -186,17 +186,24 @@ func TestDaemonExecCheckedAtStart(t *testing.T) {
 	}
 }
 
+// cloneWithOrigin makes an empty git repository at dir whose origin is
+// url, as a clone of it would be, and returns dir.
+func cloneWithOrigin(t *testing.T, dir, url string) string {
+	t.Helper()
+	for _, args := range [][]string{{"init", "-q", dir}, {"-C", dir, "remote", "add", "origin", url}} {
+		if out, err := exec.Command("git", args...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	return dir
+}
+
 // A --repo that can never register is an error at start with what to do,
 // not a registration retried forever: a missing directory, a directory
 // that is no clone, a clone whose origin is not SSH.
 func TestDaemonRepoCheckedAtStart(t *testing.T) {
 	dir := t.TempDir()
-	https := filepath.Join(dir, "https")
-	for _, args := range [][]string{{"init", "-q", https}, {"-C", https, "remote", "add", "origin", "https://chat.example/chat.git"}} {
-		if out, err := exec.Command("git", args...).CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
+	https := cloneWithOrigin(t, filepath.Join(dir, "https"), "https://chat.example/chat.git")
 	for _, c := range []struct{ repo, want string }{
 		{filepath.Join(dir, "missing"), "no such directory"},
 		{dir, "not a git clone"},
@@ -213,12 +220,7 @@ func TestDaemonRepoCheckedAtStart(t *testing.T) {
 // daemon would at every start of the unit, and writes nothing.
 func TestInstallClientChecksExec(t *testing.T) {
 	dir := t.TempDir()
-	clone := filepath.Join(dir, "clone")
-	for _, args := range [][]string{{"init", "-q", clone}, {"-C", clone, "remote", "add", "origin", "git@chat.example:chat.git"}} {
-		if out, err := exec.Command("git", args...).CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
+	clone := cloneWithOrigin(t, filepath.Join(dir, "clone"), "git@chat.example:chat.git")
 	cmd := exec.Command(binary, "install", "client", "--repo", clone, "--exec", `gcn-punch-no-such-program "new message"`)
 	cmd.Env = append(os.Environ(), "HOME="+dir)
 	out, err := cmd.CombinedOutput()
