@@ -102,13 +102,16 @@ func Run(o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	if ok, served := st.Serves(id); !ok && !st.HasLog(id) {
-		// A hook copied into another repository, or a mistyped --repo-id,
-		// must not start a repository of its own in the store (one that
-		// has a log already, hooked by hand beside an installed one, goes
-		// on as before).
-		return res, fmt.Errorf("%w: %s (this store serves %s): nothing recorded; `gcn-punch install server --repo PATH` serves a repository",
-			ErrNotServed, id, strings.Join(served, ", "))
+	// A hook copied into another repository, or a mistyped --repo-id, must
+	// not start a repository of its own in the store (one that has a log
+	// already, hooked by hand beside an installed one, goes on as before).
+	// The log is looked at first: every push but a repository's first
+	// then costs one stat, and the served list is read only for a new one.
+	if !st.HasLog(id) {
+		if ok, served := st.Serves(id); !ok {
+			return res, fmt.Errorf("%w: %s (this store serves %s): nothing recorded; `gcn-punch install server --repo PATH` serves a repository",
+				ErrNotServed, id, strings.Join(served, ", "))
+		}
 	}
 	// Messages first: the rendezvous reads them when it reads the events.
 	var msgs []store.Message
