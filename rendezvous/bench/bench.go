@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"syscall"
 	"time"
@@ -165,6 +166,11 @@ func (o *Options) progress(format string, a ...any) {
 // Run measures everything.
 func Run(ctx context.Context, o Options) (Results, error) {
 	r := Results{Machine: machine(), Runs: o.Runs}
+	if o.ProfileDir != "" {
+		if err := os.MkdirAll(o.ProfileDir, 0o755); err != nil {
+			return r, fmt.Errorf("--profile-dir: %w", err)
+		}
+	}
 	for _, n := range o.Sizes {
 		var ms, cpu, rss []float64
 		for run := 0; run < o.Runs; run++ {

@@ -114,6 +114,8 @@ type rendezvousProc struct {
 	addr  netip.AddrPort
 	key   wire.Key
 	store string
+	// exited is closed once the process has exited (and been waited for).
+	exited <-chan struct{}
 }
 
 // startRendezvous starts an open rendezvous with --fanout k.
@@ -133,6 +135,9 @@ func startRendezvous(o Options, k int) (*rendezvousProc, error) {
 	if err := rp.cmd.Start(); err != nil {
 		return nil, err
 	}
+	exited := make(chan struct{})
+	go func() { rp.cmd.Wait(); close(exited) }()
+	rp.exited = exited
 	st := &store.Store{Dir: rp.store}
 	for i := 0; i < 200; i++ {
 		// The address is written after the keys, once the rendezvous serves.
@@ -140,23 +145,36 @@ func startRendezvous(o Options, k int) (*rendezvousProc, error) {
 			rp.key, err = st.ServerPublicKey()
 			return rp, err
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-exited:
+			i = 200 // it will not start: say why below
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
+	why := rp.logTail()
 	rp.stop()
-	return nil, errors.New("rendezvous did not start")
+	return nil, fmt.Errorf("rendezvous did not start: %s", why)
+}
+
+// logTail is the last line the rendezvous logged, or why there is none.
+func (rp *rendezvousProc) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(rp.dir, "rendezvous.log"))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if l := lines[len(lines)-1]; l != "" {
+		return l
+	}
+	return "it logged nothing"
 }
 
 // stop ends the rendezvous with SIGTERM (so that a CPU profile is written),
 // and kills it if it has not exited within a few seconds.
 func (rp *rendezvousProc) stop() {
 	rp.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { rp.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-rp.exited:
 	case <-time.After(5 * time.Second):
 		rp.cmd.Process.Kill()
-		<-done
+		<-rp.exited
 	}
 	os.RemoveAll(rp.dir)
 }

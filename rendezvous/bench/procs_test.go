@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -41,5 +43,23 @@ func TestClockCPUAgreesWithProcStat(t *testing.T) {
 		if clock < before || clock > after+2*tick || clock <= 0 {
 			t.Errorf("pid %d: CPU clock %v, /proc stat %v then %v", pid, clock, before, after)
 		}
+	}
+}
+
+// A rendezvous that cannot start is reported with the reason it gave, not
+// as a bare "did not start".
+func TestStartRendezvousSaysWhyItFailed(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "fails")
+	script := "#!/bin/sh\necho 'gcn-punch rendezvous: listen udp: bind: address already in use' >&2\nexit 1\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rp, err := startRendezvous(Options{Binary: bin}, 0)
+	if err == nil {
+		rp.stop()
+		t.Fatal("started")
+	}
+	if !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("error %q does not say why", err)
 	}
 }
