@@ -182,7 +182,7 @@ func (s *Server) ServeStream(ctx context.Context, c net.Conn) error {
 			s.log.Warn("stream closed: STUN has no meaning on a stream", "stream", sc.addr.Addr())
 			return errors.New("STUN on a stream")
 		}
-		reply, err := s.handleGCNChecked(sc, b, sc.addr)
+		reply, err := s.handleGCN(sc, b, sc.addr, time.Now())
 		if err != nil {
 			// Over UDP anyone can send anything; a stream is a session
 			// someone opened with their SSH key: it ends on the first

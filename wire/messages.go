@@ -389,7 +389,13 @@ func (m *Ack) AppendPlaintext(b []byte) []byte {
 }
 
 func parseAck(r *reader) *Ack {
-	return &Ack{RepoID: r.repoID(), Seq: r.u64()}
+	var a Ack
+	parseAckInto(r, &a)
+	return &a
+}
+
+func parseAckInto(r *reader, a *Ack) {
+	a.RepoID, a.Seq = r.repoID(), r.u64()
 }
 
 // Resync tells a client that events it had not handled fell out of retention.

@@ -187,10 +187,21 @@ func Open(b []byte, shared *[32]byte) (Key, Message, error) {
 }
 
 // Opener opens datagrams reusing one plaintext buffer. It is not safe for
-// concurrent use; decoded messages do not refer to its buffer.
+// concurrent use. Decoded messages do not refer to its buffer, but an *Ack
+// it returns is its own, overwritten by its next Open: a rendezvous opens
+// one per follower per event, and takes what it needs from it at once.
 type Opener struct {
 	plain [MaxDatagram]byte
+	// ids are the repository ids it has decoded (each valid), so that the
+	// messages that come from every follower (acks, keepalives) name their
+	// repository without a new string, or checking it again.
+	ids map[string]string
+	ack Ack
 }
+
+// maxOpenerIDs bounds an Opener's ids: a rendezvous serves a few
+// repositories, and beyond this many each id is decoded anew.
+const maxOpenerIDs = 1024
 
 // Open is the package-level Open, without its per-call buffer.
 func (o *Opener) Open(b []byte, shared *[32]byte) (Key, Message, error) {
@@ -202,7 +213,7 @@ func (o *Opener) Open(b []byte, shared *[32]byte) (Key, Message, error) {
 	if !ok {
 		return sender, nil, ErrAuth
 	}
-	m, err := ParsePlaintext(plain)
+	m, err := parsePlaintext(plain, o)
 	return sender, m, err
 }
 
@@ -245,10 +256,16 @@ type Message interface {
 // ParsePlaintext decodes an opened plaintext. It rejects unknown types,
 // truncation, trailing bytes and invalid fields.
 func ParsePlaintext(p []byte) (Message, error) {
+	return parsePlaintext(p, nil)
+}
+
+// parsePlaintext is ParsePlaintext, taking repository ids from o's and its
+// Ack into o's when o is not nil.
+func parsePlaintext(p []byte, o *Opener) (Message, error) {
 	if len(p) == 0 {
 		return nil, ErrShort
 	}
-	r := reader{b: p[1:]}
+	r := reader{b: p[1:], o: o}
 	var m Message
 	switch Type(p[0]) {
 	case TypeKeepalive, TypeKeepaliveQuiet, TypeKeepaliveStandby, TypeKeepaliveStandbyQuiet:
@@ -262,7 +279,12 @@ func ParsePlaintext(p []byte) (Message, error) {
 	case TypeNotify, TypeNotifyMsg:
 		m = parseNotify(&r, Type(p[0]) == TypeNotifyMsg)
 	case TypeAck:
-		m = parseAck(&r)
+		if o != nil {
+			parseAckInto(&r, &o.ack)
+			m = &o.ack
+		} else {
+			m = parseAck(&r)
+		}
 	case TypeResync:
 		m = parseResync(&r)
 	case TypePing:
@@ -341,6 +363,7 @@ func ValidRef(ref string) error {
 type reader struct {
 	b   []byte
 	err error
+	o   *Opener // its repository ids, if not nil
 }
 
 func (r *reader) take(n int) []byte {
@@ -398,10 +421,21 @@ func (r *reader) fail(err error) {
 
 // repoID reads a u8-length-prefixed repository id and validates it.
 func (r *reader) repoID() string {
-	s := string(r.take(int(r.u8())))
+	b := r.take(int(r.u8()))
+	if r.o != nil && r.err == nil {
+		if s, ok := r.o.ids[string(b)]; ok { // a lookup that allocates nothing
+			return s
+		}
+	}
+	s := string(b)
 	if r.err == nil {
 		if err := ValidRepoID(s); err != nil {
 			r.fail(err)
+		} else if r.o != nil && len(r.o.ids) < maxOpenerIDs {
+			if r.o.ids == nil {
+				r.o.ids = make(map[string]string)
+			}
+			r.o.ids[s] = s
 		}
 	}
 	return s

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -422,3 +423,66 @@ func TestHeartbeatProof(t *testing.T) {
 		}
 	}
 }
+
+// An Opener decodes what every follower sends without allocating: its acks
+// land in its own Ack, and a repository id it has seen is not copied again.
+// A bad id is never remembered, and every id still decodes once it holds
+// as many as it keeps.
+func TestOpenerReusesAckAndRepoIDs(t *testing.T) {
+	pub, priv, _ := GenerateKey()
+	srvPub, srvPriv, _ := GenerateKey()
+	shared := SharedKey(pub, srvPriv)
+	clientShared := SharedKey(srvPub, priv)
+	seal := func(m Message) []byte {
+		b, err := Seal(nil, m, pub, &clientShared)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	var o Opener
+	ack := seal(&Ack{RepoID: "chat.git", Seq: 7})
+	open := func(b []byte) Message {
+		_, m, err := o.Open(b, &shared)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	first := open(ack).(*Ack)
+	if *first != (Ack{RepoID: "chat.git", Seq: 7}) {
+		t.Fatalf("opened %+v", *first)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { open(ack) }); allocs != 0 {
+		t.Errorf("opening an ack of a known repository allocates %.0f times", allocs)
+	}
+	second := open(seal(&Ack{RepoID: "other.git", Seq: 9})).(*Ack)
+	if second != first || *second != (Ack{RepoID: "other.git", Seq: 9}) {
+		t.Errorf("the second ack is %p %+v, want the Opener's own (%p) holding other.git 9", second, *second, first)
+	}
+	// A forged-looking id (sealed by a real key, so it gets to decoding) is
+	// refused each time, not learnt the first.
+	bad := seal(rawPlaintext((&Ack{RepoID: "../x", Seq: 1}).AppendPlaintext(nil)))
+	for range 2 {
+		if _, _, err := o.Open(bad, &shared); !errors.Is(err, ErrRepoID) {
+			t.Fatalf("an ack of ../x: %v, want ErrRepoID", err)
+		}
+	}
+	if _, ok := o.ids["../x"]; ok {
+		t.Error("a bad id was remembered")
+	}
+	for i := range maxOpenerIDs + 10 {
+		id := fmt.Sprintf("r%d.git", i)
+		if got := open(seal(&Ack{RepoID: id, Seq: 1})).(*Ack).RepoID; got != id {
+			t.Fatalf("id %d opened as %q", i, got)
+		}
+	}
+	if len(o.ids) > maxOpenerIDs {
+		t.Errorf("the Opener keeps %d ids, at most %d", len(o.ids), maxOpenerIDs)
+	}
+}
+
+// rawPlaintext is a Message of any plaintext, valid or not.
+type rawPlaintext []byte
+
+func (p rawPlaintext) AppendPlaintext(b []byte) []byte { return append(b, p...) }
