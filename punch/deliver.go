@@ -78,6 +78,7 @@ func (d *Daemon) onArrival(p *serverLink, n arrival) {
 		last := rs.LastSeq
 		d.mu.Unlock()
 		d.send(p, &wire.Ack{RepoID: n.RepoID, Seq: last})
+		d.checkAckPath(p)
 		return
 	case n.after > rs.LastSeq:
 		d.stats.Reordered++
@@ -204,5 +205,24 @@ func (d *Daemon) actionWorker(ctx context.Context) {
 		d.state.Pending = d.state.Pending[1:]
 		d.saveLocked()
 		d.mu.Unlock()
+	}
+}
+
+// checkAckPath is called when the rendezvous, over UDP, sends an event the
+// daemon has acked: its ack may not have arrived. The next keepalive on
+// that path asks for a pong, so that a path that carries nothing the
+// daemon sends (its outgoing UDP dropped) is known within udpDeadAfter,
+// and the daemon turns to SSH (stream.go). One check at a time: the rest
+// of a window sent again asks nothing more.
+func (d *Daemon) checkAckPath(p *serverLink) {
+	p.mu.Lock()
+	u := p.heardOn // set while a datagram from the rendezvous over UDP is handled
+	kickIt := u != nil && !u.check
+	if kickIt {
+		u.check = true
+	}
+	p.mu.Unlock()
+	if kickIt {
+		kick(u.ping)
 	}
 }

@@ -178,7 +178,10 @@ func (d *Daemon) sendKeepaliveVia(p *serverLink, u *udpPath, probe time.Duration
 	u.remember(sentKeepalive{counter: p.counter, standby: standby, repos: srv.Repos})
 	// With several nodes to move to, every keepalive asks for a pong, so
 	// that a node that dies is noticed within an interval (nodes.go).
-	quiet = probe == 0 && allKnown && !p.denied && !u.check && !u.lastPong.IsZero() && now.Sub(u.lastPong) < wire.PongRefresh && !p.multiNode()
+	// A try of UDP from a stream asks too: only its answer moves the
+	// daemon back (stream.go).
+	quiet = probe == 0 && allKnown && !p.denied && !u.check && !u.lastPong.IsZero() && now.Sub(u.lastPong) < wire.PongRefresh && !p.multiNode() &&
+		!(udp && p.stream != nil)
 	m := &wire.Keepalive{Counter: p.counter, ProbeMillis: uint32(probe.Milliseconds()), Subs: subs, Quiet: quiet, Standby: standby}
 	u.probeCounter = 0
 	if probe > 0 {

@@ -96,7 +96,9 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) er
 			d.count(func(s *Stats) { s.Unexpected++ }) // sealed by the rendezvous, from elsewhere
 			return nil
 		}
-		d.heardOverUDP(p)
+		if answersDaemon(msg) {
+			d.heardOverUDP(p)
+		}
 		// What this datagram makes the daemon send (an ack, a challenge's
 		// answer) goes back on the path it came on.
 		p.mu.Lock()
@@ -188,6 +190,21 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) er
 		d.count(func(s *Stats) { s.Unexpected++ })
 	}
 	return nil
+}
+
+// answersDaemon says whether a message from the rendezvous answers one
+// the daemon sent, and so shows that the daemon's own datagrams reach it.
+// Others (a notification, a ping, an edge) can keep coming over UDP while
+// nothing the daemon sends gets through (a firewall that drops only its
+// outgoing UDP): the rendezvous then sends each notification again until
+// it times the client out, and a daemon that took those for an answer
+// would not turn to SSH for minutes.
+func answersDaemon(m wire.Message) bool {
+	switch m.(type) {
+	case *wire.Pong, *wire.Challenge, *wire.Validated, *wire.Subscribed:
+		return true
+	}
+	return false
 }
 
 // challengeRecheck is when a daemon that answered a Challenge sends another

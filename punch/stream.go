@@ -96,8 +96,8 @@ func (p *serverLink) onStream() *linkStream {
 	return p.stream
 }
 
-// heardOverUDP notes an authenticated datagram from the rendezvous over
-// UDP; on a stream, it is the sign to move back.
+// heardOverUDP notes an answer from the rendezvous over UDP (see
+// answersDaemon); on a stream, it is the sign to move back.
 func (d *Daemon) heardOverUDP(p *serverLink) {
 	now := time.Now()
 	p.mu.Lock()

@@ -108,6 +108,53 @@ func TestDaemonMovesToSSHWhenUDPIsBlockedAndBack(t *testing.T) {
 	})
 }
 
+// A firewall that drops only the daemon's outgoing UDP (its mapping made,
+// what comes in still passing): the rendezvous's notifications arrive, the
+// acks do not, and the rendezvous sends them again. Those are not answers:
+// the repeated ones make the daemon ask for a pong, none comes, and it
+// turns to SSH within a minute (before, it waited for the rendezvous to
+// time it out, 5 minutes, and then for its next pong refresh). Every
+// event is handled once, in order; with UDP whole again it moves back.
+func TestDaemonTurnsToSSHWhenOnlyItsOutgoingUDPIsDropped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		daemonAddr := mustAddr("198.19.1.2:40000")
+		var outBlocked, opened atomic.Int32
+		l.net.Drop = func(from, _ netip.AddrPort, _ []byte) bool {
+			return outBlocked.Load() == 1 && from == daemonAddr
+		}
+		var rec recorder
+		d, stop := l.streamingDaemon(t, daemonAddr, &rec, l.pipeStream(&opened))
+		defer stop()
+		l.pushArrivesAtOnce(t, &rec, "on UDP")
+
+		outBlocked.Store(1)
+		cut := time.Now()
+		l.push(t, 3)
+		if !waitFor(2*time.Minute, func() bool { return opened.Load() == 1 && pathOf(l, d) == "ssh" }) {
+			t.Fatalf("after 2 minutes with its outgoing UDP dropped: %d streams opened, the rendezvous has the client on %q", opened.Load(), pathOf(l, d))
+		}
+		took := time.Since(cut)
+		if took > time.Minute {
+			t.Errorf("turned to SSH %v after its outgoing UDP was dropped, want within a minute", took)
+		}
+		waitFor(10*time.Second, func() bool { return len(rec.snapshot()) >= 4 })
+		l.push(t, 2)
+		waitFor(10*time.Second, func() bool { return len(rec.snapshot()) >= 6 })
+
+		outBlocked.Store(0)
+		back := time.Now()
+		if !waitFor(time.Minute, func() bool { return pathOf(l, d) == "udp" }) {
+			t.Fatal("the daemon did not move back to UDP")
+		}
+		t.Logf("on SSH %v after the cut; back on UDP %v after it ended (fake time)", took.Round(time.Second), time.Since(back).Round(time.Second))
+		l.push(t, 2)
+		waitFor(10*time.Second, func() bool { return len(rec.snapshot()) >= 8 })
+		synctest.Wait()
+		wantExactlyInOrder(t, "the daemon", rec.snapshot(), 8)
+	})
+}
+
 // A daemon that can open a stream does not while UDP works: the
 // rendezvous's silence during lifetime probes and between quiet
 // keepalives is not a dead path, only an answer owed and not come is.
