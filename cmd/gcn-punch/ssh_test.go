@@ -375,20 +375,77 @@ func TestSSHOneDaemonFollowsTwoClones(t *testing.T) {
 // blockUDPPort drops every UDP datagram to or from port on this host (an
 // nftables table of the test's own), until unblock is called.
 func blockUDPPort(t *testing.T, port string) (unblock func()) {
+	return blockUDP(t, port, true)
+}
+
+// blockUDP drops UDP to the local port, and from it too when both: with
+// only the one way, what the rendezvous there sends still arrives, as
+// behind a firewall that drops a host's outgoing UDP once its mapping is
+// made.
+func blockUDP(t *testing.T, port string, both bool) (unblock func()) {
 	t.Helper()
 	table := fmt.Sprintf("gcnt%d", os.Getpid())
 	unblock = func() { exec.Command("nft", "delete", "table", "inet", table).Run() }
 	unblock()
-	for _, args := range [][]string{
+	rules := [][]string{
 		{"add", "table", "inet", table},
 		{"add", "chain", "inet", table, "out", "{ type filter hook output priority 0; policy accept; }"},
 		{"add", "rule", "inet", table, "out", "udp", "dport", port, "drop"},
-		{"add", "rule", "inet", table, "out", "udp", "sport", port, "drop"},
-	} {
+	}
+	if both {
+		rules = append(rules, []string{"add", "rule", "inet", table, "out", "udp", "sport", port, "drop"})
+	}
+	for _, args := range rules {
 		run(t, "", "nft", args...)
 	}
 	t.Cleanup(unblock)
 	return unblock
+}
+
+// Only the daemon's datagrams to the rendezvous dropped, after it is on
+// UDP: the rendezvous's notifications still arrive and the clone is
+// fast-forwarded, but no ack gets through, and the rendezvous sends the
+// event again. The daemon turns to SSH within half a minute (it used to
+// take the rendezvous's client timeout, 5 minutes, and more), the next
+// push comes over SSH, and once the rule is gone it moves back.
+func TestSSHStreamWhenOnlyOutgoingUDPIsDropped(t *testing.T) {
+	w := newSSHWorld(t)
+	needRoot(t, "nft")
+	pusher := w.clone("pusher")
+	run(t, pusher, "git", "checkout", "-q", "-b", "main")
+	w.push(pusher, "first")
+	follower := w.clone("follower")
+	state := filepath.Join(w.dir, "home", "state")
+	d := w.startDaemon(follower, state)
+	if !poll(20*time.Second, func() bool { return punch.HasPosition(filepath.Join(state, "gcn-punch")) }) {
+		t.Fatalf("no position over UDP:\n%s", d.logText())
+	}
+	addr, err := os.ReadFile(filepath.Join(w.store, "rendezvous.addr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(strings.TrimSpace(string(addr)), ":")
+	unblock := blockUDP(t, port, false)
+	cut := time.Now()
+	want := w.push(pusher, "its ack is dropped")
+	if !poll(20*time.Second, func() bool { return strings.TrimSpace(run(t, follower, "git", "rev-parse", "HEAD")) == want }) {
+		t.Fatalf("the notification did not come in over UDP:\n%s", d.logText())
+	}
+	if !poll(30*time.Second, func() bool { return strings.Contains(d.logText(), "notifications now come over SSH") }) {
+		t.Fatalf("the daemon did not turn to SSH in 30 s with its outgoing UDP dropped:\n%s\nrendezvous:\n%s", d.logText(), w.rv.logText())
+	}
+	toSSH := time.Since(cut)
+	want = w.push(pusher, "over ssh")
+	if !poll(20*time.Second, func() bool { return strings.TrimSpace(run(t, follower, "git", "rev-parse", "HEAD")) == want }) {
+		t.Fatalf("not fast-forwarded over the stream:\n%s", d.logText())
+	}
+	unblock()
+	unblocked := time.Now()
+	if !poll(60*time.Second, func() bool { return strings.Contains(d.logText(), "back on UDP") }) {
+		t.Fatalf("the daemon did not move back to UDP:\n%s", d.logText())
+	}
+	t.Logf("outgoing UDP dropped: on SSH %v after the cut (a push in between); back on UDP %v after the rule went",
+		toSSH.Round(time.Millisecond), time.Since(unblocked).Round(time.Second))
 }
 
 // UDP blocked (issue 12): the daemon, registered over SSH as usual, gets no
