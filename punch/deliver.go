@@ -217,12 +217,8 @@ func (d *Daemon) actionWorker(ctx context.Context) {
 func (d *Daemon) checkAckPath(p *serverLink) {
 	p.mu.Lock()
 	u := p.heardOn // set while a datagram from the rendezvous over UDP is handled
-	kickIt := u != nil && !u.check
-	if kickIt {
-		u.check = true
-	}
 	p.mu.Unlock()
-	if kickIt {
-		kick(u.ping)
+	if u != nil {
+		p.checkPath(u)
 	}
 }

@@ -229,13 +229,21 @@ func choosePrimary(paths []*udpPath, cur *udpPath, now time.Time) *udpPath {
 func (d *Daemon) heardStandby(p *serverLink, u *udpPath) {
 	p.mu.Lock()
 	prim := p.primary
-	kickIt := u != prim && !prim.check
-	if kickIt {
-		prim.check = true
+	p.mu.Unlock()
+	if u != prim {
+		p.checkPath(prim)
 	}
+}
+
+// checkPath makes u's next keepalive, sent now, ask for a pong, unless
+// one is being asked for already.
+func (p *serverLink) checkPath(u *udpPath) {
+	p.mu.Lock()
+	kickIt := !u.check
+	u.check = true
 	p.mu.Unlock()
 	if kickIt {
-		kick(prim.ping)
+		kick(u.ping)
 	}
 }
 
