@@ -129,6 +129,25 @@ func (w *sshWorld) startRendezvous() {
 	}
 }
 
+// chat makes the usual start: a pusher's clone with a first commit on
+// main, pushed, and a follower's clone of it.
+func (w *sshWorld) chat() (pusher, follower string) {
+	pusher = w.clone("pusher")
+	run(w.t, pusher, "git", "checkout", "-q", "-b", "main")
+	w.push(pusher, "first")
+	return pusher, w.clone("follower")
+}
+
+// rendezvousPort is the UDP port the rendezvous serves on.
+func (w *sshWorld) rendezvousPort() string {
+	addr, err := os.ReadFile(filepath.Join(w.store, "rendezvous.addr"))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(strings.TrimSpace(string(addr)), ":")
+	return port
+}
+
 func (w *sshWorld) url() string {
 	return fmt.Sprintf("ssh://%s@127.0.0.1:%d%s", w.user, w.port, w.bare)
 }
@@ -155,10 +174,7 @@ func (w *sshWorld) startDaemon(clone, xdg string) *proc {
 
 func TestSSHRegistrationThenPushFastForwards(t *testing.T) {
 	w := newSSHWorld(t)
-	pusher := w.clone("pusher")
-	run(t, pusher, "git", "checkout", "-q", "-b", "main")
-	w.push(pusher, "first")
-	follower := w.clone("follower")
+	pusher, follower := w.chat()
 	d := w.startDaemon(follower, filepath.Join(w.dir, "home", "state"))
 	if !poll(20*time.Second, func() bool { return strings.Contains(d.logText(), "registered over SSH") }) {
 		t.Fatalf("no registration:\n%s\nsshd:\n%s", d.logText(), mustRead(filepath.Join(w.dir, "sshd.log")))
@@ -186,10 +202,7 @@ func TestSSHRegistrationThenPushFastForwards(t *testing.T) {
 
 func TestSSHServerKeyChangeIsRefused(t *testing.T) {
 	w := newSSHWorld(t)
-	pusher := w.clone("pusher")
-	run(t, pusher, "git", "checkout", "-q", "-b", "main")
-	w.push(pusher, "first")
-	follower := w.clone("follower")
+	pusher, follower := w.chat()
 	xdg := filepath.Join(w.dir, "home", "state")
 	d := w.startDaemon(follower, xdg)
 	if !poll(20*time.Second, func() bool { return strings.Contains(d.logText(), "registered over SSH") }) {
@@ -411,20 +424,13 @@ func blockUDP(t *testing.T, port string, both bool) (unblock func()) {
 func TestSSHStreamWhenOnlyOutgoingUDPIsDropped(t *testing.T) {
 	w := newSSHWorld(t)
 	needRoot(t, "nft")
-	pusher := w.clone("pusher")
-	run(t, pusher, "git", "checkout", "-q", "-b", "main")
-	w.push(pusher, "first")
-	follower := w.clone("follower")
+	pusher, follower := w.chat()
 	state := filepath.Join(w.dir, "home", "state")
 	d := w.startDaemon(follower, state)
 	if !poll(20*time.Second, func() bool { return punch.HasPosition(filepath.Join(state, "gcn-punch")) }) {
 		t.Fatalf("no position over UDP:\n%s", d.logText())
 	}
-	addr, err := os.ReadFile(filepath.Join(w.store, "rendezvous.addr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := strings.Cut(strings.TrimSpace(string(addr)), ":")
+	port := w.rendezvousPort()
 	unblock := blockUDP(t, port, false)
 	cut := time.Now()
 	want := w.push(pusher, "its ack is dropped")
@@ -458,15 +464,8 @@ func TestSSHStreamWhenOnlyOutgoingUDPIsDropped(t *testing.T) {
 func TestSSHStreamWhenUDPIsBlocked(t *testing.T) {
 	w := newSSHWorld(t)
 	needRoot(t, "nft")
-	pusher := w.clone("pusher")
-	run(t, pusher, "git", "checkout", "-q", "-b", "main")
-	w.push(pusher, "first")
-	follower := w.clone("follower")
-	addr, err := os.ReadFile(filepath.Join(w.store, "rendezvous.addr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := strings.Cut(strings.TrimSpace(string(addr)), ":")
+	pusher, follower := w.chat()
+	port := w.rendezvousPort()
 	unblock := blockUDPPort(t, port)
 	start := time.Now()
 	d := w.startDaemon(follower, filepath.Join(w.dir, "home", "state"))
