@@ -391,7 +391,7 @@ func TestNATFanoutChurn(t *testing.T) {
 		}
 	}
 	sort.Slice(interior, func(i, j int) bool { return interior[i].name < interior[j].name })
-	kill := interior[:max(1, len(interior)*3/10)]
+	kill := interior[:max(1, (len(interior)*3+9)/10)] // at least 30%, rounded up
 	dead := map[*client]bool{}
 	for i := range pushes {
 		if i == pushes/2 {
