@@ -29,6 +29,35 @@ func FuzzParsePlaintext(f *testing.F) {
 	})
 }
 
+// An Opener, which remembers repository ids and reuses its Ack across
+// datagrams, decodes each of two plaintexts in a row exactly as
+// ParsePlaintext does: the same error, or the same message.
+func FuzzOpenerAgreesWithParse(f *testing.F) {
+	samples := sampleMessages()
+	for i, m := range samples {
+		f.Add(m.AppendPlaintext(nil), samples[(i+1)%len(samples)].AppendPlaintext(nil))
+	}
+	pub := PublicKey(fuzzPriv)
+	var nonce [NonceLen]byte
+	f.Fuzz(func(t *testing.T, p1, p2 []byte) {
+		var o Opener
+		for _, p := range [][]byte{p1, p2, p1} {
+			d, err := new(Sealer).sealWithNonce(nil, rawPlaintext(p), pub, &nonce, &fuzzShared)
+			if err != nil {
+				return // too large to seal
+			}
+			_, got, gotErr := o.Open(d, &fuzzShared)
+			want, wantErr := ParsePlaintext(p)
+			if (gotErr == nil) != (wantErr == nil) || gotErr != nil && gotErr.Error() != wantErr.Error() {
+				t.Fatalf("the Opener says %v, ParsePlaintext %v", gotErr, wantErr)
+			}
+			if gotErr == nil && !bytes.Equal(got.AppendPlaintext(nil), want.AppendPlaintext(nil)) {
+				t.Fatalf("the Opener decoded %#v, ParsePlaintext %#v", got, want)
+			}
+		}
+	})
+}
+
 func FuzzOpen(f *testing.F) {
 	pub := PublicKey(fuzzPriv)
 	for _, m := range sampleMessages() {
