@@ -161,9 +161,10 @@ type serverLink struct {
 	// The path (stream.go): the stream over SSH when UDP is dead, nil on
 	// UDP; since when an answer over UDP has been owed (a keepalive that
 	// wants a pong went out and nothing has come back since; zero: none),
-	// and since when the link is on its path.
-	stream               *linkStream
-	owedSince, pathSince time.Time
+	// and since when the link is on its path. heardAt is when anything
+	// from the rendezvous last came over UDP, answer or not.
+	stream                        *linkStream
+	owedSince, pathSince, heardAt time.Time
 	// The Subscribe (subscribe.go): the digest of the one last sent, how
 	// often it was, and whether the rendezvous confirmed it.
 	subscribeFor   [wire.SubscribeDigest]byte

@@ -102,7 +102,7 @@ func (d *Daemon) handleGCN(ctx context.Context, b []byte, src netip.AddrPort) er
 		// What this datagram makes the daemon send (an ack, a challenge's
 		// answer) goes back on the path it came on.
 		p.mu.Lock()
-		p.heardOn = u
+		p.heardOn, p.heardAt = u, time.Now()
 		p.mu.Unlock()
 		defer func() {
 			p.mu.Lock()

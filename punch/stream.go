@@ -199,7 +199,15 @@ func (d *Daemon) warnSilent(ctx context.Context, p *serverLink, silent time.Dura
 	u := p.first()
 	p.mu.Lock()
 	addr := u.addr
+	// Its datagrams still come, but none answers this daemon's: what
+	// this daemon sends is lost (a STUN request would be too).
+	oneWay := !p.owedSince.IsZero() && p.heardAt.After(p.owedSince)
 	p.mu.Unlock()
+	if oneWay {
+		d.log.Warn("the rendezvous's datagrams arrive over UDP, but it answers none of this daemon's: its outgoing UDP is dropped (a firewall?); notifications stop once the rendezvous times it out (5 minutes); no SSH path to turn to (the daemon was given --server, not --repo)",
+			"server", addr, "silent_for", silent.Round(time.Second))
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if _, err := d.stun.bind(ctx, d.cfg.Conn, addr); err == nil {

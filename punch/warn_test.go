@@ -3,9 +3,11 @@ package punch_test
 import (
 	"bytes"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -81,6 +83,35 @@ func TestDaemonWarnsOfWrongKeyAndSilentServer(t *testing.T) {
 		}
 		if n := strings.Count(srvLog.String(), "fail authentication"); n > 30*60/10+1 {
 			t.Errorf("the rendezvous logged forged datagrams %d times in 30 minutes, more than once per 10 s", n)
+		}
+	})
+}
+
+// A daemon with no SSH path whose outgoing UDP is dropped while what the
+// rendezvous sends still comes in: it says just that, not that the
+// rendezvous is down (its STUN request is lost too). Fake time.
+func TestDaemonWarnsOfOutgoingUDPDropped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, 0, true)
+		daemonAddr := mustAddr("198.19.1.2:40000")
+		var outBlocked atomic.Bool
+		l.net.Drop = func(from, _ netip.AddrPort, _ []byte) bool { return outBlocked.Load() && from == daemonAddr }
+		conn, err := l.net.Listen(daemonAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec recorder
+		var log logBuffer
+		runDaemon(t, conn, punch.Config{StateDir: filepath.Join(t.TempDir(), "state"), Logger: log.logger(), Handle: rec.handle,
+			Servers: []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}}})
+		l.pushArrivesAtOnce(t, &rec, "on UDP")
+		outBlocked.Store(true)
+		l.push(t, 2)
+		if !waitFor(time.Minute, func() bool { return strings.Contains(log.String(), "its outgoing UDP is dropped") }) {
+			t.Fatalf("after a minute with its outgoing UDP dropped, no warning that says so:\n%s", log.String())
+		}
+		if strings.Contains(log.String(), "does not answer at all") {
+			t.Errorf("it also says the rendezvous does not answer at all:\n%s", log.String())
 		}
 	})
 }
