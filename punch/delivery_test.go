@@ -196,6 +196,15 @@ func (l *lab) push(t *testing.T, n int) {
 	}
 }
 
+// waitKnown waits (fake time) until the daemon knows its position in the
+// lab's repository: it has subscribed, and a push now is its to take.
+func (l *lab) waitKnown(t *testing.T, d *punch.Daemon) {
+	t.Helper()
+	if !waitFor(30*time.Second, func() bool { _, known := d.LastSeq(l.srv.PublicKey(), "chat.git"); return known }) {
+		t.Fatal("the daemon never learnt its position")
+	}
+}
+
 // pushArrivesAtOnce pushes one event, the recorder's first, and fails
 // unless it is handled within a second (fake time).
 func (l *lab) pushArrivesAtOnce(t *testing.T, rec *recorder, when string) {

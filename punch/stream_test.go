@@ -126,6 +126,7 @@ func TestDaemonTurnsToSSHWhenOnlyItsOutgoingUDPIsDropped(t *testing.T) {
 		var rec recorder
 		d, stop := l.streamingDaemon(t, daemonAddr, &rec, l.pipeStream(&opened))
 		defer stop()
+		l.waitKnown(t, d)
 		l.pushArrivesAtOnce(t, &rec, "on UDP")
 
 		outBlocked.Store(1)

@@ -102,8 +102,9 @@ func TestDaemonWarnsOfOutgoingUDPDropped(t *testing.T) {
 		}
 		var rec recorder
 		var log logBuffer
-		runDaemon(t, conn, punch.Config{StateDir: filepath.Join(t.TempDir(), "state"), Logger: log.logger(), Handle: rec.handle,
+		d, _ := runDaemon(t, conn, punch.Config{StateDir: filepath.Join(t.TempDir(), "state"), Logger: log.logger(), Handle: rec.handle,
 			Servers: []punch.Server{{Addr: mustAddr(l.addr), Key: l.srv.PublicKey(), Repos: []string{"chat.git"}}}})
+		l.waitKnown(t, d)
 		l.pushArrivesAtOnce(t, &rec, "on UDP")
 		outBlocked.Store(true)
 		l.push(t, 2)
