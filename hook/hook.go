@@ -133,7 +133,11 @@ func Run(o Options) (Result, error) {
 	// the rendezvous's would after reading the messages file: the stream
 	// deduplicates by sequence number, so the first publication is the one
 	// every node keeps.
-	withMessages(res.Events, msgs)
+	var mr store.MessageReader
+	for _, m := range msgs {
+		mr.Add(m)
+	}
+	mr.Attach(res.Events)
 	if err != nil && len(res.Events) == 0 {
 		// Not recorded: the disk is full, or a rendezvous already holds
 		// events of this repository for want of disk.
@@ -156,19 +160,6 @@ func Run(o Options) (Result, error) {
 	fmt.Fprintf(o.Stderr, "gcn-punch: rendezvous not reachable (%v); event logged, sent directly as a best effort, catch-up delivers the rest\n", err)
 	res.Direct = sendDirect(st, id, res.Events, o.Now(), o.SendBudget)
 	return res, nil
-}
-
-// withMessages gives each event the message recorded for its old and new
-// object ids, as the rendezvous matches them in the messages file.
-func withMessages(evs []store.Event, msgs []store.Message) {
-	for i := range evs {
-		for _, m := range msgs {
-			if m.Old == evs[i].Old && m.New == evs[i].New {
-				evs[i].Chat = &m.Chat
-				break
-			}
-		}
-	}
 }
 
 // ParseUpdates reads post-receive's "<old> <new> <ref>" lines for the

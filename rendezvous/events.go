@@ -143,11 +143,7 @@ func (s *Server) loadRepo(id string) (*repo, error) {
 		s.log.Warn("cannot read chat messages", "repo", id, "err", err)
 	}
 	evs, n, err := store.ReadEvents(f, after)
-	for i := range evs {
-		if c, ok := r.msgs.For(evs[i].Old, evs[i].New); ok {
-			evs[i].Chat = &c
-		}
-	}
+	r.msgs.Attach(evs)
 	var dmg *store.DamageError
 	if errors.As(err, &dmg) {
 		// Damage costs only the damaged lines: serve the rest, and say it.

@@ -154,12 +154,14 @@ func (mr *MessageReader) Load(path string) error {
 		}
 		mr.offset += int64(len(line))
 		if m, ok := parseMessageLine(line[:len(line)-1]); ok {
-			mr.put(m)
+			mr.Add(m)
 		}
 	}
 }
 
-func (mr *MessageReader) put(m Message) {
+// Add takes one message, as if read from the file: a later one for the
+// same old and new object ids replaces it.
+func (mr *MessageReader) Add(m Message) {
 	if mr.byIDs == nil {
 		mr.byIDs = map[string]wire.Chat{}
 	}
@@ -179,4 +181,14 @@ func (mr *MessageReader) put(m Message) {
 func (mr *MessageReader) For(old, new string) (wire.Chat, bool) {
 	c, ok := mr.byIDs[old+new]
 	return c, ok
+}
+
+// Attach gives each event the message written for its old and new object
+// ids, if there is one.
+func (mr *MessageReader) Attach(evs []Event) {
+	for i := range evs {
+		if c, ok := mr.For(evs[i].Old, evs[i].New); ok {
+			evs[i].Chat = &c
+		}
+	}
 }
