@@ -3,6 +3,7 @@ package punch
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -95,11 +96,7 @@ func Unpin(stateDir, server string) (removed map[string]string, err error) {
 		if len(st.Pins) == 0 {
 			return nil, fmt.Errorf("no key is pinned for %q in %s: nothing is pinned there (a daemon pins a server's key when it first registers over SSH)", server, stateDir)
 		}
-		names := make([]string, 0, len(st.Pins))
-		for name := range st.Pins {
-			names = append(names, name)
-		}
-		slices.Sort(names)
+		names := slices.Sorted(maps.Keys(st.Pins))
 		return nil, fmt.Errorf("no key is pinned for %q in %s: the pins there are %s (give one, or its host)", server, stateDir, strings.Join(names, ", "))
 	}
 	return removed, st.compact(stateDir)

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -53,12 +54,7 @@ func (s *Store) Serves(id string) (bool, []string) {
 	if err != nil || len(served) == 0 {
 		return true, nil
 	}
-	ids := make([]string, 0, len(served))
-	for other := range served {
-		ids = append(ids, other)
-	}
-	slices.Sort(ids)
-	return false, ids
+	return false, slices.Sorted(maps.Keys(served))
 }
 
 // Serve records that this store serves the repository at path under id.
